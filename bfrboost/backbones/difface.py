@@ -1,0 +1,3 @@
+"""difface base restorer (being written)."""
+
+SPECS: list = []

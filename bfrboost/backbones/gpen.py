@@ -1,0 +1,3 @@
+"""gpen base restorer (being written)."""
+
+SPECS: list = []

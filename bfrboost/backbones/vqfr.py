@@ -1,0 +1,3 @@
+"""vqfr base restorer (being written)."""
+
+SPECS: list = []

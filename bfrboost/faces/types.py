@@ -1,0 +1,25 @@
+"""Plain data passed between the face stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Face:
+    """One detected face.
+
+    Coordinates are in pixels of the *input* image (before upscaling).
+    ``affine`` maps input-image coordinates to the aligned crop (2×3, float64).
+    ``crop`` / ``restored`` are aligned RGB uint8 crops (size×size×3).
+    """
+
+    box: np.ndarray  # (4,) x1, y1, x2, y2
+    score: float
+    landmarks: np.ndarray  # (5, 2): left eye, right eye, nose, left mouth, right mouth
+    affine: np.ndarray | None = None
+    crop: np.ndarray | None = None
+    restored: np.ndarray | None = None
+    extras: dict = field(default_factory=dict)

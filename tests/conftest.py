@@ -1,0 +1,27 @@
+"""Shared fixtures: real photos from ../shared/testdata, an isolated offline weights cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = Path(os.environ.get("BFRBOOST_TESTDATA", REPO.parent / "shared" / "testdata"))
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    if not TESTDATA.is_dir():
+        pytest.skip(f"real test photos not found at {TESTDATA} (set BFRBOOST_TESTDATA)")
+    return TESTDATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty weights cache and offline mode: no test may touch the network."""
+    home = tmp_path_factory.mktemp("bfrboost_home")
+    monkeypatch.setenv("BFRBOOST_HOME", str(home))
+    monkeypatch.setenv("BFRBOOST_OFFLINE", "1")
+    yield home
