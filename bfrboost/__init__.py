@@ -1,0 +1,23 @@
+"""bfrboost: plug-and-play blind face restoration booster (base model → InfoBFR refiner).
+
+``bfrboost.Restorer`` is imported lazily so that ``bfrboost --help`` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["Restorer", "Result", "OutputOptions", "FileReport", "Face", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Restorer", "Result", "OutputOptions", "FileReport"):
+        from bfrboost import pipeline
+
+        return getattr(pipeline, name)
+    if name == "Face":
+        from bfrboost.faces.types import Face
+
+        return Face
+    raise AttributeError(f"module 'bfrboost' has no attribute {name!r}")
