@@ -1,0 +1,27 @@
+"""Image input and output: decoding user photos, collecting inputs, naming and writing results."""
+
+from bfrboost.io.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    LoadedImage,
+    check_not_input,
+    collect_inputs,
+    encode_image,
+    output_ext,
+    plan_output,
+    read_image,
+    write_image,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "LoadedImage",
+    "check_not_input",
+    "collect_inputs",
+    "encode_image",
+    "output_ext",
+    "plan_output",
+    "read_image",
+    "write_image",
+]
