@@ -1,0 +1,265 @@
+"""Face detectors behind one registry: a name → a small spec that builds a ``Detector``.
+
+Every detector takes an RGB uint8 H×W×3 image and returns ``list[Face]`` in input-image pixels with
+the five points facexlib uses (image-left eye, image-right eye, nose tip, image-left mouth corner,
+image-right mouth corner), best score first.
+
+- ``dlib``: needs no download (HOG detector + 68-point predictor from the face-recognition-models
+  wheel); the default while no RetinaFace file is cached.
+- ``retinaface_resnet50`` / ``retinaface_mobile0.25``: facexlib's network with weights from the
+  bfrboost cache, loaded tensor-only; facexlib is never allowed to download anything.
+- ``auto``: RetinaFace R50 when its file is cached, else dlib.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from bfrboost import weights
+from bfrboost.errors import UsageError, WeightsError
+from bfrboost.faces.types import Face
+
+RETINAFACE_FILES = {
+    "resnet50": "detection_Resnet50_Final.pth",
+    "mobile0.25": "detection_mobilenet0.25_Final.pth",
+}
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise UsageError(f"face detectors take an RGB uint8 H×W×3 image, got {image.dtype} {image.shape}")
+
+
+def _to_input_pixels(box: np.ndarray, points: np.ndarray, fx: float, fy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Map a box (pixel edges) and points (pixel centres) from a resized image back to the input."""
+    box = np.asarray(box, dtype=np.float64) / [fx, fy, fx, fy]
+    points = (np.asarray(points, dtype=np.float64).reshape(-1, 2) + 0.5) / [fx, fy] - 0.5
+    return box, points
+
+
+# ---- dlib ------------------------------------------------------------------------------------
+
+# 68-point iBUG indices: contours of the image-left / image-right eye, nose tip, mouth corners. The
+# FFHQ template itself was made from dlib's eye-contour centres and mouth corners.
+_LEFT_EYE, _RIGHT_EYE, _NOSE_TIP, _MOUTH_LEFT, _MOUTH_RIGHT = slice(36, 42), slice(42, 48), 30, 48, 54
+
+
+def dlib_model_dir() -> Path:
+    """Folder of the ``.dat`` files in the face-recognition-models wheel (its ``import`` is broken)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or spec.origin is None:
+        raise WeightsError("face_recognition_models is not installed; run `pip install face-recognition-models`")
+    return Path(spec.origin).parent / "models"
+
+
+@functools.lru_cache(maxsize=1)
+def _dlib_models() -> tuple[Any, Any]:
+    import dlib
+
+    path = dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing; reinstall it with `pip install --force-reinstall face-recognition-models`")
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+
+
+def five_points_from_68(points68: np.ndarray) -> np.ndarray:
+    """FFHQ five points from the 68-point layout: eye-contour centres, nose tip, mouth corners."""
+    p = np.asarray(points68, dtype=np.float64).reshape(68, 2)
+    return np.stack([p[_LEFT_EYE].mean(0), p[_RIGHT_EYE].mean(0), p[_NOSE_TIP], p[_MOUTH_LEFT], p[_MOUTH_RIGHT]])
+
+
+class DlibDetector:
+    """dlib HOG detector on an enlarged copy of the image + the 68-point shape predictor.
+
+    HOG finds faces of about 80 px and up, so the image is enlarged (bilinear) by up to
+    ``max_zoom`` while it stays under ``pixel_budget`` pixels: 2.5× finds all 29 Solvay faces
+    (2×: 28) and keeps tiny photos (200 px) workable, while big photos are not enlarged at all.
+    The predictor runs on the enlarged copy too: on 30-pixel faces it then samples smooth
+    values instead of a handful of raw pixels. CNN (mmod) was measured 10–30× slower on CPU for
+    no extra face on our photos.
+    """
+
+    name = "dlib"
+
+    def __init__(self, pixel_budget: float = 5e6, max_zoom: float = 2.5, min_score: float = 0.0) -> None:
+        self.pixel_budget = pixel_budget
+        self.max_zoom = max_zoom
+        self.min_score = min_score
+
+    def zoom_for(self, shape: Sequence[int]) -> float:
+        return min(self.max_zoom, max(1.0, math.sqrt(self.pixel_budget / (shape[0] * shape[1]))))
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        _check_image(image)
+        detector, predictor = _dlib_models()
+        h, w = image.shape[:2]
+        zoom = self.zoom_for(image.shape)
+        big_w, big_h = round(w * zoom), round(h * zoom)
+        big = cv2.resize(image, (big_w, big_h), interpolation=cv2.INTER_LINEAR) if zoom > 1 else np.ascontiguousarray(image)
+        rects, scores, _ = detector.run(big, 0, self.min_score)
+        faces = []
+        for rect, score in zip(rects, scores):
+            shape = predictor(big, rect)
+            points68 = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+            edges = [rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1]
+            box, points = _to_input_pixels(edges, five_points_from_68(points68), big_w / w, big_h / h)
+            faces.append(Face(box=box, score=float(score), landmarks=points))
+        return sorted(faces, key=lambda f: -f.score)
+
+
+# ---- RetinaFace (facexlib) ----------------------------------------------------------------
+
+
+def retinaface_path(network: str) -> Path:
+    return weights.home() / RETINAFACE_FILES[network]
+
+
+class RetinaFaceDetector:
+    """facexlib's RetinaFace, weights from the bfrboost cache.
+
+    Like GFPGAN and CodeFormer, the image is resized so its short side is ``short_side`` (640)
+    before detection and faces scoring below ``score_threshold`` (0.97) are dropped; pass
+    ``short_side=None`` to detect at the original size.
+    """
+
+    def __init__(
+        self,
+        network: str,
+        device: str | torch.device = "cpu",
+        score_threshold: float = 0.97,
+        short_side: int | None = 640,
+    ) -> None:
+        path = retinaface_path(network)
+        if not path.is_file():
+            raise WeightsError(
+                f"{path}: RetinaFace weights not found; run `bfrboost weights download retinaface` (or use the dlib detector)"
+            )
+        # facexlib imports slowly (numba), so only when a RetinaFace is really built.
+        from facexlib.detection.retinaface import RetinaFace
+
+        self.name = f"retinaface_{network}"
+        self.device = torch.device(device)
+        self.score_threshold = score_threshold
+        self.short_side = short_side
+        with warnings.catch_warnings():  # torchvision's deprecation notice for resnet50(pretrained=False)
+            warnings.simplefilter("ignore", UserWarning)
+            net = RetinaFace(network_name=network, half=False, device=self.device)
+        state = {k.removeprefix("module."): v for k, v in weights.load_state_dict(path).items()}
+        missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
+        if missing or unexpected:
+            raise WeightsError(
+                f"{path}: not a RetinaFace {network} checkpoint ({len(missing)} keys missing, {len(unexpected)} unexpected); "
+                "run `bfrboost weights download retinaface`"
+            )
+        net.load_state_dict(state, strict=True)
+        self.net = net.to(self.device).eval()
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        _check_image(image)
+        h, w = image.shape[:2]
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        if self.short_side is not None and min(h, w) != self.short_side:
+            zoom = self.short_side / min(h, w)
+            bgr = cv2.resize(bgr, (round(w * zoom), round(h * zoom)), interpolation=cv2.INTER_LINEAR)
+        fx, fy = bgr.shape[1] / w, bgr.shape[0] / h
+        with torch.inference_mode():
+            rows = self.net.detect_faces(bgr, conf_threshold=self.score_threshold, nms_threshold=0.4, use_origin_size=True)
+        faces = []
+        for row in np.asarray(rows, dtype=np.float64):
+            box, points = _to_input_pixels(row[:4], row[5:15], fx, fy)
+            faces.append(Face(box=box, score=float(row[4]), landmarks=points))
+        return sorted(faces, key=lambda f: -f.score)
+
+
+# ---- registry --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    name: str
+    summary: str
+    weights: str | None  # file in the bfrboost cache, None when the detector ships with a package
+    load: Callable[..., Detector]
+
+
+def resolve(name: str) -> str:
+    """The concrete detector ``name`` stands for (``auto`` → what is usable offline right now)."""
+    if name != "auto":
+        return name
+    return "retinaface_resnet50" if retinaface_path("resnet50").is_file() else "dlib"
+
+
+DETECTORS: dict[str, DetectorSpec] = {
+    spec.name: spec
+    for spec in (
+        DetectorSpec(
+            "auto",
+            "RetinaFace R50 when its weights are cached, else dlib",
+            None,
+            lambda device="cpu", **options: get_detector(resolve("auto"), device, **options),
+        ),
+        DetectorSpec(
+            "dlib",
+            "dlib HOG + 68-point landmarks; no download, CPU",
+            None,
+            lambda device="cpu", **options: DlibDetector(**options),
+        ),
+        DetectorSpec(
+            "retinaface_resnet50",
+            "facexlib RetinaFace ResNet-50 (most accurate)",
+            RETINAFACE_FILES["resnet50"],
+            lambda device="cpu", **options: RetinaFaceDetector("resnet50", device, **options),
+        ),
+        DetectorSpec(
+            "retinaface_mobile0.25",
+            "facexlib RetinaFace MobileNet-0.25 (fast, 1.8 MB)",
+            RETINAFACE_FILES["mobile0.25"],
+            lambda device="cpu", **options: RetinaFaceDetector("mobile0.25", device, **options),
+        ),
+    )
+}
+
+
+def get_detector(name: str, device: str | torch.device = "cpu", **options: Any) -> Detector:
+    """Build detector ``name``; ``options`` go to its class (e.g. ``score_threshold``, ``max_zoom``)."""
+    spec = DETECTORS.get(name)
+    if spec is None:
+        raise UsageError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
+    return spec.load(device=device, **options)
+
+
+def select_faces(
+    faces: Sequence[Face],
+    image_shape: Sequence[int],
+    only_center: bool = False,
+    min_face: float = 0,
+    only_largest: bool = False,
+) -> list[Face]:
+    """Drop faces whose box is smaller than ``min_face`` pixels (longer side), then optionally keep
+    only the face nearest the image centre or the largest one."""
+    if only_center and only_largest:
+        raise UsageError("choose either only-center-face or only-largest-face, not both")
+    kept = [f for f in faces if max(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_face]
+    if not kept or not (only_center or only_largest):
+        return kept
+    if only_largest:
+        return [max(kept, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))]
+    centre = np.array([image_shape[1] / 2, image_shape[0] / 2])
+    return [min(kept, key=lambda f: float(np.hypot(*((f.box[:2] + f.box[2:]) / 2 - centre))))]
