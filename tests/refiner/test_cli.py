@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bfrboost.cli import app
+from bfrboost.refiner import InfoBFR
+
+runner = CliRunner()
+
+
+def test_init_writes_a_loadable_tiny_refiner(tmp_path):
+    result = runner.invoke(app, ["refiner", "init", "--tiny", str(tmp_path / "t"), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "t").iterdir()} == {"config.json", "refiner.safetensors", "vae", "unet"}
+    refiner = InfoBFR.from_pretrained(tmp_path / "t")
+    assert refiner.refine(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+    again = runner.invoke(app, ["refiner", "init", "--tiny", str(tmp_path / "t")])
+    assert again.exit_code == 2
+    assert again.stderr == f"bfrboost: {tmp_path / 't'}: already holds a refiner; choose an empty folder\n"
+
+
+def test_info_matches_the_paper_size_and_the_measured_lora_counts():
+    counts = {}
+    for rank in (2, 4, 8):
+        result = runner.invoke(app, ["refiner", "info", "--rank", str(rank), "--json", "--no-flops"])
+        assert result.exit_code == 0, result.output
+        counts[rank] = json.loads(result.stdout)
+    lora = {rank: info["parameters"]["lora"] for rank, info in counts.items()}
+    assert lora[4] == 2 * lora[2] and lora[8] == 4 * lora[2]
+    assert [round(lora[r] / 1e6, 2) for r in (2, 4, 8)] == [2.12, 4.24, 8.47]  # design/method.md, measured with peft
+    trainable_mb = counts[4]["trainable_mb_fp32"]
+    assert trainable_mb == counts[4]["parameters"]["trainable"] * 4 / 1e6
+    assert abs(trainable_mb / 16.4 - 1) < 0.25  # the paper's "16.4 M" = 16.4 MB of fp32 weights
+
+
+def test_info_flops_per_stage():
+    result = runner.invoke(app, ["refiner", "info", "--json"])
+    assert result.exit_code == 0, result.output
+    flops = json.loads(result.stdout)["flops_per_face"]
+    assert set(flops) == {"vae_encoder", "bottleneck", "unet", "vae_decoder", "total"}
+    assert flops["total"] == sum(v for k, v in flops.items() if k != "total")
+    # the bottleneck by hand: 4096 tokens, width 128, 4·128 MLP, 8 channels (FLOPs = 2 × MACs)
+    n, d, c, hidden = 64 * 64, 128, 8, 512
+    per_token = 2 * (c * d + 3 * d * d + 2 * n * d + d * d + 2 * d * hidden + d * c + c * c)
+    assert flops["bottleneck"] == n * per_token
+    assert flops["vae_decoder"] > flops["vae_encoder"] > flops["unet"] > 50 * flops["bottleneck"]
+    text = runner.invoke(app, ["refiner", "info", "--no-flops"]).stdout
+    assert "LoRA        4.236 M params    16.94 MB fp32" in text
+
+
+def test_stats_command_stores_statistics(testdata, tiny_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_dir, tmp_path / "r")
+    result = runner.invoke(app, ["refiner", "stats", "--faces", str(testdata / "aligned"), "--refiner", str(tmp_path / "r"),
+                                 "-n", "2", "--size", "64", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{tmp_path / 'r'}: per-channel statistics of r over 2 faces stored")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["stats_faces"] == 2
+
+
+@pytest.mark.parametrize("bad", ["faces", "refiner"])
+def test_stats_command_errors_are_one_line(tiny_dir, tmp_path, bad, testdata):
+    faces = tmp_path / "missing" if bad == "faces" else testdata / "aligned"
+    refiner = tiny_dir if bad == "faces" else tmp_path
+    result = runner.invoke(app, ["refiner", "stats", "--faces", str(faces), "--refiner", str(refiner)])
+    expected = {
+        "faces": (1, f"bfrboost: {faces}: not a folder of aligned faces\n"),
+        "refiner": (2, f"bfrboost: {tmp_path}: not a bfrboost refiner (no config.json); run `bfrboost refiner init` or train one first\n"),
+    }[bad]
+    assert (result.exit_code, result.stderr) == expected

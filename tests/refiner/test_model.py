@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from bfrboost.errors import UsageError, WeightsError
+from bfrboost.refiner import InfoBFR, InfoBFRConfig, load_refiner
+from bfrboost.refiner.lora import has_lora, lora_target_modules
+from bfrboost.refiner.model import load_diffusers_module
+from tests.refiner.conftest import randomize_trainables
+
+
+def test_shapes_through_every_stage(tiny, faces):
+    r = tiny.encode_manifold(faces)
+    assert r.shape == (2, 8, 8, 8)
+    out = tiny.bottleneck(r)
+    latent = tiny.to_latent(out.z)
+    torch.testing.assert_close(latent, out.z[:, :4] * 0.18215)  # "mean" latent choice, SD scale
+    x0 = tiny.denoise(latent)
+    assert x0.shape == (2, 4, 8, 8)
+    assert tiny.decode(x0).shape == (2, 3, 64, 64)
+    x_hat, aux = tiny(faces)
+    assert x_hat.shape == faces.shape
+    assert aux.r.shape == aux.z.shape == aux.lam.shape == (2, 8, 8, 8)
+    assert aux.info_loss.shape == ()
+
+
+def test_lora_wraps_every_block_layer_and_nothing_else(tiny):
+    wrapped = {name.removesuffix(".base_layer") for name, _ in tiny.unet.named_modules() if name.endswith(".base_layer")}
+    assert wrapped == set(lora_target_modules(tiny.unet))
+    for suffix in ("attn1.to_q", "attn2.to_k", "attn2.to_out.0", "proj_in", "proj_out", "ff.net.2", "ff.net.0.proj",
+                   "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv"):
+        assert any(n.endswith(suffix) for n in wrapped), suffix
+    assert not {"conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"} & wrapped
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_at_init_lora_is_a_noop_and_x0_follows_the_scheduler(tiny_dir, prediction_type):
+    config = dataclasses.replace(InfoBFRConfig.from_json(tiny_dir / "config.json"), prediction_type=prediction_type)
+    plain = UNet2DConditionModel.from_pretrained(tiny_dir / "unet").eval()
+    vae = AutoencoderKL.from_pretrained(tiny_dir / "vae")
+    prompt = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(3))
+    model = InfoBFR(config, vae, UNet2DConditionModel.from_pretrained(tiny_dir / "unet"), prompt).eval()
+    latent = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = model.denoise(latent)
+        pred = plain(latent, 499, encoder_hidden_states=prompt.expand(2, -1, -1)).sample
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type, clip_sample=False)
+    want = scheduler.step(pred, 499, latent).pred_original_sample
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_and_unfused_lora_agree(tiny, faces):
+    with torch.no_grad():
+        before, _ = tiny(faces)
+        randomize_trainables(tiny)
+        unfused, _ = tiny(faces)
+        tiny.fuse_lora()
+        fused, _ = tiny(faces)
+    assert not has_lora(tiny.unet)
+    assert (unfused - before).abs().max() > 1e-2  # the LoRA does change the output
+    torch.testing.assert_close(fused, unfused, atol=1e-4, rtol=0)
+
+
+def test_only_trainable_parts_get_gradients(tiny, faces):
+    randomize_trainables(tiny)
+    tiny.train()
+    x_hat, aux = tiny(faces)
+    (((x_hat - faces) ** 2).mean() + 1e-3 * aux.info_loss).backward()
+    trainable = {n for n, p in tiny.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("bottleneck.") or ".lora_" in n for n in trainable)
+    assert any(n.startswith("bottleneck.transformer.") for n in trainable) and any(".lora_B." in n for n in trainable)
+    for name, p in tiny.named_parameters():
+        if name in trainable:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+    assert tiny.parameter_counts()["trainable"] == sum(p.numel() for p in tiny.trainable_parameters())
+
+
+def test_save_then_load_gives_identical_outputs(tiny, tiny_dir, faces, tmp_path):
+    randomize_trainables(tiny, seed=5)
+    tiny.bottleneck.set_stats(torch.linspace(-1, 1, 8).view(8, 1, 1), torch.linspace(0.5, 2, 8).view(8, 1, 1))
+    with torch.no_grad():
+        want, _ = tiny(faces)
+    tiny.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "refiner.safetensors"}  # no VAE/UNet copy
+    assert not any(k.startswith(("vae.", "unet.")) for k in load_file(tmp_path / "refiner.safetensors"))
+    # not self-contained: the frozen VAE/UNet come from the SD folder (here the tiny refiner's own)
+    loaded = InfoBFR.from_pretrained(tmp_path, sd_model=tiny_dir, fuse_lora=False)
+    with torch.no_grad():
+        got, _ = loaded(faces)
+    assert torch.equal(got, want)
+    fused = load_refiner(tmp_path, sd_model=tiny_dir)
+    torch.testing.assert_close(fused.refine((faces + 1) / 2), ((want + 1) / 2).clamp(0, 1), atol=1e-4, rtol=0)
+
+
+def test_refine_maps_unit_range_to_unit_range_deterministically(tiny_dir, faces):
+    refiner = load_refiner(tiny_dir)
+    x01 = (faces + 1) / 2
+    y = refiner.refine(x01)
+    assert y.shape == x01.shape and y.dtype == torch.float32
+    assert y.min() >= 0 and y.max() <= 1
+    assert torch.equal(refiner.refine(x01), y)  # seeded inference noise: same face, same output
+    with pytest.raises(UsageError, match=r"^refiner input must be \(B, 3, H, W\) with H, W multiples of 8, got \(2, 3, 60, 64\)$"):
+        refiner.refine(x01[..., :60, :])
+
+
+def test_saving_a_fused_refiner_is_refused(tiny_dir, tmp_path):
+    with pytest.raises(UsageError, match="LoRA is fused into the UNet; load it with fuse_lora=False"):
+        load_refiner(tiny_dir).save_pretrained(tmp_path)
+
+
+def test_missing_refiner_and_missing_sd_model_are_one_line_errors(tiny, tmp_path):
+    with pytest.raises(WeightsError, match=rf"^{tmp_path}: not a bfrboost refiner \(needs config.json and refiner.safetensors\); "):
+        InfoBFR.from_pretrained(tmp_path)
+    tiny.save_pretrained(tmp_path)
+    with pytest.raises(WeightsError) as err:  # SD 2.1 is not in the (empty, offline) weights cache
+        InfoBFR.from_pretrained(tmp_path)
+    assert "\n" not in str(err.value) and "offline" in str(err.value)
+
+
+def test_prediction_type_must_match_the_sd_model(tiny, tiny_dir, tmp_path):
+    tiny.save_pretrained(tmp_path / "refiner")
+    sd = tmp_path / "sd"
+    shutil.copytree(tiny_dir / "vae", sd / "vae")
+    shutil.copytree(tiny_dir / "unet", sd / "unet")
+    (sd / "scheduler").mkdir()
+    (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "v_prediction"}))
+    with pytest.raises(UsageError, match=rf"^{sd}: SD model predicts 'v_prediction' but the refiner was trained on 'epsilon'"):
+        InfoBFR.from_pretrained(tmp_path / "refiner", sd_model=sd)
+
+
+def test_config_errors_name_the_file(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"colour": 1}))
+    with pytest.raises(WeightsError, match=rf"^{tmp_path / 'config.json'}: unknown refiner config field 'colour'"):
+        InfoBFR.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config | {"timestep": 1000}))
+    with pytest.raises(UsageError, match=r"^refiner config: timestep must be in \[0, 1000\), got 1000$"):
+        InfoBFR.from_pretrained(tmp_path)
+
+
+def test_lora_rank_mismatch_is_refused(tiny, tiny_dir, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"rank": 8, "lora_alpha": 8}))
+    with pytest.raises(WeightsError, match=r"LoRA weight .* has shape \(4, .*\), expected \(8, .*\); check the rank in config.json"):
+        InfoBFR.from_pretrained(tmp_path, sd_model=tiny_dir)
+
+
+def test_vae_with_legacy_attention_names_loads(tiny_dir, tmp_path):
+    """SD 2.1's VAE file predates diffusers 0.14: mid-block attention is query/key/value/proj_attn."""
+    reference = AutoencoderKL.from_pretrained(tiny_dir / "vae")  # diffusers' own loader
+    renames = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+    legacy = {}
+    for key, tensor in reference.state_dict().items():
+        for new, old in renames.items():
+            key = key.replace(new, old)
+        legacy[key] = tensor[..., None, None] if ".proj_attn.weight" in key else tensor  # old 1×1 conv shape
+    assert any(".query." in k for k in legacy)
+    (tmp_path / "vae").mkdir()
+    shutil.copy(tiny_dir / "vae" / "config.json", tmp_path / "vae" / "config.json")
+    save_file(legacy, str(tmp_path / "vae" / "diffusion_pytorch_model.safetensors"))
+    loaded = load_diffusers_module(AutoencoderKL, tmp_path / "vae")
+    for key, tensor in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])  # built on meta, fully assigned
+
+
+def test_create_computes_the_empty_prompt_once_and_reads_the_scheduler(tiny_dir, tmp_path):
+    """A fresh refiner on an SD folder: prompt from its text encoder, prediction type from its scheduler."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    sd = tmp_path / "sd"
+    shutil.copytree(tiny_dir / "vae", sd / "vae")
+    shutil.copytree(tiny_dir / "unet", sd / "unet")
+    (sd / "scheduler").mkdir()
+    (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "v_prediction", "beta_end": 0.02}))
+    (sd / "tokenizer").mkdir()
+    (sd / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
+    (sd / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!")
+    tokenizer.save_pretrained(str(sd / "tokenizer"))
+    torch.manual_seed(0)
+    text_config = CLIPTextConfig(vocab_size=3, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 max_position_embeddings=5, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    encoder = CLIPTextModel(text_config).eval()
+    encoder.save_pretrained(str(sd / "text_encoder"))
+
+    model = InfoBFR.create(InfoBFRConfig(transformer_width=16, transformer_heads=2), sd_model=sd)
+    assert model.config.prediction_type == "v_prediction" and model.config.beta_end == 0.02
+    with torch.no_grad():
+        want = encoder(torch.tensor([[0, 1, 2, 2, 2]])).last_hidden_state  # "" = BOS, EOS, then padding
+    torch.testing.assert_close(model.prompt_embeds, want)
+    model.save_pretrained(tmp_path / "refiner")
+    reloaded = InfoBFR.from_pretrained(tmp_path / "refiner", sd_model=sd)
+    assert torch.equal(reloaded.prompt_embeds, model.prompt_embeds)
+
+
+def test_a_face_refines_the_same_alone_or_in_a_batch(tiny_dir, faces):
+    refiner = load_refiner(tiny_dir)
+    x01 = (faces + 1) / 2
+    together = refiner.refine(x01)
+    torch.testing.assert_close(refiner.refine(x01[1:]), together[1:], atol=1e-5, rtol=0)
+
+
+def test_a_foreign_tensor_in_the_refiner_file_is_refused(tiny, tiny_dir, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "refiner.safetensors") | {"vae.encoder.conv_in.weight": torch.zeros(1)}
+    save_file(state, str(tmp_path / "refiner.safetensors"))
+    with pytest.raises(WeightsError, match=r"unexpected tensor 'vae.encoder.conv_in.weight'; not a bfrboost refiner file$"):
+        InfoBFR.from_pretrained(tmp_path, sd_model=tiny_dir)
