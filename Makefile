@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # torch is installed first, pinned, so pip takes the release this project is tested with.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?= -n 2
+# The weights cache of a source checkout is ./weights (see weights/README.md); override as you like.
+export BFRBOOST_HOME ?= $(CURDIR)/weights
 
 .PHONY: setup demo test bench lint clean
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from bfrboost.backbones.registry import LoadedBase, load_base
-from bfrboost.errors import BfrboostError, UsageError, WeightsError
-from bfrboost.faces.align import warp_faces
+from bfrboost.errors import BfrboostError, OutputError, UsageError, WeightsError
+from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
 from bfrboost.faces.detect import get_detector, select_faces
 from bfrboost.faces.paste import paste_faces
 from bfrboost.faces.types import Face
@@ -66,6 +66,10 @@ class _Timer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
 def _to_tensor(crops: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -166,7 +170,11 @@ class Restorer:
         batch_size: int | None = None,
         knobs: Mapping[str, Any] | None = None,
         parse: bool = True,
+        paste: str = "residual",
+        color_match: bool = False,
     ) -> None:
+        if paste not in ("residual", "direct"):
+            raise UsageError(f"unknown paste mode '{paste}'; use residual or direct")
         if upscale <= 0 or upscale > 8:
             raise UsageError(f"upscale must be in (0, 8], got {upscale}")
         if not 0.0 <= refiner_strength <= 1.0:
@@ -189,14 +197,17 @@ class Restorer:
             from bfrboost.refiner import load_refiner
 
             self.refiner = load_refiner(Path(refiner), device=self.device, sd_model=sd_model)
+            self.refine_batch = batch_size or (8 if self.device.type == "cuda" else 1)
             if self.device.type == "cpu":
                 self.notes.append("the refiner runs on the CPU: expect several seconds per face")
         self.detector = None if aligned else get_detector(detector, device=str(self.device))
+        self.paste_mode = paste
+        self.color_match = color_match
         self.parser = None
         if parse and not aligned:
-            from bfrboost.faces.parse import get_parser
+            from bfrboost.faces.parse import load_parser
 
-            self.parser = get_parser(device=str(self.device))
+            self.parser = load_parser(device=self.device)
 
     def _load_base(self, base: str, weights: Any, batch_size: int | None, knobs: dict) -> LoadedBase:
         kwargs = dict(device=self.device, weights=weights, batch_size=batch_size, **knobs)
@@ -217,7 +228,8 @@ class Restorer:
                 crop = cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_CUBIC)
             h, w = image.shape[:2]
             affine = np.array([[FACE_SIZE / w, 0, 0], [0, FACE_SIZE / h, 0]], dtype=np.float64)
-            return [Face(box=np.array([0, 0, w, h], float), score=1.0, landmarks=np.zeros((5, 2)), affine=affine, crop=crop)]
+            landmarks = FFHQ_TEMPLATE_512 * np.array([w / FACE_SIZE, h / FACE_SIZE])
+            return [Face(box=np.array([0, 0, w, h], float), score=1.0, landmarks=landmarks, affine=affine, crop=crop)]
         faces = self.detector.detect(image)
         return select_faces(faces, image.shape, only_center=self.only_center_face, min_face=self.min_face)
 
@@ -229,7 +241,7 @@ class Restorer:
             restored = self.base.restore(batch)
         if self.refiner is not None:
             with timer("refine"):
-                refined = self.refiner.refine(restored)
+                refined = torch.cat([self.refiner.refine(chunk) for chunk in restored.split(self.refine_batch)])
                 if self.refiner_strength < 1.0:
                     refined = torch.lerp(restored, refined.to(restored.dtype), self.refiner_strength)
                 restored = refined
@@ -247,8 +259,10 @@ class Restorer:
             return faces[0].restored, None
         frame = self._upscaled(image)
         if faces:
-            masks = self.parser.masks(faces) if self.parser is not None else None
-            frame = paste_faces(frame, faces, self.upscale, masks=masks)
+            masks = self.parser.masks([face.restored for face in faces]) if self.parser is not None else None
+            frame = paste_faces(
+                frame, faces, self.upscale, masks=masks, residual=self.paste_mode == "residual", color_match=self.color_match
+            )
         if alpha is not None:
             alpha = cv2.resize(alpha, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR) if self.upscale != 1 else alpha
         return frame, alpha
@@ -306,11 +320,15 @@ class Restorer:
         from bfrboost.io.images import check_not_input
 
         pending: list[tuple[FileReport, Any]] = []
+        planned: dict[Path, Path] = {}
         for path in inputs:
             report = FileReport(input=str(path))
             try:
                 out = self._plan(path, options)
                 check_not_input(out, inputs)
+                if out in planned:
+                    raise OutputError(f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix")
+                planned[out] = path
             except BfrboostError as exc:
                 report.error = str(exc)
                 yield from self._flush(pending, options)
@@ -319,7 +337,7 @@ class Restorer:
                 continue
             report.output = str(out)
             if out.exists() and not options.overwrite:
-                report.skipped = f"{out} exists; pass --overwrite to replace it"
+                report.skipped = f"{out}: already exists; pass --overwrite to replace it"
                 yield from self._flush(pending, options)
                 pending = []
                 yield report
@@ -347,7 +365,8 @@ class Restorer:
         decode = time.perf_counter() - start
         result = self.restore(loaded.rgb, loaded.alpha)
         start = time.perf_counter()
-        encoded = encode_image(result.image, result.alpha, fmt=fmt, quality=quality)
+        image = _gray(result.image) if loaded.gray else result.image
+        encoded = encode_image(image, result.alpha, fmt=fmt, quality=quality, icc=loaded.icc)
         report.faces = result.faces
         report.seconds = {"decode": decode, **result.seconds, "encode": time.perf_counter() - start}
         return encoded, report
@@ -379,19 +398,23 @@ class Restorer:
             report.faces = result.faces
             report.seconds.update(result.seconds)
             start = time.perf_counter()
+            if loaded.gray:  # a gray photo stays gray: bases may tint it (colourising is a separate job)
+                result.image = _gray(result.image)
             try:
-                self._write(Path(report.input), Path(report.output), result, options)
+                self._write(Path(report.input), Path(report.output), result, options, icc=loaded.icc)
             except BfrboostError as exc:
                 report.error = str(exc)
                 report.output = None
             report.seconds["encode"] = time.perf_counter() - start
             yield report
 
-    def _write(self, source: Path, out: Path, result: Result, options: OutputOptions) -> None:
+    def _write(self, source: Path, out: Path, result: Result, options: OutputOptions, icc: bytes | None = None) -> None:
         from bfrboost.io.images import write_image
 
-        image = draw_boxes(result.image, result.faces, 1.0 if self.aligned else self.upscale) if options.draw_boxes and not self.aligned else result.image
-        write_image(out, image, result.alpha, quality=options.quality, overwrite=options.overwrite)
+        image = result.image
+        if options.draw_boxes and not self.aligned:
+            image = draw_boxes(image, result.faces, self.upscale)
+        write_image(out, image, result.alpha, quality=options.quality, overwrite=options.overwrite, icc=icc)
         if not (options.save_faces or options.save_cmp):
             return
         stem = source.stem

@@ -238,3 +238,32 @@ def test_auto_base_without_weights_says_what_is_missing(photos: Path, tmp_path: 
     assert result.exit_code == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("bfrboost: note:")]
     assert len(notes) == 1 and "GFPGANv1.4.pth" in notes[0] and "base 'none'" in notes[0]
+
+
+def test_gray_photo_stays_gray(tmp_path: Path, testdata: Path) -> None:
+    gray = tmp_path / "gray.png"
+    Image.open(testdata / "whole" / "04.jpg").convert("L").save(gray)
+    result = run(gray, "-o", tmp_path / "out", "--base", "none", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = load(Path(json.loads(result.stdout)["output"]))
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+
+
+def test_two_inputs_with_one_output_name(tmp_path: Path, testdata: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(testdata / "whole" / "04.jpg", tmp_path / sub / "04.jpg")
+    result = run(tmp_path / "a" / "04.jpg", tmp_path / "b" / "04.jpg", "-o", tmp_path / "out", "--base", "none")
+    assert result.exit_code == 1
+    assert "is already taken by" in result.stderr and str(tmp_path / "b" / "04.jpg") in result.stderr
+
+
+def test_direct_paste_mode(tmp_path: Path, testdata: Path) -> None:
+    source = testdata / "whole" / "04.jpg"
+    residual = run(source, "-o", tmp_path / "r", "--base", "none", "-s", "1", "--ext", "png")
+    direct = run(source, "-o", tmp_path / "d", "--base", "none", "-s", "1", "--ext", "png", "--paste", "direct")
+    assert residual.exit_code == direct.exit_code == 0
+    a, b = load(tmp_path / "r" / "restored_imgs" / "04.png"), load(tmp_path / "d" / "restored_imgs" / "04.png")
+    assert np.array_equal(a, load(source))  # identity + residual paste is exact
+    assert not np.array_equal(a, b)  # direct paste re-samples the face
+    assert run(source, "-o", tmp_path, "--base", "none", "--paste", "nope").exit_code == 2
