@@ -37,10 +37,8 @@ def _err(message: str) -> None:
     sys.stderr.write(f"bfrboost: {message}\n")
 
 
-def _parse_knobs(fidelity: float | None, knob: list[str]) -> dict[str, Any]:
+def _parse_knobs(knob: list[str]) -> dict[str, Any]:
     knobs: dict[str, Any] = {}
-    if fidelity is not None:
-        knobs["fidelity"] = fidelity
     for item in knob:
         name, sep, value = item.partition("=")
         if not sep or not name:
@@ -89,7 +87,7 @@ def restore(
     color_match: Annotated[bool, typer.Option("--color-match", help="Match each restored face's colour statistics to the original face.")] = False,
     detector: Annotated[str, typer.Option("--detector", help="Face detector: auto, dlib, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Custom checkpoint for the base model (.pth tensors only, or .safetensors).")] = None,
-    fidelity: Annotated[Optional[float], typer.Option("--fidelity", help="Fidelity knob of the base (CodeFormer w in [0, 1]).")] = None,
+    fidelity: Annotated[Optional[float], typer.Option("--fidelity", help="Fidelity of the base: CodeFormer w, VQFR fidelity_ratio, in [0, 1].")] = None,
     knob: Annotated[list[str], typer.Option("--knob", help="Base-model knob NAME=VALUE (e.g. steps=50, seed=0); repeatable.")] = [],
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Faces per base-model batch (default by device).")] = None,
     save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write cropped_faces/ and restored_faces/.")] = False,
@@ -115,7 +113,7 @@ def restore(
             raise UsageError("'-' (stdin) cannot be mixed with other inputs")
         if stdin_mode and as_json:
             raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
-        knobs = _parse_knobs(fidelity, knob)
+        knobs = _parse_knobs(knob)
         paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
         for problem in problems:
             _err(problem)
@@ -126,7 +124,7 @@ def restore(
             base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model,
             device=device, detector=detector, upscale=upscale, aligned=aligned,
             only_center_face=only_center_face, min_face=min_face, weights=weights,
-            batch_size=batch_size, knobs=knobs, paste=paste, color_match=color_match,
+            batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match,
         )
     except UsageError as exc:
         _err(str(exc))

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from bfrboost.backbones.registry import LoadedBase, load_base
+from bfrboost.backbones.registry import LoadedBase, fidelity_knob, load_base
 from bfrboost.errors import BfrboostError, OutputError, UsageError, WeightsError
 from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
 from bfrboost.faces.detect import get_detector, select_faces
@@ -74,7 +74,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 def _to_tensor(crops: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
     array = np.stack(crops).astype(np.float32) / 255.0
-    return torch.from_numpy(array).permute(0, 3, 1, 2).to(device)
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous().to(device)
 
 
 def _to_uint8(batch: torch.Tensor) -> list[np.ndarray]:
@@ -150,6 +150,8 @@ class Restorer:
     ``base``: a registry name (``gfpgan``, ``codeformer``, …), ``none`` (faces only aligned and pasted
     back) or ``auto`` (GFPGAN when its weights are available, else ``none`` with a note in
     ``self.notes``). ``refine``: ``None`` refines exactly when a ``refiner`` folder is given.
+    ``fidelity`` sets the base's fidelity knob whatever its name (CodeFormer ``fidelity``, VQFR
+    ``fidelity_ratio``); other knobs go in ``knobs``.
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class Restorer:
         weights: str | Path | None = None,
         batch_size: int | None = None,
         knobs: Mapping[str, Any] | None = None,
+        fidelity: float | None = None,
         parse: bool = True,
         paste: str = "residual",
         color_match: bool = False,
@@ -191,7 +194,10 @@ class Restorer:
         self.min_face = int(min_face)
         self.refiner_strength = float(refiner_strength)
         self.notes: list[str] = []
-        self.base: LoadedBase = self._load_base(base, weights, batch_size, dict(knobs or {}))
+        knobs = dict(knobs or {})
+        if fidelity is not None:
+            knobs[fidelity_knob(AUTO_BASE if base == "auto" else base)] = fidelity
+        self.base: LoadedBase = self._load_base(base, weights, batch_size, knobs)
         self.refiner = None
         if refine is not False and refiner is not None:
             from bfrboost.refiner import load_refiner

@@ -267,3 +267,15 @@ def test_direct_paste_mode(tmp_path: Path, testdata: Path) -> None:
     assert np.array_equal(a, load(source))  # identity + residual paste is exact
     assert not np.array_equal(a, b)  # direct paste re-samples the face
     assert run(source, "-o", tmp_path, "--base", "none", "--paste", "nope").exit_code == 2
+
+
+def test_fidelity_needs_a_base_with_a_fidelity_knob(photos: Path, tmp_path: Path) -> None:
+    result = run(photos, "-o", tmp_path, "--base", "gpen", "--fidelity", "0.5")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "bfrboost: base 'gpen' has no fidelity knob; --fidelity works with: codeformer, vqfr"
+
+
+def test_fidelity_maps_to_each_base_knob() -> None:
+    from bfrboost.backbones.registry import fidelity_knob
+
+    assert fidelity_knob("codeformer") == "fidelity" and fidelity_knob("vqfr") == "fidelity_ratio"

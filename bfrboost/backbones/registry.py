@@ -178,7 +178,7 @@ class LoadedBase:
         out = []
         with torch.inference_mode():
             for chunk in crops.split(self.batch_size):
-                x = chunk.to(self.device, self.dtype)
+                x = chunk.to(self.device, self.dtype).contiguous()  # some archs .view() their features
                 out.append(self.spec.forward(self.net, x, **self.knobs).to(crops.device, torch.float32))
         return torch.cat(out) if out else crops.new_empty(crops.shape, dtype=torch.float32)
 
@@ -207,6 +207,16 @@ def validate_knobs(name: str, knobs: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in knobs.items():
         values[key] = spec.knob(key).parse(value, f"base {name!r} option {key}")
     return values
+
+
+def fidelity_knob(name: str) -> str:
+    """The knob ``--fidelity`` sets for base ``name`` (each base names its quality/fidelity trade-off)."""
+    spec = get_spec(name)
+    for knob in ("fidelity", "fidelity_ratio"):
+        if knob in spec.knobs:
+            return knob
+    have = [n for n, s in _registry().items() if {"fidelity", "fidelity_ratio"} & set(s.knobs)]
+    raise UsageError(f"base {name!r} has no fidelity knob; --fidelity works with: {', '.join(have)}")
 
 
 def default_batch_size(device: torch.device) -> int:

@@ -146,11 +146,8 @@ class RetinaFaceDetector:
         score_threshold: float = 0.97,
         short_side: int | None = 640,
     ) -> None:
-        path = retinaface_path(network)
-        if not path.is_file():
-            raise WeightsError(
-                f"{path}: RetinaFace weights not found; run `bfrboost weights download retinaface` (or use the dlib detector)"
-            )
+        # verified (size + SHA-256) before use; downloaded when missing unless offline
+        path = weights.ensure(RETINAFACE_FILES[network])
         # facexlib imports slowly (numba), so only when a RetinaFace is really built.
         from facexlib.detection.retinaface import RetinaFace
 

@@ -69,11 +69,9 @@ class FaceParser:
 
 def load_parser(device: str | torch.device = "cpu", resolution: int = 512, required: bool = False) -> FaceParser | None:
     """ParseNet from the bfrboost cache, or ``None`` when its file is absent (``required`` raises)."""
-    path = parsenet_path()
-    if not path.is_file():
-        if required:
-            raise WeightsError(f"{path}: ParseNet weights not found; run `bfrboost weights download parsenet`")
+    if not parsenet_path().is_file() and not required:
         return None
+    path = weights.ensure(PARSENET_FILE)  # verified before use; fetched when required and missing
     # facexlib imports slowly (numba), so only when the parser is really built.
     from facexlib.parsing.parsenet import ParseNet
 

@@ -25,16 +25,6 @@ from bfrboost.backbones.registry import BaseSpec
 FACES = ("0143.png", "0368.png")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared, overloaded CPU two threads spin against each other and
-    the small forwards here run 10x slower than on one (measured: 2.9 s vs 0.2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def two_aligned_faces(testdata: Path, size: int = 512) -> torch.Tensor:
     """Two real FFHQ-aligned crops as a (2, 3, size, size) float tensor in [0, 1] (box-downscaled)."""
     crops = []

@@ -77,10 +77,8 @@ def test_detector_rejects_non_rgb_input():
 def test_retinaface_missing_weights_names_file_and_command(_isolated_cache):
     with pytest.raises(WeightsError) as err:
         get_detector("retinaface_resnet50")
-    assert str(err.value) == (
-        f"{_isolated_cache / 'detection_Resnet50_Final.pth'}: RetinaFace weights not found; "
-        "run `bfrboost weights download retinaface` (or use the dlib detector)"
-    )
+    assert str(err.value).startswith("detection_Resnet50_Final.pth: not in the cache and offline mode is on; download https://")
+    assert f"put it at {_isolated_cache / 'detection_Resnet50_Final.pth'}" in str(err.value)
     assert resolve("auto") == "dlib"
     assert get_detector("auto").name == "dlib"
 
@@ -98,7 +96,7 @@ def _facexlib_retinaface(network: str):
     return net.eval()
 
 
-def test_retinaface_mobile_matches_facexlib_on_random_weights(_isolated_cache, testdata):
+def test_retinaface_mobile_matches_facexlib_on_random_weights(_isolated_cache, trust_cache, testdata):
     net = _facexlib_retinaface("mobile0.25")
     torch.save(net.state_dict(), _isolated_cache / "detection_mobilenet0.25_Final.pth")
     detector = get_detector("retinaface_mobile0.25", score_threshold=0.5, short_side=None)
@@ -113,7 +111,7 @@ def test_retinaface_mobile_matches_facexlib_on_random_weights(_isolated_cache, t
     np.testing.assert_allclose([f.score for f in faces], rows[:, 4], atol=1e-6)
 
 
-def test_retinaface_resnet50_loads_module_prefixed_checkpoint_and_runs(_isolated_cache):
+def test_retinaface_resnet50_loads_module_prefixed_checkpoint_and_runs(_isolated_cache, trust_cache):
     net = _facexlib_retinaface("resnet50")
     state = {f"module.{k}": v for k, v in net.state_dict().items()}  # DataParallel-style keys
     torch.save(state, _isolated_cache / "detection_Resnet50_Final.pth")
@@ -127,7 +125,7 @@ def test_retinaface_resnet50_loads_module_prefixed_checkpoint_and_runs(_isolated
     assert all(isinstance(f, Face) and f.landmarks.shape == (5, 2) and f.score > 0.97 for f in faces)
 
 
-def test_retinaface_wrong_checkpoint_is_refused(_isolated_cache):
+def test_retinaface_wrong_checkpoint_is_refused(_isolated_cache, trust_cache):
     net = _facexlib_retinaface("mobile0.25")
     path = _isolated_cache / "detection_Resnet50_Final.pth"
     torch.save(net.state_dict(), path)
@@ -152,3 +150,10 @@ def test_select_faces():
     assert select_faces(faces, (200, 400), only_center=True, min_face=200) == []
     with pytest.raises(UsageError, match="not both"):
         select_faces(faces, (200, 400), only_center=True, only_largest=True)
+
+
+def test_retinaface_file_that_fails_verification_is_never_loaded(_isolated_cache):
+    path = _isolated_cache / "detection_mobilenet0.25_Final.pth"
+    torch.save(_facexlib_retinaface("mobile0.25").state_dict(), path)  # right keys, wrong bytes
+    with pytest.raises(WeightsError, match="offline mode is on: replace it with a good copy"):
+        get_detector("retinaface_mobile0.25")

@@ -10,16 +10,6 @@ import torch
 from bfrboost.refiner import InfoBFR, init_tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are dominated by per-op overhead: on this shared 2-core machine two intra-op threads
-    spin against other jobs and made these tests 5× slower (85 s vs 16 s measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny_refiner")
