@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -379,4 +380,6 @@ def refiner_init(
 
 
 def main() -> None:
+    # spandrel's architectures still call torch.jit.script at import: not the user's concern
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     app()

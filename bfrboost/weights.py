@@ -403,7 +403,10 @@ def _fetch(entry: WeightFile, part: Path, progress: bool) -> str:
             grew = (part.stat().st_size if part.exists() else 0) > start
             stalled = 0 if grew else stalled + 1
             if stalled >= _MAX_STALLED_ATTEMPTS:
-                raise WeightsError(f"{entry.file}: download from {entry.url} failed ({reason}); the partial file {part} is kept and resumed next time")
+                if part.exists() and part.stat().st_size == 0:
+                    part.unlink()
+                kept = f"; the partial file {part} is kept and resumed next time" if part.exists() else ""
+                raise WeightsError(f"{entry.file}: download from {entry.url} failed ({reason}){kept}; or download it by hand and run `bfrboost weights import FILE`")
 
 
 def _fetch_once(entry: WeightFile, part: Path, start: int, advance: Any) -> str | None:
@@ -443,7 +446,10 @@ def _progress_bar(label: str, enabled: bool) -> Iterator[Any]:
     )
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
+    console = Console(stderr=True)
+    if enabled and not console.is_terminal:  # logs and pipes get one line, not a redrawn bar
+        _err(f"downloading {label}")
+    with Progress(*columns, console=console, disable=not enabled or not console.is_terminal) as bar:
         task = bar.add_task(label, total=None)
         yield lambda **kwargs: bar.update(task, **kwargs)
 
