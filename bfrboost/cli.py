@@ -6,6 +6,7 @@ Sections are owned by different people while the foundation is built: edit only 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import sys
 import time
 import warnings
@@ -240,10 +241,15 @@ def weights_download(
     from bfrboost import weights
 
     entries = [e for name in names for e in _weights_files(name)]
+    _print_each(entries, lambda entry: weights.ensure(entry.file, offline=True if offline else None))
+
+
+def _print_each(items: list[Any], action: Callable[[Any], Path]) -> None:
+    """Run ``action`` on every item, print each resulting path, one line per failure, exit 1 if any."""
     failed = False
-    for entry in entries:
+    for item in items:
         try:
-            sys.stdout.write(f"{weights.ensure(entry.file, offline=True if offline else None)}\n")
+            sys.stdout.write(f"{action(item)}\n")
         except BfrboostError as exc:
             _err(str(exc))
             failed = True
@@ -285,15 +291,7 @@ def weights_import(
     """Copy manually downloaded files into the cache after checking them."""
     from bfrboost import weights
 
-    failed = False
-    for src in files:
-        try:
-            sys.stdout.write(f"{weights.import_file(src)}\n")
-        except BfrboostError as exc:
-            _err(str(exc))
-            failed = True
-    if failed:
-        raise typer.Exit(1)
+    _print_each(files, weights.import_file)
 
 # ---- refiner (refiner owner) ------------------------------------------------------------------
 refiner_app = typer.Typer(no_args_is_help=True, help="InfoBFR refiner: statistics, info, tiny test refiners.")
@@ -370,7 +368,7 @@ def refiner_init(
     tiny: Annotated[Path, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights.")] = 0,
 ) -> None:
-    """Create a tiny random refiner; real refiners come from `bfrboost train`."""
+    """Create a tiny random refiner for tests and demos (training real ones is not in bfrboost yet)."""
     from bfrboost.refiner import init_tiny
 
     if (tiny / "config.json").exists():

@@ -15,6 +15,7 @@ kind of noise the generator was trained with. ``randomize_noise=true`` restores 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -56,23 +57,13 @@ KNOBS = {
     "randomize_noise": Knob(False, "fresh StyleGAN noise every call, like upstream (not reproducible)"),
 }
 
-SPECS = [
-    BaseSpec(
-        name="gfpgan",
-        display_name="GFPGAN v1.4",
-        card="gfpgan",
-        weight_file="GFPGANv1.4.pth",
-        build=build,
-        forward=forward,
-        knobs=KNOBS,
-    ),
-    BaseSpec(
-        name="gfpgan-1.3",
-        display_name="GFPGAN v1.3",
-        card="gfpgan",
-        weight_file="GFPGANv1.3.pth",
-        build=build,
-        forward=forward,
-        knobs=KNOBS,
-    ),
-]
+V14 = BaseSpec(
+    name="gfpgan",
+    display_name="GFPGAN v1.4",
+    card="gfpgan",
+    weight_file="GFPGANv1.4.pth",
+    build=build,
+    forward=forward,
+    knobs=KNOBS,
+)
+SPECS = [V14, dataclasses.replace(V14, name="gfpgan-1.3", display_name="GFPGAN v1.3", weight_file="GFPGANv1.3.pth")]
