@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Restorer", "Result", "OutputOptions", "FileReport", "Face", "__version__"]
+__all__ = ["Face", "FileReport", "OutputOptions", "Restorer", "Result", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

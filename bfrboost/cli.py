@@ -6,13 +6,13 @@ Sections are owned by different people while the foundation is built: edit only 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -61,8 +61,10 @@ def _summary(reports: list[FileReport], problems: list[str], seconds: float) -> 
         for stage, secs in report.seconds.items():
             stages[stage] = stages.get(stage, 0.0) + secs
     lines = [
-        f"{len(done)} image(s) restored, {sum(len(r.faces) for r in done)} face(s), "
-        f"{len(failed) + len(problems)} failed, {len(skipped)} skipped, {seconds:.2f} s"
+        (
+            f"{len(done)} image(s) restored, {sum(len(r.faces) for r in done)} face(s), "
+            f"{len(failed) + len(problems)} failed, {len(skipped)} skipped, {seconds:.2f} s"
+        )
     ]
     if stages:
         lines.append("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
@@ -77,10 +79,10 @@ def restore(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
     outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, cropped_faces/, restored_faces/, cmp/).")] = Path("results"),
     base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface.")] = "auto",
-    refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner after the base model (default: when --refiner is given).", show_default=False)] = None,
-    refiner: Annotated[Optional[Path], typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
+    refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner after the base model (default: when --refiner is given).", show_default=False)] = None,
+    refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
     refiner_strength: Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")] = 1.0,
-    sd_model: Annotated[Optional[Path], typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder (vae/, unet/) instead of the weights cache.")] = None,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder (vae/, unet/) instead of the weights cache.")] = None,
     upscale: Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image.")] = 2.0,
     aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned 512×512 face crops: skip detection.")] = False,
     only_center_face: Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")] = False,
@@ -88,18 +90,18 @@ def restore(
     paste: Annotated[str, typer.Option("--paste", help="Paste-back: residual (adds restored − crop to the photo, keeps detail finer than the 512 crop) or direct (replaces pixels, like facexlib).")] = "residual",
     color_match: Annotated[bool, typer.Option("--color-match", help="Match each restored face's colour statistics to the original face.")] = False,
     detector: Annotated[str, typer.Option("--detector", help="Face detector: auto, dlib, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Custom checkpoint for the base model (.pth tensors only, or .safetensors).")] = None,
-    fidelity: Annotated[Optional[float], typer.Option("--fidelity", help="Fidelity of the base: CodeFormer w, VQFR fidelity_ratio, in [0, 1].")] = None,
-    knob: Annotated[list[str], typer.Option("--knob", help="Base-model knob NAME=VALUE (e.g. steps=50, seed=0); repeatable.")] = [],
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Faces per base-model batch (default by device).")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Custom checkpoint for the base model (.pth tensors only, or .safetensors).")] = None,
+    fidelity: Annotated[float | None, typer.Option("--fidelity", help="Fidelity of the base: CodeFormer w, VQFR fidelity_ratio, in [0, 1].")] = None,
+    knob: Annotated[list[str] | None, typer.Option("--knob", help="Base-model knob NAME=VALUE (e.g. steps=50, seed=0); repeatable.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Faces per base-model batch (default by device).")] = None,
     save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write cropped_faces/ and restored_faces/.")] = False,
     save_cmp: Annotated[bool, typer.Option("--save-cmp", help="Also write cmp/: each crop beside its restored face.")] = False,
     draw_boxes: Annotated[bool, typer.Option("--draw-boxes", help="Draw face boxes and landmarks on the output.")] = False,
-    suffix: Annotated[Optional[str], typer.Option("--suffix", help="Suffix added to output names (NAME_SUFFIX.ext).")] = None,
+    suffix: Annotated[str | None, typer.Option("--suffix", help="Suffix added to output names (NAME_SUFFIX.ext).")] = None,
     ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")] = ExtChoice.auto,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels (decompression-bomb guard).")] = None,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels (decompression-bomb guard).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")] = False,
@@ -115,7 +117,7 @@ def restore(
             raise UsageError("'-' (stdin) cannot be mixed with other inputs")
         if stdin_mode and as_json:
             raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
-        knobs = _parse_knobs(knob)
+        knobs = _parse_knobs(knob or [])
         paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
         for problem in problems:
             _err(problem)
@@ -312,13 +314,18 @@ def refiner_stats(
     per_element: Annotated[bool, typer.Option("--per-element", help="One μ, σ per element of r instead of per channel.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per VAE batch.")] = 4,
     size: Annotated[int, typer.Option("--size", min=8, help="Faces are resized to SIZE×SIZE (the refiner's input size).")] = 512,
-    sd_model: Annotated[Optional[Path], typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (vae/) instead of the weights cache.")] = None,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (vae/) instead of the weights cache.")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
 ) -> None:
     """Compute μ_R, σ_R of the VAE manifold over clean faces and store them in the refiner."""
     import torch
 
-    from bfrboost.refiner import compute_manifold_stats, list_faces, refiner_vae, save_stats
+    from bfrboost.refiner import (
+        compute_manifold_stats,
+        list_faces,
+        refiner_vae,
+        save_stats,
+    )
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

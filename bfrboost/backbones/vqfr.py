@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from bfrboost.backbones.registry import BaseSpec, Knob, build_strict, from_signed, to_signed
+from bfrboost.backbones.registry import (
+    BaseSpec,
+    Knob,
+    build_strict,
+    from_signed,
+    to_signed,
+)
 
 
 @dataclass(frozen=True)

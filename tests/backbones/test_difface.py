@@ -17,7 +17,13 @@ from safetensors.torch import save_file
 
 from bfrboost import weights
 from bfrboost.backbones import difface
-from bfrboost.backbones.difface import AttentionBlock, DifFaceConfig, IDDPMUNet, RestorerConfig, UNetConfig
+from bfrboost.backbones.difface import (
+    AttentionBlock,
+    DifFaceConfig,
+    IDDPMUNet,
+    RestorerConfig,
+    UNetConfig,
+)
 from bfrboost.errors import WeightsError
 from bfrboost.weights import load_state_dict
 
