@@ -83,6 +83,7 @@ def restore(
     refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
     refiner_strength: Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")] = 1.0,
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder (vae/, unet/) instead of the weights cache.")] = None,
+    compile_refiner: Annotated[bool, typer.Option("--compile", help="torch.compile the refiner (worth it on CUDA for long batches; slow first batch).")] = False,
     upscale: Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image.")] = 2.0,
     aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned 512×512 face crops: skip detection.")] = False,
     only_center_face: Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")] = False,
@@ -125,7 +126,7 @@ def restore(
             _err("no input images found")
             raise typer.Exit(1)
         restorer = Restorer(
-            base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model,
+            base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
             device=device, detector=detector, upscale=upscale, aligned=aligned,
             only_center_face=only_center_face, min_face=min_face, weights=weights,
             batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match,

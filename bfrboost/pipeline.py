@@ -162,6 +162,7 @@ class Restorer:
         refiner: str | Path | None = None,
         refiner_strength: float = 1.0,
         sd_model: str | Path | None = None,
+        compile: bool = False,
         device: str = "auto",
         detector: str = "auto",
         upscale: float = 2.0,
@@ -202,7 +203,7 @@ class Restorer:
         if refine is not False and refiner is not None:
             from bfrboost.refiner import load_refiner
 
-            self.refiner = load_refiner(Path(refiner), device=self.device, sd_model=sd_model)
+            self.refiner = load_refiner(Path(refiner), device=self.device, sd_model=sd_model, compile=compile)
             self.refine_batch = batch_size or (8 if self.device.type == "cuda" else 1)
             if self.device.type == "cpu":
                 self.notes.append("the refiner runs on the CPU: expect several seconds per face")

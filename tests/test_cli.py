@@ -279,3 +279,17 @@ def test_fidelity_maps_to_each_base_knob() -> None:
     from bfrboost.backbones.registry import fidelity_knob
 
     assert fidelity_knob("codeformer") == "fidelity" and fidelity_knob("vqfr") == "fidelity_ratio"
+
+
+def test_rgba_alpha_is_kept_and_upscaled(tmp_path: Path, testdata: Path) -> None:
+    rgb = Image.open(testdata / "whole" / "04.jpg").convert("RGB")
+    alpha = Image.linear_gradient("L").resize(rgb.size)
+    source = tmp_path / "rgba.png"
+    Image.merge("RGBA", (*rgb.split(), alpha)).save(source)
+    result = run(source, "-o", tmp_path / "out", "--base", "none", "-s", "2")
+    assert result.exit_code == 0, result.stderr
+    out = Image.open(tmp_path / "out" / "restored_imgs" / "rgba.png")
+    assert out.mode == "RGBA" and out.size == (450, 450)
+    restored_alpha = np.asarray(out)[..., 3].astype(int)
+    expected = np.asarray(alpha.resize((450, 450), Image.BILINEAR)).astype(int)
+    assert np.abs(restored_alpha - expected).mean() < 2

@@ -42,3 +42,16 @@ def test_no_refine_ignores_the_refiner(tmp_path: Path, testdata: Path) -> None:
     result = runner.invoke(app, ["restore", str(testdata / "whole" / "04.jpg"), "--base", "none", "-o", str(tmp_path),
                                  "--refiner", str(tmp_path / "missing"), "--no-refine", "--json"])
     assert result.exit_code == 0 and "refine" not in json.loads(result.stdout)["seconds"]
+
+
+def test_compile_flag_compiles_the_refiner_stages(tmp_path: Path, testdata: Path, monkeypatch) -> None:
+    from bfrboost.refiner.model import InfoBFR
+
+    compiled = []
+    monkeypatch.setattr(InfoBFR, "compile_stages", lambda self: compiled.append(self))
+    refiner = tmp_path / "tiny"
+    runner.invoke(app, ["refiner", "init", "--tiny", str(refiner)])
+    result = runner.invoke(app, ["restore", str(testdata / "aligned" / "0143.png"), "--aligned", "--base", "none",
+                                 "-o", str(tmp_path / "out"), "--refiner", str(refiner), "--compile"])
+    assert result.exit_code == 0, result.stderr
+    assert len(compiled) == 1
