@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bfrboost.backbones.registry import LoadedBase, fidelity_knob, load_base
+from bfrboost.background import load_upsampler
 from bfrboost.errors import BfrboostError, OutputError, UsageError, WeightsError
 from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
 from bfrboost.faces.detect import get_detector, select_faces
@@ -151,7 +152,8 @@ class Restorer:
     back) or ``auto`` (GFPGAN when its weights are available, else ``none`` with a note in
     ``self.notes``). ``refine``: ``None`` refines exactly when a ``refiner`` folder is given.
     ``fidelity`` sets the base's fidelity knob whatever its name (CodeFormer ``fidelity``, VQFR
-    ``fidelity_ratio``); other knobs go in ``knobs``.
+    ``fidelity_ratio``); other knobs go in ``knobs``. ``bg_upsampler="realesrgan"`` upscales the
+    whole photo with Real-ESRGAN (tiles of ``bg_tile`` px) instead of a Lanczos resize.
     """
 
     def __init__(
@@ -176,6 +178,8 @@ class Restorer:
         parse: bool = True,
         paste: str = "residual",
         color_match: bool = False,
+        bg_upsampler: str = "none",
+        bg_tile: int = 400,
     ) -> None:
         if paste not in ("residual", "direct"):
             raise UsageError(f"unknown paste mode '{paste}'; use residual or direct")
@@ -208,6 +212,7 @@ class Restorer:
             if self.device.type == "cpu":
                 self.notes.append("the refiner runs on the CPU: expect several seconds per face")
         self.detector = None if aligned else get_detector(detector, device=str(self.device))
+        self.background = None if aligned else load_upsampler(bg_upsampler, self.upscale, device=self.device, tile=bg_tile)
         self.paste_mode = paste
         self.color_match = color_match
         self.parser = None
@@ -255,6 +260,8 @@ class Restorer:
         return _to_uint8(restored)
 
     def _upscaled(self, image: np.ndarray) -> np.ndarray:
+        if self.background is not None:  # Real-ESRGAN, also at 1× (it then cleans the background)
+            return self.background.upscale(image, self.upscale)
         if self.upscale == 1:
             return image.copy()
         h, w = image.shape[:2]
