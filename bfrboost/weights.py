@@ -566,6 +566,18 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
     return _unwrap(sd, path)
 
 
+def load_into(net: torch.nn.Module, path: str | os.PathLike, what: str, card: str) -> None:
+    """Safe-load ``path`` into ``net`` strictly; a checkpoint of another model is refused in one line."""
+    from bfrboost.backbones.registry import CheckpointMismatch, check_state_dict
+
+    state = load_state_dict(path)
+    try:
+        check_state_dict(net, state)
+    except CheckpointMismatch as exc:
+        raise WeightsError(f"{path}: not a {what} checkpoint ({exc}); run `bfrboost weights download {card}`") from None
+    net.load_state_dict(state, strict=True)
+
+
 def _unwrap(sd: Any, path: Path) -> dict[str, torch.Tensor]:
     import torch
 

@@ -158,14 +158,7 @@ class RetinaFaceDetector:
         with warnings.catch_warnings():  # torchvision's deprecation notice for resnet50(pretrained=False)
             warnings.simplefilter("ignore", UserWarning)
             net = RetinaFace(network_name=network, half=False, device=self.device)
-        state = {k.removeprefix("module."): v for k, v in weights.load_state_dict(path).items()}
-        missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
-        if missing or unexpected:
-            raise WeightsError(
-                f"{path}: not a RetinaFace {network} checkpoint ({len(missing)} keys missing, {len(unexpected)} unexpected); "
-                "run `bfrboost weights download retinaface`"
-            )
-        net.load_state_dict(state, strict=True)
+        weights.load_into(net, path, f"RetinaFace {network}", "retinaface")
         self.net = net.to(self.device).eval()
 
     def detect(self, image: np.ndarray) -> list[Face]:

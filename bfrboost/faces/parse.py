@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from bfrboost import weights
-from bfrboost.errors import WeightsError
 
 PARSENET_FILE = "parsing_parsenet.pth"
 
@@ -76,12 +75,5 @@ def load_parser(device: str | torch.device = "cpu", resolution: int = 512, requi
     from facexlib.parsing.parsenet import ParseNet
 
     net = ParseNet(in_size=512, out_size=512, parsing_ch=_NUM_LABELS)
-    state = weights.load_state_dict(path)
-    missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path}: not a ParseNet checkpoint ({len(missing)} keys missing, {len(unexpected)} unexpected); "
-            "run `bfrboost weights download parsenet`"
-        )
-    net.load_state_dict(state, strict=True)
+    weights.load_into(net, path, "ParseNet", "parsenet")
     return FaceParser(net, device, resolution)
