@@ -29,7 +29,7 @@ test: setup
 bench: setup
 	$(PY) bench/bench_faces.py
 	$(PY) bench/bench_backbones.py
-	$(PY) bench/bench_refiner.py
+	$(PY) bench/bench_refiner.py --real
 
 lint: setup
 	$(PY) -m pip install -q ruff
