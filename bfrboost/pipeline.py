@@ -75,7 +75,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 def _to_tensor(crops: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
     array = np.stack(crops).astype(np.float32) / 255.0
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous().to(device)
+    return torch.from_numpy(array).permute(0, 3, 1, 2).to(device)
 
 
 def _to_uint8(batch: torch.Tensor) -> list[np.ndarray]:
@@ -335,11 +335,14 @@ class Restorer:
 
         pending: list[tuple[FileReport, Any]] = []
         planned: dict[Path, Path] = {}
+        by_name: dict[str, list[Path]] = {}  # the input guard compares same-named files only: O(n), not O(n²)
+        for path in inputs:
+            by_name.setdefault(path.name, []).append(path)
         for path in inputs:
             report = FileReport(input=str(path))
             try:
                 out = self._plan(path, options)
-                check_not_input(out, inputs)
+                check_not_input(out, by_name.get(out.name, []))
                 if out in planned:
                     raise OutputError(f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix")
                 planned[out] = path

@@ -566,10 +566,33 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
     return _unwrap(sd, path)
 
 
+class CheckpointMismatch(ValueError):
+    """A state dict does not fit an architecture; the message is a one-line summary."""
+
+
+def check_state_dict(net: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointMismatch` summarising missing/unexpected keys and wrong shapes."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k!r} is {tuple(state_dict[k].shape)}, expected {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {missing[0]!r}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]!r}")
+    if shapes:
+        problems.append(f"{len(shapes)} wrong shape(s), e.g. {shapes[0]}")
+    if problems:
+        raise CheckpointMismatch("; ".join(problems))
+
+
 def load_into(net: torch.nn.Module, path: str | os.PathLike, what: str, card: str) -> None:
     """Safe-load ``path`` into ``net`` strictly; a checkpoint of another model is refused in one line."""
-    from bfrboost.backbones.registry import CheckpointMismatch, check_state_dict
-
     state = load_state_dict(path)
     try:
         check_state_dict(net, state)

@@ -31,6 +31,7 @@ from torch import nn
 
 from bfrboost import weights as weights_manager
 from bfrboost.errors import UsageError, WeightsError
+from bfrboost.weights import CheckpointMismatch, check_state_dict  # noqa: F401  (adapters and tests use them from here)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -101,10 +102,6 @@ class BaseSpec:
         return value if isinstance(value, Knob) else Knob(default=value)
 
 
-class CheckpointMismatch(ValueError):
-    """A state dict does not fit an architecture; the message is a one-line summary."""
-
-
 def build_strict(make: Callable[[], nn.Module], state_dict: Mapping[str, torch.Tensor] | None) -> nn.Module:
     """``make()`` randomly initialised, or with ``state_dict`` loaded strictly.
 
@@ -121,27 +118,6 @@ def build_strict(make: Callable[[], nn.Module], state_dict: Mapping[str, torch.T
     if left:  # a non-persistent buffer: not in any checkpoint, so it must be built for real
         raise RuntimeError(f"{type(net).__name__}: {left[0]} is not in the state dict; build it without meta init")
     return net
-
-
-def check_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Raise :class:`CheckpointMismatch` summarising missing/unexpected keys and wrong shapes."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k!r} is {tuple(state_dict[k].shape)}, expected {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and state_dict[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), e.g. {missing[0]!r}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]!r}")
-    if shapes:
-        problems.append(f"{len(shapes)} wrong shape(s), e.g. {shapes[0]}")
-    if problems:
-        raise CheckpointMismatch("; ".join(problems))
 
 
 def to_signed(x: torch.Tensor) -> torch.Tensor:
