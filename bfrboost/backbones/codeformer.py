@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
 
-from bfrboost.backbones.registry import (
+from bfrboost.backbones.spec import (
     BaseSpec,
     Knob,
     build_strict,

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bfrboost import weights
-from bfrboost.backbones.registry import BaseSpec, Knob, build_strict
+from bfrboost.backbones.spec import BaseSpec, Knob, build_strict
 from bfrboost.errors import WeightsError
 
 PRIOR_FILE = "iddpm_ffhq512_ema500000.pth"

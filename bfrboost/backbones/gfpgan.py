@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from spandrel.architectures.GFPGAN import GFPGAN
 
-from bfrboost.backbones.registry import (
+from bfrboost.backbones.spec import (
     BaseSpec,
     Knob,
     build_strict,

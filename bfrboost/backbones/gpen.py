@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bfrboost.backbones.registry import BaseSpec, build_strict, from_signed, to_signed
+from bfrboost.backbones.spec import BaseSpec, build_strict, from_signed, to_signed
 
 _BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from bfrboost.backbones.registry import BaseSpec
+from bfrboost.backbones.spec import BaseSpec
 
 
 def build(state_dict: Mapping[str, torch.Tensor] | None = None) -> nn.Module:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from spandrel.architectures.RestoreFormer import RestoreFormer
 
-from bfrboost.backbones.registry import BaseSpec, build_strict, from_signed, to_signed
+from bfrboost.backbones.spec import BaseSpec, build_strict, from_signed, to_signed
 
 CONFIG = {
     "n_embed": 1024,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from bfrboost.backbones.registry import (
+from bfrboost.backbones.spec import (
     BaseSpec,
     Knob,
     build_strict,

@@ -12,9 +12,7 @@ import glob
 import io
 import os
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bfrboost.errors import InputError, OutputError, UsageError
+from bfrboost.safety import InputGuard, atomic_open
 
 DEFAULT_MAX_PIXELS = 200_000_000
 """Decompression-bomb guard: larger images are refused unless the caller raises the limit."""
@@ -284,37 +283,13 @@ def write_image(
         raise OutputError(f"{path}: cannot write '.{fmt}' images; use .png, .jpg or .webp")
     image = _to_pil(rgb, alpha, OUTPUT_FORMATS[fmt])
     try:
-        with _atomic_file(path, overwrite) as file:
+        with atomic_open(path, overwrite) as file:
             _save(image, file, OUTPUT_FORMATS[fmt], quality, exif, icc)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except ValueError as exc:  # the encoder refused, e.g. WebP above 16383 px
         raise OutputError(f"{path}: cannot encode as {OUTPUT_FORMATS[fmt]} ({exc})") from None
     return path
-
-
-@contextmanager
-def _atomic_file(path: Path, overwrite: bool) -> Iterator[BinaryIO]:
-    if not overwrite and path.exists():
-        raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"  # hidden: folder scans skip it
-        # os.open with 0o666 (not mkstemp's 0o600) so the result gets the user's usual permissions
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as exc:
-        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker and not blocker.is_dir() else exc.strerror
-        raise OutputError(f"{path}: cannot write into {path.parent} ({reason}); choose another output folder") from None
-    try:
-        with os.fdopen(fd, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _pil_format(fmt: str) -> str:
@@ -383,18 +358,7 @@ def plan_output(
 
 def check_not_input(out: Path | str, inputs: Iterable[Path | str]) -> None:
     """Refuse an output that is one of the inputs (e.g. ``-o`` pointing at the photos with no subdir)."""
-    out = Path(out)
-    for candidate in inputs:
-        candidate = Path(candidate)
-        if candidate.name == out.name and _same_file(candidate, out):  # name first: cheap for big batches
-            raise OutputError(f"{out}: would overwrite the input {candidate}; choose another -o or --suffix")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one does not exist (yet)
-        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+    InputGuard(inputs).check(out)
 
 
 def collect_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[Path], list[str]]:

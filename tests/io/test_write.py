@@ -127,7 +127,7 @@ def test_failed_write_leaves_no_partial_or_temp_file(
     monkeypatch.setattr(images, "_save", _fail_midway(OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(OutputError) as info:
         write_image(path, blocks, overwrite=overwrite)
-    assert str(info.value) == f"{path}: cannot write (No space left on device)"
+    assert str(info.value) == f"{path}: no space left on the device holding {tmp_path}; free space there or choose another -o"
     assert os.listdir(tmp_path) == (["x.png"] if overwrite else [])
     if overwrite:
         assert path.read_bytes() == b"previous result"  # the old output survives a failed replacement

@@ -1,0 +1,97 @@
+"""`bfrboost refiner`: manifold statistics, size/FLOP report, tiny test refiners."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from bfrboost.cli import app
+from bfrboost.cli.common import fail as _refiner_fail
+from bfrboost.errors import BfrboostError, UsageError
+
+refiner_app = typer.Typer(no_args_is_help=True, help="InfoBFR refiner: statistics, info, tiny test refiners.")
+app.add_typer(refiner_app, name="refiner")
+
+
+@refiner_app.command("stats")
+def refiner_stats(
+    faces: Annotated[Path, typer.Option("--faces", help="Folder of high-quality aligned 512 faces (searched recursively, sorted).")],
+    refiner: Annotated[Path, typer.Option("--refiner", help="Refiner folder whose statistics are replaced.")],
+    count: Annotated[int, typer.Option("-n", "--count", min=1, help="Use at most this many faces (the paper: 3000 FFHQ faces).")] = 3000,
+    per_element: Annotated[bool, typer.Option("--per-element", help="One μ, σ per element of r instead of per channel.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per VAE batch.")] = 4,
+    size: Annotated[int, typer.Option("--size", min=8, help="Faces are resized to SIZE×SIZE (the refiner's input size).")] = 512,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (vae/) instead of the weights cache.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
+) -> None:
+    """Compute μ_R, σ_R of the VAE manifold over clean faces and store them in the refiner."""
+    import torch
+
+    from bfrboost.refiner import (
+        compute_manifold_stats,
+        list_faces,
+        refiner_vae,
+        save_stats,
+    )
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        paths = list_faces(faces, count)
+        vae = refiner_vae(refiner, sd_model)
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("manifold statistics", total=len(paths))
+            stats = compute_manifold_stats(vae, paths, per_element, batch_size, size, device, lambda n: progress.advance(task, n))
+        save_stats(refiner, stats)
+    except BfrboostError as exc:
+        raise _refiner_fail(exc) from None
+    mode = "element" if per_element else "channel"
+    sys.stdout.write(f"{refiner}: per-{mode} statistics of r over {stats.faces} faces stored "
+                     f"(mean |μ| {stats.mean.abs().mean():.4f}, mean σ {stats.std.mean():.4f})\n")
+
+
+@refiner_app.command("info")
+def refiner_info(
+    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank (the paper studies 2, 4, 8).")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Also count FLOPs per face and stage.")] = True,
+) -> None:
+    """Trainable parameters and FLOPs of the real SD 2.1-base refiner (built without weights)."""
+    from bfrboost.refiner import describe_sd21
+
+    info = describe_sd21(rank, flops=flops)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=1) + "\n")
+        return
+    p = info["parameters"]
+    lines = [
+        f"InfoBFR on SD 2.1-base, LoRA rank {rank} (alpha = rank) on every UNet block Linear/Conv2d",
+        f"trainable  {p['trainable'] / 1e6:8.3f} M params  {info['trainable_mb_fp32']:7.2f} MB fp32",
+        f"  LoRA     {p['lora'] / 1e6:8.3f} M params  {info['lora_mb_fp32']:7.2f} MB fp32",
+        f"  Transformer + λ head {(p['transformer'] + p['lambda_head']) / 1e6:.3f} M params",
+        f"frozen     UNet {p['frozen_unet'] / 1e6:.1f} M, VAE {p['frozen_vae'] / 1e6:.1f} M params",
+    ]
+    if flops:
+        lines.append(f"GFLOPs per {info['face_size']}² face (LoRA fused):")
+        lines += [f"  {stage:<12} {value / 1e9:10.1f}" for stage, value in info["flops_per_face"].items()]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+@refiner_app.command("init")
+def refiner_init(
+    tiny: Annotated[Path, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights.")] = 0,
+) -> None:
+    """Create a tiny random refiner for tests and demos (training real ones is not in bfrboost yet)."""
+    from bfrboost.refiner import init_tiny
+
+    if (tiny / "config.json").exists():
+        raise _refiner_fail(UsageError(f"{tiny}: already holds a refiner; choose an empty folder"))
+    init_tiny(tiny, seed)
+    sys.stdout.write(f"{tiny}: tiny random refiner written (seed {seed})\n")

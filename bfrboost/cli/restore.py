@@ -1,0 +1,165 @@
+"""`bfrboost restore`: images, folders, globs and stdin through :class:`bfrboost.Restorer`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from bfrboost.cli import app
+from bfrboost.cli.common import err as _err
+from bfrboost.errors import BfrboostError, UsageError
+
+if TYPE_CHECKING:
+    from bfrboost.pipeline import FileReport
+
+class ExtChoice(str, Enum):
+    auto = "auto"
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+
+
+def _parse_knobs(knob: list[str]) -> dict[str, Any]:
+    knobs: dict[str, Any] = {}
+    for item in knob:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--knob expects NAME=VALUE, got '{item}'")
+        try:
+            knobs[name] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[name] = value
+    return knobs
+
+
+def _summary(reports: list[FileReport], problems: list[str], seconds: float) -> str:
+    done = [r for r in reports if r.error is None and r.skipped is None]
+    failed = [r for r in reports if r.error is not None]
+    skipped = [r for r in reports if r.skipped is not None]
+    stages: dict[str, float] = {}
+    for report in reports:
+        for stage, secs in report.seconds.items():
+            stages[stage] = stages.get(stage, 0.0) + secs
+    lines = [
+        (
+            f"{len(done)} image(s) restored, {sum(len(r.faces) for r in done)} face(s), "
+            f"{len(failed) + len(problems)} failed, {len(skipped)} skipped, {seconds:.2f} s"
+        )
+    ]
+    if stages:
+        lines.append("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+    if failed or problems:
+        lines.append("failed:")
+        lines += [f"  {r.input}: {r.error}" for r in failed] + [f"  {p}" for p in problems]
+    return "\n".join(lines)
+
+
+@app.command()
+def restore(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, cropped_faces/, restored_faces/, cmp/).")] = Path("results"),
+    base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface.")] = "auto",
+    refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner after the base model (default: when --refiner is given).", show_default=False)] = None,
+    refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
+    refiner_strength: Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")] = 1.0,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder (vae/, unet/) instead of the weights cache.")] = None,
+    compile_refiner: Annotated[bool, typer.Option("--compile", help="torch.compile the refiner (worth it on CUDA for long batches; slow first batch).")] = False,
+    upscale: Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image.")] = 2.0,
+    bg_upsampler: Annotated[str, typer.Option("--bg-upsampler", help="Background upsampler: none (Lanczos resize) or realesrgan (Real-ESRGAN x2/x4plus).")] = "none",
+    bg_tile: Annotated[int, typer.Option("--bg-tile", min=0, help="Real-ESRGAN tile size in pixels (0 = whole image at once).")] = 400,
+    aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned 512×512 face crops: skip detection.")] = False,
+    only_center_face: Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")] = False,
+    min_face: Annotated[int, typer.Option("--min-face", min=0, help="Ignore faces whose box is smaller than PX pixels.")] = 0,
+    paste: Annotated[str, typer.Option("--paste", help="Paste-back: residual (adds restored − crop to the photo, keeps detail finer than the 512 crop) or direct (replaces pixels, like facexlib).")] = "residual",
+    color_match: Annotated[bool, typer.Option("--color-match", help="Match each restored face's colour statistics to the original face.")] = False,
+    detector: Annotated[str, typer.Option("--detector", help="Face detector: auto, dlib, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
+    weights: Annotated[Path | None, typer.Option("--weights", help="Custom checkpoint for the base model (.pth tensors only, or .safetensors).")] = None,
+    fidelity: Annotated[float | None, typer.Option("--fidelity", help="Fidelity of the base: CodeFormer w, VQFR fidelity_ratio, in [0, 1].")] = None,
+    knob: Annotated[list[str] | None, typer.Option("--knob", help="Base-model knob NAME=VALUE (e.g. steps=50, seed=0); repeatable.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Faces per base-model batch (default by device).")] = None,
+    save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write cropped_faces/ and restored_faces/.")] = False,
+    save_cmp: Annotated[bool, typer.Option("--save-cmp", help="Also write cmp/: each crop beside its restored face.")] = False,
+    draw_boxes: Annotated[bool, typer.Option("--draw-boxes", help="Draw face boxes and landmarks on the output.")] = False,
+    suffix: Annotated[str | None, typer.Option("--suffix", help="Suffix added to output names (NAME_SUFFIX.ext).")] = None,
+    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")] = ExtChoice.auto,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels (decompression-bomb guard).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")] = False,
+) -> None:
+    """Restore every face in INPUT images and paste them back."""
+    from bfrboost.io.images import collect_inputs
+    from bfrboost.pipeline import OutputOptions, Restorer
+
+    start = time.perf_counter()
+    stdin_mode = inputs == ["-"]
+    try:
+        if "-" in inputs and not stdin_mode:
+            raise UsageError("'-' (stdin) cannot be mixed with other inputs")
+        if stdin_mode and as_json:
+            raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
+        knobs = _parse_knobs(knob or [])
+        paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
+        for problem in problems:
+            _err(problem)
+        if not stdin_mode and not paths:
+            _err("no input images found")
+            raise typer.Exit(1)
+        restorer = Restorer(
+            base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
+            device=device, detector=detector, upscale=upscale, aligned=aligned,
+            only_center_face=only_center_face, min_face=min_face, weights=weights,
+            batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
+        )
+    except UsageError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    except BfrboostError as exc:
+        _err(str(exc))
+        raise typer.Exit(1) from None
+    for note in restorer.notes:
+        _err(f"note: {note}")
+
+    if stdin_mode:
+        fmt = "png" if ext is ExtChoice.auto else ext.value
+        try:
+            data, _ = restorer.restore_bytes(sys.stdin.buffer.read(), fmt=fmt, quality=quality)
+        except BfrboostError as exc:
+            _err(str(exc))
+            raise typer.Exit(1) from None
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+
+    options = OutputOptions(
+        outdir=outdir, suffix=suffix, ext=ext.value, quality=quality, overwrite=overwrite,
+        save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
+    )
+    reports: list[FileReport] = []
+    console = Console(stderr=True)
+    with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
+        task = progress.add_task("restoring", total=len(paths))
+        for report in restorer.restore_files(paths, options):
+            reports.append(report)
+            if report.error:
+                _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)
+            elif report.skipped:
+                _err(f"skipped {report.input}: {report.skipped}")
+            if as_json:
+                sys.stdout.write(json.dumps(report.to_json()) + "\n")
+                sys.stdout.flush()
+            faces = sum(len(r.faces) for r in reports)
+            progress.update(task, advance=1, description=f"restoring ({faces} faces)")
+    sys.stderr.write(_summary(reports, problems, time.perf_counter() - start) + "\n")
+    if problems or any(r.error for r in reports):
+        raise typer.Exit(1)

@@ -1,0 +1,240 @@
+"""The one mechanism every writing command shares: atomic writes, the input guard, signals, one-line errors.
+
+- :func:`atomic_path` / :func:`atomic_open`: write to a recognisable temp file beside the target
+  (``.NAME.bfrboost-PID-RANDOM.partial``), fsync, rename. On any exception, Ctrl-C or SIGTERM the
+  temp file is removed; a temp file left by a killed process (SIGKILL, power loss) is removed by the
+  next run that writes into the same folder (:func:`clean_stale_temps`).
+- :class:`InputGuard`: refuses any planned output that is one of the run's inputs, whatever
+  sub-folder it lands in.
+- :func:`handle_signals`: SIGTERM (and SIGHUP) raise :class:`Interrupted` in the main thread, like
+  Ctrl-C raises ``KeyboardInterrupt``, so ``finally`` blocks run and half-written files go.
+- :func:`one_line`: file names with newlines or control characters escaped, so a message stays on
+  one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from bfrboost.errors import OutputError
+
+TEMP_MARK = ".bfrboost-"
+TEMP_SUFFIX = ".partial"
+_TEMP_RE = re.compile(r"^\..+\.bfrboost-(\d+)-[0-9a-f]{8}\.partial$")
+#: Temp files of this process not yet renamed into place (removed on a signal too).
+_LIVE: set[Path] = set()
+_LIVE_LOCK = threading.Lock()
+_CLEANED: set[Path] = set()
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGHUP arrived; a ``BaseException`` like ``KeyboardInterrupt`` so nothing swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: object) -> str:
+    """``text`` with control characters (newline, tab, escape…) written as ``\\n``, ``\\x1b`` …"""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh temp name beside ``path``: hidden, recognisable, owned by this process."""
+    return path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(folder: Path) -> list[Path]:
+    """Remove temp files of dead bfrboost processes in ``folder`` (once per folder and process)."""
+    folder = Path(folder)
+    key = folder.resolve() if folder.exists() else folder
+    if key in _CLEANED or not folder.is_dir():
+        return []
+    _CLEANED.add(key)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if match and not _pid_alive(int(match.group(1))):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def _prepare_folder(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(describe_write_error(path, exc)) from None
+    clean_stale_temps(path.parent)
+
+
+def describe_write_error(path: Path, exc: OSError) -> str:
+    """One line for a failed write that says what to do (free space, permissions, another folder)."""
+    import errno
+
+    name = one_line(path)
+    if exc.errno == errno.ENOSPC:
+        return f"{name}: no space left on the device holding {one_line(path.parent)}; free space there or choose another -o"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{name}: permission denied writing into {one_line(path.parent)}; choose a folder you can write to with -o"
+    blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return f"{name}: cannot write into {one_line(path.parent)} ({one_line(blocker)} is a file, not a folder); choose another output folder"
+    return f"{name}: cannot write ({exc.strerror or exc}); check the output folder or choose another with -o"
+
+
+@contextmanager
+def atomic_path(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp path to write ``path`` through (for writers that need a file name: video encoders,
+    ``safetensors.torch.save_file``, ``torch.save``); renamed into place when the block ends cleanly.
+
+    An existing ``path`` is an :class:`OutputError` unless ``overwrite``.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise OutputError(f"{one_line(path)}: already exists; pass --overwrite to replace it")
+    _prepare_folder(path)
+    temp = temp_path(path)
+    with _LIVE_LOCK:
+        _LIVE.add(temp)
+    try:
+        yield temp
+        if temp.exists():
+            _fsync(temp)
+            os.replace(temp, path)
+    except OSError as exc:
+        raise OutputError(describe_write_error(path, exc)) from None
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(temp)
+        if temp.exists():
+            temp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: Path | str, overwrite: bool = False) -> Iterator[BinaryIO]:
+    """A binary file object whose content appears at ``path`` only when the block ends cleanly."""
+    with atomic_path(path, overwrite) as temp:
+        try:
+            # 0o666 (not mkstemp's 0o600) so the result gets the user's usual permissions
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError as exc:
+            raise OutputError(describe_write_error(Path(path), exc)) from None
+        with os.fdopen(fd, "wb") as file:
+            yield file
+            file.flush()
+
+
+def write_bytes(path: Path | str, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` atomically (JSON reports, Markdown/CSV tables, HTML pages …)."""
+    with atomic_open(path, overwrite) as file:
+        file.write(data)
+    return Path(path)
+
+
+def remove_live_temps() -> None:
+    """Delete every temp file this process has open (called on a signal before exiting)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for temp in live:
+        try:
+            temp.unlink()
+        except OSError:
+            pass
+
+
+@contextmanager
+def handle_signals() -> Iterator[None]:
+    """Within the block SIGTERM and SIGHUP raise :class:`Interrupted` (exit code 128 + signal).
+
+    Only the main thread can install handlers; elsewhere the block changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        remove_live_temps()
+        raise Interrupted(signum)
+
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, _raise) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class InputGuard:
+    """Knows every input of a run; :meth:`check` refuses an output that would replace one of them.
+
+    Indexed by file name, so checking n outputs against n inputs costs O(n), not O(n²).
+    """
+
+    def __init__(self, inputs: Iterable[Path | str] = ()) -> None:
+        self._by_name: dict[str, list[Path]] = {}
+        for item in inputs:
+            self.add(item)
+
+    def add(self, item: Path | str) -> None:
+        path = Path(item)
+        self._by_name.setdefault(path.name, []).append(path)
+
+    def check(self, out: Path | str) -> None:
+        out = Path(out)
+        for candidate in self._by_name.get(out.name, ()):
+            if _same_file(candidate, out):
+                raise OutputError(
+                    f"{one_line(out)}: would overwrite the input {one_line(candidate)}; choose another -o or --suffix"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
