@@ -8,14 +8,22 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Face", "FileReport", "OutputOptions", "Restorer", "Result", "__version__"]
+__all__ = ["Face", "FileReport", "FileRunner", "OutputOptions", "Restorer", "Result", "restore_files", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Restorer", "Result", "OutputOptions", "FileReport"):
+    if name in ("Restorer", "Result"):
         from bfrboost import pipeline
 
         return getattr(pipeline, name)
+    if name in ("OutputOptions", "FileRunner", "restore_files"):
+        from bfrboost.runners import files
+
+        return getattr(files, name)
+    if name == "FileReport":
+        from bfrboost.reports import FileReport
+
+        return FileReport
     if name == "Face":
         from bfrboost.faces.types import Face
 

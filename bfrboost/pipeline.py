@@ -1,6 +1,6 @@
 """`Restorer`: detect → align → base → refine → paste, batched over every face of many images.
 
-The CLI is a loop around this class; everything it can do is reachable from Python.
+Arrays in, arrays out. Files, stdin, video and datasets are runners over it (``bfrboost.runners``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from bfrboost.backbones.registry import LoadedBase, fidelity_knob, load_base
 from bfrboost.background import load_upsampler
-from bfrboost.errors import BfrboostError, OutputError, UsageError, WeightsError
+from bfrboost.errors import UsageError, WeightsError
 from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
 from bfrboost.faces.detect import get_detector, select_faces
 from bfrboost.faces.paste import paste_faces
@@ -27,6 +27,16 @@ from bfrboost.faces.types import Face
 #: The base model ``base="auto"`` uses when its weights can be had; otherwise faces pass through.
 AUTO_BASE = "gfpgan"
 FACE_SIZE = 512
+
+
+@dataclass
+class Prepared:
+    """An image after detection and alignment, waiting for its faces to be restored."""
+
+    image: np.ndarray
+    alpha: np.ndarray | None
+    faces: list[Face]
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,10 +79,6 @@ class _Timer:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-
-
 def _to_tensor(crops: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
     array = np.stack(crops).astype(np.float32) / 255.0
     return torch.from_numpy(array).permute(0, 3, 1, 2).to(device)
@@ -81,68 +87,6 @@ def _to_tensor(crops: Sequence[np.ndarray], device: torch.device) -> torch.Tenso
 def _to_uint8(batch: torch.Tensor) -> list[np.ndarray]:
     array = (batch.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return list(array)
-
-
-# ---- files: what the CLI does, as a library ------------------------------------------------------
-
-
-@dataclass
-class OutputOptions:
-    """Where and how results are written (GFPGAN's layout: ``OUTDIR/restored_imgs/`` …)."""
-
-    outdir: Path
-    suffix: str | None = None
-    ext: str = "auto"
-    quality: int = 95
-    overwrite: bool = False
-    save_faces: bool = False
-    save_cmp: bool = False
-    draw_boxes: bool = False
-    max_pixels: int | None = None
-
-
-@dataclass
-class FileReport:
-    """What happened to one input: the ``--json`` line and the summary are built from it."""
-
-    input: str
-    output: str | None = None
-    width: int | None = None
-    height: int | None = None
-    faces: list[Face] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    skipped: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "output": self.output,
-            "width": self.width,
-            "height": self.height,
-            "faces": [
-                {
-                    "box": [round(float(v), 2) for v in face.box],
-                    "score": round(float(face.score), 4),
-                    "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
-                }
-                for face in self.faces
-            ],
-            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
-            "error": self.error,
-        }
-
-
-def draw_boxes(image: np.ndarray, faces: Sequence[Face], scale: float) -> np.ndarray:
-    """Boxes and the five landmarks, scaled to the output frame, for checking the detector."""
-    out = image.copy()
-    thickness = max(1, round(min(image.shape[:2]) / 300))
-    for face in faces:
-        x1, y1, x2, y2 = (np.asarray(face.box) * scale).round().astype(int)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), thickness)
-        for x, y in np.asarray(face.landmarks) * scale:
-            cv2.circle(out, (round(x), round(y)), thickness + 1, (255, 0, 0), -1)
-    return out
 
 
 class Restorer:
@@ -290,155 +234,45 @@ class Restorer:
     def restore_batch(self, images: Sequence[np.ndarray], alphas: Sequence[np.ndarray | None] | None = None) -> list[Result]:
         """Restore many images; all their faces go through the base model and refiner together."""
         alphas = list(alphas) if alphas is not None else [None] * len(images)
-        timers = [_Timer() for _ in images]
-        per_image: list[list[Face]] = []
-        for image, timer in zip(images, timers):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise UsageError(f"images must be RGB uint8 H×W×3 arrays, got {image.dtype} {image.shape}")
-            if self.aligned:
-                with timer("align"):
-                    faces = self._find_faces(image)
-            else:
-                with timer("detect"):
-                    faces = self._find_faces(image)
-                with timer("align"):
-                    warp_faces(image, faces, size=FACE_SIZE)
-            per_image.append(faces)
-        crops = [face.crop for faces in per_image for face in faces]
+        prepared = [self.prepare(image, alpha) for image, alpha in zip(images, alphas)]
+        self.restore_faces(prepared)
+        return [self.finish(item) for item in prepared]
+
+    # The three stages, public so runners can overlap them (decode/detect of the next images while
+    # the device restores this batch) and batch faces across frames or images.
+
+    def prepare(self, image: np.ndarray, alpha: np.ndarray | None = None) -> Prepared:
+        """Stage 1 (CPU, per image): detect and align; ``image`` is RGB uint8 H×W×3."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise UsageError(f"images must be RGB uint8 H×W×3 arrays, got {image.dtype} {image.shape}")
+        timer = _Timer()
+        if self.aligned:
+            with timer("align"):
+                faces = self._find_faces(image)
+        else:
+            with timer("detect"):
+                faces = self._find_faces(image)
+            with timer("align"):
+                warp_faces(image, faces, size=FACE_SIZE)
+        return Prepared(image=image, alpha=alpha, faces=faces, seconds=timer.seconds)
+
+    def restore_faces(self, prepared: Sequence[Prepared]) -> None:
+        """Stage 2 (device, batched): base + refiner over every face of ``prepared``, in place.
+
+        Batched stages are charged to each image in proportion to its share of the faces.
+        """
+        crops = [face.crop for item in prepared for face in item.faces]
         shared = _Timer()
         restored = iter(self._restore_crops(crops, shared))
-        for faces in per_image:
-            for face in faces:
+        for item in prepared:
+            for face in item.faces:
                 face.restored = next(restored)
-        results = []
-        for image, alpha, faces, timer in zip(images, alphas, per_image, timers):
-            # batched stages are charged to each image in proportion to its share of the faces
             for stage, secs in shared.seconds.items():
-                timer.seconds[stage] = secs * len(faces) / max(len(crops), 1)
-            with timer("paste"):
-                out, out_alpha = self._paste(image, faces, alpha)
-            results.append(Result(image=out, faces=faces, alpha=out_alpha, seconds=timer.seconds))
-        return results
+                item.seconds[stage] = item.seconds.get(stage, 0.0) + secs * len(item.faces) / max(len(crops), 1)
 
-
-    # ---- files -------------------------------------------------------------------------------
-
-    def restore_files(
-        self, inputs: Sequence[Path], options: OutputOptions, images_per_batch: int = 4
-    ) -> Iterator[FileReport]:
-        """Restore image files into ``options.outdir``, yielding one report per input, in order.
-
-        A bad file gets a report with ``error`` set and the batch goes on; an existing output is kept
-        (``skipped``) unless ``options.overwrite``; every file is written atomically.
-        """
-        from bfrboost.io.images import check_not_input
-
-        pending: list[tuple[FileReport, Any]] = []
-        planned: dict[Path, Path] = {}
-        by_name: dict[str, list[Path]] = {}  # the input guard compares same-named files only: O(n), not O(n²)
-        for path in inputs:
-            by_name.setdefault(path.name, []).append(path)
-        for path in inputs:
-            report = FileReport(input=str(path))
-            try:
-                out = self._plan(path, options)
-                check_not_input(out, by_name.get(out.name, []))
-                if out in planned:
-                    raise OutputError(f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix")
-                planned[out] = path
-            except BfrboostError as exc:
-                report.error = str(exc)
-                yield from self._flush(pending, options)
-                pending = []
-                yield report
-                continue
-            report.output = str(out)
-            if out.exists() and not options.overwrite:
-                report.skipped = f"{out}: already exists; pass --overwrite to replace it"
-                yield from self._flush(pending, options)
-                pending = []
-                yield report
-                continue
-            loaded = self._decode(report, path, options)
-            if loaded is None:
-                yield from self._flush(pending, options)
-                pending = []
-                yield report
-                continue
-            pending.append((report, loaded))
-            if len(pending) >= images_per_batch:
-                yield from self._flush(pending, options)
-                pending = []
-        yield from self._flush(pending, options)
-
-    def restore_bytes(self, data: bytes, fmt: str = "png", quality: int = 95, name: str = "<stdin>") -> tuple[bytes, FileReport]:
-        """Restore one encoded image (e.g. read from stdin) and return it encoded (for stdout)."""
-        from bfrboost.io.images import encode_image, read_image
-
-        report = FileReport(input=name)
-        start = time.perf_counter()
-        loaded = read_image(data, name=name)
-        report.width, report.height = loaded.rgb.shape[1], loaded.rgb.shape[0]
-        decode = time.perf_counter() - start
-        result = self.restore(loaded.rgb, loaded.alpha)
-        start = time.perf_counter()
-        image = _gray(result.image) if loaded.gray else result.image
-        encoded = encode_image(image, result.alpha, fmt=fmt, quality=quality, icc=loaded.icc)
-        report.faces = result.faces
-        report.seconds = {"decode": decode, **result.seconds, "encode": time.perf_counter() - start}
-        return encoded, report
-
-    def _plan(self, path: Path, options: OutputOptions) -> Path:
-        from bfrboost.io.images import output_ext, plan_output
-
-        ext = output_ext(path, options.ext, has_alpha=False)
-        return plan_output(path, options.outdir, "restored_imgs", options.suffix, ext)
-
-    def _decode(self, report: FileReport, path: Path, options: OutputOptions) -> Any:
-        from bfrboost.io.images import read_image
-
-        start = time.perf_counter()
-        try:
-            loaded = read_image(path, max_pixels=options.max_pixels) if options.max_pixels else read_image(path)
-        except BfrboostError as exc:
-            report.error = str(exc)
-            return None
-        report.seconds["decode"] = time.perf_counter() - start
-        report.width, report.height = loaded.rgb.shape[1], loaded.rgb.shape[0]
-        return loaded
-
-    def _flush(self, pending: list[tuple[FileReport, Any]], options: OutputOptions) -> Iterator[FileReport]:
-        if not pending:
-            return
-        results = self.restore_batch([loaded.rgb for _, loaded in pending], [loaded.alpha for _, loaded in pending])
-        for (report, loaded), result in zip(pending, results):
-            report.faces = result.faces
-            report.seconds.update(result.seconds)
-            start = time.perf_counter()
-            if loaded.gray:  # a gray photo stays gray: bases may tint it (colourising is a separate job)
-                result.image = _gray(result.image)
-            try:
-                self._write(Path(report.input), Path(report.output), result, options, icc=loaded.icc)
-            except BfrboostError as exc:
-                report.error = str(exc)
-                report.output = None
-            report.seconds["encode"] = time.perf_counter() - start
-            yield report
-
-    def _write(self, source: Path, out: Path, result: Result, options: OutputOptions, icc: bytes | None = None) -> None:
-        from bfrboost.io.images import write_image
-
-        image = result.image
-        if options.draw_boxes and not self.aligned:
-            image = draw_boxes(image, result.faces, self.upscale)
-        write_image(out, image, result.alpha, quality=options.quality, overwrite=options.overwrite, icc=icc)
-        if not (options.save_faces or options.save_cmp):
-            return
-        stem = source.stem
-        for index, face in enumerate(result.faces):
-            name = f"{stem}_{index:02d}"
-            if options.save_faces:
-                write_image(options.outdir / "cropped_faces" / f"{name}.png", face.crop, overwrite=options.overwrite)
-                write_image(options.outdir / "restored_faces" / f"{name}{'_' + options.suffix if options.suffix else ''}.png", face.restored, overwrite=options.overwrite)
-            if options.save_cmp:
-                write_image(options.outdir / "cmp" / f"{name}.png", np.concatenate([face.crop, face.restored], axis=1), overwrite=options.overwrite)
+    def finish(self, prepared: Prepared) -> Result:
+        """Stage 3 (CPU, per image): upscale the frame and paste the restored faces back."""
+        timer = _Timer()
+        with timer("paste"):
+            out, out_alpha = self._paste(prepared.image, prepared.faces, prepared.alpha)
+        return Result(image=out, faces=prepared.faces, alpha=out_alpha, seconds={**prepared.seconds, **timer.seconds})

@@ -11,7 +11,8 @@ from PIL import Image
 
 import bfrboost
 from bfrboost.errors import UsageError
-from bfrboost.pipeline import OutputOptions, Restorer
+from bfrboost.pipeline import Restorer
+from bfrboost.runners.files import OutputOptions, restore_files
 
 
 def rgb(path: Path) -> np.ndarray:
@@ -68,7 +69,7 @@ def test_base_output_reaches_the_pasted_face(testdata: Path, monkeypatch) -> Non
 def test_restore_files_reports_and_writes(identity: Restorer, testdata: Path, tmp_path: Path) -> None:
     inputs = [testdata / "whole" / "04.jpg", tmp_path / "missing.jpg"]
     (tmp_path / "missing.jpg").write_bytes(b"\x00garbage")
-    reports = list(identity.restore_files(inputs, OutputOptions(outdir=tmp_path / "out", ext="png")))
+    reports = list(restore_files(identity, inputs, OutputOptions(outdir=tmp_path / "out", ext="png")))
     assert [r.error is None for r in reports] == [True, False]
     assert "missing.jpg" in reports[1].error
     assert Path(reports[0].output).name == "04.png" and Path(reports[0].output).is_file()

@@ -18,7 +18,7 @@ from bfrboost.cli.common import err as _err
 from bfrboost.errors import BfrboostError, UsageError
 
 if TYPE_CHECKING:
-    from bfrboost.pipeline import FileReport
+    from bfrboost.reports import FileReport
 
 class ExtChoice(str, Enum):
     auto = "auto"
@@ -38,28 +38,6 @@ def _parse_knobs(knob: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             knobs[name] = value
     return knobs
-
-
-def _summary(reports: list[FileReport], problems: list[str], seconds: float) -> str:
-    done = [r for r in reports if r.error is None and r.skipped is None]
-    failed = [r for r in reports if r.error is not None]
-    skipped = [r for r in reports if r.skipped is not None]
-    stages: dict[str, float] = {}
-    for report in reports:
-        for stage, secs in report.seconds.items():
-            stages[stage] = stages.get(stage, 0.0) + secs
-    lines = [
-        (
-            f"{len(done)} image(s) restored, {sum(len(r.faces) for r in done)} face(s), "
-            f"{len(failed) + len(problems)} failed, {len(skipped)} skipped, {seconds:.2f} s"
-        )
-    ]
-    if stages:
-        lines.append("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
-    if failed or problems:
-        lines.append("failed:")
-        lines += [f"  {r.input}: {r.error}" for r in failed] + [f"  {p}" for p in problems]
-    return "\n".join(lines)
 
 
 @app.command()
@@ -99,7 +77,9 @@ def restore(
 ) -> None:
     """Restore every face in INPUT images and paste them back."""
     from bfrboost.io.images import collect_inputs
-    from bfrboost.pipeline import OutputOptions, Restorer
+    from bfrboost.pipeline import Restorer
+    from bfrboost.reports import summary
+    from bfrboost.runners.files import FileRunner, OutputOptions, restore_bytes
 
     start = time.perf_counter()
     stdin_mode = inputs == ["-"]
@@ -133,7 +113,7 @@ def restore(
     if stdin_mode:
         fmt = "png" if ext is ExtChoice.auto else ext.value
         try:
-            data, _ = restorer.restore_bytes(sys.stdin.buffer.read(), fmt=fmt, quality=quality)
+            data, _ = restore_bytes(restorer, sys.stdin.buffer.read(), fmt=fmt, quality=quality, max_pixels=max_pixels)
         except BfrboostError as exc:
             _err(str(exc))
             raise typer.Exit(1) from None
@@ -149,7 +129,7 @@ def restore(
     console = Console(stderr=True)
     with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
         task = progress.add_task("restoring", total=len(paths))
-        for report in restorer.restore_files(paths, options):
+        for report in FileRunner(restorer, options).run(paths):
             reports.append(report)
             if report.error:
                 _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)
@@ -160,6 +140,6 @@ def restore(
                 sys.stdout.flush()
             faces = sum(len(r.faces) for r in reports)
             progress.update(task, advance=1, description=f"restoring ({faces} faces)")
-    sys.stderr.write(_summary(reports, problems, time.perf_counter() - start) + "\n")
+    sys.stderr.write(summary(reports, time.perf_counter() - start, problems) + "\n")
     if problems or any(r.error for r in reports):
         raise typer.Exit(1)
