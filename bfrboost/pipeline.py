@@ -6,7 +6,7 @@ Arrays in, arrays out. Files, stdin, video and datasets are runners over it (``b
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +98,9 @@ class Restorer:
     ``fidelity`` sets the base's fidelity knob whatever its name (CodeFormer ``fidelity``, VQFR
     ``fidelity_ratio``); other knobs go in ``knobs``. ``bg_upsampler="realesrgan"`` upscales the
     whole photo with Real-ESRGAN (tiles of ``bg_tile`` px) instead of a Lanczos resize.
+    ``face_upsample`` (with ``upscale`` > 1) also runs each restored face through that upsampler
+    (Real-ESRGAN even when the background uses a plain resize) and pastes it directly, as CodeFormer
+    does, so faces are as sharp as an upsampled background.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class Restorer:
         color_match: bool = False,
         bg_upsampler: str = "none",
         bg_tile: int = 400,
+        face_upsample: bool = False,
     ) -> None:
         if paste not in ("residual", "direct"):
             raise UsageError(f"unknown paste mode '{paste}'; use residual or direct")
@@ -157,6 +161,12 @@ class Restorer:
                 self.notes.append("the refiner runs on the CPU: about 40 s per face with SD 2.1 on 2 cores; a GPU is far faster")
         self.detector = None if aligned else get_detector(detector, device=str(self.device))
         self.background = None if aligned else load_upsampler(bg_upsampler, self.upscale, device=self.device, tile=bg_tile)
+        self.face_upsampler = None
+        if face_upsample and not aligned:
+            if self.upscale > 1:
+                self.face_upsampler = self.background or load_upsampler("realesrgan", self.upscale, device=self.device, tile=bg_tile)
+            else:
+                self.notes.append(f"face upsampling does nothing at upscale {self.upscale:g}; pass -s 2 (up to 4) to use it")
         self.paste_mode = paste
         self.color_match = color_match
         self.parser = None
@@ -218,12 +228,30 @@ class Restorer:
         frame = self._upscaled(image)
         if faces:
             masks = self.parser.masks([face.restored for face in faces]) if self.parser is not None else None
-            frame = paste_faces(
-                frame, faces, self.upscale, masks=masks, residual=self.paste_mode == "residual", color_match=self.color_match
-            )
+            residual = self.paste_mode == "residual"
+            if self.face_upsampler is not None:
+                faces, masks = self._upsampled_faces(faces, masks)
+                residual = False  # the frame under the face is an upscale of the *degraded* face: replace it
+            frame = paste_faces(frame, faces, self.upscale, masks=masks, residual=residual, color_match=self.color_match)
         if alpha is not None:
             alpha = cv2.resize(alpha, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR) if self.upscale != 1 else alpha
         return frame, alpha
+
+    def _upsampled_faces(self, faces: list[Face], masks: list[np.ndarray] | None) -> tuple[list[Face], list[np.ndarray] | None]:
+        """Copies of ``faces`` whose restored crop is upsampled ``upscale``× by the face upsampler, with
+        the crop, mask and affine scaled to match (about pixel centres, as ``cv2.resize``)."""
+        s = self.upscale
+        size = round(FACE_SIZE * s)
+        zoom = np.array([[size / FACE_SIZE, 0.0, 0.5 * size / FACE_SIZE - 0.5], [0.0, size / FACE_SIZE, 0.5 * size / FACE_SIZE - 0.5]])
+        out = []
+        for face in faces:
+            restored = self.face_upsampler.upscale(face.restored, s)
+            crop = cv2.resize(face.crop, (size, size), interpolation=cv2.INTER_CUBIC)
+            affine = zoom @ np.vstack([face.affine, [0.0, 0.0, 1.0]])
+            out.append(Face(box=face.box, score=face.score, landmarks=face.landmarks, affine=affine, crop=crop, restored=restored, extras=face.extras))
+        if masks is not None:
+            masks = [cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR) for mask in masks]
+        return out, masks
 
     # ---- public API --------------------------------------------------------------------------
 
@@ -241,8 +269,17 @@ class Restorer:
     # The three stages, public so runners can overlap them (decode/detect of the next images while
     # the device restores this batch) and batch faces across frames or images.
 
-    def prepare(self, image: np.ndarray, alpha: np.ndarray | None = None) -> Prepared:
-        """Stage 1 (CPU, per image): detect and align; ``image`` is RGB uint8 H×W×3."""
+    def prepare(
+        self,
+        image: np.ndarray,
+        alpha: np.ndarray | None = None,
+        landmark_filter: Callable[[list[Face]], list[Face]] | None = None,
+    ) -> Prepared:
+        """Stage 1 (CPU, per image): detect and align; ``image`` is RGB uint8 H×W×3.
+
+        ``landmark_filter`` sees the detected faces before alignment and may move their landmarks
+        (video: :class:`bfrboost.faces.track.FaceTracker` smooths them over time so crops don't jitter).
+        """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise UsageError(f"images must be RGB uint8 H×W×3 arrays, got {image.dtype} {image.shape}")
         timer = _Timer()
@@ -252,6 +289,9 @@ class Restorer:
         else:
             with timer("detect"):
                 faces = self._find_faces(image)
+            if landmark_filter is not None:
+                with timer("smooth"):
+                    faces = landmark_filter(faces)
             with timer("align"):
                 warp_faces(image, faces, size=FACE_SIZE)
         return Prepared(image=image, alpha=alpha, faces=faces, seconds=timer.seconds)

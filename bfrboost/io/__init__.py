@@ -3,6 +3,7 @@
 from bfrboost.io.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
     LoadedImage,
     check_not_input,
     collect_inputs,
@@ -16,6 +17,7 @@ from bfrboost.io.images import (
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
     "LoadedImage",
     "check_not_input",
     "collect_inputs",

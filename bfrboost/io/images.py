@@ -30,6 +30,9 @@ DEFAULT_MAX_PIXELS = 200_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif"})
 """What folders and globs are searched for (compared lower-case). AVIF needs Pillow >= 11.2."""
 
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
+"""Video clips folders and globs also yield (restored by ``bfrboost.runners.video``)."""
+
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
 """Extensions we can write, and the Pillow format behind each."""
 
@@ -362,7 +365,7 @@ def check_not_input(out: Path | str, inputs: Iterable[Path | str]) -> None:
 
 
 def collect_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (images by extension, sorted) and globs (``photos/**/*.png``) into paths.
+    """Expand files, folders (images and videos by extension, sorted) and globs (``photos/**/*.png``) into paths.
 
     Returns the paths in the order given, without duplicates, and one-line problems (missing path,
     folder without images, glob matching nothing) for the caller to report before going on.
@@ -400,7 +403,9 @@ def collect_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+    """An image or video file to restore (hidden files, e.g. our temp files, are not)."""
+    suffix = path.suffix.lower()
+    return (suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS) and not path.name.startswith(".") and path.is_file()
 
 
 def _visible_dirs(folder: Path) -> Iterator[Path]:

@@ -1,0 +1,405 @@
+"""Video clips through a :class:`~bfrboost.pipeline.Restorer`, streamed frame by frame with PyAV.
+
+``OUTDIR/restored_videos/NAME.mp4``: decode → (rotate upright) → detect → smooth landmarks per
+tracked face → align → base + refiner on the faces of ``frames_per_batch`` frames at once → paste →
+encode. Only one batch of frames is ever held, so memory does not grow with the clip's length.
+
+What is kept from the input: the frame count, every frame's timestamp (variable frame rate too),
+the frame rate, and every audio stream, copied packet for packet without re-encoding. Display
+rotation is applied to the pixels, so the output is upright without relying on metadata.
+
+The output is written to a temp file beside it and renamed when complete
+(:func:`bfrboost.safety.atomic_path`): a failed or interrupted run leaves no partial video. A clip
+that cannot be decoded gets a report with ``error`` set and the batch goes on.
+
+GPU: NVDEC decoding and NVENC encoding are used when CUDA is there; when they cannot be opened
+(PyAV raises ``PermissionError`` for CUDA hwaccel on machines without a GPU) the CPU is used silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
+from bfrboost.faces.track import FaceTracker
+from bfrboost.io.images import VIDEO_EXTENSIONS, plan_output
+from bfrboost.pipeline import Prepared, Restorer
+from bfrboost.reports import FileReport
+from bfrboost.safety import InputGuard, atomic_path, one_line
+
+__all__ = ["VIDEO_EXTENSIONS", "VIDEO_FORMATS", "VideoOptions", "VideoRunner", "is_video", "restore_videos"]
+
+#: Output extension → FFmpeg muxer. The temp file's name ends in ``.partial``, so the muxer is named.
+VIDEO_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
+_X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+# x264 preset → NVENC's p1 (fastest) … p7 (best)
+_NVENC_PRESETS = dict(zip(_X264_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p7", "p7")))
+# x264 preset → libvpx-vp9 cpu-used (0 best … 8 fastest)
+_VP9_SPEED = dict(zip(_X264_PRESETS, ("8", "7", "6", "5", "4", "3", "2", "1", "0", "0")))
+_AFTER_END_S = 1.0  # demuxing continues this long past --duration's end for audio interleaved late
+
+
+def is_video(path: Path | str) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+@dataclass
+class VideoOptions:
+    """Where and how clips are written: ``OUTDIR/restored_videos/NAME[_SUFFIX].EXT``.
+
+    ``crf`` / ``preset`` are x264's (mapped to NVENC's ``cq`` / ``p1``–``p7`` and VP9's ``crf`` /
+    ``cpu-used``). ``start`` / ``duration`` (seconds) restore a part; timestamps then start at
+    ``start`` = 0. ``smooth``: One-Euro landmark smoothing per tracked face. ``hardware``: try
+    NVDEC/NVENC (``None`` = when CUDA is available); any failure to open them falls back to the CPU.
+    """
+
+    outdir: Path
+    suffix: str | None = None
+    ext: str = "mp4"
+    overwrite: bool = False
+    crf: int = 18
+    preset: str = "medium"
+    start: float | None = None
+    duration: float | None = None
+    smooth: bool = True
+    frames_per_batch: int = 8
+    hardware: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.ext = self.ext.lower().lstrip(".")
+        if self.ext not in VIDEO_FORMATS:
+            raise UsageError(f"unknown video format '{self.ext}'; use one of: {', '.join(VIDEO_FORMATS)}")
+        if self.preset not in _X264_PRESETS:
+            raise UsageError(f"unknown preset '{self.preset}'; use one of: {', '.join(_X264_PRESETS)}")
+        if not 0 <= self.crf <= 51:
+            raise UsageError(f"--crf must be in [0, 51] (lower = better, 18 ≈ visually lossless), got {self.crf}")
+        if (self.start is not None and self.start < 0) or (self.duration is not None and self.duration <= 0):
+            raise UsageError("--start must be >= 0 and --duration > 0 (seconds)")
+        if self.frames_per_batch < 1:
+            raise UsageError(f"frames per batch must be >= 1, got {self.frames_per_batch}")
+
+
+#: ``progress(input, frames_done, frames_expected_or_None)`` after every encoded batch.
+ProgressCallback = Callable[[str, int, "int | None"], None]
+
+
+class VideoRunner:
+    """Restore clips into ``options.outdir``, yielding one :class:`FileReport` per clip, in order.
+
+    ``report.extra`` holds ``kind`` ("video"), ``frames``, ``fps``, ``face_count`` (faces over all
+    frames), ``tracks``, ``audio_streams``, ``decoder`` and ``encoder``; ``report.seconds`` the time
+    per stage (decode, detect, smooth, align, base, refine, paste, encode), summed over frames.
+    """
+
+    def __init__(self, restorer: Restorer, options: VideoOptions, progress: ProgressCallback | None = None) -> None:
+        if restorer.aligned:
+            raise UsageError("--aligned is for 512×512 face crops; video frames need detection (drop --aligned)")
+        self.restorer = restorer
+        self.options = options
+        self.progress = progress
+
+    def plan(self, path: Path) -> Path:
+        """Where the restored clip of ``path`` goes."""
+        return plan_output(path, self.options.outdir, "restored_videos", self.options.suffix, self.options.ext)
+
+    def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
+        guard = InputGuard(inputs)
+        planned: dict[Path, Path] = {}
+        for path in inputs:
+            report = FileReport(input=str(path), extra={"kind": "video"})
+            try:
+                out = self.plan(path)
+                guard.check(out)
+                if out in planned:
+                    raise OutputError(f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix")
+                planned[out] = path
+                if out.exists() and not self.options.overwrite:
+                    report.skipped = f"{out}: already exists; pass --overwrite to replace it"
+                else:
+                    self.restore_clip(path, out, report)
+                    report.output = str(out)
+            except BfrboostError as exc:
+                report.error = str(exc)
+            yield report
+
+    # ---- one clip ----------------------------------------------------------------------------
+
+    def restore_clip(self, path: Path, out: Path, report: FileReport | None = None) -> FileReport:
+        """Restore ``path`` into ``out`` (atomically); raises :class:`InputError` / :class:`OutputError`."""
+        report = report if report is not None else FileReport(input=str(path), extra={"kind": "video"})
+        container, decoder = _open_input(path, _want_hardware(self.options.hardware))
+        try:
+            with atomic_path(out, overwrite=self.options.overwrite) as temp:
+                _Clip(self, path, container, report, decoder).run(temp)
+        finally:
+            container.close()
+        return report
+
+
+class _Clip:
+    """State of one clip being restored: input streams, lazily opened output, the frame batch."""
+
+    def __init__(self, runner: VideoRunner, path: Path, container: Any, report: FileReport, decoder: str) -> None:
+        self.runner, self.restorer, self.options = runner, runner.restorer, runner.options
+        self.path, self.name, self.input, self.report = path, one_line(path), container, report
+        if not container.streams.video:
+            raise InputError(f"{self.name}: has no video stream; pass a video file (or an image)")
+        self.video = container.streams.video[0]
+        self.video.thread_type = "AUTO"
+        self.audio = list(container.streams.audio)
+        self.rate = self.video.average_rate or self.video.guessed_rate or Fraction(25)
+        self.tracker = FaceTracker() if self.options.smooth else None
+        self.output: Any = None
+        self.out_video: Any = None
+        self.out_audio: dict[int, Any] = {}
+        self.queued_audio: list[Any] = []  # audio packets demuxed before the output could be opened
+        self.batch: list[tuple[int, Prepared]] = []
+        self.frames = self.faces = 0
+        self.last_pts: int | None = None
+        self.seconds = report.seconds
+        self.start = self.options.start or 0.0
+        self.end = self.start + self.options.duration if self.options.duration is not None else math.inf
+        report.extra.update(decoder=decoder, audio_streams=len(self.audio), fps=round(float(self.rate), 4))
+        self.expected = self._expected_frames()
+
+    def _add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def _expected_frames(self) -> int | None:
+        total = self.video.frames or None
+        length = float(self.input.duration) / 1e6 if self.input.duration else None
+        if length is not None and (total is None or self.start or self.options.duration is not None):
+            span = min(length, self.end) - self.start
+            return max(round(span * float(self.rate)), 0)
+        return total
+
+    def run(self, temp: Path) -> None:
+        try:
+            self.output = _av().open(str(temp), "w", format=VIDEO_FORMATS[self.options.ext])
+        except (OSError, _av().FFmpegError) as exc:
+            raise OutputError(f"{one_line(temp)}: cannot open for writing ({exc})") from None
+        try:
+            self._stream()
+            if self.frames == 0:
+                where = f" after --start {self.start:g} s" if self.start else ""
+                raise InputError(f"{self.name}: no video frames decoded{where}; check the file (and --start/--duration)")
+            start = time.perf_counter()
+            for packet in self.out_video.encode():  # drain the encoder
+                self.output.mux(packet)
+            self._add("encode", time.perf_counter() - start)
+        finally:
+            self.output.close()
+        tracks = self.tracker.count if self.tracker is not None else None
+        self.report.extra.update(frames=self.frames, face_count=self.faces, tracks=tracks)
+
+    def _stream(self) -> None:
+        av = _av()
+        video, start_t = self.video, time.perf_counter()
+        if self.start:
+            try:
+                self.input.seek(int(self.start / video.time_base), stream=video)  # nearest key frame before
+            except av.FFmpegError as exc:
+                raise InputError(f"{self.name}: cannot seek to --start {self.start:g} s ({exc})") from None
+        done = False
+        try:
+            for packet in self.input.demux(video, *self.audio):
+                ptime = float(packet.pts * packet.time_base) if packet.pts is not None else None
+                if done and ptime is not None and ptime > self.end + _AFTER_END_S:
+                    break
+                if packet.stream.type == "audio":
+                    # demux yields one empty flush packet per stream at the end; a copy has no use for
+                    # it (skip it only here: the video decoder needs its own to give its last frames)
+                    if packet.dts is not None:
+                        self._audio(packet, ptime)
+                    continue
+                if done:
+                    continue
+                for frame in video.decode(packet):
+                    t = frame.time if frame.time is not None else self.frames / float(self.rate)
+                    if self.options.start is not None and t < self.start - 1e-6:
+                        continue
+                    if t >= self.end - 1e-6:
+                        done = True
+                        break
+                    rgb, pts = self._picture(frame)
+                    self._add("decode", time.perf_counter() - start_t)
+                    self._frame(rgb, pts, t)
+                    start_t = time.perf_counter()
+        except av.FFmpegError as exc:
+            raise InputError(f"{self.name}: cannot decode video ({exc}); the file may be damaged") from None
+        self._add("decode", time.perf_counter() - start_t)
+        self._flush()
+
+    def _picture(self, frame: Any) -> tuple[np.ndarray, int]:
+        """The frame upright as RGB uint8, and its output timestamp (in the input's time base)."""
+        rgb = frame.to_ndarray(format="rgb24")
+        turns = round((frame.rotation or 0) / 90) % 4  # display rotation, counter-clockwise degrees
+        if turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+        if self.report.width is None:
+            self.report.height, self.report.width = rgb.shape[:2]
+        pts = frame.pts if frame.pts is not None else round(self.frames / float(self.rate) / self.video.time_base)
+        pts -= round(self.start / self.video.time_base)
+        if self.last_pts is not None and pts <= self.last_pts:  # broken input: keep the encoder's order
+            pts = self.last_pts + 1
+        self.last_pts = pts
+        return rgb, pts
+
+    def _frame(self, rgb: np.ndarray, pts: int, t: float) -> None:
+        smooth = functools.partial(self.tracker.update, t=t) if self.tracker is not None else None
+        self.batch.append((pts, self.restorer.prepare(rgb, landmark_filter=smooth)))
+        if len(self.batch) >= self.options.frames_per_batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
+        self.restorer.restore_faces([prepared for _, prepared in self.batch])
+        for pts, prepared in self.batch:
+            result = self.restorer.finish(prepared)
+            for stage, secs in result.seconds.items():
+                self._add(stage, secs)
+            start = time.perf_counter()
+            self._encode(result.image, pts)
+            self._add("encode", time.perf_counter() - start)
+            self.frames += 1
+            self.faces += len(result.faces)
+        self.batch = []
+        if self.runner.progress is not None:
+            self.runner.progress(str(self.path), self.frames, self.expected)
+
+    # ---- output ------------------------------------------------------------------------------
+
+    def _open_output(self, width: int, height: int) -> None:
+        av = _av()
+        codec, options = _encoder(self.options, _want_hardware(self.options.hardware), width, height)
+        stream = self.output.add_stream(codec, rate=self.rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = self.video.time_base
+        stream.codec_context.time_base = self.video.time_base
+        stream.options = options
+        self.out_video = stream
+        self.report.extra["encoder"] = codec
+        supported = self.output.supported_codecs
+        for source in self.audio:
+            if source.codec_context.name not in supported:
+                raise OutputError(
+                    f"{self.name}: its {source.codec_context.name} audio cannot be copied into .{self.options.ext}; "
+                    "choose --ext mkv (takes any audio) or mp4"
+                )
+            self.out_audio[source.index] = self.output.add_stream_from_template(source)
+        try:
+            for packet in self.queued_audio:
+                self._mux_audio(packet)
+        except av.FFmpegError as exc:
+            raise OutputError(f"{self.name}: cannot write .{self.options.ext} ({exc}); try --ext mkv") from None
+        self.queued_audio = []
+
+    def _encode(self, rgb: np.ndarray, pts: int) -> None:
+        av = _av()
+        h, w = rgb.shape[:2]
+        if h % 2 or w % 2:  # 4:2:0 needs even sizes: drop the odd last row / column
+            rgb = rgb[: h - h % 2, : w - w % 2]
+        if self.out_video is None:
+            self._open_output(rgb.shape[1], rgb.shape[0])
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts, frame.time_base = pts, self.video.time_base
+        try:
+            for packet in self.out_video.encode(frame):
+                self.output.mux(packet)
+        except av.FFmpegError as exc:
+            raise OutputError(f"{self.name}: encoding failed ({exc})") from None
+
+    def _audio(self, packet: Any, ptime: float | None) -> None:
+        # without --start, packets before 0 (AAC priming, edit lists) are kept like every other one
+        if ptime is not None and ((self.options.start is not None and ptime < self.start - 1e-6) or ptime >= self.end - 1e-6):
+            return
+        if self.out_video is None:
+            self.queued_audio.append(packet)
+        else:
+            self._mux_audio(packet)
+
+    def _mux_audio(self, packet: Any) -> None:
+        shift = round(self.start / packet.time_base) if self.start else 0
+        if shift:
+            packet.pts = packet.pts - shift if packet.pts is not None else None
+            packet.dts = packet.dts - shift if packet.dts is not None else None
+        packet.stream = self.out_audio[packet.stream.index]
+        self.output.mux(packet)
+
+
+# ---- PyAV plumbing -------------------------------------------------------------------------------
+
+
+def _av() -> Any:
+    """PyAV, imported when a clip is really opened (images never pay for it)."""
+    try:
+        import av
+    except ImportError:
+        raise UsageError("video needs PyAV: run `pip install av`") from None
+    return av
+
+
+def _want_hardware(hardware: bool | None) -> bool:
+    if hardware is not None:
+        return hardware
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _open_input(path: Path, hardware: bool) -> tuple[Any, str]:
+    """Open ``path`` for decoding, with NVDEC when asked and possible; returns (container, "cuda"|"cpu")."""
+    av = _av()
+    name = one_line(path)
+    if hardware:
+        try:
+            from av.codec.hwaccel import HWAccel
+
+            return av.open(str(path), hwaccel=HWAccel("cuda", allow_software_fallback=True)), "cuda"
+        except (PermissionError, OSError, ValueError, av.FFmpegError):
+            pass  # no usable GPU decoder (or a bad file, which the plain open below reports)
+    try:
+        return av.open(str(path)), "cpu"
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except (OSError, av.FFmpegError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"{name}: cannot decode video ({reason}); check that it is a complete video file") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _nvenc_works(codec: str) -> bool:
+    """Whether ``codec`` (an NVENC encoder) really opens here: it needs a GPU and the driver's library."""
+    av = _av()
+    try:
+        context = av.CodecContext.create(codec, "w")
+        context.width, context.height, context.pix_fmt = 256, 256, "yuv420p"
+        context.time_base = Fraction(1, 25)
+        context.open()
+        return True
+    except (PermissionError, OSError, ValueError, av.FFmpegError):
+        return False
+
+
+def _encoder(options: VideoOptions, hardware: bool, width: int, height: int) -> tuple[str, dict[str, str]]:
+    """Codec name and options for ``options.ext``: NVENC H.264 when usable, else x264 (VP9 for WebM)."""
+    if options.ext == "webm":
+        return "libvpx-vp9", {"crf": str(options.crf), "b": "0", "cpu-used": _VP9_SPEED[options.preset], "row-mt": "1"}
+    if hardware and _nvenc_works("h264_nvenc"):
+        return "h264_nvenc", {"preset": _NVENC_PRESETS[options.preset], "rc": "vbr", "cq": str(options.crf), "b": "0"}
+    return "libx264", {"crf": str(options.crf), "preset": options.preset}
+
+
+def restore_videos(restorer: Restorer, inputs: Sequence[Path], options: VideoOptions, progress: ProgressCallback | None = None) -> Iterator[FileReport]:
+    """Shorthand for ``VideoRunner(restorer, options, progress).run(inputs)``."""
+    return VideoRunner(restorer, options, progress).run(inputs)
