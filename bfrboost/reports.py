@@ -68,7 +68,7 @@ def summary(reports: Sequence[FileReport], seconds: float, problems: Sequence[st
         for stage, secs in report.seconds.items():
             stages[stage] = stages.get(stage, 0.0) + secs
     lines = [
-        f"{len(done)} {noun}(s) restored, {sum(len(r.faces) for r in done)} face(s), "
+        f"{len(done)} {noun}(s) restored, {sum(r.extra.get('face_count', len(r.faces)) for r in done)} face(s), "
         f"{len(failed) + len(problems)} failed, {len(skipped)} skipped, {seconds:.2f} s"
     ]
     if stages:

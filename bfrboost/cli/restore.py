@@ -1,4 +1,7 @@
-"""`bfrboost restore`: images, folders, globs and stdin through :class:`bfrboost.Restorer`."""
+"""`bfrboost restore`: images, videos, folders, globs and stdin through :class:`bfrboost.Restorer`.
+
+Images go to :class:`bfrboost.runners.files.FileRunner`, video clips (by extension) to
+:class:`bfrboost.runners.video.VideoRunner`; one summary covers both."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bfrboost.cli import app
 from bfrboost.cli.common import err as _err
@@ -25,6 +28,26 @@ class ExtChoice(str, Enum):
     png = "png"
     jpg = "jpg"
     webp = "webp"
+    mp4 = "mp4"
+    mkv = "mkv"
+    mov = "mov"
+    webm = "webm"
+    avi = "avi"
+
+
+_VIDEO_EXTS = ("mp4", "mkv", "mov", "webm", "avi")
+
+
+class Preset(str, Enum):
+    ultrafast = "ultrafast"
+    superfast = "superfast"
+    veryfast = "veryfast"
+    faster = "faster"
+    fast = "fast"
+    medium = "medium"
+    slow = "slow"
+    slower = "slower"
+    veryslow = "veryslow"
 
 
 def _parse_knobs(knob: list[str]) -> dict[str, Any]:
@@ -42,15 +65,16 @@ def _parse_knobs(knob: list[str]) -> dict[str, Any]:
 
 @app.command()
 def restore(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, cropped_faces/, restored_faces/, cmp/).")] = Path("results"),
+    inputs: Annotated[list[str], typer.Argument(help="Image or video files (.mp4 .mov .mkv .webm .avi), folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, restored_videos/, cropped_faces/, restored_faces/, cmp/).")] = Path("results"),
     base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface.")] = "auto",
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner after the base model (default: when --refiner is given).", show_default=False)] = None,
     refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
     refiner_strength: Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")] = 1.0,
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder (vae/, unet/) instead of the weights cache.")] = None,
     compile_refiner: Annotated[bool, typer.Option("--compile", help="torch.compile the refiner (worth it on CUDA for long batches; slow first batch).")] = False,
-    upscale: Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image.")] = 2.0,
+    upscale: Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image or video (CodeFormer's rescaling factor: 1–4).")] = 2.0,
+    face_upsample: Annotated[bool, typer.Option("--face-upsample", help="With -s > 1, also upsample the restored faces with the background upsampler (Real-ESRGAN) before pasting, as CodeFormer does.")] = False,
     bg_upsampler: Annotated[str, typer.Option("--bg-upsampler", help="Background upsampler: none (Lanczos resize) or realesrgan (Real-ESRGAN x2/x4plus).")] = "none",
     bg_tile: Annotated[int, typer.Option("--bg-tile", min=0, help="Real-ESRGAN tile size in pixels (0 = whole image at once).")] = 400,
     aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned 512×512 face crops: skip detection.")] = False,
@@ -67,19 +91,26 @@ def restore(
     save_cmp: Annotated[bool, typer.Option("--save-cmp", help="Also write cmp/: each crop beside its restored face.")] = False,
     draw_boxes: Annotated[bool, typer.Option("--draw-boxes", help="Draw face boxes and landmarks on the output.")] = False,
     suffix: Annotated[str | None, typer.Option("--suffix", help="Suffix added to output names (NAME_SUFFIX.ext).")] = None,
-    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")] = ExtChoice.auto,
+    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).")] = ExtChoice.auto,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels (decompression-bomb guard).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")] = False,
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Video: smooth each tracked face's landmarks over time so the crops don't jitter.")] = True,
+    crf: Annotated[int, typer.Option("--crf", min=0, max=51, help="Video quality (x264 CRF; NVENC cq): lower is better, 18 ≈ visually lossless.")] = 18,
+    preset: Annotated[Preset, typer.Option("--preset", help="Video encoder speed/size trade-off (x264 names; mapped for NVENC and VP9).")] = Preset.medium,
+    clip_start: Annotated[float | None, typer.Option("--start", min=0.0, help="Video: restore from this time on (seconds).")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="Video: restore this many seconds.")] = None,
+    frames_per_batch: Annotated[int, typer.Option("--frames-per-batch", min=1, help="Video: frames whose faces go through the base model together.")] = 8,
 ) -> None:
-    """Restore every face in INPUT images and paste them back."""
+    """Restore every face in INPUT images and videos and paste them back."""
     from bfrboost.io.images import collect_inputs
     from bfrboost.pipeline import Restorer
     from bfrboost.reports import summary
     from bfrboost.runners.files import FileRunner, OutputOptions, restore_bytes
+    from bfrboost.runners.video import VideoOptions, VideoRunner, is_video
 
     start = time.perf_counter()
     stdin_mode = inputs == ["-"]
@@ -95,11 +126,20 @@ def restore(
         if not stdin_mode and not paths:
             _err("no input images found")
             raise typer.Exit(1)
+        videos = [p for p in paths if is_video(p)]
+        images = [p for p in paths if not is_video(p)]
+        if videos and aligned:
+            raise UsageError("--aligned is for 512×512 face crops; video frames need detection (drop --aligned)")
+        video_options = VideoOptions(
+            outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,
+            crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch,
+        )
         restorer = Restorer(
             base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
             device=device, detector=detector, upscale=upscale, aligned=aligned,
             only_center_face=only_center_face, min_face=min_face, weights=weights,
             batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
+            face_upsample=face_upsample,
         )
     except UsageError as exc:
         _err(str(exc))
@@ -122,24 +162,41 @@ def restore(
         return
 
     options = OutputOptions(
-        outdir=outdir, suffix=suffix, ext=ext.value, quality=quality, overwrite=overwrite,
+        outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality, overwrite=overwrite,
         save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
     )
     reports: list[FileReport] = []
     console = Console(stderr=True)
-    with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
-        task = progress.add_task("restoring", total=len(paths))
-        for report in FileRunner(restorer, options).run(paths):
-            reports.append(report)
-            if report.error:
-                _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)
-            elif report.skipped:
-                _err(f"skipped {report.input}: {report.skipped}")
-            if as_json:
-                sys.stdout.write(json.dumps(report.to_json()) + "\n")
-                sys.stdout.flush()
-            faces = sum(len(r.faces) for r in reports)
-            progress.update(task, advance=1, description=f"restoring ({faces} faces)")
-    sys.stderr.write(summary(reports, time.perf_counter() - start, problems) + "\n")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as progress:
+        task = progress.add_task("restoring", total=len(paths), rate="")
+        clip_task: dict[str, Any] = {}
+
+        def clip_progress(name: str, frames: int, expected: int | None) -> None:
+            if clip_task.get("name") != name:
+                clip_task.update(name=name, since=time.perf_counter(), id=progress.add_task(Path(name).name, total=expected, rate=""))
+            fps = frames / max(time.perf_counter() - clip_task["since"], 1e-6)
+            progress.update(clip_task["id"], completed=frames, total=max(expected or 0, frames) or None, rate=f"{fps:.1f} frames/s")
+
+        runs = [FileRunner(restorer, options).run(images)] if images else []
+        if videos:
+            runs.append(VideoRunner(restorer, video_options, progress=clip_progress).run(videos))
+        for run in runs:
+            for report in run:
+                reports.append(report)
+                if "id" in clip_task:
+                    progress.remove_task(clip_task.pop("id"))
+                    clip_task.clear()
+                if report.error:
+                    _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)
+                elif report.skipped:
+                    _err(f"skipped {report.input}: {report.skipped}")
+                if as_json:
+                    sys.stdout.write(json.dumps(report.to_json()) + "\n")
+                    sys.stdout.flush()
+                faces = sum(r.extra.get("face_count", len(r.faces)) for r in reports)
+                progress.update(task, advance=1, description=f"restoring ({faces} faces)")
+    noun = "file" if videos else "image"
+    sys.stderr.write(summary(reports, time.perf_counter() - start, problems, noun=noun) + "\n")
     if problems or any(r.error for r in reports):
         raise typer.Exit(1)
