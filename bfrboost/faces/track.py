@@ -49,8 +49,8 @@ class OneEuroFilter:
     five points keeps the face's shape: they are smoothed as one rigid-ish set, not point by point.
     """
 
-    min_cutoff: float = 1.0
-    beta: float = 10.0
+    min_cutoff: float = 0.5
+    beta: float = 2.0
     d_cutoff: float = 1.0
     _x: np.ndarray | None = None
     _dx: np.ndarray | None = None
@@ -91,8 +91,8 @@ class FaceTracker:
     ``face.extras["track"]``.
     """
 
-    min_cutoff: float = 1.0
-    beta: float = 10.0
+    min_cutoff: float = 0.5
+    beta: float = 2.0
     iou_threshold: float = 0.3
     max_missed: int = 5
     tracks: list[_Track] = field(default_factory=list)
