@@ -186,3 +186,57 @@ def test_usage_errors(clip: Path, tmp_path: Path) -> None:
         VideoOptions(tmp_path, preset="fastest")
     with pytest.raises(Exception, match=r"--crf must be in \[0, 51\]"):
         VideoOptions(tmp_path, crf=60)
+
+
+class InvertingUpsampler:
+    """A deterministic stand-in for Real-ESRGAN: bilinear resize of the inverted image."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[int, ...], float]] = []
+
+    def upscale(self, rgb: np.ndarray, outscale: float) -> np.ndarray:
+        import cv2
+
+        self.calls.append((rgb.shape, outscale))
+        h, w = rgb.shape[:2]
+        return cv2.resize(255 - rgb, (round(w * outscale), round(h * outscale)), interpolation=cv2.INTER_LINEAR)
+
+
+def test_face_upsample_on_the_cli(testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--face-upsample runs the restored faces through the upsampler (Real-ESRGAN when the background
+    uses a plain resize, as CodeFormer) and pastes them directly; the background is untouched."""
+    from PIL import Image
+
+    import bfrboost.pipeline as pipeline
+
+    fake = InvertingUpsampler()
+    asked = []
+
+    def load_upsampler(name, upscale, **kwargs):
+        asked.append(name)
+        return fake if name == "realesrgan" else None
+
+    monkeypatch.setattr(pipeline, "load_upsampler", load_upsampler)
+    photo = testdata / "whole" / "03.jpg"
+    common = ["--base", "none", "--detector", "dlib", "-s", "2", "--ext", "png", "--json", "--device", "cpu"]
+    plain = run(photo, "-o", tmp_path / "plain", *common)
+    upsampled = run(photo, "-o", tmp_path / "up", "--face-upsample", *common)
+    assert plain.exit_code == upsampled.exit_code == 0, upsampled.stderr
+    assert asked == ["none", "none", "realesrgan"]
+    assert fake.calls == [((512, 512, 3), 2.0)]  # one face, its 512 restored crop → 1024
+    a = np.asarray(Image.open(tmp_path / "plain" / "restored_imgs" / "03.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "up" / "restored_imgs" / "03.png")).astype(int)
+    x1, y1, x2, y2 = (np.array(json.loads(upsampled.stdout)["faces"][0]["box"]) * 2).round().astype(int)
+    cx, cy, q = (x1 + x2) // 2, (y1 + y2) // 2, (x2 - x1) // 4
+    centre = (slice(cy - q, cy + q), slice(cx - q, cx + q))
+    assert np.abs(b[centre] - (255 - a[centre])).mean() < 6  # the face is the upsampler's output
+    far = np.ones(a.shape[:2], bool)
+    w = x2 - x1
+    far[max(y1 - w, 0) : y2 + w, max(x1 - w, 0) : x2 + w] = False
+    assert np.array_equal(a[far], b[far])  # the background is not touched
+
+
+def test_face_upsample_at_scale_one_says_it_does_nothing() -> None:
+    restorer = Restorer("none", device="cpu", detector="dlib", upscale=1, face_upsample=True)
+    assert restorer.face_upsampler is None
+    assert "face upsampling does nothing at upscale 1; pass -s 2 (up to 4) to use it" in restorer.notes
