@@ -1,0 +1,212 @@
+"""Video: frames/s split by stage, peak memory vs clip length, and temporal stability of the faces.
+
+Run: ``python bench/bench_video.py [--out bench/results/video] [--frames 60] [--lengths 10 60]``.
+Clips are made from the real photo ``whole/06.png`` (two faces): a 640×360 window panning across it
+(``bfrboost.io.clips``), 25 fps, with an AAC track.
+
+1. Speed: base ``none`` on the CPU (dlib detector), seconds per frame for decode, detect, smooth,
+   align, base, paste, encode; on CUDA also with NVDEC/NVENC (``--device cuda``).
+2. Memory: peak RSS (``VmHWM``) of a child process restoring a 10 s and a 60 s clip. The child's
+   detector is a stub that returns the faces' known landmarks (shifted with the pan), so 1500 frames
+   take a minute instead of ten on 2 cores; decode, audio copy, batching, align, paste and encode —
+   everything whose memory could grow with the clip — run for real.
+3. Stability: mean absolute frame-to-frame difference inside the face regions, per-frame landmarks
+   (``--no-smooth``) vs smoothed, on a 1 px/frame pan. ``none`` would paste the crop back unchanged,
+   so a stand-in base makes crop placement visible the way a real restorer does: it blends each crop
+   50 % with one fixed sharp face in template coordinates (a restorer's face prior). Reported raw and
+   motion-compensated (frame t shifted back by the known pan), and for the input clip itself.
+
+Writes ``video.json`` and ``video.png`` (stage bars, RSS vs length) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bfrboost.faces import get_detector
+from bfrboost.faces.types import Face
+from bfrboost.io.clips import make_pan_clip
+from bfrboost.io.images import read_image
+from bfrboost.pipeline import Restorer
+from bfrboost.runners.video import VideoOptions, VideoRunner
+from bfrboost.safety import write_bytes
+
+TESTDATA = Path(os.environ.get("BFRBOOST_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata"))
+SIZE = (640, 360)
+ORIGIN = (40.0, 130.0)  # both faces of 06.png inside the window
+STAGES = ("decode", "detect", "smooth", "align", "base", "paste", "encode")
+
+
+def photo() -> np.ndarray:
+    return read_image(TESTDATA / "whole" / "06.png").rgb
+
+
+def restore(clip: Path, outdir: Path, restorer: Restorer, **options) -> dict:
+    start = time.perf_counter()
+    report = next(VideoRunner(restorer, VideoOptions(outdir, overwrite=True, **options)).run([clip]))
+    if report.error:
+        raise SystemExit(report.error)
+    wall = time.perf_counter() - start
+    frames = report.extra["frames"]
+    return {
+        "frames": frames,
+        "faces": report.extra["face_count"],
+        "fps": round(frames / wall, 2),
+        "ms_per_frame": {k: round(1000 * report.seconds.get(k, 0.0) / frames, 2) for k in STAGES},
+        "decoder": report.extra["decoder"],
+        "encoder": report.extra["encoder"],
+        "output": report.output,
+    }
+
+
+class StubDetector:
+    """The photo's faces, found once, moved with the pan (frame i = photo shifted by i · pan)."""
+
+    name = "stub"
+
+    def __init__(self, faces: list[Face], pan: tuple[float, float]) -> None:
+        self.faces, self.pan, self.index = faces, np.array(pan), 0
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        shift = np.array(ORIGIN) + self.index * self.pan
+        self.index += 1
+        return [Face(box=f.box - np.tile(shift, 2), score=f.score, landmarks=f.landmarks - shift) for f in self.faces]
+
+
+def rss_child(clip: str, outdir: str) -> None:
+    """Restore ``clip`` with the stub detector, then print this process's peak RSS in MiB."""
+    torch.set_num_threads(1)
+    restorer = Restorer("none", device="cpu", detector="dlib", upscale=1)
+    restorer.detector = StubDetector(get_detector("dlib").detect(photo()), (0.5, 0.2))
+    restore(Path(clip), Path(outdir), restorer)
+    with open("/proc/self/status") as status:
+        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    print(json.dumps({"peak_rss_mib": round(hwm / 1024, 1)}))
+
+
+class TemplateBase:
+    """Stand-in base: each crop blended 50 % with one fixed face in template coordinates."""
+
+    name = "template"
+
+    def __init__(self, template: np.ndarray) -> None:
+        self.template = torch.from_numpy(template).permute(2, 0, 1).float().div(255)[None]
+
+    def restore(self, crops: torch.Tensor) -> torch.Tensor:
+        return 0.5 * crops + 0.5 * self.template.to(crops.device)
+
+
+def face_mask(faces: list[Face], shift: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for face in faces:
+        x1, y1, x2, y2 = (face.box - np.tile(shift, 2)).round().astype(int)
+        mask[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = True
+    return mask
+
+
+def flicker(path: Path, faces: list[Face], pan: int) -> dict:
+    """Mean |frame t − frame t−1| over the face boxes: raw, and with frame t shifted back by ``pan`` px."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24").astype(np.float32) for f in container.decode(video=0)]
+    raw, compensated = [], []
+    for t in range(1, len(frames)):
+        mask = face_mask(faces, np.array(ORIGIN) + [t * pan, 0], frames[t].shape[:2])
+        raw.append(np.abs(frames[t] - frames[t - 1])[mask].mean())
+        # content moves left by ``pan``: pixel x of frame t is pixel x + pan of frame t − 1
+        diff = np.abs(frames[t][:, :-pan] - frames[t - 1][:, pan:])
+        compensated.append(diff[mask[:, :-pan]].mean())
+    return {"raw": round(float(np.mean(raw)), 3), "compensated": round(float(np.mean(compensated)), 3)}
+
+
+def stability(work: Path, frames: int) -> dict:
+    image = photo()
+    faces = get_detector("dlib").detect(image)
+    clip = make_pan_clip(image, work / "stability.mp4", SIZE, frames, pan=(1.0, 0.0), origin=ORIGIN, crf=12)
+    result = {"input": flicker(clip, faces, 1)}
+    for smooth in (False, True):
+        restorer = Restorer("none", device="cpu", detector="dlib", upscale=1)
+        first = restorer.prepare(image)
+        restorer.base = TemplateBase(max(first.faces, key=lambda f: f.box[2] - f.box[0]).crop)
+        out = restore(clip, work / ("smooth" if smooth else "per_frame"), restorer, smooth=smooth)
+        result["smoothed" if smooth else "per_frame"] = flicker(Path(out["output"]), faces, 1)
+    return result
+
+
+def chart(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    speed = results["speed"]["cpu"]["ms_per_frame"]
+    left.bar(list(speed), list(speed.values()), color="#4477aa")
+    left.set_ylabel("ms per frame")
+    left.set_title(f"640×360, base none, CPU: {results['speed']['cpu']['fps']} frames/s")
+    lengths = [r["seconds"] for r in results["memory"]]
+    right.plot(lengths, [r["peak_rss_mib"] for r in results["memory"]], "o-")
+    right.set_xlabel("clip length (s)")
+    right.set_ylabel("peak RSS (MiB)")
+    right.set_ylim(0, max(r["peak_rss_mib"] for r in results["memory"]) * 1.2)
+    right.set_title("peak memory vs clip length")
+    fig.tight_layout()
+    with tempfile.NamedTemporaryFile(suffix=".png") as tmp:
+        fig.savefig(tmp.name, dpi=100)
+        write_bytes(path, Path(tmp.name).read_bytes(), overwrite=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results/video"))
+    parser.add_argument("--frames", type=int, default=60, help="frames of the speed and stability clips")
+    parser.add_argument("--lengths", type=float, nargs="*", default=[10.0, 60.0], help="clip lengths (s) for peak RSS")
+    parser.add_argument("--rss-child", nargs=2, metavar=("CLIP", "OUTDIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(*args.rss_child)
+        return
+    results: dict = {"speed": {}, "memory": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        image = photo()
+        clip = make_pan_clip(image, work / "speed.mp4", SIZE, args.frames, pan=(0.5, 0.2), origin=ORIGIN)
+        results["speed"]["cpu"] = restore(clip, work / "cpu", Restorer("none", device="cpu", detector="dlib", upscale=1))
+        if torch.cuda.is_available():
+            restorer = Restorer("none", device="cuda", detector="auto", upscale=1)
+            results["speed"]["cuda"] = restore(clip, work / "cuda", restorer, hardware=True)
+        else:
+            print("no CUDA here: GPU decode/encode path not measured")
+        print("speed:", json.dumps(results["speed"]))
+        for seconds in args.lengths:
+            long_clip = make_pan_clip(image, work / f"len{seconds:g}.mp4", SIZE, int(seconds * 25), pan=(0.5, 0.2), origin=ORIGIN)
+            child = subprocess.run(
+                [sys.executable, __file__, "--rss-child", str(long_clip), str(work / "rss")],
+                check=True, capture_output=True, text=True,
+            )
+            peak = json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+            results["memory"].append({"seconds": seconds, "frames": int(seconds * 25), "peak_rss_mib": peak})
+            print(f"peak RSS, {seconds:g} s clip: {peak} MiB")
+        results["stability"] = stability(work, args.frames)
+        print("stability:", json.dumps(results["stability"]))
+    write_bytes(args.out / "video.json", (json.dumps(results, indent=1) + "\n").encode(), overwrite=True)
+    chart(results, args.out / "video.png")
+    print(f"wrote {args.out / 'video.json'} and {args.out / 'video.png'}")
+
+
+if __name__ == "__main__":
+    main()
