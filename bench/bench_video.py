@@ -35,7 +35,7 @@ import torch
 
 from bfrboost.faces import get_detector
 from bfrboost.faces.types import Face
-from bfrboost.io.clips import make_pan_clip
+from bfrboost.io.clips import make_pan_clip, pan_offset
 from bfrboost.io.images import read_image
 from bfrboost.pipeline import Restorer
 from bfrboost.runners.video import VideoOptions, VideoRunner
@@ -44,6 +44,8 @@ from bfrboost.safety import write_bytes
 TESTDATA = Path(os.environ.get("BFRBOOST_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata"))
 SIZE = (640, 360)
 ORIGIN = (40.0, 130.0)  # both faces of 06.png inside the window
+STABLE_ORIGIN = (20.0, 130.0)  # the stability pan (1 px/frame to the right) stays inside the 726 px photo
+PAN, PERIOD = (0.5, 0.2), 120  # px per frame, back and forth every 120 frames
 STAGES = ("decode", "detect", "smooth", "align", "base", "paste", "encode")
 
 
@@ -70,15 +72,15 @@ def restore(clip: Path, outdir: Path, restorer: Restorer, **options) -> dict:
 
 
 class StubDetector:
-    """The photo's faces, found once, moved with the pan (frame i = photo shifted by i · pan)."""
+    """The photo's faces, found once, moved with the pan of :func:`bfrboost.io.clips.pan_offset`."""
 
     name = "stub"
 
-    def __init__(self, faces: list[Face], pan: tuple[float, float]) -> None:
-        self.faces, self.pan, self.index = faces, np.array(pan), 0
+    def __init__(self, faces: list[Face]) -> None:
+        self.faces, self.index = faces, 0
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        shift = np.array(ORIGIN) + self.index * self.pan
+        shift = pan_offset(self.index, PAN, ORIGIN, PERIOD)
         self.index += 1
         return [Face(box=f.box - np.tile(shift, 2), score=f.score, landmarks=f.landmarks - shift) for f in self.faces]
 
@@ -87,7 +89,7 @@ def rss_child(clip: str, outdir: str) -> None:
     """Restore ``clip`` with the stub detector, then print this process's peak RSS in MiB."""
     torch.set_num_threads(1)
     restorer = Restorer("none", device="cpu", detector="dlib", upscale=1)
-    restorer.detector = StubDetector(get_detector("dlib").detect(photo()), (0.5, 0.2))
+    restorer.detector = StubDetector(get_detector("dlib").detect(photo()))
     restore(Path(clip), Path(outdir), restorer)
     with open("/proc/self/status") as status:
         hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
@@ -107,6 +109,7 @@ class TemplateBase:
 
 
 def face_mask(faces: list[Face], shift: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The faces' boxes (found once on the photo) in the frame whose window starts at ``shift``."""
     mask = np.zeros(shape, bool)
     for face in faces:
         x1, y1, x2, y2 = (face.box - np.tile(shift, 2)).round().astype(int)
@@ -122,7 +125,7 @@ def flicker(path: Path, faces: list[Face], pan: int) -> dict:
         frames = [f.to_ndarray(format="rgb24").astype(np.float32) for f in container.decode(video=0)]
     raw, compensated = [], []
     for t in range(1, len(frames)):
-        mask = face_mask(faces, np.array(ORIGIN) + [t * pan, 0], frames[t].shape[:2])
+        mask = face_mask(faces, np.array(STABLE_ORIGIN) + [t * pan, 0], frames[t].shape[:2])
         raw.append(np.abs(frames[t] - frames[t - 1])[mask].mean())
         # content moves left by ``pan``: pixel x of frame t is pixel x + pan of frame t − 1
         diff = np.abs(frames[t][:, :-pan] - frames[t - 1][:, pan:])
@@ -133,7 +136,7 @@ def flicker(path: Path, faces: list[Face], pan: int) -> dict:
 def stability(work: Path, frames: int) -> dict:
     image = photo()
     faces = get_detector("dlib").detect(image)
-    clip = make_pan_clip(image, work / "stability.mp4", SIZE, frames, pan=(1.0, 0.0), origin=ORIGIN, crf=12)
+    clip = make_pan_clip(image, work / "stability.mp4", SIZE, frames, pan=(1.0, 0.0), origin=STABLE_ORIGIN, crf=12)
     result = {"input": flicker(clip, faces, 1)}
     for smooth in (False, True):
         restorer = Restorer("none", device="cpu", detector="dlib", upscale=1)
@@ -184,7 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         image = photo()
-        clip = make_pan_clip(image, work / "speed.mp4", SIZE, args.frames, pan=(0.5, 0.2), origin=ORIGIN)
+        clip = make_pan_clip(image, work / "speed.mp4", SIZE, args.frames, pan=PAN, origin=ORIGIN, period=PERIOD)
         results["speed"]["cpu"] = restore(clip, work / "cpu", Restorer("none", device="cpu", detector="dlib", upscale=1))
         if torch.cuda.is_available():
             restorer = Restorer("none", device="cuda", detector="auto", upscale=1)
@@ -193,11 +196,12 @@ def main() -> None:
             print("no CUDA here: GPU decode/encode path not measured")
         print("speed:", json.dumps(results["speed"]))
         for seconds in args.lengths:
-            long_clip = make_pan_clip(image, work / f"len{seconds:g}.mp4", SIZE, int(seconds * 25), pan=(0.5, 0.2), origin=ORIGIN)
+            long_clip = make_pan_clip(image, work / f"len{seconds:g}.mp4", SIZE, int(seconds * 25), pan=PAN, origin=ORIGIN, period=PERIOD)
             child = subprocess.run(
-                [sys.executable, __file__, "--rss-child", str(long_clip), str(work / "rss")],
-                check=True, capture_output=True, text=True,
+                [sys.executable, __file__, "--rss-child", str(long_clip), str(work / "rss")], capture_output=True, text=True
             )
+            if child.returncode:
+                raise SystemExit(f"the {seconds:g} s child failed:\n{child.stderr[-3000:]}")
             peak = json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mib"]
             results["memory"].append({"seconds": seconds, "frames": int(seconds * 25), "peak_rss_mib": peak})
             print(f"peak RSS, {seconds:g} s clip: {peak} MiB")

@@ -25,6 +25,13 @@ def pan_frame(photo: np.ndarray, size: tuple[int, int], offset: tuple[float, flo
     return cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
 
+def pan_offset(index: int, pan: tuple[float, float], origin: tuple[float, float] = (0.0, 0.0), period: int | None = None) -> np.ndarray:
+    """Top-left corner of frame ``index``'s window: ``origin + index · pan``, or with ``period`` a
+    back-and-forth pan (``period / 2`` frames out, as many back) that stays inside the photo."""
+    steps = index if period is None else period / 2 - abs(index % period - period / 2)
+    return np.array(origin, dtype=np.float64) + steps * np.array(pan, dtype=np.float64)
+
+
 def make_pan_clip(
     photo: np.ndarray,
     path: Path | str,
@@ -33,6 +40,7 @@ def make_pan_clip(
     fps: int = 25,
     pan: tuple[float, float] = (1.0, 0.0),
     origin: tuple[float, float] = (0.0, 0.0),
+    period: int | None = None,
     audio: bool = True,
     timestamps_ms: Sequence[int] | None = None,
     rotation: int = 0,
@@ -41,6 +49,7 @@ def make_pan_clip(
 ) -> Path:
     """Write an H.264 clip (``size`` = (w, h), even) of ``frames`` frames panning ``pan`` px per frame.
 
+    ``period``: pan back and forth (see :func:`pan_offset`) so long clips stay inside the photo.
     ``timestamps_ms``: each frame's time in ms (variable frame rate; the time base is then 1/1000).
     ``audio``: a 440 Hz mono AAC track as long as the clip. ``rotation``: display rotation in degrees
     counter-clockwise (stored as metadata, pixels untouched).
@@ -60,8 +69,8 @@ def make_pan_clip(
                 video.set_display_rotation(rotation)
             sound = out.add_stream("aac", rate=48000, layout="mono") if audio else None
             for index in range(frames):
-                offset = (origin[0] + index * pan[0], origin[1] + index * pan[1])
-                frame = av.VideoFrame.from_ndarray(pan_frame(photo, size, offset), format="rgb24")
+                offset = pan_offset(index, pan, origin, period)
+                frame = av.VideoFrame.from_ndarray(pan_frame(photo, size, tuple(offset)), format="rgb24")
                 frame.pts, frame.time_base = pts[index], tb
                 for packet in video.encode(frame):
                     out.mux(packet)
