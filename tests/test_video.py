@@ -240,3 +240,29 @@ def test_face_upsample_at_scale_one_says_it_does_nothing() -> None:
     restorer = Restorer("none", device="cpu", detector="dlib", upscale=1, face_upsample=True)
     assert restorer.face_upsampler is None
     assert "face upsampling does nothing at upscale 1; pass -s 2 (up to 4) to use it" in restorer.notes
+
+
+def test_sigterm_on_the_cli_removes_the_unfinished_video(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    real_finish = Restorer.finish
+    calls = {"n": 0}
+
+    def terminate_midway(self, prepared):
+        calls["n"] += 1
+        if calls["n"] == 6:  # frames already encoded into the temp file
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_finish(self, prepared)
+
+    monkeypatch.setattr(Restorer, "finish", terminate_midway)
+    result = run(clip, "-o", tmp_path, "--base", "none", "--detector", "dlib", "-s", "1", "--frames-per-batch", "4", "--device", "cpu")
+    assert result.exit_code == 128 + signal.SIGTERM
+    assert "bfrboost: interrupted after 0 of 1 input(s); the unfinished output was removed" in result.stderr
+    assert list((tmp_path / "restored_videos").iterdir()) == []
+
+
+def test_audio_the_container_cannot_hold_is_refused(clip: Path, tmp_path: Path) -> None:
+    report = next(VideoRunner(restorer(), VideoOptions(tmp_path, ext="webm")).run([clip]))
+    assert report.error == f"{clip}: its aac audio cannot be copied into .webm; choose --ext mkv (takes any audio) or mp4"
+    assert list((tmp_path / "restored_videos").iterdir()) == []

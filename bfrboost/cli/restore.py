@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bfrboost.cli import app
 from bfrboost.cli.common import err as _err
 from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.safety import Interrupted, handle_signals
 
 if TYPE_CHECKING:
     from bfrboost.reports import FileReport
@@ -181,21 +182,27 @@ def restore(
         runs = [FileRunner(restorer, options).run(images)] if images else []
         if videos:
             runs.append(VideoRunner(restorer, video_options, progress=clip_progress).run(videos))
-        for run in runs:
-            for report in run:
-                reports.append(report)
-                if "id" in clip_task:
-                    progress.remove_task(clip_task.pop("id"))
-                    clip_task.clear()
-                if report.error:
-                    _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)
-                elif report.skipped:
-                    _err(f"skipped {report.input}: {report.skipped}")
-                if as_json:
-                    sys.stdout.write(json.dumps(report.to_json()) + "\n")
-                    sys.stdout.flush()
-                faces = sum(r.extra.get("face_count", len(r.faces)) for r in reports)
-                progress.update(task, advance=1, description=f"restoring ({faces} faces)")
+        try:
+            with handle_signals():  # SIGTERM, like Ctrl-C, removes the output being written
+                for run in runs:
+                    for report in run:
+                        reports.append(report)
+                        if "id" in clip_task:
+                            progress.remove_task(clip_task.pop("id"))
+                            clip_task.clear()
+                        if report.error:
+                            _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)
+                        elif report.skipped:
+                            _err(f"skipped {report.input}: {report.skipped}")
+                        if as_json:
+                            sys.stdout.write(json.dumps(report.to_json()) + "\n")
+                            sys.stdout.flush()
+                        faces = sum(r.extra.get("face_count", len(r.faces)) for r in reports)
+                        progress.update(task, advance=1, description=f"restoring ({faces} faces)")
+        except (KeyboardInterrupt, Interrupted) as exc:
+            progress.stop()
+            _err(f"interrupted after {len(reports)} of {len(paths)} input(s); the unfinished output was removed")
+            raise typer.Exit(exc.exit_code if isinstance(exc, Interrupted) else 130) from None
     noun = "file" if videos else "image"
     sys.stderr.write(summary(reports, time.perf_counter() - start, problems, noun=noun) + "\n")
     if problems or any(r.error for r in reports):
