@@ -139,7 +139,7 @@ class VideoRunner:
         container, decoder = _open_input(path, _want_hardware(self.options.hardware))
         try:
             with atomic_path(out, overwrite=self.options.overwrite) as temp:
-                _Clip(self, path, container, report, decoder).run(temp)
+                _Clip(self, path, container, report, decoder).run(temp, out)
         finally:
             container.close()
         return report
@@ -182,11 +182,12 @@ class _Clip:
             return max(round(span * float(self.rate)), 0)
         return total
 
-    def run(self, temp: Path) -> None:
+    def run(self, temp: Path, out: Path) -> None:
+        """Restore the whole clip into ``temp`` (renamed to ``out`` by the caller once complete)."""
         try:
             self.output = _av().open(str(temp), "w", format=VIDEO_FORMATS[self.options.ext])
         except (OSError, _av().FFmpegError) as exc:
-            raise OutputError(f"{one_line(temp)}: cannot open for writing ({exc})") from None
+            raise OutputError(f"{one_line(out)}: cannot open for writing ({exc}); check the output folder or choose another with -o") from None
         try:
             self._stream()
             if self.frames == 0:
