@@ -8,7 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Face", "FileReport", "FileRunner", "OutputOptions", "Restorer", "Result", "restore_files", "__version__"]
+__all__ = [
+    "Face", "FileReport", "FileRunner", "OutputOptions", "Restorer", "Result", "VideoOptions", "VideoRunner",
+    "restore_files", "restore_videos", "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from bfrboost.runners import files
 
         return getattr(files, name)
+    if name in ("VideoOptions", "VideoRunner", "restore_videos"):
+        from bfrboost.runners import video
+
+        return getattr(video, name)
     if name == "FileReport":
         from bfrboost.reports import FileReport
 

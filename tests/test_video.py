@@ -266,3 +266,12 @@ def test_audio_the_container_cannot_hold_is_refused(clip: Path, tmp_path: Path) 
     report = next(VideoRunner(restorer(), VideoOptions(tmp_path, ext="webm")).run([clip]))
     assert report.error == f"{clip}: its aac audio cannot be copied into .webm; choose --ext mkv (takes any audio) or mp4"
     assert list((tmp_path / "restored_videos").iterdir()) == []
+
+
+def test_progress_reports_frames_done_and_expected(clip: Path, tmp_path: Path) -> None:
+    from bfrboost import VideoRunner as exported
+
+    calls = []
+    runner = exported(restorer(), VideoOptions(tmp_path, frames_per_batch=4), progress=lambda *a: calls.append(a))
+    next(runner.run([clip]))
+    assert calls == [(str(clip), 4, 10), (str(clip), 8, 10), (str(clip), 10, 10)]

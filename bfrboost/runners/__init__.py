@@ -1,2 +1,3 @@
-"""Runners: small sources and sinks over :class:`bfrboost.Restorer` (image files and stdin here;
-video, overlapped and dataset runners beside it), all sharing :class:`bfrboost.reports.FileReport`."""
+"""Runners: small sources and sinks over :class:`bfrboost.Restorer` (image files and stdin in
+``files``, video clips in ``video``; overlapped and dataset runners beside them), all sharing
+:class:`bfrboost.reports.FileReport`."""
