@@ -26,7 +26,7 @@ from bfrboost.ui.engine import (
 log = logging.getLogger("bfrboost.ui")
 
 DEFAULT_HOST = "127.0.0.1"
-_CSS = "#status p { margin: 0; } #status.error { color: #b00020; font-weight: 600; }"
+_CSS = "#status p { margin: 0; } #status.error p { color: #b00020 !important; font-weight: 600; }"
 
 
 def _gradio() -> Any:
@@ -48,9 +48,11 @@ def build_app(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     refiner: str | Path | None = None,
+    workdir: str | Path | None = None,
     engine: Engine | None = None,
 ) -> Any:
-    """The ``gradio.Blocks`` app (not started). ``refiner``: folder pre-filled in the refiner box.
+    """The ``gradio.Blocks`` app (not started). ``refiner``: folder pre-filled in the refiner box;
+    ``workdir``: where results wait for download (default: a fresh temp folder).
 
     Controls that the installed :class:`~bfrboost.pipeline.Restorer` cannot honour (face upsample
     before that option exists) are left out rather than shown and ignored.
@@ -59,7 +61,10 @@ def build_app(
 
     from bfrboost.backbones.registry import names
 
-    engine = engine or Engine(device=device, cache_size=cache_size, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+    engine = engine or Engine(
+        device=device, cache_size=cache_size, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+        workdir=Path(workdir) if workdir is not None else None,
+    )
     can_face_upsample = restorer_accepts("face_upsample")
     bases = ["auto", *names()]
 
@@ -98,7 +103,7 @@ def build_app(
                 with gr.Row():
                     get_image = gr.DownloadButton("download image", visible=False, elem_id="get-image")
                     get_report = gr.DownloadButton("download JSON report", visible=False, elem_id="get-report")
-                gallery = gr.Gallery(label="faces: before | after", columns=3, format="png", elem_id="faces")
+                gallery = gr.Gallery(label="faces: before | after", columns=2, object_fit="contain", format="png", elem_id="faces")
 
         def on_base(name: str) -> Any:
             return gr.update(interactive=has_fidelity(name))

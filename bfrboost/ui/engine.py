@@ -156,6 +156,7 @@ class Engine:
         self.keep = keep
         self._runs: list[Path] = []
         self._lock = threading.Lock()
+        self._busy = threading.Lock()
 
     def check_upload(self, path: Path, name: str) -> None:
         """One line when the upload is over the size cap (the web server caps it too)."""
@@ -177,12 +178,15 @@ class Engine:
         progress = progress or (lambda fraction, text: None)
         progress(0.0, "checking the upload")
         self.check_upload(upload, name)
-        restorer = self.cache.get(settings, progress)
-        restorer.refiner_strength = _strength(settings.refiner_strength)
+        strength = _strength(settings.refiner_strength)
         run = self._new_run()
         options = OutputOptions(outdir=run, draw_boxes=settings.draw_boxes, max_pixels=self.max_pixels)
-        progress(0.3, "restoring faces")
-        (report,) = restorer.restore_files([upload], options)
+        with self._busy:  # one restore at a time: the cached models (and their strength) are shared
+            restorer = self.cache.get(settings, progress)
+            restorer.refiner_strength = strength
+            progress(0.3, "restoring faces")
+            (report,) = restorer.restore_files([upload], options)
+            notes = list(restorer.notes)
         if report.error is not None:
             raise InputError(_named(report.error, upload, name))
         progress(0.9, "preparing the result")
@@ -198,7 +202,7 @@ class Engine:
             for i, face in enumerate(report.faces)
         ]
         progress(1.0, "done")
-        return Outcome(before, after, image_path, report_path, payload, faces, list(restorer.notes))
+        return Outcome(before, after, image_path, report_path, payload, faces, notes)
 
     def close(self) -> None:
         """Remove the work folder and drop the models."""

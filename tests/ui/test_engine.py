@@ -107,3 +107,21 @@ def test_face_upsample_control_only_when_the_restorer_has_it():
     assert {"upload", "base", "fidelity", "refine", "strength", "refiner", "bg", "boxes", "upscale"} <= controls.keys()
     assert controls["base"].choices[0][0] == "auto" and ("none", "none") in controls["base"].choices
     page.engine.close()
+
+
+def test_refiner_strength_changes_without_a_reload_and_matches_the_cli(engine: Engine, testdata: Path, tmp_path: Path, cli):
+    refiner = tmp_path / "tiny"
+    assert CliRunner().invoke(app, ["refiner", "init", "--tiny", str(refiner)]).exit_code == 0
+    photo = testdata / "whole" / "01.jpg"
+    steps: list[tuple[float, str]] = []
+    half = engine.restore(photo, Settings(base="none", upscale=1, refine=True, refiner=str(refiner), refiner_strength=0.5),
+                          progress=lambda fraction, text: steps.append((fraction, text)))
+    full = engine.restore(photo, Settings(base="none", upscale=1, refine=True, refiner=str(refiner), refiner_strength=1.0))
+    assert engine.cache.loads == 1  # the strength is a blend after the refiner, not a new model
+    assert "refine" in half.report["seconds"] and "note: the refiner runs on the CPU" in half.summary()
+    expected, _ = cli(photo, tmp_path / "cli", "--base", "none", "-s", "1", "--refiner", str(refiner), "--refiner-strength", "0.5")
+    assert half.image_path.read_bytes() == expected.read_bytes()
+    assert not np.array_equal(half.after, full.after)
+    fractions = [f for f, _ in steps]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert "loading models (first run with these settings)" in [t for _, t in steps]
