@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,21 @@ def test_restore_in_the_browser_equals_the_cli(served, testdata: Path, tmp_path:
     upload(page, photo)
     choose_base(page, "none")
     page.locator("#boxes input").check()
-    page.locator("#run").click()
-    page.wait_for_selector("#result img")
+    load = app.engine.cache.get
+
+    def slow_load(*args, **kwargs):  # holds the "loading models" stage long enough to be seen
+        restorer = load(*args, **kwargs)
+        time.sleep(1.5)
+        return restorer
+
+    app.engine.cache.get = slow_load
+    try:
+        page.locator("#run").click()
+        page.wait_for_function("() => document.querySelector('#compare').innerText.includes('loading models (first run')")
+        screenshot(page, tmp_path, "ui_progress")
+        page.wait_for_selector("#result img")
+    finally:
+        app.engine.cache.get = load
     shot = screenshot(page, tmp_path, "ui_restored")
 
     expected, line = cli(photo, tmp_path / "cli", "--base", "none", "-s", "2", "--draw-boxes")

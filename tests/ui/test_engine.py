@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bfrboost.cli import app
-from bfrboost.errors import InputError, UsageError
+from bfrboost.errors import InputError, UsageError, WeightsError
 from bfrboost.ui.engine import Engine, Settings, describe, restorer_accepts
 
 
@@ -82,6 +82,9 @@ def test_bad_uploads_get_one_line_naming_the_file(engine: Engine, tmp_path: Path
     tiny = Engine(device="cpu", max_pixels=1000, workdir=tmp_path / "tiny")
     with pytest.raises(InputError, match=r"^04\.jpg: .*pixels"):
         tiny.restore(shutil.copy(testdata / "whole" / "04.jpg", tmp_path / "04.jpg"), Settings(base="none"))
+    with pytest.raises(WeightsError) as caught:  # offline, no CodeFormer checkpoint in the cache
+        engine.restore(testdata / "whole" / "04.jpg", Settings(base="codeformer"))
+    assert "\n" not in str(caught.value) and "codeformer" in str(caught.value).lower()
     assert describe(RuntimeError("boom\nline two")) == "unexpected error (RuntimeError: boom\\nline two); the server log has the details"
 
 
