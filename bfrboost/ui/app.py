@@ -12,6 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from bfrboost.errors import BfrboostError, UsageError
 from bfrboost.ui.engine import (
     DEFAULT_MAX_PIXELS,
@@ -26,6 +29,8 @@ from bfrboost.ui.engine import (
 log = logging.getLogger("bfrboost.ui")
 
 DEFAULT_HOST = "127.0.0.1"
+PREVIEW_SIDE = 4096
+"""Longest side of the images shown in the page; the download always has the full size."""
 _CSS = "#status p { margin: 0; } #status.error p { color: #b00020 !important; font-weight: 600; }"
 
 
@@ -35,6 +40,15 @@ def _gradio() -> Any:
     except ImportError:
         raise UsageError("the web app needs Gradio: install it with pip install 'bfrboost[ui]'") from None
     return gradio
+
+
+def _preview(image: np.ndarray) -> np.ndarray:
+    """A copy small enough for the browser: a 4× result of a big photo would be hundreds of MB as PNG."""
+    scale = PREVIEW_SIDE / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _status(text: str, error: bool = False) -> Any:
@@ -126,10 +140,15 @@ def build_app(
                 if not isinstance(exc, BfrboostError):
                     log.exception("restore failed")  # the traceback goes to the server log, never the page
                 return _status(f"⚠ {describe(exc)}", error=True), None, None, hidden, hidden, []
+            after = _preview(outcome.after)
+            summary = outcome.summary()
+            if after is not outcome.after:
+                height, width = outcome.after.shape[:2]
+                summary += f" · shown at {after.shape[1]}×{after.shape[0]}; the download has the full {width}×{height}"
             return (
-                _status(outcome.summary()),
-                (outcome.before, outcome.after),
-                outcome.after,
+                _status(summary),
+                (_preview(outcome.before), after),
+                after,
                 gr.update(value=str(outcome.image_path), visible=True, label=f"download image ({outcome.image_path.name})"),
                 gr.update(value=str(outcome.report_path), visible=True),
                 outcome.faces,
@@ -173,4 +192,6 @@ def launch(
         footer_links=[],
         css=_CSS,
     )
+    if block:  # the server has stopped (Ctrl-C): results and models go
+        engine.close()
     return app

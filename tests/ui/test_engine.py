@@ -128,3 +128,11 @@ def test_refiner_strength_changes_without_a_reload_and_matches_the_cli(engine: E
     fractions = [f for f, _ in steps]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert "loading models (first run with these settings)" in [t for _, t in steps]
+
+
+def test_the_page_shows_big_results_reduced():
+    from bfrboost.ui.app import PREVIEW_SIDE, _preview
+
+    small = np.zeros((620, 982, 3), np.uint8)
+    assert _preview(small) is small  # shown as written: the browser test compares it with the CLI's file
+    assert _preview(np.zeros((PREVIEW_SIDE * 2, 300, 3), np.uint8)).shape == (PREVIEW_SIDE, 150, 3)
