@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bfrboost.cli import app
+from tests.test_background import cached  # noqa: F401  (fixture: Real-ESRGAN checkpoints with official key names)
 
 
 def cli_restore(source: Path, outdir: Path, *options: str) -> tuple[Path, dict]:

@@ -136,3 +136,16 @@ def test_the_page_shows_big_results_reduced():
     small = np.zeros((620, 982, 3), np.uint8)
     assert _preview(small) is small  # shown as written: the browser test compares it with the CLI's file
     assert _preview(np.zeros((PREVIEW_SIDE * 2, 300, 3), np.uint8)).shape == (PREVIEW_SIDE, 150, 3)
+
+
+def test_background_enhance_is_the_clis_realesrgan(engine: Engine, cached, testdata: Path, tmp_path: Path, cli):
+    from bfrboost.background import X2_FILE
+    from tests.test_background import random_state_dict
+
+    cached(X2_FILE, random_state_dict(2))
+    photo = testdata / "whole" / "04.jpg"
+    enhanced = engine.restore(photo, Settings(base="none", upscale=2, bg_enhance=True))
+    plain = engine.restore(photo, Settings(base="none", upscale=2))
+    expected, _ = cli(photo, tmp_path / "cli", "--base", "none", "-s", "2", "--bg-upsampler", "realesrgan")
+    assert enhanced.image_path.read_bytes() == expected.read_bytes()
+    assert set(cached.asked) == {X2_FILE} and not np.array_equal(enhanced.after, plain.after)
