@@ -115,7 +115,7 @@ def test_face_upsample_control_only_when_the_restorer_has_it():
 def test_refiner_strength_changes_without_a_reload_and_matches_the_cli(engine: Engine, testdata: Path, tmp_path: Path, cli):
     refiner = tmp_path / "tiny"
     assert CliRunner().invoke(app, ["refiner", "init", "--tiny", str(refiner)]).exit_code == 0
-    photo = testdata / "whole" / "01.jpg"
+    photo = testdata / "whole" / "04.jpg"  # one face: the tiny refiner still costs seconds per face on CPU
     steps: list[tuple[float, str]] = []
     half = engine.restore(photo, Settings(base="none", upscale=1, refine=True, refiner=str(refiner), refiner_strength=0.5),
                           progress=lambda fraction, text: steps.append((fraction, text)))
