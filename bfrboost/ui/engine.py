@@ -1,8 +1,8 @@
 """What the web app does with one upload, without any web framework: settings → cached
 :class:`~bfrboost.pipeline.Restorer` → the same file runner the CLI uses → result, faces and report.
 
-Going through :meth:`Restorer.restore_files` (not a re-implementation) is what makes the page's result
-byte-identical to ``bfrboost restore`` with the same options: same decoder, same gray handling, same
+Going through :class:`~bfrboost.runners.files.FileRunner` (not a re-implementation) is what makes the
+page's result byte-identical to ``bfrboost restore`` with the same options: same decoder, same gray handling, same
 boxes, same encoder. Models load once per settings combination and stay in a small LRU cache, because
 a load (base weights, detector, parser, Real-ESRGAN, refiner) costs far more than one photo.
 """
@@ -171,7 +171,7 @@ class Engine:
         """Restore one uploaded file as ``bfrboost restore FILE`` would; raises :class:`BfrboostError`
         with one line naming the file (``name``: what the user called it) on any problem."""
         from bfrboost.io.images import read_image
-        from bfrboost.pipeline import OutputOptions
+        from bfrboost.runners.files import FileRunner, OutputOptions
 
         upload = Path(upload)
         name = one_line(name or upload.name)
@@ -185,7 +185,7 @@ class Engine:
             restorer = self.cache.get(settings, progress)
             restorer.refiner_strength = strength
             progress(0.3, "restoring faces")
-            (report,) = restorer.restore_files([upload], options)
+            (report,) = FileRunner(restorer, options).run([upload])
             notes = list(restorer.notes)
         if report.error is not None:
             raise InputError(_named(report.error, upload, name))
