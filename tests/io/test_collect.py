@@ -50,10 +50,10 @@ def test_problems_are_reported_and_the_rest_kept(tree: Path) -> None:
     paths, problems = collect_inputs(["missing.jpg", "empty", "photos/a.jpg", "nested", "*.gif", "photos/sub/deeper"])
     assert paths == [Path("photos/a.jpg"), Path("photos/sub/deeper/d.tiff")]
     assert problems == [
-        "missing.jpg: no such file or folder",
+        "missing.jpg: no such file or folder; check the path",
         "empty: folder has no images",
         "nested: folder has no images (pass --recursive to look in subfolders)",
-        "*.gif: pattern matches no images",
+        "*.gif: pattern matches no images; check the pattern (quote it so the shell does not expand it)",
     ]
     assert collect_inputs(["nested"], recursive=True) == ([Path("nested/inner/f.jpeg")], [])
 
