@@ -10,6 +10,7 @@
   place, with SIGINT/SIGTERM/SIGHUP held off during the renames (:func:`deferred_signals`). If a
   rename fails, the files of the set already renamed are removed again, so a failed input leaves
   none of its files (with ``overwrite`` their earlier versions are then gone too).
+- :func:`atomic_dir`: the same for a whole folder (model folders from ``save_pretrained``).
 - :class:`InputGuard`: refuses any planned output that is one of the run's inputs, whatever
   sub-folder it lands in.
 - :func:`handle_signals`: SIGTERM (and SIGHUP) raise :class:`Interrupted` in the main thread, like
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import stat
 import threading
@@ -126,11 +128,9 @@ def clean_stale_temps(folder: Path) -> list[Path]:
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
         if match and not _pid_alive(int(match.group(1))):
-            try:
-                os.unlink(entry.path)
+            _remove(Path(entry.path))
+            if not os.path.lexists(entry.path):
                 removed.append(Path(entry.path))
-            except OSError:
-                pass
     return removed
 
 
@@ -207,6 +207,42 @@ def atomic_open(path: Path | str, overwrite: bool = False) -> Iterator[BinaryIO]
             file.flush()
 
 
+@contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield a temp folder that appears complete at ``path`` when the block ends cleanly, or not at all
+    (a model folder written by ``save_pretrained``, a folder of frames). ``path`` must be missing or an
+    empty folder (replaced); a killed run leaves a recognisable temp folder the next run removes."""
+    path = Path(path)
+    if os.path.lexists(path) and (not path.is_dir() or any(path.iterdir())):
+        raise OutputError(f"{one_line(path)}: already exists and is not an empty folder; choose a new or empty folder")
+    _prepare_folder(path)
+    temp = temp_path(path)
+    with _LIVE_LOCK:
+        _LIVE.add(temp)
+    try:
+        temp.mkdir()
+        yield temp
+        with deferred_signals():
+            os.replace(temp, path)
+    except OSError as exc:
+        raise OutputError(describe_write_error(path, exc)) from None
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(temp)
+        _remove(temp)
+
+
+def _remove(path: Path) -> None:
+    """Remove a temp file or folder if it is there; never raises."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_bytes(path: Path | str, data: bytes, overwrite: bool = False) -> Path:
     """Write ``data`` atomically (JSON reports, Markdown/CSV tables, HTML pages …)."""
     with atomic_open(path, overwrite) as file:
@@ -219,10 +255,7 @@ def remove_live_temps() -> None:
     with _LIVE_LOCK:
         live = list(_LIVE)
     for temp in live:
-        try:
-            temp.unlink()
-        except OSError:
-            pass
+        _remove(temp)
 
 
 @contextmanager
