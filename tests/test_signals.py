@@ -95,6 +95,9 @@ def test_a_killed_run_leaves_a_recognisable_temp_that_the_next_run_removes(three
     process.communicate(timeout=60)
     (temp,) = [p for p in (out / "restored_imgs").iterdir() if p.name.startswith(".")]
     assert temp.name.startswith(".b.jpg.bfrboost-") and temp.name.endswith(".partial")
+    skipped_only = CliRunner().invoke(app, ["restore", str(three / "a.jpg"), *args[2:]], catch_exceptions=False)
+    assert "0 image(s) restored, 0 face(s), 0 failed, 1 skipped" in skipped_only.stderr
+    assert not temp.exists()  # removed by a run that wrote nothing
     again = CliRunner().invoke(app, args, catch_exceptions=False)
     assert again.exit_code == 0, again.stderr
     assert sorted(p.name for p in (out / "restored_imgs").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]

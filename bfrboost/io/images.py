@@ -86,6 +86,8 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
         name = one_line(name or source)
         data = _read_bytes(Path(source), name)
     if not data:
+        if isinstance(source, bytes) and name == "<stdin>":
+            raise InputError("<stdin>: no data (0 bytes); pipe an image in, e.g. bfrboost restore - < photo.jpg > restored.png")
         raise InputError(f"{name}: empty file (0 bytes); {_REDO}")
     image = _open(data, name)
     width, height = image.size

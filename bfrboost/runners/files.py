@@ -21,7 +21,7 @@ from bfrboost.faces.types import Face
 from bfrboost.io.images import LoadedImage, encode_image, image_writer, output_ext, plan_output, read_image
 from bfrboost.pipeline import Restorer, Result
 from bfrboost.reports import FileReport
-from bfrboost.safety import InputGuard, OutputSet, one_line
+from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line
 
 
 @dataclass
@@ -72,6 +72,9 @@ def restore_bytes(
     report.faces = result.faces
     report.seconds = {"decode": decode, **result.seconds, "encode": time.perf_counter() - start}
     return encoded, report
+
+
+OUTPUT_SUBDIRS = ("restored_imgs", "cropped_faces", "restored_faces", "cmp")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class FileRunner:
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
         options = self.options
+        for subdir in OUTPUT_SUBDIRS:  # also when every input is skipped and nothing gets written
+            clean_stale_temps(Path(options.outdir) / subdir)
         pending: list[tuple[FileReport, LoadedImage, OutputPlan]] = []
         claims = _Claims(InputGuard(inputs))
         for path in inputs:
