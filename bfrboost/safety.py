@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bfrboost.errors import OutputError
 
@@ -288,16 +288,31 @@ _DEFERRED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHU
 def deferred_signals() -> Iterator[None]:
     """Hold SIGINT/SIGTERM/SIGHUP until the block ends (a few renames that must happen together).
 
-    A signal arriving meanwhile is delivered right after the block. Main thread on POSIX only.
+    A signal arriving meanwhile is recorded and re-delivered to the previous handler right after the
+    block (``pthread_sigmask`` would not do: a process-directed signal may land on any other thread,
+    and Python runs its handler in the main thread anyway). Main thread only; elsewhere no effect.
     """
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _DEFERRED}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            _redeliver(pending[0], previous[pending[0]])
+
+
+def _redeliver(signum: int, handler: Any) -> None:
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)  # the default action (terminate) now that the renames are done
 
 
 class OutputSet:
