@@ -136,3 +136,17 @@ def test_writes_files_decorator_keeps_the_signature_and_handles_ctrl_c(capsys: p
         command("x")
     assert info.value.exit_code == 130
     assert capsys.readouterr().err == "bfrboost: interrupted by SIGINT: nothing finished; re-run the same command\n"
+
+
+def test_write_errors_say_what_to_do(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "a.png"
+    assert safety.describe_write_error(target, OSError(errno.EACCES, "Permission denied")) == (
+        f"{target}: permission denied writing into {target.parent}; choose a folder you can write to with -o"
+    )
+    assert safety.describe_write_error(target, OSError(errno.EROFS, "Read-only file system")).endswith("choose a folder you can write to with -o")
+    (tmp_path / "out").write_text("a file where a folder should be")
+    with pytest.raises(OutputError) as info:
+        OutputSet().add(target, lambda f: f.write(b"x")).commit()
+    assert str(info.value) == f"{target}: cannot write into {target.parent} ({tmp_path / 'out'} is a file, not a folder); choose another output folder"
+    odd = tmp_path / "new\nline.png"
+    assert "\n" not in safety.describe_write_error(odd, OSError(errno.ENOSPC, "No space left on device"))
