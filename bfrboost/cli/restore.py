@@ -96,6 +96,7 @@ def restore(
             paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
             progress.total = len(paths) + len(problems)
             failed = [problem_report(problem) for problem in problems]
+            progress.finished = len(failed)  # reported: nothing more to do for them
             for report in failed:
                 _emit(report, as_json)
             if not stdin_mode and not paths:
@@ -128,7 +129,6 @@ def restore(
             outdir=outdir, suffix=suffix, ext=ext.value, quality=quality, overwrite=overwrite,
             save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
         )
-        progress.finished = len(failed)  # reported, nothing more to do for them
         reports: list[FileReport] = list(failed)
         console = Console(stderr=True)
         with Progress(console=console, disable=not console.is_terminal, transient=True) as bar:

@@ -109,10 +109,6 @@ class OutputPlan:
             files["cmp"] = self.outdir / "cmp" / f"{name}.png"
         return files
 
-    def files(self, faces: int) -> list[Path]:
-        """Every path for an image with ``faces`` faces, the restored image first."""
-        return [self.image, *(path for index in range(faces) for path in self.face_files(index).values())]
-
 
 class FileRunner:
     """Restore image files into ``options.outdir``, yielding one report per input, in input order.
