@@ -149,6 +149,12 @@ def describe_write_error(path: Path, exc: OSError) -> str:
     name = one_line(path)
     if exc.errno == errno.ENOSPC:
         return f"{name}: no space left on the device holding {one_line(path.parent)}; free space there or choose another -o"
+    if exc.errno == getattr(errno, "EDQUOT", None):
+        return f"{name}: disk quota exceeded on the device holding {one_line(path.parent)}; free space there or choose another -o"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{name}: name too long for the file system; use a shorter name or --suffix"
+    if exc.errno == errno.EISDIR:
+        return f"{name}: a folder of that name is in the way; remove or rename it, or choose another -o"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{name}: permission denied writing into {one_line(path.parent)}; choose a folder you can write to with -o"
     blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)

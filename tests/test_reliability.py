@@ -3,6 +3,7 @@ messages, stdin limits, closed/broken stdout. The signal tests (real subprocesse
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -244,3 +245,32 @@ def test_reader_of_stdout_gone_exits_quietly(monkeypatch: pytest.MonkeyPatch, ca
         main()
     assert info.value.code == 141
     assert capfd.readouterr().err == ""
+
+
+def test_stdin_or_stdout_on_a_terminal_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`bfrboost restore -` typed without a pipe would wait forever, or print PNG bytes on the terminal."""
+    import sys
+
+    import typer
+
+    from bfrboost.cli.restore import restore
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    with pytest.raises(typer.Exit) as info:
+        restore(["-"], base="none")
+    assert info.value.exit_code == 2
+    assert capsys.readouterr().err == (
+        "bfrboost: '-' reads the image from stdin, which is a terminal; pipe an image in: bfrboost restore - < photo.jpg > restored.png\n"
+    )
+    monkeypatch.setattr(sys, "stdin", io.BytesIO(b""))
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    with pytest.raises(typer.Exit) as info:
+        restore(["-"], base="none")
+    assert info.value.exit_code == 2
+    assert capsys.readouterr().err == (
+        "bfrboost: '-' writes the restored image to stdout, which is a terminal; redirect it: bfrboost restore - < photo.jpg > restored.png\n"
+    )

@@ -150,3 +150,17 @@ def test_write_errors_say_what_to_do(tmp_path: Path) -> None:
     assert str(info.value) == f"{target}: cannot write into {target.parent} ({tmp_path / 'out'} is a file, not a folder); choose another output folder"
     odd = tmp_path / "new\nline.png"
     assert "\n" not in safety.describe_write_error(odd, OSError(errno.ENOSPC, "No space left on device"))
+
+
+@pytest.mark.parametrize(
+    ("code", "ending"),
+    [
+        (errno.EDQUOT, "disk quota exceeded on the device holding {dir}; free space there or choose another -o"),
+        (errno.ENAMETOOLONG, "name too long for the file system; use a shorter name or --suffix"),
+        (errno.EISDIR, "a folder of that name is in the way; remove or rename it, or choose another -o"),
+    ],
+)
+def test_more_write_errors_say_what_to_do(tmp_path: Path, code: int, ending: str) -> None:
+    target = tmp_path / "a.png"
+    message = safety.describe_write_error(target, OSError(code, os.strerror(code)))
+    assert message == f"{target}: " + ending.format(dir=tmp_path)

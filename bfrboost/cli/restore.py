@@ -23,6 +23,9 @@ from bfrboost.safety import one_line
 if TYPE_CHECKING:
     from bfrboost.reports import FileReport
 
+_STDIN_EXAMPLE = "bfrboost restore - < photo.jpg > restored.png"
+
+
 class ExtChoice(str, Enum):
     auto = "auto"
     png = "png"
@@ -92,6 +95,10 @@ def restore(
                 raise UsageError("'-' (stdin) cannot be mixed with other inputs")
             if stdin_mode and as_json:
                 raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
+            if stdin_mode and sys.stdin.isatty():  # reading would wait for the keyboard
+                raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
+            if stdin_mode and sys.stdout.isatty():
+                raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
             knobs = _parse_knobs(knob or [])
             paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
             progress.total = len(paths) + len(problems)
