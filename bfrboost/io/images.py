@@ -415,7 +415,7 @@ def collect_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list
             found = [path]
         elif path.is_dir():
             try:
-                found, inside = _scan(_folder_entries(path, recursive))
+                found, inside = _scan(_folder_entries(path, recursive, problems))
                 hint = "" if found or recursive or not any(_visible_dirs(path)) else " (pass --recursive to look in subfolders)"
             except OSError as exc:
                 problems.append(InputProblem(item, f"cannot read folder ({exc.strerror}); check its permissions"))
@@ -460,12 +460,18 @@ def _visible_dirs(folder: Path) -> Iterator[Path]:
     return (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _folder_entries(folder: Path, recursive: bool) -> list[Path]:
-    """Entries of a folder, sorted; hidden files and folders (and our own temp files) are left out."""
+def _folder_entries(folder: Path, recursive: bool, problems: list[InputProblem]) -> list[Path]:
+    """Entries of a folder, sorted; hidden files and folders (and our own temp files) are left out.
+
+    An unreadable sub-folder is a problem reported, not a silent gap in the batch."""
     if not recursive:
         return sorted(folder.iterdir())
+
+    def unreadable(exc: OSError) -> None:
+        problems.append(InputProblem(exc.filename or folder, f"cannot read folder ({exc.strerror}); check its permissions"))
+
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(Path(root) / f for f in files)
     return sorted(found)

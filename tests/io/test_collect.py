@@ -62,3 +62,20 @@ def test_duplicates_are_dropped_keeping_the_first(tree: Path) -> None:
     paths, problems = collect_inputs(["photos/b.PNG", "photos", "photos/*.jpg", str(tree / "photos" / "a.jpg"), "./photos/b.PNG"])
     assert paths == [Path("photos/b.PNG"), Path("photos/a.jpg")]
     assert problems == []
+
+
+def test_an_unreadable_subfolder_is_reported_not_skipped(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("deeper"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    paths, problems = collect_inputs(["photos"], recursive=True)
+    assert paths == [Path("photos/a.jpg"), Path("photos/b.PNG"), Path("photos/sub/c.webp")]
+    assert problems == ["photos/sub/deeper: cannot read folder (Permission denied); check its permissions"]
+    assert problems[0].input == "photos/sub/deeper"
