@@ -150,7 +150,7 @@ def test_a_text_file_shows_one_line_in_the_page(served, tmp_path: Path):
     page.wait_for_selector("#status.error")
     screenshot(page, tmp_path, "ui_error")
     message = page.locator("#status").inner_text().strip()
-    assert message == "⚠ notes.txt: not an image (unrecognised file format)"
+    assert message == "⚠ notes.txt: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"
     assert "Traceback" not in page.locator("body").inner_text()
     assert elsewhere == []
 

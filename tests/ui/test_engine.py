@@ -71,7 +71,7 @@ def test_bad_uploads_get_one_line_naming_the_file(engine: Engine, tmp_path: Path
     text.write_text("not a photo\n")
     with pytest.raises(InputError) as caught:
         engine.restore(text, Settings(base="none"))
-    assert str(caught.value) == "notes.txt: not an image (unrecognised file format)"
+    assert str(caught.value) == "notes.txt: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2 * 1024 * 1024))
     with pytest.raises(InputError) as caught:
