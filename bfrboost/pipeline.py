@@ -156,6 +156,9 @@ class Restorer:
     whole photo with Real-ESRGAN (tiles of ``bg_tile`` px) instead of a Lanczos resize.
     """
 
+    #: A gray input is written gray (bases may tint it); colourising subclasses turn this off.
+    keeps_gray: bool = True
+
     def __init__(
         self,
         base: str = "auto",
@@ -245,6 +248,10 @@ class Restorer:
         faces = self.detector.detect(image)
         return select_faces(faces, image.shape, only_center=self.only_center_face, min_face=self.min_face)
 
+    def _restore_faces(self, faces: list[Face], timer: _Timer) -> list[np.ndarray]:
+        """Restored crops of aligned ``faces`` (hook: guided restoration also reads ``face.extras``)."""
+        return self._restore_crops([face.crop for face in faces], timer)
+
     def _restore_crops(self, crops: list[np.ndarray], timer: _Timer) -> list[np.ndarray]:
         if not crops:
             return []
@@ -287,9 +294,17 @@ class Restorer:
         """Restore one RGB uint8 image (H×W×3); ``alpha`` (H×W) is resized and returned alongside."""
         return self.restore_batch([image], [alpha])[0]
 
-    def restore_batch(self, images: Sequence[np.ndarray], alphas: Sequence[np.ndarray | None] | None = None) -> list[Result]:
-        """Restore many images; all their faces go through the base model and refiner together."""
+    def restore_batch(
+        self, images: Sequence[np.ndarray], alphas: Sequence[np.ndarray | None] | None = None,
+        targets: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[Result]:
+        """Restore many images; all their faces go through the base model and refiner together.
+
+        ``targets``: per-image extras (e.g. a guidance mask in photo coordinates) copied into the
+        ``extras`` of each of that image's faces, for subclasses that restore faces with them.
+        """
         alphas = list(alphas) if alphas is not None else [None] * len(images)
+        targets = list(targets) if targets is not None else [None] * len(images)
         timers = [_Timer() for _ in images]
         per_image: list[list[Face]] = []
         for image, timer in zip(images, timers):
@@ -304,9 +319,12 @@ class Restorer:
                 with timer("align"):
                     warp_faces(image, faces, size=FACE_SIZE)
             per_image.append(faces)
+        for faces, extras in zip(per_image, targets):
+            for face in faces:
+                face.extras.update(extras or {})
         crops = [face.crop for faces in per_image for face in faces]
         shared = _Timer()
-        restored = iter(self._restore_crops(crops, shared))
+        restored = iter(self._restore_faces([face for faces in per_image for face in faces], shared))
         for faces in per_image:
             for face in faces:
                 face.restored = next(restored)
@@ -382,7 +400,7 @@ class Restorer:
         decode = time.perf_counter() - start
         result = self.restore(loaded.rgb, loaded.alpha)
         start = time.perf_counter()
-        image = _gray(result.image) if loaded.gray else result.image
+        image = _gray(result.image) if loaded.gray and self.keeps_gray else result.image
         encoded = encode_image(image, result.alpha, fmt=fmt, quality=quality, icc=loaded.icc)
         report.faces = result.faces
         report.seconds = {"decode": decode, **result.seconds, "encode": time.perf_counter() - start}
@@ -415,7 +433,7 @@ class Restorer:
             report.faces = result.faces
             report.seconds.update(result.seconds)
             start = time.perf_counter()
-            if loaded.gray:  # a gray photo stays gray: bases may tint it (colourising is a separate job)
+            if loaded.gray and self.keeps_gray:  # a gray photo stays gray: bases may tint it (colourising is a separate job)
                 result.image = _gray(result.image)
             try:
                 self._write(Path(report.input), Path(report.output), result, options, icc=loaded.icc)

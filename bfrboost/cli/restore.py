@@ -18,7 +18,7 @@ from bfrboost.cli.common import err as _err
 from bfrboost.errors import BfrboostError, UsageError
 
 if TYPE_CHECKING:
-    from bfrboost.pipeline import FileReport
+    from bfrboost.pipeline import FileReport, OutputOptions, Restorer
 
 class ExtChoice(str, Enum):
     auto = "auto"
@@ -66,7 +66,7 @@ def _summary(reports: list[FileReport], problems: list[str], seconds: float) -> 
 def restore(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
     outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, cropped_faces/, restored_faces/, cmp/).")] = Path("results"),
-    base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface.")] = "auto",
+    base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface, or pgdiff (guided diffusion, see --guide).")] = "auto",
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner after the base model (default: when --refiner is given).", show_default=False)] = None,
     refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
     refiner_strength: Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")] = 1.0,
@@ -96,6 +96,16 @@ def restore(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")] = False,
+    guide: Annotated[str, typer.Option("--guide", help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); --weights/--fidelity/--knob apply to it.")] = "rrdb",
+    reference: Annotated[list[Path] | None, typer.Option("--reference", help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.")] = None,
+    prior: Annotated[Path | None, typer.Option("--prior", help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).")] = 1000,
+    guidance_scale: Annotated[float, typer.Option("--guidance-scale", min=0.0, help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="--base pgdiff: seed of the diffusion noise.")] = 1234,
+    ss_weight: Annotated[float, typer.Option("--ss-weight", min=0.0, help="--base pgdiff: weight of the smooth-semantics property.")] = 1.0,
+    ref_weight: Annotated[float, typer.Option("--ref-weight", min=0.0, help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).")] = 25.0,
+    ref_loss: Annotated[str, typer.Option("--ref-loss", help="--base pgdiff: identity distance, mse or cos.")] = "mse",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].")] = 1,
 ) -> None:
     """Restore every face in INPUT images and paste them back."""
     from bfrboost.io.images import collect_inputs
@@ -115,12 +125,23 @@ def restore(
         if not stdin_mode and not paths:
             _err("no input images found")
             raise typer.Exit(1)
-        restorer = Restorer(
-            base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
+        common = dict(
+            refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
             device=device, detector=detector, upscale=upscale, aligned=aligned,
             only_center_face=only_center_face, min_face=min_face, weights=weights,
             batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
         )
+        if base == "pgdiff":
+            from bfrboost.guidance import GuidanceOptions, GuidedRestorer
+
+            options = GuidanceOptions(
+                scale=guidance_scale, steps=steps, seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss
+            )
+            restorer = GuidedRestorer("restore", guide=guide, prior=prior, options=options, reference=reference or (), **common)
+        else:
+            if reference or prior is not None:
+                raise UsageError("--reference and --prior guide the diffusion prior: use them with --base pgdiff")
+            restorer = Restorer(base, **common)
     except UsageError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
@@ -145,10 +166,18 @@ def restore(
         outdir=outdir, suffix=suffix, ext=ext.value, quality=quality, overwrite=overwrite,
         save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
     )
+    write_results(restorer, paths, problems, options, as_json, start)
+
+
+def write_results(restorer: Restorer, paths: list[Path], problems: list[str], options: OutputOptions, as_json: bool, start: float) -> None:
+    """Restore ``paths`` into ``options.outdir`` with progress, JSON lines, a summary and the exit code."""
     reports: list[FileReport] = []
     console = Console(stderr=True)
     with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
         task = progress.add_task("restoring", total=len(paths))
+        if hasattr(restorer, "on_step"):  # guided restoration: a step-level bar across every face
+            steps = progress.add_task("denoising", total=None)
+            restorer.on_step = lambda done, total: progress.update(steps, completed=done, total=total)
         for report in restorer.restore_files(paths, options):
             reports.append(report)
             if report.error:
