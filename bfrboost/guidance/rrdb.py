@@ -98,9 +98,14 @@ class TimeRRDB(nn.Module):
         return self.generator(torch.cat([x_t, y, emb], dim=1))
 
 
-def build(state_dict: Mapping[str, torch.Tensor] | None = None, config: RRDBConfig = RRDBConfig()) -> TimeRRDB:
+#: The architecture :func:`build` and :func:`load` use by default (the released configuration).
+RRDB_CONFIG = RRDBConfig()
+
+
+def build(state_dict: Mapping[str, torch.Tensor] | None = None, config: RRDBConfig | None = None) -> TimeRRDB:
     """The restorer randomly initialised, or with the released checkpoint's tensors loaded strictly."""
-    return build_strict(lambda: TimeRRDB(config), state_dict).eval().requires_grad_(False)
+    cfg = config or RRDB_CONFIG
+    return build_strict(lambda: TimeRRDB(cfg), state_dict).eval().requires_grad_(False)
 
 
 def load(path: str | Path) -> TimeRRDB:
