@@ -53,17 +53,22 @@ def color_mask(image: np.ndarray, color: str) -> np.ndarray:
     return (diff <= COLOR_TOLERANCE).astype(np.float32)
 
 
-def mask_to_crop(mask: np.ndarray, face: Face, photo_shape: Sequence[int], name: str = "mask") -> np.ndarray:
-    """A photo-coordinate mask warped into ``face``'s aligned crop (1 = fill); a FACE_SIZE² mask on a
-    photo of another size is taken to be in crop coordinates already."""
+def check_mask_shape(mask: np.ndarray, photo_shape: Sequence[int], name: str = "mask") -> None:
+    """A mask must be the photo's size (photo coordinates) or FACE_SIZE² (aligned-crop coordinates)."""
     h, w = photo_shape[:2]
-    if mask.shape[:2] != (h, w):
-        if mask.shape[:2] == (FACE_SIZE, FACE_SIZE):
-            return mask.astype(np.float32)
+    if mask.shape[:2] not in ((h, w), (FACE_SIZE, FACE_SIZE)):
         raise InputError(
             f"{name}: is {mask.shape[1]}×{mask.shape[0]}, but the photo is {w}×{h}; give a mask of the photo's size "
             f"(photo coordinates) or {FACE_SIZE}×{FACE_SIZE} (aligned-crop coordinates)"
         )
+
+
+def mask_to_crop(mask: np.ndarray, face: Face, photo_shape: Sequence[int], name: str = "mask") -> np.ndarray:
+    """A photo-coordinate mask warped into ``face``'s aligned crop (1 = fill); a FACE_SIZE² mask on a
+    photo of another size is taken to be in crop coordinates already."""
+    check_mask_shape(mask, photo_shape, name)
+    if mask.shape[:2] != tuple(photo_shape[:2]):
+        return mask.astype(np.float32)
     warped = warp_affine(mask.astype(np.float32), face.affine, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LINEAR)
     return (warped > 0.25).astype(np.float32)  # thin strokes survive a shrinking warp
 
@@ -195,6 +200,8 @@ class GuidedRestorer(Restorer):
         if loaded is not None:
             try:
                 mask = self.mask_for(path)
+                if mask is not None:
+                    check_mask_shape(mask, loaded.rgb.shape, str(self.mask_source))
             except InputError as exc:
                 report.error = str(exc)
                 return None
@@ -203,7 +210,10 @@ class GuidedRestorer(Restorer):
 
     def restore(self, image: np.ndarray, alpha: np.ndarray | None = None, mask: np.ndarray | None = None) -> Any:  # type: ignore[override]
         """Restore one RGB uint8 image; ``mask`` (H×W, 1 = fill) in photo or crop coordinates."""
-        return self.restore_batch([image], [alpha], targets=[{"mask": read_mask(mask)} if mask is not None else None])[0]
+        if mask is not None:
+            mask = read_mask(mask)
+            check_mask_shape(mask, image.shape)
+        return self.restore_batch([image], [alpha], targets=[{"mask": mask} if mask is not None else None])[0]
 
     def restore_batch(self, images: Sequence[np.ndarray], alphas: Any = None, targets: Any = None) -> list[Any]:
         if targets is None:
