@@ -69,7 +69,7 @@ def bench(label: str, prior: IDDPMUNet, device: torch.device, steps: int, rrdb_c
         "old-photo (RRDB guide)": lambda: with_rrdb("old-photo", data["old"], options),
     }
     print(f"\n{label}: {steps} steps, device {device}, torch threads {torch.get_num_threads()}")
-    print(f"| task | s/face | s/step | peak MB |\n|---|---|---|---|")
+    print("| task | s/face | s/step | peak MB |\n|---|---|---|---|")
     for name, run in runs.items():
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -9,6 +9,7 @@ the photo *is* the crop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ class GuidedRestorer(Restorer):
         if color_refs:
             crops = _to_tensor([self._reference_crop(r, "colour reference") for r in color_refs], self.device)
             mean, std = color_stats_of([crops * 2 - 1])
-            self.options.color_mean, self.options.color_std = mean, std
+            self.options = dataclasses.replace(self.options, color_mean=mean, color_std=std)
 
     # ---- inputs ----------------------------------------------------------------------------
 
@@ -254,14 +255,17 @@ class GuidedRestorer(Restorer):
                 found = [self._crop_mask(face) for face in chunk]
                 if any(m is not None for m in found):
                     masks = torch.from_numpy(np.stack([m if m is not None else np.zeros((FACE_SIZE, FACE_SIZE), np.float32) for m in found]))[:, None].to(self.device)
-            on_step = None
-            if self.on_step is not None:
-                done_before = start
-
-                def on_step(done: int, steps: int, _base: int = done_before, _n: int = len(chunk)) -> None:
-                    self.on_step(_base * steps + done * _n, total * steps)
-
             with timer("guidance"):
-                restored = self.model(self.task, crops, self.options, targets=targets, masks=masks, reference=self.reference, on_step=on_step)
+                restored = self.model(
+                    self.task, crops, self.options, targets=targets, masks=masks, reference=self.reference,
+                    on_step=self._progress(start, len(chunk), total),
+                )
             out += _to_uint8(restored)
         return out
+
+    def _progress(self, first: int, count: int, total: int) -> Callable[[int, int], None] | None:
+        """Sampler steps of faces ``first … first+count`` as face-steps done out of all ``total`` faces'."""
+        if self.on_step is None:
+            return None
+        report = self.on_step
+        return lambda done, steps: report(first * steps + done * count, total * steps)

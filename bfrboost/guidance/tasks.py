@@ -161,7 +161,7 @@ class PGDiff(nn.Module):
         self,
         task: str,
         crops: torch.Tensor,
-        options: GuidanceOptions = GuidanceOptions(),
+        options: GuidanceOptions | None = None,
         *,
         targets: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
@@ -175,6 +175,7 @@ class PGDiff(nn.Module):
         the RRDB restorer is loaded; ``masks``: (B, 1, S, S), 1 = fill; ``reference``: ArcFace
         embedding(s) of the reference identity, (1 or B, D).
         """
+        options = options or GuidanceOptions()
         device, size = crops.device, self.size
         height, width = crops.shape[-2:]
         y = _resize(crops.float(), size) * 2 - 1

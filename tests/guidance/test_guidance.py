@@ -168,11 +168,11 @@ def test_identity_guidance_raises_the_cosine_to_the_reference(tiny_prior, testda
     ref = arcface.embed(to_batch(load_rgb(testdata / "reference" / "ref" / "00010.png")))
     model = PGDiff(tiny_prior, arcface=arcface)
     cosine = {}
-    for weight in (0.0, 1e4):
-        options = GuidanceOptions(steps=20, scale=0.1, ref_weight=weight, ref_loss="cos")
+    for weight in (0.0, 1e3):  # unit embeddings: squared L2 = 2 − 2·cos
+        options = GuidanceOptions(steps=8, scale=0.1, ref_weight=weight)
         out = model("restore", lq, options, targets=lq, reference=ref)
         cosine[weight] = float((arcface.embed(out) * ref).sum())
-    assert cosine[1e4] > cosine[0.0] + 0.01
+    assert cosine[1e3] > cosine[0.0] + 0.1  # measured 0.38 vs 0.13
 
 
 def test_same_seed_same_output_and_batch_does_not_matter(tiny_prior):
