@@ -177,3 +177,33 @@ def test_scratch_detector_finds_bright_scratches_and_leaves_clean_faces(testdata
     assert precision > 0.7 and recall > 0.2  # measured 0.83 / 0.31
     assert (detect_scratches(load_rgb(testdata / "aligned" / "0143.png")) > 0).mean() < 0.02
     assert detect_scratches(cv2.cvtColor(np.full((64, 64), 128, np.uint8), cv2.COLOR_GRAY2RGB)).sum() == 0
+
+
+# ---- Python API ----------------------------------------------------------------------------------
+
+
+def test_python_api_inpaints_a_crop_and_colorizes_a_whole_photo(tiny_prior, testdata):
+    from bfrboost.guidance import GuidanceOptions, GuidedRestorer
+
+    face = load_rgb(testdata / "masked" / "00059.png")
+    mask = load_rgb(testdata / "masked" / "masks" / "00059.png")
+    inpainter = GuidedRestorer("inpaint", prior=tiny_prior, aligned=True, options=GuidanceOptions(steps=4, scale=1.0))
+    result = inpainter.restore(face, mask=mask)
+    hole = mask[..., 0] > 127
+    assert result.image.shape == (512, 512, 3)
+    assert np.abs(result.image.astype(float) - face)[~hole].mean() < 15
+    assert np.abs(result.image.astype(float) - face)[hole].mean() > 40
+    photo = np.asarray(Image.open(testdata / "whole" / "04.jpg").convert("L").convert("RGB"))
+    colorizer = GuidedRestorer("colorize", prior=tiny_prior, upscale=1, options=GuidanceOptions(steps=4, scale=0.5))
+    assert colorizer.keeps_gray is False
+    result = colorizer.restore(photo)
+    assert len(result.faces) == 1 and result.image.shape == photo.shape and chroma(result.image) > 0.5
+
+
+def test_guided_weights_are_non_commercial_cards():
+    from bfrboost import weights
+
+    cards = weights.cards()
+    assert "rrdb_iter_100000.pth" in [w.file for w in cards["pgdiff"].weights]
+    assert cards["pgdiff"].license == cards["difface"].license == "S-Lab License 1.0"
+    assert not cards["pgdiff"].commercial_use and not cards["difface"].commercial_use  # licence shown before the first download
