@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,7 +22,9 @@ from bfrboost.errors import BfrboostError, UsageError
 from bfrboost.safety import one_line
 
 if TYPE_CHECKING:
+    from bfrboost.pipeline import Restorer
     from bfrboost.reports import FileReport
+    from bfrboost.runners.files import OutputOptions
 
 _STDIN_EXAMPLE = "bfrboost restore - < photo.jpg > restored.png"
 
@@ -50,7 +53,7 @@ def _parse_knobs(knob: list[str]) -> dict[str, Any]:
 def restore(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
     outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, cropped_faces/, restored_faces/, cmp/).")] = Path("results"),
-    base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface.")] = "auto",
+    base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface, or pgdiff (guided diffusion, see --guide).")] = "auto",
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner after the base model (default: when --refiner is given).", show_default=False)] = None,
     refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
     refiner_strength: Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")] = 1.0,
@@ -80,66 +83,112 @@ def restore(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")] = False,
+    guide: Annotated[str, typer.Option("--guide", help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); --weights/--fidelity/--knob apply to it.")] = "rrdb",
+    reference: Annotated[list[Path] | None, typer.Option("--reference", help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.")] = None,
+    prior: Annotated[Path | None, typer.Option("--prior", help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).")] = 1000,
+    guidance_scale: Annotated[float, typer.Option("--guidance-scale", min=0.0, help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="--base pgdiff: seed of the diffusion noise.")] = 1234,
+    ss_weight: Annotated[float, typer.Option("--ss-weight", min=0.0, help="--base pgdiff: weight of the smooth-semantics property.")] = 1.0,
+    ref_weight: Annotated[float, typer.Option("--ref-weight", min=0.0, help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).")] = 25.0,
+    ref_loss: Annotated[str, typer.Option("--ref-loss", help="--base pgdiff: identity distance, mse or cos.")] = "mse",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].")] = 1,
 ) -> None:
     """Restore every face in INPUT images and paste them back."""
-    from bfrboost.io.images import collect_inputs
     from bfrboost.pipeline import Restorer
-    from bfrboost.reports import problem_report, summary
-    from bfrboost.runners.files import FileRunner, OutputOptions, restore_bytes
+    from bfrboost.runners.files import OutputOptions, restore_bytes
 
     start = time.perf_counter()
     stdin_mode = inputs == ["-"]
-    with interruptible() as progress:
-        try:
-            if "-" in inputs and not stdin_mode:
-                raise UsageError("'-' (stdin) cannot be mixed with other inputs")
-            if stdin_mode and as_json:
-                raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
-            if stdin_mode and sys.stdin.isatty():  # reading would wait for the keyboard
-                raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
-            if stdin_mode and sys.stdout.isatty():
-                raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
-            knobs = _parse_knobs(knob or [])
-            paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
-            progress.total = len(paths) + len(problems)
-            failed = [problem_report(problem) for problem in problems]
-            progress.finished = len(failed)  # reported: nothing more to do for them
-            for report in failed:
-                _emit(report, as_json)
-            if not stdin_mode and not paths:
-                _err("no input images found" + ("" if problems else "; check the paths"))
-                raise typer.Exit(1)
-            restorer = Restorer(
-                base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
-                device=device, detector=detector, upscale=upscale, aligned=aligned,
-                only_center_face=only_center_face, min_face=min_face, weights=weights,
-                batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
-            )
-        except BfrboostError as exc:
-            raise _fail(exc) from None
-        for note in restorer.notes:
-            _err(f"note: {note}")
-        if as_json and common.STDOUT_CLOSED:
-            _err("note: stdout is closed; the --json lines are discarded")
+    try:
+        if "-" in inputs and not stdin_mode:
+            raise UsageError("'-' (stdin) cannot be mixed with other inputs")
+        if stdin_mode and as_json:
+            raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
+        if stdin_mode and sys.stdin.isatty():  # reading would wait for the keyboard
+            raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
+        if stdin_mode and sys.stdout.isatty():
+            raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
+        if base != "pgdiff" and (reference or prior is not None):
+            raise UsageError("--reference and --prior guide the diffusion prior: use them with --base pgdiff")
+        knobs = _parse_knobs(knob or [])
+    except BfrboostError as exc:
+        raise _fail(exc) from None
+    shared = dict(
+        refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
+        device=device, detector=detector, upscale=upscale, aligned=aligned,
+        only_center_face=only_center_face, min_face=min_face, weights=weights,
+        batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
+    )
 
-        if stdin_mode:
-            fmt = "png" if ext is ExtChoice.auto else ext.value
+    def make_restorer() -> Restorer:
+        if base != "pgdiff":
+            return Restorer(base, **shared)
+        from bfrboost.guidance import GuidanceOptions, GuidedRestorer
+
+        options = GuidanceOptions(
+            scale=guidance_scale, steps=steps, seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss
+        )
+        return GuidedRestorer("restore", guide=guide, prior=prior, options=options, reference=reference or (), **shared)
+
+    if stdin_mode:
+        with interruptible():
             try:
+                restorer = make_restorer()
+                _notes(restorer, as_json)
+                fmt = "png" if ext is ExtChoice.auto else ext.value
                 data, _ = restore_bytes(restorer, sys.stdin.buffer.read(), fmt=fmt, quality=quality, max_pixels=max_pixels)
             except BfrboostError as exc:
                 raise _fail(exc) from None
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
-            return
+        return
+    options = OutputOptions(
+        outdir=outdir, suffix=suffix, ext=ext.value, quality=quality, overwrite=overwrite,
+        save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
+    )
+    write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start)
 
-        options = OutputOptions(
-            outdir=outdir, suffix=suffix, ext=ext.value, quality=quality, overwrite=overwrite,
-            save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
-        )
+
+def _notes(restorer: Restorer, as_json: bool) -> None:
+    for note in restorer.notes:
+        _err(f"note: {note}")
+    if as_json and common.STDOUT_CLOSED:
+        _err("note: stdout is closed; the --json lines are discarded")
+
+
+def write_results(
+    make_restorer: Callable[[], Restorer], inputs: list[str], options: OutputOptions, *, recursive: bool, as_json: bool, start: float
+) -> None:
+    """What every image command does around its restorer: collect INPUTS (one report per bad one),
+    build the restorer, restore into ``options.outdir`` with progress, JSON lines, a summary and
+    the exit code; interruptible (SIGINT/SIGTERM leave nothing half-written)."""
+    from bfrboost.io.images import collect_inputs
+    from bfrboost.reports import problem_report, summary
+    from bfrboost.runners.files import FileRunner
+
+    with interruptible() as progress:
+        try:
+            paths, problems = collect_inputs(inputs, recursive=recursive)
+            progress.total = len(paths) + len(problems)
+            failed = [problem_report(problem) for problem in problems]
+            progress.finished = len(failed)  # reported: nothing more to do for them
+            for report in failed:
+                _emit(report, as_json)
+            if not paths:
+                _err("no input images found" + ("" if problems else "; check the paths"))
+                raise typer.Exit(1)
+            restorer = make_restorer()
+        except BfrboostError as exc:
+            raise _fail(exc) from None
+        _notes(restorer, as_json)
         reports: list[FileReport] = list(failed)
         console = Console(stderr=True)
         with Progress(console=console, disable=not console.is_terminal, transient=True) as bar:
             task = bar.add_task("restoring", total=len(paths))
+            if hasattr(restorer, "on_step"):  # guided restoration: a step-level bar across every face
+                steps = bar.add_task("denoising", total=None)
+                restorer.on_step = lambda done, total: bar.update(steps, completed=done, total=total)
             for report in FileRunner(restorer, options).run(paths):
                 reports.append(report)
                 _emit(report, as_json)

@@ -67,7 +67,7 @@ def restore_bytes(
     decode = time.perf_counter() - start
     result = restorer.restore(loaded.rgb, loaded.alpha)
     start = time.perf_counter()
-    image = gray(result.image) if loaded.gray else result.image
+    image = gray(result.image) if loaded.gray and restorer.keeps_gray else result.image
     encoded = encode_image(image, result.alpha, fmt=fmt, quality=quality, icc=loaded.icc)
     report.faces = result.faces
     report.seconds = {"decode": decode, **result.seconds, "encode": time.perf_counter() - start}
@@ -130,7 +130,7 @@ class FileRunner:
         options = self.options
         for subdir in OUTPUT_SUBDIRS:  # also when every input is skipped and nothing gets written
             clean_stale_temps(Path(options.outdir) / subdir)
-        pending: list[tuple[FileReport, LoadedImage, OutputPlan]] = []
+        pending: list[tuple[FileReport, LoadedImage, OutputPlan, dict | None]] = []
         claims = _Claims(InputGuard(inputs))
         for path in inputs:
             report = FileReport(input=str(path))
@@ -143,14 +143,16 @@ class FileRunner:
                     report.skipped = f"{one_line(plan.image)}: already exists; pass --overwrite to replace it"
                 else:
                     loaded = self._decode(report, path)
+                    targets = self.restorer.input_targets(path, loaded.rgb)
             except BfrboostError as exc:
+                loaded = None
                 report.error = str(exc)
             if loaded is None:
                 yield from self._flush(pending, claims)
                 pending = []
                 yield report
                 continue
-            pending.append((report, loaded, plan))
+            pending.append((report, loaded, plan, targets))
             if len(pending) >= self.images_per_batch:
                 yield from self._flush(pending, claims)
                 pending = []
@@ -171,15 +173,17 @@ class FileRunner:
         report.width, report.height = loaded.rgb.shape[1], loaded.rgb.shape[0]
         return loaded
 
-    def _flush(self, pending: list[tuple[FileReport, LoadedImage, OutputPlan]], claims: _Claims) -> Iterator[FileReport]:
+    def _flush(self, pending: list[tuple[FileReport, LoadedImage, OutputPlan, dict | None]], claims: _Claims) -> Iterator[FileReport]:
         if not pending:
             return
-        results = self.restorer.restore_batch([loaded.rgb for _, loaded, _ in pending], [loaded.alpha for _, loaded, _ in pending])
-        for (report, loaded, plan), result in zip(pending, results):
+        results = self.restorer.restore_batch(
+            [loaded.rgb for _, loaded, _, _ in pending], [loaded.alpha for _, loaded, _, _ in pending], [targets for *_, targets in pending]
+        )
+        for (report, loaded, plan, _), result in zip(pending, results):
             report.faces = result.faces
             report.seconds.update(result.seconds)
             start = time.perf_counter()
-            if loaded.gray:
+            if loaded.gray and self.restorer.keeps_gray:
                 result.image = gray(result.image)
             try:
                 outputs = self.outputs(plan, result, icc=loaded.icc)
