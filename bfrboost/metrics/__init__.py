@@ -28,7 +28,8 @@ import torch
 from bfrboost.errors import UsageError
 from bfrboost.metrics._common import MetricUnavailable, metric_weights
 from bfrboost.metrics.inception import DEFAULT_SIZE, INCEPTION_FILE, ReferenceStats, fid, inception_features, kid, load_inception
-from bfrboost.metrics.niqe import NIQE_FILE, niqe
+from bfrboost.metrics.niqe import NIQE_FILE
+from bfrboost.metrics.niqe import niqe as niqe_score  # keeps the name `niqe` for the submodule
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class Evaluator:
             net = self._model_for_set()
             self._features.append(self._timed_set(lambda: inception_features(net, restored, self.size)))
         if "niqe" in wanted:
-            self._values["niqe"] += self._timed("niqe", lambda: [niqe(img) for img in restored])
+            self._values["niqe"] += self._timed("niqe", lambda: [niqe_score(img) for img in restored])
         if "musiq" in wanted and (net := self._model("musiq")) is not None:
             from bfrboost.metrics.musiq import musiq_score
 

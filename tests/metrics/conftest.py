@@ -82,8 +82,9 @@ def basicsr_niqe_params() -> Path:
 @pytest.fixture
 def niqe_file(_isolated_cache, basicsr_niqe_params) -> Path:
     """The real parameters, placed as `bfrboost weights import` would (the card's SHA-256 is checked)."""
-    from bfrboost.metrics import niqe
+    import importlib
 
+    niqe = importlib.import_module("bfrboost.metrics.niqe")
     niqe.pristine_params.cache_clear()
     weights.import_file(basicsr_niqe_params)
     yield _isolated_cache / niqe.NIQE_FILE
