@@ -204,9 +204,9 @@ class Evaluator:
 
             self._values["lpips"] += self._timed("lpips", lambda: [lpips_distance(net, a, b) for a, b in pairs])
         if "ids" in wanted and (net := self._model("ids")) is not None:
-            from bfrboost.metrics.ids import identity_similarity
+            from bfrboost.metrics.ids import identity_similarities
 
-            self._values["ids"] += self._timed("ids", lambda: [identity_similarity(net, a, b) for a, b in pairs])
+            self._values["ids"] += self._timed("ids", lambda: identity_similarities(net, [a for a, _ in pairs], [b for _, b in pairs]))
 
     def _model_for_set(self) -> torch.nn.Module:
         name = "fid" if "fid" in self.metrics else "kid"

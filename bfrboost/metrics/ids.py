@@ -4,6 +4,8 @@ reference (1 = same embedding). Higher is better. Aligned 512 crops in, whole cr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -11,11 +13,18 @@ from bfrboost.identity import ArcFace
 
 
 @torch.inference_mode()
-def identity_similarity(model: ArcFace, restored: np.ndarray, reference: np.ndarray) -> float:
-    """Cosine similarity of the two faces' embeddings (RGB uint8 crops, any size each)."""
+def identity_similarities(model: ArcFace, restored: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> list[float]:
+    """Cosine similarity per pair of RGB uint8 crops (one batch each when the sizes agree)."""
+    if len({img.shape for img in (*restored, *references)}) > 1:
+        return [identity_similarities(model, [a], [b])[0] for a, b in zip(restored, references)]
     device = next(model.parameters()).device
 
-    def tensor(rgb: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255.0).to(device)
+    def batch(images: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0).to(device)
 
-    return float((model.embed(tensor(restored)) * model.embed(tensor(reference))).sum().item())
+    return (model.embed(batch(restored)) * model.embed(batch(references))).sum(dim=1).tolist()
+
+
+def identity_similarity(model: ArcFace, restored: np.ndarray, reference: np.ndarray) -> float:
+    """Cosine similarity of one restored face with its reference."""
+    return identity_similarities(model, [restored], [reference])[0]
