@@ -16,6 +16,7 @@ every base with and without the refiner) load each network once.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +48,7 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("fid", "FID", False, "set", INCEPTION_FILE),
         MetricInfo("kid", "KID", False, "set", INCEPTION_FILE),
         MetricInfo("niqe", "NIQE", False, "none", NIQE_FILE),
-        MetricInfo("musiq", "MUSIQ", True, "none"),
+        MetricInfo("musiq", "MUSIQ", True, "none", "musiq_koniq_ckpt-e95806b9.pth"),
         MetricInfo("lpips", "LPIPS", False, "pair", "vgg16-397923af.pth"),
         MetricInfo("psnr", "PSNR", True, "pair"),
         MetricInfo("ssim", "SSIM", True, "pair"),
@@ -152,9 +153,12 @@ class Evaluator:
             self._seconds[name] = 0.0
 
     def check_weights(self) -> None:
-        """Fail before any image is read when a chosen metric's weights are missing (one line each)."""
+        """Fail before any image is read when a chosen metric's weights are missing (one line each).
+        MUSIQ without pyiqa is skipped later with its own line, so its weights are not asked for."""
         for name in self.metrics:
             file = METRICS[name].weight_file
+            if name == "musiq" and importlib.util.find_spec("pyiqa") is None:
+                continue
             if file is not None:
                 metric_weights(file, METRICS[name].label)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from bfrboost import weights
@@ -18,3 +22,21 @@ def metric_weights(file: str, metric: str) -> Path:
 
 class MetricUnavailable(Exception):
     """A metric cannot run here (e.g. its optional package is absent); the message says why."""
+
+
+@contextmanager
+def weights_only_torch_load() -> Iterator[None]:
+    """torch-fidelity and pyiqa call ``torch.load(weights_only=False)``; PyTorch's own switch forces
+    the weights-only unpickler for every load inside the block, so a file cannot run code. Their
+    progress prints go to stderr, keeping stdout for ``--json``."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    previous = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous

@@ -13,9 +13,7 @@ restorations are compared at the same scale.
 from __future__ import annotations
 
 import io
-import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 
 from bfrboost.errors import InputError
-from bfrboost.metrics._common import metric_weights
+from bfrboost.metrics._common import metric_weights, weights_only_torch_load
 from bfrboost.safety import atomic_open
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -34,22 +32,6 @@ DEFAULT_SIZE = 512
 STATS_FORMAT = "bfrboost-inception-stats-1"
 
 
-@contextmanager
-def _weights_only_torch_load() -> Iterator[None]:
-    """torch-fidelity calls ``torch.load(weights_only=False)``; PyTorch's own switch forces the
-    weights-only unpickler for every load inside the block, so the file cannot run code."""
-    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
-    previous = os.environ.get(key)
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous
-
-
 def load_inception(device: str | torch.device = "cpu", weights: Path | None = None, feature: str = FEATURE) -> torch.nn.Module:
     """torch-fidelity's InceptionV3 feature extractor (``feature``-d pool features) from the verified cache."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -57,7 +39,7 @@ def load_inception(device: str | torch.device = "cpu", weights: Path | None = No
     if feature not in FEATURES:
         raise ValueError(f"feature must be one of {', '.join(FEATURES)}, not {feature!r}")
     path = Path(weights) if weights is not None else metric_weights(INCEPTION_FILE, "FID/KID")
-    with _weights_only_torch_load():
+    with weights_only_torch_load():
         net = FeatureExtractorInceptionV3("inception-v3-compat", [feature], feature_extractor_weights_path=str(path))
     return net.to(device).eval()
 

@@ -214,6 +214,23 @@ def test_musiq_without_pyiqa_is_skipped_with_its_licence(monkeypatch, aligned_fa
     assert results["psnr"].value == float("inf")
 
 
+def test_musiq_through_pyiqa_loads_the_cached_checkpoint_quietly(_isolated_cache, trust_cache, aligned_faces, capsys):
+    pytest.importorskip("pyiqa")
+    from pyiqa.archs.musiq_arch import MUSIQ
+
+    from bfrboost.metrics.musiq import MUSIQ_FILE, load_musiq, musiq_score
+
+    torch.manual_seed(0)
+    reference = MUSIQ(pretrained=False).eval()  # pyiqa's own architecture: the official key layout
+    torch.save(reference.state_dict(), _isolated_cache / MUSIQ_FILE)
+    net = load_musiq()
+    face = cv2.resize(aligned_faces[0], (224, 224), interpolation=cv2.INTER_AREA)
+    with torch.no_grad():
+        expected = float(reference(torch.from_numpy(face).permute(2, 0, 1)[None].float() / 255.0).item())
+    assert musiq_score(net, face) == pytest.approx(expected, rel=1e-5)
+    assert capsys.readouterr().out == ""  # pyiqa's loading message must not reach stdout (--json)
+
+
 # ---- missing weights, metric names ---------------------------------------------------------------
 
 
