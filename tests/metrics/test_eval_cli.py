@@ -202,3 +202,41 @@ def test_markdown_marks_the_better_value_in_bold():
     assert "| gfpgan | FID ↓ | 47.86 | **37.97** | -9.89 | with refiner |" in md
     assert "| gfpgan | PSNR ↑ | 25.21 | **26.20** | +0.99 | with refiner |" in md
     assert csv_table(report).splitlines()[1] == "gfpgan,fid,lower,47.86,37.97,-9.89,with"
+
+
+class _FakeRestorer:
+    """Stands in for bfrboost.Restorer: base 'sharp' returns the face, 'blurry' blurs it; the
+    'refiner' sharpens a little. Only the table logic is under test here."""
+
+    def __init__(self, base, *, refine, refiner, aligned, device, sd_model):
+        assert aligned and (refiner is not None) == refine
+        self.base, self.refine = base, refine
+
+    def restore_batch(self, images):
+        class Result:
+            def __init__(self, image):
+                self.image = image
+
+        out = []
+        for img in images:
+            if self.base == "blurry":
+                img = cv2.GaussianBlur(img, (0, 0), 3)
+            if self.refine:
+                img = cv2.addWeighted(img, 1.5, cv2.GaussianBlur(img, (0, 0), 2), -0.5, 0)
+            out.append(Result(img))
+        return out
+
+
+def test_boost_with_several_bases_keeps_their_order_and_directions(paired, tiny_refiner, tmp_path):
+    lq, hq = paired
+    report = run_boost(["sharp", "blurry"], tiny_refiner, hq, tmp_path / "b", reference=hq, metrics="psnr,ssim", device="cpu",
+                       restorer_factory=_FakeRestorer, html_faces=2)
+    assert [(r.base, r.metric) for r in report.rows] == [("sharp", "psnr"), ("sharp", "ssim"), ("blurry", "psnr"), ("blurry", "ssim")]
+    sharp_psnr = report.rows[0]
+    assert sharp_psnr.without == float("inf") and sharp_psnr.better == "without"  # the base alone is the reference itself
+    assert sharp_psnr.difference is None  # no finite difference to inf
+    for row in report.rows:
+        assert row.better == better_of(row.metric, row.without, row.with_)
+    page = (tmp_path / "b" / "index.html").read_text()
+    assert page.count("faces/input/") == 2 and "faces/blurry/with/0001.png" in page
+    assert json.loads((tmp_path / "b" / "boost.json").read_text())["rows"][0]["without"] == "inf"
