@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[dev,ui]'
+	# Test-only references, without their dependency trees: basicsr-fixed ships the NIQE parameter
+	# file the NIQE test compares with; pyiqa (non-commercial, the optional eval-nc extra) runs MUSIQ.
+	$(PY) -m pip install -q --no-deps basicsr-fixed==1.4.2 pyiqa==0.1.16
 	touch $@
 
 setup: $(VENV)/.installed
@@ -38,6 +41,7 @@ bench: setup
 	$(PY) bench/bench_backbones.py
 	$(PY) bench/bench_refiner.py --real
 	$(PY) bench/bench_guidance.py --real
+	$(PY) bench/bench_metrics.py
 
 lint: setup
 	$(PY) -m pip install -q ruff
