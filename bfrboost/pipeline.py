@@ -103,6 +103,9 @@ class Restorer:
     does, so faces are as sharp as an upsampled background.
     """
 
+    #: A gray input is written gray (bases may tint it); colourising subclasses turn this off.
+    keeps_gray: bool = True
+
     def __init__(
         self,
         base: str = "auto",
@@ -199,6 +202,18 @@ class Restorer:
         faces = self.detector.detect(image)
         return select_faces(faces, image.shape, only_center=self.only_center_face, min_face=self.min_face)
 
+    def input_targets(self, path: Path, image: np.ndarray) -> dict[str, Any] | None:
+        """Per-input extras beside the pixels, for runners to pass to :meth:`restore_batch` as ``targets``.
+
+        Hook: guided inpainting finds each input's mask by its name. Raises ``InputError`` for a
+        problem that fails this input only.
+        """
+        return None
+
+    def _restore_faces(self, faces: list[Face], timer: _Timer) -> list[np.ndarray]:
+        """Restored crops of aligned ``faces`` (hook: guided restoration also reads ``face.extras``)."""
+        return self._restore_crops([face.crop for face in faces], timer)
+
     def _restore_crops(self, crops: list[np.ndarray], timer: _Timer) -> list[np.ndarray]:
         if not crops:
             return []
@@ -259,10 +274,18 @@ class Restorer:
         """Restore one RGB uint8 image (H×W×3); ``alpha`` (H×W) is resized and returned alongside."""
         return self.restore_batch([image], [alpha])[0]
 
-    def restore_batch(self, images: Sequence[np.ndarray], alphas: Sequence[np.ndarray | None] | None = None) -> list[Result]:
-        """Restore many images; all their faces go through the base model and refiner together."""
+    def restore_batch(
+        self, images: Sequence[np.ndarray], alphas: Sequence[np.ndarray | None] | None = None,
+        targets: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[Result]:
+        """Restore many images; all their faces go through the base model and refiner together.
+
+        ``targets``: per-image extras (e.g. a guidance mask in photo coordinates) copied into the
+        ``extras`` of each of that image's faces, for subclasses that restore faces with them.
+        """
         alphas = list(alphas) if alphas is not None else [None] * len(images)
-        prepared = [self.prepare(image, alpha) for image, alpha in zip(images, alphas)]
+        targets = list(targets) if targets is not None else [None] * len(images)
+        prepared = [self.prepare(image, alpha, extras) for image, alpha, extras in zip(images, alphas, targets)]
         self.restore_faces(prepared)
         return [self.finish(item) for item in prepared]
 
@@ -273,10 +296,12 @@ class Restorer:
         self,
         image: np.ndarray,
         alpha: np.ndarray | None = None,
+        extras: Mapping[str, Any] | None = None,
         landmark_filter: Callable[[list[Face]], list[Face]] | None = None,
     ) -> Prepared:
         """Stage 1 (CPU, per image): detect and align; ``image`` is RGB uint8 H×W×3.
 
+        ``extras`` (e.g. a guidance mask in photo coordinates) are copied into each face's ``extras``.
         ``landmark_filter`` sees the detected faces before alignment and may move their landmarks
         (video: :class:`bfrboost.faces.track.FaceTracker` smooths them over time so crops don't jitter).
         """
@@ -294,6 +319,8 @@ class Restorer:
                     faces = landmark_filter(faces)
             with timer("align"):
                 warp_faces(image, faces, size=FACE_SIZE)
+        for face in faces:
+            face.extras.update(extras or {})
         return Prepared(image=image, alpha=alpha, faces=faces, seconds=timer.seconds)
 
     def restore_faces(self, prepared: Sequence[Prepared]) -> None:
@@ -301,14 +328,14 @@ class Restorer:
 
         Batched stages are charged to each image in proportion to its share of the faces.
         """
-        crops = [face.crop for item in prepared for face in item.faces]
+        faces = [face for item in prepared for face in item.faces]
         shared = _Timer()
-        restored = iter(self._restore_crops(crops, shared))
+        restored = iter(self._restore_faces(faces, shared))
         for item in prepared:
             for face in item.faces:
                 face.restored = next(restored)
             for stage, secs in shared.seconds.items():
-                item.seconds[stage] = item.seconds.get(stage, 0.0) + secs * len(item.faces) / max(len(crops), 1)
+                item.seconds[stage] = item.seconds.get(stage, 0.0) + secs * len(item.faces) / max(len(faces), 1)
 
     def finish(self, prepared: Prepared) -> Result:
         """Stage 3 (CPU, per image): upscale the frame and paste the restored faces back."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,13 +17,21 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bfrboost.cli import app
+from bfrboost.cli import app, common
 from bfrboost.cli.common import err as _err
+from bfrboost.cli.common import fail as _fail
+from bfrboost.cli.common import interruptible
 from bfrboost.errors import BfrboostError, UsageError
-from bfrboost.safety import Interrupted, handle_signals
+from bfrboost.safety import one_line
 
 if TYPE_CHECKING:
+    from bfrboost.pipeline import Restorer
     from bfrboost.reports import FileReport
+    from bfrboost.runners.files import OutputOptions
+    from bfrboost.runners.video import VideoOptions
+
+_STDIN_EXAMPLE = "bfrboost restore - < photo.jpg > restored.png"
+
 
 class ExtChoice(str, Enum):
     auto = "auto"
@@ -68,7 +77,7 @@ def _parse_knobs(knob: list[str]) -> dict[str, Any]:
 def restore(
     inputs: Annotated[list[str], typer.Argument(help="Image or video files (.mp4 .mov .mkv .webm .avi), folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
     outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, restored_videos/, cropped_faces/, restored_faces/, cmp/).")] = Path("results"),
-    base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface.")] = "auto",
+    base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface, or pgdiff (guided diffusion, see --guide).")] = "auto",
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner after the base model (default: when --refiner is given).", show_default=False)] = None,
     refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
     refiner_strength: Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")] = 1.0,
@@ -105,13 +114,21 @@ def restore(
     clip_start: Annotated[float | None, typer.Option("--start", min=0.0, help="Video: restore from this time on (seconds).")] = None,
     duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="Video: restore this many seconds.")] = None,
     frames_per_batch: Annotated[int, typer.Option("--frames-per-batch", min=1, help="Video: frames whose faces go through the base model together.")] = 8,
+    guide: Annotated[str, typer.Option("--guide", help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); --weights/--fidelity/--knob apply to it.")] = "rrdb",
+    reference: Annotated[list[Path] | None, typer.Option("--reference", help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.")] = None,
+    prior: Annotated[Path | None, typer.Option("--prior", help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).")] = 1000,
+    guidance_scale: Annotated[float, typer.Option("--guidance-scale", min=0.0, help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="--base pgdiff: seed of the diffusion noise.")] = 1234,
+    ss_weight: Annotated[float, typer.Option("--ss-weight", min=0.0, help="--base pgdiff: weight of the smooth-semantics property.")] = 1.0,
+    ref_weight: Annotated[float, typer.Option("--ref-weight", min=0.0, help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).")] = 25.0,
+    ref_loss: Annotated[str, typer.Option("--ref-loss", help="--base pgdiff: identity distance, mse or cos.")] = "mse",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].")] = 1,
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
-    from bfrboost.io.images import collect_inputs
     from bfrboost.pipeline import Restorer
-    from bfrboost.reports import summary
-    from bfrboost.runners.files import FileRunner, OutputOptions, restore_bytes
-    from bfrboost.runners.video import VideoOptions, VideoRunner, is_video
+    from bfrboost.runners.files import OutputOptions, restore_bytes
+    from bfrboost.runners.video import VideoOptions
 
     start = time.perf_counter()
     stdin_mode = inputs == ["-"]
@@ -120,90 +137,144 @@ def restore(
             raise UsageError("'-' (stdin) cannot be mixed with other inputs")
         if stdin_mode and as_json:
             raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
+        if stdin_mode and sys.stdin.isatty():  # reading would wait for the keyboard
+            raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
+        if stdin_mode and sys.stdout.isatty():
+            raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
+        if base != "pgdiff" and (reference or prior is not None):
+            raise UsageError("--reference and --prior guide the diffusion prior: use them with --base pgdiff")
         knobs = _parse_knobs(knob or [])
-        paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
-        for problem in problems:
-            _err(problem)
-        if not stdin_mode and not paths:
-            _err("no input images found")
-            raise typer.Exit(1)
-        videos = [p for p in paths if is_video(p)]
-        images = [p for p in paths if not is_video(p)]
-        if videos and aligned:
-            raise UsageError("--aligned is for 512×512 face crops; video frames need detection (drop --aligned)")
         video_options = VideoOptions(
             outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,
             crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch,
         )
-        restorer = Restorer(
-            base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
-            device=device, detector=detector, upscale=upscale, aligned=aligned,
-            only_center_face=only_center_face, min_face=min_face, weights=weights,
-            batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
-            face_upsample=face_upsample,
-        )
-    except UsageError as exc:
-        _err(str(exc))
-        raise typer.Exit(2) from None
     except BfrboostError as exc:
-        _err(str(exc))
-        raise typer.Exit(1) from None
-    for note in restorer.notes:
-        _err(f"note: {note}")
+        raise _fail(exc) from None
+    shared = dict(
+        refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
+        device=device, detector=detector, upscale=upscale, aligned=aligned,
+        only_center_face=only_center_face, min_face=min_face, weights=weights,
+        batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
+        face_upsample=face_upsample,
+    )
+
+    def make_restorer() -> Restorer:
+        if base != "pgdiff":
+            return Restorer(base, **shared)
+        from bfrboost.guidance import GuidanceOptions, GuidedRestorer
+
+        options = GuidanceOptions(
+            scale=guidance_scale, steps=steps, seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss
+        )
+        return GuidedRestorer("restore", guide=guide, prior=prior, options=options, reference=reference or (), **shared)
 
     if stdin_mode:
-        fmt = "png" if ext is ExtChoice.auto else ext.value
-        try:
-            data, _ = restore_bytes(restorer, sys.stdin.buffer.read(), fmt=fmt, quality=quality, max_pixels=max_pixels)
-        except BfrboostError as exc:
-            _err(str(exc))
-            raise typer.Exit(1) from None
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        with interruptible():
+            try:
+                restorer = make_restorer()
+                _notes(restorer, as_json)
+                fmt = "png" if ext is ExtChoice.auto else ext.value
+                data, _ = restore_bytes(restorer, sys.stdin.buffer.read(), fmt=fmt, quality=quality, max_pixels=max_pixels)
+            except BfrboostError as exc:
+                raise _fail(exc) from None
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
         return
-
     options = OutputOptions(
         outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality, overwrite=overwrite,
         save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
     )
-    reports: list[FileReport] = []
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as progress:
-        task = progress.add_task("restoring", total=len(paths), rate="")
-        clip_task: dict[str, Any] = {}
+    write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options)
 
-        def clip_progress(name: str, frames: int, expected: int | None) -> None:
-            if clip_task.get("name") != name:
-                clip_task.update(name=name, since=time.perf_counter(), id=progress.add_task(Path(name).name, total=expected, rate=""))
-            fps = frames / max(time.perf_counter() - clip_task["since"], 1e-6)
-            progress.update(clip_task["id"], completed=frames, total=max(expected or 0, frames) or None, rate=f"{fps:.1f} frames/s")
 
-        runs = [FileRunner(restorer, options).run(images)] if images else []
-        if videos:
-            runs.append(VideoRunner(restorer, video_options, progress=clip_progress).run(videos))
+def _notes(restorer: Restorer, as_json: bool) -> None:
+    for note in restorer.notes:
+        _err(f"note: {note}")
+    if as_json and common.STDOUT_CLOSED:
+        _err("note: stdout is closed; the --json lines are discarded")
+
+
+def write_results(
+    make_restorer: Callable[[], Restorer],
+    inputs: list[str],
+    options: OutputOptions,
+    *,
+    recursive: bool,
+    as_json: bool,
+    start: float,
+    video_options: VideoOptions | None = None,
+) -> None:
+    """What every image command does around its restorer: collect INPUTS (one report per bad one),
+    build the restorer, restore into ``options.outdir`` with progress, JSON lines, a summary and
+    the exit code; interruptible (SIGINT/SIGTERM leave nothing half-written). With
+    ``video_options`` folders and globs also yield video clips, restored by the video runner."""
+    from bfrboost.io.images import collect_inputs
+    from bfrboost.reports import problem_report, summary
+    from bfrboost.runners.files import FileRunner
+    from bfrboost.runners.video import VideoRunner, is_video
+
+    with interruptible() as progress:
         try:
-            with handle_signals():  # SIGTERM, like Ctrl-C, removes the output being written
-                for run in runs:
-                    for report in run:
-                        reports.append(report)
-                        if "id" in clip_task:
-                            progress.remove_task(clip_task.pop("id"))
-                            clip_task.clear()
-                        if report.error:
-                            _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)
-                        elif report.skipped:
-                            _err(f"skipped {report.input}: {report.skipped}")
-                        if as_json:
-                            sys.stdout.write(json.dumps(report.to_json()) + "\n")
-                            sys.stdout.flush()
-                        faces = sum(r.extra.get("face_count", len(r.faces)) for r in reports)
-                        progress.update(task, advance=1, description=f"restoring ({faces} faces)")
-        except (KeyboardInterrupt, Interrupted) as exc:
-            progress.stop()
-            _err(f"interrupted after {len(reports)} of {len(paths)} input(s); the unfinished output was removed")
-            raise typer.Exit(exc.exit_code if isinstance(exc, Interrupted) else 130) from None
-    noun = "file" if videos else "image"
-    sys.stderr.write(summary(reports, time.perf_counter() - start, problems, noun=noun) + "\n")
-    if problems or any(r.error for r in reports):
-        raise typer.Exit(1)
+            paths, problems = collect_inputs(inputs, recursive=recursive, videos=video_options is not None)
+            progress.total = len(paths) + len(problems)
+            failed = [problem_report(problem) for problem in problems]
+            progress.finished = len(failed)  # reported: nothing more to do for them
+            for report in failed:
+                _emit(report, as_json)
+            if not paths:
+                _err("no input images found" + ("" if problems else "; check the paths"))
+                raise typer.Exit(1)
+            videos = [p for p in paths if is_video(p)] if video_options is not None else []
+            images = [p for p in paths if p not in videos]
+            restorer = make_restorer()
+            video_runner = VideoRunner(restorer, video_options) if videos else None  # refuses --aligned
+        except BfrboostError as exc:
+            raise _fail(exc) from None
+        _notes(restorer, as_json)
+        reports: list[FileReport] = list(failed)
+        console = Console(stderr=True)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+        with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as bar:
+            task = bar.add_task("restoring", total=len(paths), rate="")
+            if hasattr(restorer, "on_step"):  # guided restoration: a step-level bar across every face
+                steps = bar.add_task("denoising", total=None, rate="")
+                restorer.on_step = lambda done, total: bar.update(steps, completed=done, total=total)
+            clip: dict[str, Any] = {}
+
+            def clip_progress(name: str, frames: int, expected: int | None) -> None:
+                """One bar per clip: frames done of the expected count, frames/s and time left."""
+                if clip.get("name") != name:
+                    if "id" in clip:
+                        bar.remove_task(clip["id"])
+                    clip.update(name=name, since=time.perf_counter(), id=bar.add_task(Path(name).name, total=expected, rate=""))
+                fps = frames / max(time.perf_counter() - clip["since"], 1e-6)
+                bar.update(clip["id"], completed=frames, total=max(expected or 0, frames) or None, rate=f"{fps:.1f} frames/s")
+
+            runs = [FileRunner(restorer, options).run(images)] if images else []
+            if video_runner is not None:
+                video_runner.progress = clip_progress
+                runs.append(video_runner.run(videos))
+            for run in runs:
+                for report in run:
+                    reports.append(report)
+                    _emit(report, as_json)
+                    progress.finished += 1
+                    faces = sum(r.extra.get("face_count", len(r.faces)) for r in reports)
+                    bar.update(task, advance=1, description=f"restoring ({faces} faces)")
+        noun = "file" if videos else "image"
+        sys.stderr.write(summary(reports, time.perf_counter() - start, noun=noun) + "\n")
+        if any(r.error for r in reports):
+            raise typer.Exit(1)
+
+
+def _emit(report: FileReport, as_json: bool) -> None:
+    """The input's line on stderr (failed or skipped) and its JSON object on stdout."""
+    from bfrboost.reports import reason
+
+    if report.error:
+        _err(report.error if report.error.startswith(one_line(report.input)) else f"{report.input}: {report.error}")
+    elif report.skipped:
+        _err(f"skipped {report.input}: {reason(report)}")
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+        sys.stdout.flush()

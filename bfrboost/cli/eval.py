@@ -1,0 +1,185 @@
+"""`bfrboost eval`: score restored faces; `eval stats`: reference statistics; `eval boost`: the boost table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bfrboost.cli import app
+from bfrboost.cli.common import err, fail
+from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.safety import handle_signals
+
+eval_app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="Score restored faces (FID, KID, NIQE, MUSIQ, LPIPS, PSNR, SSIM, IDS); `stats` and `boost` below.",
+)
+app.add_typer(eval_app, name="eval")
+
+ALL = "fid,kid,niqe,musiq,lpips,psnr,ssim,ids"
+MetricsOpt = Annotated[str, typer.Option("--metrics", help=f"Comma-separated metrics, or all: {ALL}.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+SizeOpt = Annotated[int, typer.Option("--size", min=64, help="FID/KID: images are brought to SIZE×SIZE first (512 as BFR papers).")]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=not console.is_terminal, transient=True,
+    )
+
+
+def _device(device: str) -> str:
+    from bfrboost.pipeline import resolve_device
+
+    return str(resolve_device(device))
+
+
+@eval_app.callback()
+def evaluate(
+    ctx: typer.Context,
+    restored: Annotated[Path | None, typer.Option("--restored", help="Folder of restored aligned faces.", show_default=False)] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", help="Folder of ground-truth faces, matched by file name (PSNR/SSIM/LPIPS/IDS; FID/KID set without --reference-stats).", show_default=False)] = None,
+    reference_stats: Annotated[Path | None, typer.Option("--reference-stats", help="FID/KID reference statistics from `bfrboost eval stats`.", show_default=False)] = None,
+    metrics: MetricsOpt = ALL,
+    size: SizeOpt = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per metric batch.")] = 8,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")] = False,
+) -> None:
+    """Score a folder of restored faces (run with --restored DIR), or run a subcommand."""
+    if ctx.invoked_subcommand is not None:
+        if restored is not None:
+            err(f"--restored belongs to `bfrboost eval` itself, not to `eval {ctx.invoked_subcommand}`; see `bfrboost eval {ctx.invoked_subcommand} --help`")
+            raise typer.Exit(2)
+        return
+    if restored is None:
+        err("give the faces to score with --restored DIR (or use `bfrboost eval stats` / `bfrboost eval boost`; see --help)")
+        raise typer.Exit(2)
+    from bfrboost.metrics import MetricModels
+    from bfrboost.metrics.folders import evaluate_folder, list_images
+
+    console = Console(stderr=True)
+    try:
+        with handle_signals(), _progress(console) as progress:
+            total = len(list_images(restored, "restored faces"))
+            task = progress.add_task("scoring", total=total)
+            report = evaluate_folder(
+                restored, reference, reference_stats, metrics, size=size, batch_size=batch_size,
+                models=MetricModels(_device(device)), on_progress=lambda n: progress.advance(task, n),
+            )
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    for problem in report.problems:
+        err(problem)
+    for value in report.results.values():
+        if value.skipped:
+            err(value.skipped)
+    if as_json:
+        sys.stdout.write(json.dumps({"restored": str(restored), "reference": str(reference) if reference else None,
+                                     "reference_stats": str(reference_stats) if reference_stats else None, **report.as_dict()}) + "\n")
+    else:
+        table = Table(title=f"{report.images} faces" + (f", {report.pairs} with references" if report.pairs else ""))
+        for column in ("metric", "value", "better", "faces", "seconds"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        from bfrboost.boost import format_value
+
+        for name, value in report.results.items():
+            if value.skipped:
+                continue
+            table.add_row(value.info.label, format_value(name, value.value), "higher" if value.info.higher_is_better else "lower",
+                          str(value.count), f"{value.seconds:.2f}")
+        Console().print(table)
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@eval_app.command("stats")
+def stats(
+    folder: Annotated[Path, typer.Argument(help="Reference faces, e.g. FFHQ (any size; brought to --size).", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Statistics file to write (.npz).", show_default=False)],
+    size: SizeOpt = 512,
+    max_kid_features: Annotated[int, typer.Option("--max-kid-features", min=2, help="Features kept for KID (a seeded subset; FID uses all).")] = 10000,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
+) -> None:
+    """Inception statistics of a reference folder, so FID/KID read FFHQ once."""
+    from bfrboost.metrics import MetricModels
+    from bfrboost.metrics.folders import compute_stats_folder, list_images
+
+    console = Console(stderr=True)
+    try:
+        with handle_signals(), _progress(console) as progress:
+            task = progress.add_task("features", total=len(list_images(folder, "reference faces")))
+            result, problems = compute_stats_folder(
+                folder, output, size=size, max_kid_features=max_kid_features, overwrite=overwrite,
+                models=MetricModels(_device(device)), on_progress=lambda n: progress.advance(task, n),
+            )
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    except ValueError as exc:  # fewer than 2 readable images
+        raise fail(UsageError(f"{folder}: {exc}")) from None
+    for problem in problems:
+        err(problem)
+    sys.stderr.write(f"{output}: statistics of {result.count} faces at {result.size} px ({len(result.features)} kept for KID)\n")
+    if problems:
+        raise typer.Exit(1)
+
+
+@eval_app.command("boost")
+def boost(
+    base: Annotated[str, typer.Option("--base", help="Base restorer(s), comma-separated (e.g. gfpgan,codeformer).", show_default=False)],
+    refiner: Annotated[Path, typer.Option("--refiner", help="InfoBFR refiner folder.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Folder of low-quality aligned faces (e.g. `bfrboost degrade` output).", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (boost.md/.csv/.json/.png, index.html, faces/).", show_default=False)],
+    reference: Annotated[Path | None, typer.Option("--reference", help="Ground-truth faces with the same file names as --data.", show_default=False)] = None,
+    reference_stats: Annotated[Path | None, typer.Option("--reference-stats", help="FID/KID reference statistics from `bfrboost eval stats`.", show_default=False)] = None,
+    metrics: MetricsOpt = ALL,
+    size: SizeOpt = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per restore batch.")] = 4,
+    html_faces: Annotated[int, typer.Option("--html-faces", min=0, help="Faces shown side by side in index.html.")] = 24,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder for the refiner.", show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
+) -> None:
+    """Every base with and without the refiner on the same faces: the paper's Table I, as files."""
+    from bfrboost.boost import markdown_table, run_boost
+    from bfrboost.metrics.folders import list_images
+
+    console = Console(stderr=True)
+    bases = [b.strip() for b in base.split(",") if b.strip()]
+    try:
+        with handle_signals(), _progress(console) as progress:
+            faces = len(list_images(data, "low-quality aligned faces"))
+            task = progress.add_task("restoring", total=faces * 2 * max(len(bases), 1))
+
+            def advance(label: str, n: int) -> None:
+                progress.update(task, advance=n, description=label)
+
+            report = run_boost(
+                bases, refiner, data, output, reference=reference, reference_stats=reference_stats, metrics=metrics,
+                device=device, sd_model=sd_model, batch_size=batch_size, html_faces=html_faces, size=size,
+                overwrite=overwrite, on_progress=advance,
+            )
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    for problem in report.problems:
+        err(problem)
+    for reason in report.skipped():
+        err(reason)
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+    else:
+        sys.stdout.write(markdown_table(report))
+    sys.stderr.write(f"wrote {', '.join(str(p) for p in report.files.values())}\n")
+    if report.problems:
+        raise typer.Exit(1)

@@ -1,0 +1,248 @@
+"""What the web app does with one upload, without any web framework: settings → cached
+:class:`~bfrboost.pipeline.Restorer` → the same file runner the CLI uses → result, faces and report.
+
+Going through :class:`~bfrboost.runners.files.FileRunner` (not a re-implementation) is what makes the
+page's result byte-identical to ``bfrboost restore`` with the same options: same decoder, same gray handling, same
+boxes, same encoder. Models load once per settings combination and stay in a small LRU cache, because
+a load (base weights, detector, parser, Real-ESRGAN, refiner) costs far more than one photo.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bfrboost.errors import BfrboostError, InputError, UsageError
+from bfrboost.safety import one_line, write_bytes
+
+DEFAULT_MAX_UPLOAD_MB = 20
+DEFAULT_MAX_PIXELS = 40_000_000
+"""A web upload is a stranger's file: refuse big ones before decoding (the CLI's own guard is 200 MP)."""
+
+Progress = Callable[[float, str], None]
+
+
+def restorer_accepts(option: str) -> bool:
+    """Whether this build's :class:`Restorer` has ``option`` (controls appear only for what exists)."""
+    from bfrboost.pipeline import Restorer
+
+    return option in inspect.signature(Restorer).parameters
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The page's controls; everything but ``draw_boxes`` and ``refiner_strength`` selects the models."""
+
+    base: str = "auto"
+    fidelity: float = 0.5
+    refine: bool = False
+    refiner: str = ""
+    refiner_strength: float = 1.0
+    bg_enhance: bool = False
+    face_upsample: bool = False
+    upscale: float = 2.0
+    draw_boxes: bool = False
+
+    def restorer_kwargs(self, device: str) -> dict[str, Any]:
+        """Keyword arguments of :class:`Restorer`, as ``bfrboost restore`` would build them."""
+        if not 1 <= self.upscale <= 4:
+            raise UsageError(f"rescaling factor must be between 1 and 4, got {self.upscale:g}")
+        if self.refine and not self.refiner.strip():
+            raise UsageError("the refiner is on but no refiner folder is given: enter its path, or turn the refiner off")
+        kwargs: dict[str, Any] = dict(base=self.base, upscale=float(self.upscale), device=device)
+        if has_fidelity(self.base):
+            kwargs["fidelity"] = float(self.fidelity)
+        if self.refine:
+            kwargs.update(refine=True, refiner=Path(self.refiner.strip()).expanduser())
+        if self.bg_enhance:
+            kwargs["bg_upsampler"] = "realesrgan"
+        if self.face_upsample:
+            kwargs["face_upsample"] = True
+        return kwargs
+
+
+def has_fidelity(base: str) -> bool:
+    """Whether ``base`` has a fidelity knob (CodeFormer ``w``, VQFR ``fidelity_ratio``)."""
+    from bfrboost.backbones.registry import fidelity_knob
+    from bfrboost.pipeline import AUTO_BASE
+
+    try:
+        fidelity_knob(AUTO_BASE if base == "auto" else base)
+    except UsageError:
+        return False
+    return True
+
+
+class RestorerCache:
+    """At most ``size`` loaded :class:`Restorer` objects, least recently used dropped first."""
+
+    def __init__(self, size: int = 2, device: str = "auto") -> None:
+        if size < 1:
+            raise UsageError(f"the model cache must hold at least 1 restorer, got {size}")
+        self.size = size
+        self.device = device
+        self.loads = 0  # how many times models were loaded: the tests check the cache with it
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, settings: Settings, progress: Progress | None = None) -> Any:
+        from bfrboost.pipeline import Restorer
+
+        kwargs = settings.restorer_kwargs(self.device)
+        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+        with self._lock:
+            restorer = self._items.get(key)
+            if restorer is not None:
+                self._items.move_to_end(key)
+                return restorer
+            if progress is not None:
+                progress(0.1, "loading models (first run with these settings)")
+            while len(self._items) >= self.size:  # free the old models before loading new ones
+                self._items.popitem(last=False)
+            restorer = Restorer(**kwargs)
+            self.loads += 1
+            self._items[key] = restorer
+            return restorer
+
+
+@dataclass
+class Outcome:
+    """One upload restored: what the page shows and offers for download."""
+
+    before: np.ndarray  # the input, resized to the output's size, for the comparison slider
+    after: np.ndarray  # the result as written to ``image_path`` (decoded back from that file)
+    image_path: Path
+    report_path: Path
+    report: dict[str, Any]
+    faces: list[tuple[np.ndarray, str]] = field(default_factory=list)  # crop | restored, caption
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        seconds = self.report["seconds"]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
+        line = f"{len(self.faces)} face(s) restored, {sum(seconds.values()):.2f} s ({stages})"
+        return " · ".join([line, *(f"note: {n}" for n in self.notes)])
+
+
+class Engine:
+    """Restores uploads into a private work folder; keeps the last ``keep`` results for download."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        cache_size: int = 2,
+        max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        workdir: Path | None = None,
+        keep: int = 16,
+    ) -> None:
+        self.cache = RestorerCache(cache_size, device)
+        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
+        self.max_upload_mb = max_upload_mb
+        self.max_pixels = max_pixels
+        self.root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="bfrboost-ui-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self._runs: list[Path] = []
+        self._lock = threading.Lock()
+        self._busy = threading.Lock()
+
+    def check_upload(self, path: Path, name: str) -> None:
+        """One line when the upload is over the size cap (the web server caps it too)."""
+        size = path.stat().st_size
+        if size > self.max_upload_bytes:
+            raise InputError(
+                f"{name}: {size / 1024 / 1024:.1f} MB is over this app's upload limit of {self.max_upload_mb:g} MB; "
+                "use a smaller image, or the `bfrboost restore` command"
+            )
+
+    def restore(self, upload: Path | str, settings: Settings, name: str | None = None, progress: Progress | None = None) -> Outcome:
+        """Restore one uploaded file as ``bfrboost restore FILE`` would; raises :class:`BfrboostError`
+        with one line naming the file (``name``: what the user called it) on any problem."""
+        from bfrboost.io.images import read_image
+        from bfrboost.runners.files import FileRunner, OutputOptions
+
+        upload = Path(upload)
+        name = one_line(name or upload.name)
+        progress = progress or (lambda fraction, text: None)
+        progress(0.0, "checking the upload")
+        self.check_upload(upload, name)
+        strength = _strength(settings.refiner_strength)
+        run = self._new_run()
+        options = OutputOptions(outdir=run, draw_boxes=settings.draw_boxes, max_pixels=self.max_pixels)
+        with self._busy:  # one restore at a time: the cached models (and their strength) are shared
+            restorer = self.cache.get(settings, progress)
+            restorer.refiner_strength = strength
+            progress(0.3, "restoring faces")
+            (report,) = FileRunner(restorer, options).run([upload])
+            notes = list(restorer.notes)
+        if report.error is not None:
+            raise InputError(_named(report.error, upload, name))
+        progress(0.9, "preparing the result")
+        image_path = Path(report.output)
+        payload = report.to_json()
+        payload["input"], payload["output"] = name, image_path.name
+        report_path = image_path.with_name(f"{image_path.stem}_report.json")
+        write_bytes(report_path, (json.dumps(payload, indent=2) + "\n").encode())
+        after = read_image(image_path, max_pixels=None).rgb
+        before = _resized(read_image(upload, name=name, max_pixels=self.max_pixels).rgb, after.shape)
+        faces = [
+            (np.concatenate([face.crop, face.restored], axis=1), f"face {i + 1} · score {face.score:.2f} · before | after")
+            for i, face in enumerate(report.faces)
+        ]
+        progress(1.0, "done")
+        return Outcome(before, after, image_path, report_path, payload, faces, notes)
+
+    def close(self) -> None:
+        """Remove the work folder and drop the models."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.cache = RestorerCache(self.cache.size, self.cache.device)
+
+    def _new_run(self) -> Path:
+        with self._lock:
+            run = Path(tempfile.mkdtemp(prefix=f"{time.strftime('%H%M%S')}-", dir=self.root))
+            self._runs.append(run)
+            while len(self._runs) > self.keep:  # old downloads go; the browser already has their copies
+                shutil.rmtree(self._runs.pop(0), ignore_errors=True)
+            return run
+
+
+def _strength(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"refiner strength must be in [0, 1], got {value:g}")
+    return float(value)
+
+
+def _named(message: str, path: Path, name: str) -> str:
+    """The runner names files by path; the page names the upload as the user called it."""
+    message = message.replace(str(path), name)
+    return message if message.startswith(name) else f"{name}: {message}"
+
+
+def _resized(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    import cv2
+
+    if image.shape[:2] == shape[:2]:
+        return image
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def describe(exc: BaseException) -> str:
+    """The one line the page shows for any failure (no traceback ever reaches the page)."""
+    if isinstance(exc, BfrboostError):
+        return one_line(exc)
+    return one_line(f"unexpected error ({type(exc).__name__}: {exc}); the server log has the details")
+
+
+__all__ = ["Engine", "Outcome", "RestorerCache", "Settings", "describe", "has_fidelity", "restorer_accepts"]

@@ -1,0 +1,53 @@
+"""A tiny IDDPM prior (the real architecture class, 64 px, random weights) shared by the guidance tests.
+
+The released prior (160 M parameters, 1000 UNet passes at 512 px per face) cannot run in CPU tests;
+the same code runs on this reduced configuration, and the official key names are checked separately.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bfrboost.backbones.difface import IDDPMUNet, UNetConfig
+from bfrboost.guidance.rrdb import RRDBConfig
+
+TINY_PRIOR = UNetConfig(image_size=64, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_resolutions=(16,), num_head_channels=32)
+TINY_RRDB = RRDBConfig(mid_channels=8, num_blocks=1, growth_channels=4)
+
+
+def random_prior_state(seed: int = 1) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: torch.randn_like(v) * 0.1 for k, v in IDDPMUNet(TINY_PRIOR).state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_prior() -> IDDPMUNet:
+    net = IDDPMUNet(TINY_PRIOR)
+    net.load_state_dict(random_prior_state())
+    return net.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def prior_file(tmp_path_factory) -> Path:
+    """The tiny prior saved like the official file (DataParallel ``module.`` prefix)."""
+    path = tmp_path_factory.mktemp("prior") / "iddpm_ffhq512_ema500000.pth"
+    torch.save({f"module.{k}": v for k, v in random_prior_state().items()}, path)
+    return path
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def to_batch(*images: np.ndarray, size: int = 64) -> torch.Tensor:
+    """uint8 RGB images → (B, 3, size, size) float in [0, 1]."""
+    out = []
+    for image in images:
+        pil = Image.fromarray(image).resize((size, size), Image.Resampling.BOX)
+        out.append(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)

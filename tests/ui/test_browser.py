@@ -1,0 +1,170 @@
+"""The web app in a real browser: Debian's headless Chromium driven by Playwright, against the app
+served on a free loopback port. Every request to anywhere else is refused (and must not happen).
+
+Screenshots go to pytest's tmp dir and, when BFRBOOST_ARTEFACTS names a folder, there too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path(os.environ.get("BFRBOOST_CHROMIUM", "/usr/bin/chromium"))  # Debian's package: make browser
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+TIMEOUT_MS = 90_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The app on 127.0.0.1:PORT, and a Chromium page on it that may reach nothing else."""
+    pytest.importorskip("gradio", reason="the web app needs the ui extra: pip install -e '.[ui]'")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright: pip install -e '.[dev]'")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make test does: apt-get install chromium chromium-driver)")
+    from bfrboost.ui import launch
+
+    port = _free_port()
+    app = launch(port=port, block=False, device="cpu", max_upload_mb=5, workdir=tmp_path_factory.mktemp("ui_work"))
+    url = f"http://127.0.0.1:{port}/"
+    elsewhere: list[str] = []
+
+    def only_loopback(route):
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.route("**/*", only_loopback)
+        page.goto(url)
+        page.wait_for_selector("#run")
+        yield app, page, elsewhere
+        browser.close()
+    app.close()
+    app.engine.close()
+
+
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("BFRBOOST_ARTEFACTS"):
+        folder = Path(os.environ["BFRBOOST_ARTEFACTS"])
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.name)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def upload(page, path: Path) -> None:
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+    page.wait_for_selector(f"#upload :text('{path.name}')")
+
+
+def choose_base(page, name: str) -> None:
+    page.locator("#base input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def fetch_image(page, src: str) -> np.ndarray:
+    response = page.request.get(src)
+    assert response.ok, src
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+
+
+def test_restore_in_the_browser_equals_the_cli(served, testdata: Path, tmp_path: Path, cli):
+    app, page, elsewhere = served
+    photo = testdata / "whole" / "00.jpg"
+    upload(page, photo)
+    choose_base(page, "none")
+    page.locator("#boxes input").check()
+    load = app.engine.cache.get
+
+    def slow_load(*args, **kwargs):  # holds the "loading models" stage long enough to be seen
+        restorer = load(*args, **kwargs)
+        time.sleep(1.5)
+        return restorer
+
+    app.engine.cache.get = slow_load
+    try:
+        page.locator("#run").click()
+        page.wait_for_function("() => document.querySelector('#compare').innerText.includes('loading models (first run')")
+        screenshot(page, tmp_path, "ui_progress")
+        page.wait_for_selector("#result img")
+    finally:
+        app.engine.cache.get = load
+    shot = screenshot(page, tmp_path, "ui_restored")
+
+    expected, line = cli(photo, tmp_path / "cli", "--base", "none", "-s", "2", "--draw-boxes")
+    want = np.asarray(Image.open(expected).convert("RGB"))
+    shown = fetch_image(page, page.locator("#result img").get_attribute("src"))
+    assert shown.shape == want.shape == (620, 982, 3)
+    assert np.array_equal(shown, want)  # pixel-exact: the same Restorer call and writer as the CLI
+
+    with page.expect_download() as download:
+        page.locator("#get-image").click()
+    assert download.value.suggested_filename == "00.jpg"
+    assert Path(download.value.path()).read_bytes() == expected.read_bytes()
+    with page.expect_download() as download:
+        page.locator("#get-report").click()
+    report = json.loads(Path(download.value.path()).read_text())
+    assert report.keys() == line.keys()
+    assert {k: report[k] for k in ("width", "height", "faces", "error")} == {k: line[k] for k in ("width", "height", "faces", "error")}
+    assert (report["input"], report["output"]) == ("00.jpg", "00.jpg")
+
+    status = page.locator("#status").inner_text().strip()
+    assert status.startswith(f"{len(line['faces'])} face(s) restored, ") and "\n" not in status
+    assert page.locator("#faces img").count() == len(line["faces"]) > 0
+    assert page.locator("#compare img").count() == 2  # before and after under the slider
+    assert app.engine.cache.loads == 1
+    assert elsewhere == []
+    assert shot.is_file()
+
+
+def test_a_text_file_shows_one_line_in_the_page(served, tmp_path: Path):
+    app, page, elsewhere = served
+    text = tmp_path / "notes.txt"
+    text.write_text("these are not pixels\n")
+    if page.locator("#upload button[aria-label='Clear']").count():
+        page.locator("#upload button[aria-label='Clear']").first.click()
+    upload(page, text)
+    page.locator("#run").click()
+    page.wait_for_selector("#status.error")
+    screenshot(page, tmp_path, "ui_error")
+    message = page.locator("#status").inner_text().strip()
+    assert message == "⚠ notes.txt: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"
+    assert "Traceback" not in page.locator("body").inner_text()
+    assert elsewhere == []
+
+
+def test_an_upload_over_the_cap_is_refused_with_a_clear_message(served, tmp_path: Path):
+    app, page, elsewhere = served
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(6 * 1024 * 1024))  # the app was started with a 5 MB cap
+    if page.locator("#upload button[aria-label='Clear']").count():
+        page.locator("#upload button[aria-label='Clear']").first.click()
+    page.locator("#upload input[type=file]").set_input_files(str(big))
+    toast = page.get_by_text("exceed the maximum allowed size of 5.0 Mb")
+    toast.wait_for()
+    assert '"big.png"' in toast.inner_text()
+    assert app.engine.max_upload_bytes == 5 * 1024 * 1024
+    assert not list(Path(app.engine.root).rglob("big.png"))  # never reached the restorer
+    assert elsewhere == []
