@@ -157,7 +157,8 @@ def test_cli_mixes_images_and_videos_from_a_folder(clip: Path, tmp_path: Path, t
     shutil.copy(clip, folder / "pan.mp4")
     shutil.copy(testdata / "whole" / "04.jpg", folder / "04.jpg")
     (folder / "broken.mov").write_bytes(b"\x00" * 100)
-    paths, problems = collect_inputs([str(folder)])
+    assert [p.name for p in collect_inputs([str(folder)])[0]] == ["04.jpg"]  # other commands: images only
+    paths, problems = collect_inputs([str(folder)], videos=True)
     assert [p.name for p in paths] == ["04.jpg", "broken.mov", "pan.mp4"] and problems == []
     result = run(folder, "-o", tmp_path / "out", "--base", "none", "--detector", "dlib", "-s", "1", "--ext", "mkv", "--json", "--device", "cpu")
     assert result.exit_code == 1
@@ -258,7 +259,7 @@ def test_sigterm_on_the_cli_removes_the_unfinished_video(clip: Path, tmp_path: P
     monkeypatch.setattr(Restorer, "finish", terminate_midway)
     result = run(clip, "-o", tmp_path, "--base", "none", "--detector", "dlib", "-s", "1", "--frames-per-batch", "4", "--device", "cpu")
     assert result.exit_code == 128 + signal.SIGTERM
-    assert "bfrboost: interrupted after 0 of 1 input(s); the unfinished output was removed" in result.stderr
+    assert "bfrboost: interrupted by SIGTERM: 0 of 1 input(s) finished, 1 not started or unfinished; re-run" in result.stderr
     assert list((tmp_path / "restored_videos").iterdir()) == []
 
 
@@ -268,10 +269,19 @@ def test_audio_the_container_cannot_hold_is_refused(clip: Path, tmp_path: Path) 
     assert list((tmp_path / "restored_videos").iterdir()) == []
 
 
-def test_progress_reports_frames_done_and_expected(clip: Path, tmp_path: Path) -> None:
+def test_faces_are_batched_across_frames_and_progress_is_reported(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bfrboost import VideoRunner as exported
 
+    batches = []
+    real = Restorer.restore_faces
+
+    def spy(self, prepared):
+        batches.append(sum(len(item.faces) for item in prepared))
+        return real(self, prepared)
+
+    monkeypatch.setattr(Restorer, "restore_faces", spy)
     calls = []
     runner = exported(restorer(), VideoOptions(tmp_path, frames_per_batch=4), progress=lambda *a: calls.append(a))
     next(runner.run([clip]))
+    assert batches == [4, 4, 2]  # one base-model call per 4 frames (one face each)
     assert calls == [(str(clip), 4, 10), (str(clip), 8, 10), (str(clip), 10, 10)]
