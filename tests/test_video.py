@@ -160,10 +160,11 @@ def test_cli_mixes_images_and_videos_from_a_folder(clip: Path, tmp_path: Path, t
     assert [p.name for p in collect_inputs([str(folder)])[0]] == ["04.jpg"]  # other commands: images only
     paths, problems = collect_inputs([str(folder)], videos=True)
     assert [p.name for p in paths] == ["04.jpg", "broken.mov", "pan.mp4"] and problems == []
-    result = run(folder, "-o", tmp_path / "out", "--base", "none", "--detector", "dlib", "-s", "1", "--ext", "mkv", "--json", "--device", "cpu")
+    result = run(folder, "-o", tmp_path / "out", "--base", "none", "--detector", "dlib", "-s", "1", "--ext", "mkv", "--json", "--device", "cpu", "--no-smooth")
     assert result.exit_code == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(Path(r["input"]).name, r["error"] is None) for r in lines] == [("04.jpg", True), ("broken.mov", False), ("pan.mp4", True)]
+    assert lines[2]["tracks"] is None and lines[2]["seconds"].get("smooth") is None  # --no-smooth
     assert (tmp_path / "out" / "restored_imgs" / "04.jpg").is_file()  # images keep their format
     assert (tmp_path / "out" / "restored_videos" / "pan.mkv").is_file()
     assert result.stderr.count(f"{folder / 'broken.mov'}: cannot decode video") == 2  # its line, then the summary's
