@@ -71,12 +71,14 @@ def refiner_info(
         return
     p = info["parameters"]
     lines = [
-        f"InfoBFR on SD 2.1-base, LoRA rank {rank} (alpha = rank) on every UNet block Linear/Conv2d",
+        f"InfoBFR on SD 2.1-base, LoRA rank {rank} (alpha = rank) on attention, feed-forward, ResNet and sampler layers",
         f"trainable  {p['trainable'] / 1e6:8.3f} M params  {info['trainable_mb_fp32']:7.2f} MB fp32",
         f"  LoRA     {p['lora'] / 1e6:8.3f} M params  {info['lora_mb_fp32']:7.2f} MB fp32",
         f"  Transformer + λ head {(p['transformer'] + p['lambda_head']) / 1e6:.3f} M params",
         f"frozen     UNet {p['frozen_unet'] / 1e6:.1f} M, VAE {p['frozen_vae'] / 1e6:.1f} M params",
     ]
+    sizes = ", ".join(f"rank {r}: {describe_sd21(r, flops=False)['trainable_mb_fp32']:.2f} MB" for r in (2, 4, 8))
+    lines.append(f"trainable fp32 size by rank (paper: 8 / 16.4 / 32 MB): {sizes}")
     if flops:
         lines.append(f"GFLOPs per {info['face_size']}² face (LoRA fused):")
         lines += [f"  {stage:<12} {value / 1e9:10.1f}" for stage, value in info["flops_per_face"].items()]
@@ -88,7 +90,7 @@ def refiner_init(
     tiny: Annotated[Path, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights.")] = 0,
 ) -> None:
-    """Create a tiny random refiner for tests and demos (training real ones is not in bfrboost yet)."""
+    """Create a tiny random refiner for tests and demos (its statistics are computed here; train real ones with `bfrboost train`)."""
     from bfrboost.refiner import init_tiny
 
     if (tiny / "config.json").exists():
