@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bfrboost import weights
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.refiner.bottleneck import BottleneckOutput, ManifoldBottleneck
+from bfrboost.safety import atomic_path, write_bytes
 from bfrboost.refiner.lora import (
     add_lora,
     fuse_lora,
@@ -163,7 +164,7 @@ class InfoBFRConfig:
         return cls(**data)
 
     def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        write_bytes(path, (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode(), overwrite=True)
 
     def with_scheduler(self, scheduler_config: dict[str, Any]) -> InfoBFRConfig:
         """Copy with the prediction type and β schedule of an SD ``scheduler_config.json``."""
@@ -274,17 +275,23 @@ class InfoBFR(nn.Module):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latent / self.config.scaling_factor).sample
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, RefinerAux]:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *, manifold: bool = False) -> tuple[torch.Tensor, RefinerAux]:
         """x: (B, 3, H, W) in [-1, 1], H and W multiples of 8 → (refined x̂ in ≈[-1, 1], aux).
 
         Training draws all noise from ``generator``; inference without one uses the seeded noise.
+        ``manifold=True``: x already is the VAE moments r (training from cached moments).
         """
         self.require_stats()
-        r = self.encode_manifold(x)
+        return self.refine_manifold(x if manifold else self.encode_manifold(x), generator)
+
+    def refine_manifold(self, r: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, RefinerAux]:
+        """The stages after the frozen encoder, from VAE moments ``r`` (training from cached moments)."""
+        self.require_stats()
         seeded = not self.training and generator is None
         out: BottleneckOutput = self.bottleneck(r, noise=self.inference_noise(r, 0) if seeded else None, generator=generator)
         latent_noise = self.inference_noise(out.z[:, : out.z.shape[1] // 2], 1) if seeded else None
-        x0 = self.denoise(self.to_latent(out.z, generator, latent_noise).to(x.dtype))
+        dtype = next(self.unet.parameters()).dtype if not torch.is_autocast_enabled(r.device.type) else r.dtype
+        x0 = self.denoise(self.to_latent(out.z, generator, latent_noise).to(dtype))
         x_hat = self.decode(x0)
         return x_hat, RefinerAux(r=r, z=out.z, lam=out.lam, info_loss=out.info_loss)
 
@@ -354,7 +361,8 @@ class InfoBFR(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.trainable_state_dict(), str(directory / WEIGHTS_NAME), metadata={"format": "pt", "bfrboost": "refiner"})
+        with atomic_path(directory / WEIGHTS_NAME, overwrite=True) as temp:
+            save_file(self.trainable_state_dict(), str(temp), metadata={"format": "pt", "bfrboost": "refiner"})
         self.config.to_json(directory / CONFIG_NAME)
 
     @classmethod
