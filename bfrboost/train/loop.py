@@ -368,8 +368,10 @@ class Trainer:
             copy_stats(model, config.stats_from)
         elif not config.resume:
             compute_stats(model, train_set, config.stats_faces, model.config.stats_mode == "element", self.warn)
-        loss_fn = InfoBFRLoss(build_vgg19(pretrained=not config.tiny), build_lpips(config.lpips_net, pretrained=not config.tiny),
-                              LossWeights(beta=model.config.beta)).to(device)
+        with torch.random.fork_rng(devices=[]):  # --tiny's random loss nets: the same on every (resumed) run
+            torch.manual_seed(config.seed)
+            loss_fn = InfoBFRLoss(build_vgg19(pretrained=not config.tiny), build_lpips(config.lpips_net, pretrained=not config.tiny),
+                                  LossWeights(beta=model.config.beta)).to(device)
         if accelerator.mixed_precision in ("bf16", "fp16"):
             frozen = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16
             model.vae.to(frozen)
@@ -451,6 +453,7 @@ class Trainer:
         except torch.OutOfMemoryError:
             raise UsageError(f"out of GPU memory at --batch-size {config.batch_size}, {config.size} px; pass --grad-checkpoint, "
                              "or a smaller --batch-size with --accumulate N to keep the effective batch") from None
+        self.model = model
         return self._save_result(model, ema, run, accelerator)
 
     def _validate(self, model, loss_fn, val_set: CachedFaces, step: int, run: Path, identity, accelerator) -> dict[str, float] | None:

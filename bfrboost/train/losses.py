@@ -39,7 +39,9 @@ class VGG19Features(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = torchvision.models.vgg19(weights=None).features[: VGG_LAYERS["relu5_1"] + 1]
+        # torchvision's VGG19 layer list ("E"), without building the 120 M-parameter classifier
+        layers = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"], batch_norm=False)
+        self.features = layers[: VGG_LAYERS["relu5_1"] + 1]
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

@@ -1,0 +1,120 @@
+"""A tiny training run on the real aligned test faces (run once per module), then resume, results, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
+from typer.testing import CliRunner
+
+from bfrboost.cli import app
+from bfrboost.refiner import InfoBFR
+from bfrboost.refiner.lora import is_lora_key
+from bfrboost.train.loop import Trainer, TrainConfig
+
+runner = CliRunner()
+STEPS = 30
+TINY = ["--tiny", "--base", "none", "--steps", str(STEPS), "--batch-size", "2", "--lr", "3e-2", "--warmup", "1",
+        "--val-count", "2", "--repeats", "2", "--checkpoint-every", "15", "--val-every", "15", "--device", "cpu"]
+
+
+
+@pytest.fixture(scope="module")
+def run(testdata, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    config = TrainConfig(out=out, data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=STEPS, batch_size=2, lr=3e-2,
+                         warmup=1, val_count=2, repeats=2, checkpoint_every=15, val_every=15, device="cpu")
+    warnings = []
+    trainer = Trainer(config, warn=warnings.append)
+    result = trainer.run()
+    return out, result, trainer, warnings
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_training_loss_falls_and_validation_ends_below_step_zero(run):
+    out, _, _, warnings = run
+    log = read(out / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    assert set(log[0]) >= {"step", "loss", "mse", "perceptual", "lpips", "info", "lr", "lambda_mean", "grad_norm"}
+    start, end = np.mean([r["loss"] for r in log[:3]]), np.mean([r["loss"] for r in log[-3:]])
+    assert end < 0.7 * start, (start, end)  # ≥ 30 % lower
+    val = read(out / "val.jsonl")
+    assert [r["step"] for r in val] == [0, 15, 30]
+    assert val[-1]["loss"] < val[0]["loss"]
+    assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lambda_mean", "info"}
+    assert warnings == ["manifold statistics from 4 faces (the paper uses 3000); add faces to --data for better ones"]
+    with Image.open(out / "val" / "step-00000030.png") as grid:
+        assert grid.size == (4 * 64, 4 * 64)  # input | base | refined | GT; rows: 2 val faces × 2 degradations
+    with Image.open(out / "curves.png") as curves:
+        assert curves.size[0] > 300
+
+
+def test_frozen_weights_are_unchanged_and_only_trainables_moved(run):
+    out, _, trainer, _ = run
+    model = trainer.model
+    vae = AutoencoderKL.from_pretrained(out / "sd-tiny" / "vae")
+    for key, tensor in vae.state_dict().items():
+        assert torch.equal(model.vae.state_dict()[key], tensor), key
+    unet = UNet2DConditionModel.from_pretrained(out / "sd-tiny" / "unet").state_dict()
+    for key, tensor in model.unet.state_dict().items():
+        if not is_lora_key(key):
+            assert torch.equal(tensor, unet[key.replace(".base_layer", "")]), key
+    lora_b = [p for n, p in model.unet.named_parameters() if ".lora_B." in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero; training moved it
+
+
+def test_the_result_is_a_refiner_that_restore_loads(run, testdata):
+    from bfrboost.pipeline import Restorer
+
+    _, result, _, _ = run
+    assert {"config.json", "refiner.safetensors", "vae", "unet"} <= {p.name for p in result.iterdir()}
+    config = json.loads((result / "config.json").read_text())
+    assert config["stats_faces"] == 4 and config["beta"] == 20.0
+    restorer = Restorer(base="none", refiner=result, aligned=True, device="cpu")
+    with Image.open(testdata / "aligned" / "0143.png") as image:
+        face = np.asarray(image.convert("RGB"))
+    restored = restorer.restore(face)
+    assert restored.image.shape == face.shape and not np.array_equal(restored.image, face)
+
+
+def test_resume_from_a_mid_run_checkpoint_gives_exactly_the_next_losses(run, tmp_path):
+    out, _, _, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "checkpoints" / "step-00000030")
+    shutil.rmtree(copy / "refiner")
+    result = runner.invoke(app, ["train", "--out", str(copy), "--resume", *TINY])
+    assert result.exit_code == 0, result.output
+    assert read(copy / "log.jsonl") == [{**r, "seconds": r2["seconds"]} for r, r2 in zip(read(out / "log.jsonl"), read(copy / "log.jsonl"))]
+    first, again = read(out / "log.jsonl")[15:], read(copy / "log.jsonl")[15:]
+    assert [r["loss"] for r in again] == [r["loss"] for r in first]  # bit for bit, from step 16 on
+    assert [r["step"] for r in read(copy / "val.jsonl")] == [0, 15, 30]
+
+
+def test_checkpoints_keep_every_state(run):
+    out, _, _, _ = run
+    folder = out / "checkpoints" / "step-00000015"
+    assert {p.name for p in folder.iterdir()} == {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
+    state = json.loads((folder / "state.json").read_text())
+    assert state["step"] == 15 and state["position"] == 30 and "numpy_rng" in state and "python_rng" in state
+
+
+def test_one_line_errors(tmp_path, run):
+    out, _, _, _ = run
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "empty"), *TINY])
+    assert empty.exit_code == 1
+    assert empty.stderr.endswith("no images found; --data needs aligned 512 faces (FFHQ-512 layout, or `bfrboost restore --save-faces`)\n")
+    assert empty.stderr.count("\n") == 1
+    again = runner.invoke(app, ["train", "--out", str(out), "--data", str(tmp_path / "empty"), *TINY])
+    assert again.exit_code == 2 and "already holds a training run; pass --resume to continue it" in again.stderr
+    nothing = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--resume", *TINY])
+    assert nothing.exit_code == 2 and "no checkpoint to resume from" in nothing.stderr
