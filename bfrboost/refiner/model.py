@@ -248,7 +248,7 @@ class InfoBFR(nn.Module):
     def denoise(self, latent: torch.Tensor) -> torch.Tensor:
         """One UNet step at the fixed t, read as x0 with the scheduler formula for the prediction type."""
         t = torch.full((latent.shape[0],), self.config.timestep, device=latent.device, dtype=torch.long)
-        cond = self.prompt_embeds.expand(latent.shape[0], -1, -1)
+        cond = self.prompt_embeds.expand(latent.shape[0], -1, -1).to(latent.dtype)
         pred = self.unet(latent, t, encoder_hidden_states=cond).sample
         a, s = math.sqrt(self.alpha_bar_t), math.sqrt(1.0 - self.alpha_bar_t)
         if self.config.prediction_type == "epsilon":
@@ -290,7 +290,9 @@ class InfoBFR(nn.Module):
         seeded = not self.training and generator is None
         out: BottleneckOutput = self.bottleneck(r, noise=self.inference_noise(r, 0) if seeded else None, generator=generator)
         latent_noise = self.inference_noise(out.z[:, : out.z.shape[1] // 2], 1) if seeded else None
-        dtype = next(self.unet.parameters()).dtype if not torch.is_autocast_enabled(r.device.type) else r.dtype
+        kind = r.device.type
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        dtype = r.dtype if autocast else next(self.unet.parameters()).dtype  # without autocast: the (bf16) UNet's own type
         x0 = self.denoise(self.to_latent(out.z, generator, latent_noise).to(dtype))
         x_hat = self.decode(x0)
         return x_hat, RefinerAux(r=r, z=out.z, lam=out.lam, info_loss=out.info_loss)
