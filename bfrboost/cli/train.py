@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -94,7 +95,8 @@ def train_command(
             result = train(config, warn=lambda m: err(m), progress=report)
     except BfrboostError as exc:
         raise fail(exc) from None
-    sys.stdout.write(f"{result}: trained refiner written (logs, curves.png and checkpoints in {out})\n")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        sys.stdout.write(f"{result}: trained refiner written (logs, curves.png and checkpoints in {out})\n")
 
 
 @train_app.command("cache")

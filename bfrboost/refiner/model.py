@@ -25,7 +25,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from bfrboost import weights
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.refiner.bottleneck import BottleneckOutput, ManifoldBottleneck
-from bfrboost.safety import atomic_path, write_bytes
 from bfrboost.refiner.lora import (
     add_lora,
     fuse_lora,
@@ -34,6 +33,7 @@ from bfrboost.refiner.lora import (
     load_lora_state_dict,
     lora_state_dict,
 )
+from bfrboost.safety import atomic_path, write_bytes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "refiner.safetensors"

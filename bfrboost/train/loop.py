@@ -22,6 +22,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from bfrboost.errors import InputError, UsageError
 from bfrboost.safety import atomic_path, write_bytes
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache
 from bfrboost.train.data import apply_flips, batch_indices, flip_mask
-from bfrboost.train.degrade import DegradeConfig, file_seed
+from bfrboost.train.degrade import file_seed
 from bfrboost.train.losses import InfoBFRLoss, LossWeights, build_lpips, build_vgg19
 
 PAPER_STATS_FACES = 3000
@@ -367,7 +368,8 @@ class Trainer:
         if config.stats_from is not None:
             copy_stats(model, config.stats_from)
         elif not config.resume:
-            compute_stats(model, train_set, config.stats_faces, model.config.stats_mode == "element", self.warn)
+            compute_stats(model, train_set, config.stats_faces, model.config.stats_mode == "element",
+                          self.warn if accelerator.is_main_process else (lambda message: None))
         with torch.random.fork_rng(devices=[]):  # --tiny's random loss nets: the same on every (resumed) run
             torch.manual_seed(config.seed)
             loss_fn = InfoBFRLoss(build_vgg19(pretrained=not config.tiny), build_lpips(config.lpips_net, pretrained=not config.tiny),
@@ -411,7 +413,7 @@ class Trainer:
                     batch = train_set.batch(mine)
                     flips = flip_mask(len(mine), torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank) ^ 1))
                     gt = apply_flips(batch["gt"], flips).to(device)
-                    sync = accelerator.no_sync(ddp_model) if micro < config.accumulate - 1 and world > 1 else _null()
+                    sync = accelerator.no_sync(ddp_model) if micro < config.accumulate - 1 and world > 1 else nullcontext()
                     with sync, accelerator.autocast():
                         if train_set.has_moments:
                             r = torch.where(flips.view(-1, 1, 1, 1), batch["moments_flip"], batch["moments"]).to(device)
@@ -502,14 +504,6 @@ class Trainer:
         return out
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def build_training_cache(data: Path, out: Path, cache_config: CacheConfig, tiny: bool = False, sd_model: Path | None = None,
                          device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None, overwrite: bool = False):
     """Load the frozen base model(s) (and the VAE when moments are cached) and write the cache."""
@@ -545,6 +539,3 @@ def _frozen_vae(tiny: bool, run: Path, sd_model: Path | None):
 def train(config: TrainConfig, warn: Callable[[str], None] = print, progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train a refiner as ``config`` says; returns RUN_DIR/refiner (config.json + refiner.safetensors)."""
     return Trainer(config, warn, progress).run()
-
-
-__all__ = ["TrainConfig", "Trainer", "build_training_cache", "train", "DegradeConfig"]

@@ -13,9 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bfrboost.cli import app
-from bfrboost.refiner import InfoBFR
 from bfrboost.refiner.lora import is_lora_key
-from bfrboost.train.loop import Trainer, TrainConfig
+from bfrboost.train.loop import TrainConfig, Trainer
 
 runner = CliRunner()
 STEPS = 30
@@ -118,3 +117,12 @@ def test_one_line_errors(tmp_path, run):
     assert again.exit_code == 2 and "already holds a training run; pass --resume to continue it" in again.stderr
     nothing = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--resume", *TINY])
     assert nothing.exit_code == 2 and "no checkpoint to resume from" in nothing.stderr
+
+
+def test_training_from_cached_vae_moments(testdata, tmp_path):
+    config = TrainConfig(out=tmp_path / "run", data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=3, batch_size=2, lr=3e-2,
+                         warmup=1, val_count=2, repeats=1, checkpoint_every=3, val_every=3, moments=True, device="cpu")
+    result = Trainer(config, warn=lambda m: None).run()
+    assert (result / "refiner.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "cache" / "cache.json").read_text())["config"]["moments"] is True
+    assert [r["step"] for r in read(tmp_path / "run" / "log.jsonl")] == [1, 2, 3]
