@@ -24,7 +24,7 @@ def refiner_stats(
     faces: Annotated[Path, typer.Option("--faces", help="Folder of high-quality aligned 512 faces (searched recursively, sorted).")],
     refiner: Annotated[Path, typer.Option("--refiner", help="Refiner folder whose statistics are replaced.")],
     count: Annotated[int, typer.Option("-n", "--count", min=1, help="Use at most this many faces (the paper: 3000 FFHQ faces).")] = 3000,
-    per_element: Annotated[bool, typer.Option("--per-element", help="One μ, σ per element of r instead of per channel.")] = False,
+    per_element: Annotated[bool, typer.Option("--per-element/--per-channel", help="One μ, σ per element of r (IBA's estimator, the default) or per channel (any face size).")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per VAE batch.")] = 4,
     size: Annotated[int, typer.Option("--size", min=8, help="Faces are resized to SIZE×SIZE (the refiner's input size).")] = 512,
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (vae/) instead of the weights cache.")] = None,

@@ -57,6 +57,7 @@ def train_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the data order, flips and noise.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Training face size (512; --tiny: 64).")] = 0,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank (the paper: 4; 2 and 8 studied).")] = 4,
+    timestep: Annotated[int, typer.Option("--timestep", help="The single UNet step t on the 1000-step schedule (higher: more generative, lower: closer to the input).")] = 499,
     beta: Annotated[float | None, typer.Option("--beta", help="Weight of the information loss (default 20, the paper's Table III).")] = None,
     lpips_net: Annotated[str, typer.Option("--lpips-net", help="LPIPS network: alex or vgg.")] = "alex",
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder instead of the weights cache.")] = None,
@@ -81,7 +82,7 @@ def train_command(
         config = TrainConfig(out=out, data=data, bases=_bases(base), cache=cache, steps=steps, batch_size=batch_size, accumulate=accumulate,
                              lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule, grad_clip=grad_clip, ema=ema,
                              grad_checkpoint=grad_checkpoint, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every,
-                             seed=seed, tiny=tiny, size=size or (64 if tiny else 512), rank=rank, beta=beta, lpips_net=lpips_net,
+                             seed=seed, tiny=tiny, size=size or (64 if tiny else 512), rank=rank, timestep=timestep, beta=beta, lpips_net=lpips_net,
                              sd_model=sd_model, stats_from=stats_from, stats_faces=stats_faces, per_channel_stats=per_channel_stats,
                              repeats=repeats, val_count=val_count, moments=moments, resume=resume, device=device)
         from bfrboost.safety import handle_signals

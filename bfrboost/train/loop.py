@@ -72,6 +72,7 @@ class TrainConfig:
     tiny: bool = False  # tiny random SD + random loss nets: tests and demos
     size: int = 512  # training face size
     rank: int = 4
+    timestep: int = 499  # the refiner's single UNet step (on the 1000-step schedule)
     beta: float | None = None  # None → the refiner config's β (20)
     lpips_net: str = "alex"
     sd_model: Path | None = None
@@ -204,7 +205,7 @@ def make_model(config: TrainConfig, run: Path):
     from bfrboost.refiner.model import TINY_PROMPT_SHAPE, TINY_UNET_CONFIG, TINY_VAE_CONFIG, InfoBFR, InfoBFRConfig
 
     stats_mode = "channel" if config.per_channel_stats or config.tiny else "element"
-    refiner_config = InfoBFRConfig(rank=config.rank, stats_mode=stats_mode)
+    refiner_config = InfoBFRConfig(rank=config.rank, stats_mode=stats_mode, timestep=config.timestep)
     if config.beta is not None:
         refiner_config.beta = config.beta
     if not config.tiny:

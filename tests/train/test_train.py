@@ -126,3 +126,16 @@ def test_training_from_cached_vae_moments(testdata, tmp_path):
     assert (result / "refiner.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "cache" / "cache.json").read_text())["config"]["moments"] is True
     assert [r["step"] for r in read(tmp_path / "run" / "log.jsonl")] == [1, 2, 3]
+
+
+def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
+    from bfrboost.refiner import init_tiny
+
+    out, _, _, _ = run
+    init_tiny(tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text()) | {"stats_faces": 0}
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--cache", str(out / "cache"), "--stats-from", str(tmp_path / "r"), *TINY])
+    assert result.exit_code == 2
+    assert result.stderr == (f"bfrboost: {tmp_path / 'r'}: --stats-from has no statistics either; "
+                             f"run `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n")
