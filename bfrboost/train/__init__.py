@@ -2,7 +2,8 @@
 
 Python API (everything ``bfrboost degrade`` / ``train cache`` / ``train`` do)::
 
-    from bfrboost.train import DegradeConfig, degrade, CacheConfig, build_training_cache, TrainConfig, train
+    from bfrboost.train import CacheConfig, DegradeConfig, TrainConfig, build_training_cache, train
+    from bfrboost.train.degrade import degrade
     lq = degrade(hq_uint8_rgb, seed, DegradeConfig())
     build_training_cache(Path("ffhq512"), Path("cache"), CacheConfig(bases=["gfpgan"]))
     refiner_dir = train(TrainConfig(out=Path("run"), cache=Path("cache"), steps=100_000))
@@ -16,7 +17,7 @@ from typing import Any
 # Loaded on first use, so `bfrboost degrade` does not wait for torch, diffusers and lpips.
 _EXPORTS = {
     "cache": ("CacheConfig", "CachedFaces", "build_cache"),
-    "degrade": ("DegradeConfig", "DegradeParams", "apply_degradation", "degrade", "file_seed", "sample_params"),
+    "degrade": ("DegradeConfig", "DegradeParams", "apply_degradation", "file_seed", "sample_params"),  # degrade(): from .degrade
     "losses": ("InfoBFRLoss", "LossWeights", "build_lpips", "build_vgg19"),
     "loop": ("TrainConfig", "Trainer", "build_training_cache", "train"),
 }
