@@ -87,13 +87,29 @@ def refiner_info(
 
 @refiner_app.command("init")
 def refiner_init(
-    tiny: Annotated[Path, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")],
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights.")] = 0,
+    tiny: Annotated[Path | None, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")] = None,
+    sd21: Annotated[Path | None, typer.Option("--sd21", help="Write an untrained SD 2.1-base refiner here (for `refiner stats`, then `train --stats-from`).")] = None,
+    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank of an --sd21 refiner.")] = 4,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (with text_encoder/, tokenizer/) instead of the weights cache.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights (or of the --sd21 trainable init).")] = 0,
 ) -> None:
-    """Create a tiny random refiner for tests and demos (its statistics are computed here; train real ones with `bfrboost train`)."""
-    from bfrboost.refiner import init_tiny
+    """Create a refiner folder: a tiny random one (statistics computed here) or an untrained SD 2.1 one."""
+    import torch
 
-    if (tiny / "config.json").exists():
-        raise _refiner_fail(UsageError(f"{tiny}: already holds a refiner; choose an empty folder"))
-    init_tiny(tiny, seed)
-    sys.stdout.write(f"{tiny}: tiny random refiner written (seed {seed})\n")
+    from bfrboost.refiner import InfoBFR, InfoBFRConfig, init_tiny
+
+    if (tiny is None) == (sd21 is None):
+        raise _refiner_fail(UsageError("give exactly one of --tiny DIR or --sd21 DIR"))
+    target = tiny or sd21
+    if (target / "config.json").exists():
+        raise _refiner_fail(UsageError(f"{target}: already holds a refiner; choose an empty folder"))
+    if tiny is not None:
+        init_tiny(tiny, seed)
+        sys.stdout.write(f"{tiny}: tiny random refiner written (seed {seed})\n")
+        return
+    try:
+        torch.manual_seed(seed)
+        InfoBFR.create(InfoBFRConfig(rank=rank), sd_model=sd_model).save_pretrained(sd21)
+    except BfrboostError as exc:
+        raise _refiner_fail(exc) from None
+    sys.stdout.write(f"{sd21}: untrained refiner written (rank {rank}); next: `bfrboost refiner stats --faces HQ_DIR --refiner {sd21}`\n")

@@ -86,3 +86,21 @@ def test_stats_command_errors_are_one_line(tiny_dir, tmp_path, bad, testdata):
         "refiner": (2, f"bfrboost: {tmp_path}: not a bfrboost refiner (no config.json); run `bfrboost refiner init` or train one first\n"),
     }[bad]
     assert (result.exit_code, result.stderr) == expected
+
+
+def test_init_sd21_writes_an_untrained_refiner_for_stats_then_training(tiny_dir, tmp_path, testdata):
+    from tests.refiner.conftest import make_sd_folder
+
+    sd = tmp_path / "sd"
+    make_sd_folder(tiny_dir, sd)
+    result = runner.invoke(app, ["refiner", "init", "--sd21", str(tmp_path / "r"), "--sd-model", str(sd), "--rank", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{tmp_path / 'r'}: untrained refiner written (rank 2); next: `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n"
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["rank"] == 2 and config["stats_faces"] == 0 and not (tmp_path / "r" / "unet").exists()
+    stats = runner.invoke(app, ["refiner", "stats", "--faces", str(testdata / "aligned"), "--refiner", str(tmp_path / "r"),
+                                "--sd-model", str(sd), "-n", "2", "--size", "64", "--device", "cpu"])
+    assert stats.exit_code == 0, stats.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["stats_faces"] == 2
+    both = runner.invoke(app, ["refiner", "init", "--sd21", str(tmp_path / "x"), "--tiny", str(tmp_path / "y")])
+    assert both.exit_code == 2 and both.stderr == "bfrboost: give exactly one of --tiny DIR or --sd21 DIR\n"

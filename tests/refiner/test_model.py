@@ -13,7 +13,7 @@ from bfrboost.errors import UsageError, WeightsError
 from bfrboost.refiner import InfoBFR, InfoBFRConfig, load_refiner
 from bfrboost.refiner.lora import has_lora
 from bfrboost.refiner.model import load_diffusers_module
-from tests.refiner.conftest import randomize_trainables
+from tests.refiner.conftest import make_sd_folder, randomize_trainables
 
 
 def test_shapes_through_every_stage(tiny, faces):
@@ -178,23 +178,8 @@ def test_vae_with_legacy_attention_names_loads(tiny_dir, tmp_path):
 
 def test_create_computes_the_empty_prompt_once_and_reads_the_scheduler(tiny_dir, tmp_path):
     """A fresh refiner on an SD folder: prompt from its text encoder, prediction type from its scheduler."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     sd = tmp_path / "sd"
-    shutil.copytree(tiny_dir / "vae", sd / "vae")
-    shutil.copytree(tiny_dir / "unet", sd / "unet")
-    (sd / "scheduler").mkdir()
-    (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "v_prediction", "beta_end": 0.02}))
-    (sd / "tokenizer").mkdir()
-    (sd / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
-    (sd / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!")
-    tokenizer.save_pretrained(str(sd / "tokenizer"))
-    torch.manual_seed(0)
-    text_config = CLIPTextConfig(vocab_size=3, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 max_position_embeddings=5, bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    encoder = CLIPTextModel(text_config).eval()
-    encoder.save_pretrained(str(sd / "text_encoder"))
+    encoder = make_sd_folder(tiny_dir, sd, {"prediction_type": "v_prediction", "beta_end": 0.02})
 
     model = InfoBFR.create(InfoBFRConfig(transformer_width=16, transformer_heads=2), sd_model=sd)
     assert model.config.prediction_type == "v_prediction" and model.config.beta_end == 0.02
