@@ -67,6 +67,7 @@ def train_command(
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random SD and random loss networks (tests, demos; no downloads).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its latest checkpoint, exactly.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present) or cpu.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, float32 on CPU), no, bf16 or fp16.")] = "auto",
 ) -> None:
     """Train the InfoBFR refiner: MSE + VGG19 perceptual + LPIPS + β·L_info on cached base outputs.
 
@@ -84,7 +85,7 @@ def train_command(
                              grad_checkpoint=grad_checkpoint, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every,
                              seed=seed, tiny=tiny, size=size or (64 if tiny else 512), rank=rank, timestep=timestep, beta=beta, lpips_net=lpips_net,
                              sd_model=sd_model, stats_from=stats_from, stats_faces=stats_faces, per_channel_stats=per_channel_stats,
-                             repeats=repeats, val_count=val_count, moments=moments, resume=resume, device=device)
+                             repeats=repeats, val_count=val_count, moments=moments, resume=resume, device=device, precision=precision)
         from bfrboost.safety import handle_signals
 
         with handle_signals(), _progress("train") as progress:

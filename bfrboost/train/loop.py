@@ -84,6 +84,7 @@ class TrainConfig:
     moments: bool = False  # cache: also store VAE moments (training then skips the encoder)
     resume: bool = False
     device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA (fp16 where bf16 is missing), float32 on the CPU; or no / bf16 / fp16
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -97,6 +98,8 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.size % 8:
             raise UsageError(f"--size must be a multiple of 8, got {self.size}")
+        if self.precision not in ("auto", "no", "bf16", "fp16"):
+            raise UsageError(f"--precision must be auto, no, bf16 or fp16, got {self.precision!r}")
         if not 0 <= self.ema < 1:
             raise UsageError(f"--ema must be a decay in [0, 1), got {self.ema}")
 
@@ -332,7 +335,15 @@ class Trainer:
         from accelerate import Accelerator
 
         cpu = self.config.device == "cpu" or not torch.cuda.is_available()
-        return Accelerator(cpu=cpu, mixed_precision="no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16"))
+        precision = self.config.precision
+        if precision == "auto":
+            precision = "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        from accelerate.state import AcceleratorState
+
+        # accelerate keeps one process-wide state; a second run in the same process (tests, notebooks)
+        # may ask for another precision. The distributed part (PartialState) is kept.
+        AcceleratorState._reset_state()
+        return Accelerator(cpu=cpu, mixed_precision=precision)
 
     def _cache(self, accelerator) -> Path:
         config, run = self.config, self.config.out
@@ -401,9 +412,9 @@ class Trainer:
         rank, world = accelerator.process_index, accelerator.num_processes
         identity = identity_similarity()
 
-        if step == 0:
-            self._validate(model, loss_fn, val_set, 0, run, identity, accelerator)
         try:
+            if step == 0:
+                self._validate(model, loss_fn, val_set, 0, run, identity, accelerator)
             while step < config.steps:
                 started = time.perf_counter()
                 sums = dict.fromkeys((*TERMS, "lambda_mean"), 0.0)
@@ -497,7 +508,7 @@ class Trainer:
                     for n, p in model.named_parameters():
                         if n in ema:
                             p.copy_(ema[n].to(p.dtype))
-            model.float().save_pretrained(out)
+            model.save_pretrained(out)  # trainables, statistics and prompt are float32 whatever the frozen parts are
             if self.config.tiny:
                 for part in ("vae", "unet"):
                     shutil.copytree(run / TINY_SD_DIR / part, out / part, dirs_exist_ok=True)

@@ -139,3 +139,31 @@ def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
     assert result.exit_code == 2
     assert result.stderr == (f"bfrboost: {tmp_path / 'r'}: --stats-from has no statistics either; "
                              f"run `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n")
+
+
+def test_bf16_autocast_keeps_trainables_float32_and_frozen_parts_bf16(run, tmp_path):
+    out, _, _, _ = run
+    config = TrainConfig(out=tmp_path / "run", cache=out / "cache", bases=["none"], tiny=True, size=64, steps=2, batch_size=2, lr=3e-2,
+                         warmup=1, checkpoint_every=2, val_every=2, device="cpu", precision="bf16")
+    trainer = Trainer(config, warn=lambda m: None)
+    result = trainer.run()
+    log = read(tmp_path / "run" / "log.jsonl")
+    assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
+    assert {p.dtype for p in trainer.model.trainable_parameters()} == {torch.float32}
+    frozen = [p for n, p in trainer.model.unet.named_parameters() if not is_lora_key(n)]
+    assert {p.dtype for p in frozen} == {torch.bfloat16} and next(trainer.model.vae.parameters()).dtype == torch.bfloat16
+    assert (result / "refiner.safetensors").is_file()
+
+
+def test_out_of_memory_names_the_flags_that_help(run, tmp_path, monkeypatch):
+    from bfrboost.train import losses
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    out, _, _, _ = run
+    monkeypatch.setattr(losses.InfoBFRLoss, "forward", oom)
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--cache", str(out / "cache"), *TINY])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] + "\n" == ("bfrboost: out of GPU memory at --batch-size 2, 64 px; pass --grad-checkpoint, "
+                             "or a smaller --batch-size with --accumulate N to keep the effective batch\n")
