@@ -167,3 +167,33 @@ def test_out_of_memory_names_the_flags_that_help(run, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.stderr.splitlines()[-1] + "\n" == ("bfrboost: out of GPU memory at --batch-size 2, 64 px; pass --grad-checkpoint, "
                              "or a smaller --batch-size with --accumulate N to keep the effective batch\n")
+
+
+def small_run(cache, out, **kw) -> Trainer:
+    settings = dict(bases=["none"], tiny=True, size=64, steps=3, batch_size=2, lr=3e-2, warmup=1, checkpoint_every=1, val_every=100, device="cpu")
+    config = TrainConfig(out=out, cache=cache, **(settings | kw))
+    trainer = Trainer(config, warn=lambda m: None)
+    trainer.run()
+    return trainer
+
+
+def test_grad_checkpointing_gives_the_same_losses(run, tmp_path):
+    out, _, _, _ = run
+    small_run(out / "cache", tmp_path / "plain")
+    small_run(out / "cache", tmp_path / "ckpt", grad_checkpoint=True)
+    plain, ckpt = read(tmp_path / "plain" / "log.jsonl"), read(tmp_path / "ckpt" / "log.jsonl")
+    np.testing.assert_allclose([r["loss"] for r in ckpt], [r["loss"] for r in plain], rtol=1e-5)
+
+
+def test_accumulation_ema_and_keep_last(run, tmp_path):
+    from safetensors.torch import load_file
+
+    out, _, _, _ = run
+    small_run(out / "cache", tmp_path / "r", accumulate=2, batch_size=1, ema=0.5, keep_last=2)
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    last = tmp_path / "r" / "checkpoints" / "step-00000003"
+    assert json.loads((last / "state.json").read_text())["position"] == 6  # 3 steps × 2 micro-batches × 1 face
+    ema, raw = load_file(last / "ema.safetensors"), load_file(last / "trainable.safetensors")
+    result = load_file(tmp_path / "r" / "refiner" / "refiner.safetensors")
+    name = "bottleneck.lambda_head.bias"
+    assert torch.equal(result[name], ema[name]) and not torch.equal(ema[name], raw[name])  # the result holds the EMA weights
