@@ -70,3 +70,19 @@ def test_split_and_order_are_fixed_by_the_seed(testdata):
 def test_an_empty_data_folder_is_one_line(tmp_path):
     with pytest.raises(InputError, match=r"no images found; --data needs aligned 512 faces"):
         list_hq_faces(tmp_path)
+
+
+def test_train_cache_command(testdata, tmp_path):
+    from typer.testing import CliRunner
+
+    from bfrboost.cli import app
+
+    result = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none",
+                                      "--size", "32", "--repeats", "1", "--val-count", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{tmp_path / 'c'}: cache of 6 faces × 1 degradations × 1 base(s): 4 train and 2 val entries\n"
+    assert len(CachedFaces(tmp_path / "c", "train")) == 4
+    again = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none"])
+    assert again.exit_code == 2 and "already holds a cache (cache.json); pass --overwrite" in again.stderr
+    unknown = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "d"), "--base", "nosuch"])
+    assert unknown.exit_code != 0 and unknown.stderr.count("\n") == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,27 @@ def test_accumulation_ema_and_keep_last(run, tmp_path):
     result = load_file(tmp_path / "r" / "refiner" / "refiner.safetensors")
     name = "bottleneck.lambda_head.bias"
     assert torch.equal(result[name], ema[name]) and not torch.equal(ema[name], raw[name])  # the result holds the EMA weights
+
+
+def test_two_processes_with_torchrun(run, tmp_path):
+    """The multi-GPU code path (DDP through accelerate) on two CPU processes (gloo): one log, one result."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out, _, _, _ = run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "bfrboost", "train",
+               "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny", "--base", "none", "--steps", "2", "--batch-size", "1",
+               "--warmup", "1", "--checkpoint-every", "2", "--val-every", "2", "--device", "cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained refiner written") == 1  # one line per run, not per process
+    assert [r["step"] for r in read(tmp_path / "ddp" / "log.jsonl")] == [1, 2]
+    state = json.loads((tmp_path / "ddp" / "checkpoints" / "step-00000002" / "state.json").read_text())
+    assert state["position"] == 4  # 2 steps × batch 1 × 2 processes
+    assert (tmp_path / "ddp" / "refiner" / "refiner.safetensors").is_file()
