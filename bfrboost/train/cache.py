@@ -151,7 +151,7 @@ class CachedFaces:
         self.split = split
         self.shards = self.manifest["shards"][split]
         self.offsets = np.cumsum([0] + [s["entries"] for s in self.shards])
-        self._open: dict[int, dict[str, torch.Tensor]] = {}
+        self._open: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -160,27 +160,32 @@ class CachedFaces:
     def has_moments(self) -> bool:
         return bool(self.config.moments)
 
-    def _tensors(self, shard: int) -> dict[str, torch.Tensor]:
+    def _handle(self, shard: int):
+        """The shard opened lazily (memory-mapped): an entry reads only its own rows, so random access
+        over a large cache never loads whole shards."""
         if shard not in self._open:
-            if len(self._open) >= 2:
-                self._open.pop(next(iter(self._open)))
             path = self.cache / self.shards[shard]["file"]
             try:
-                with safe_open(str(path), framework="pt") as f:
-                    self._open[shard] = {k: f.get_tensor(k) for k in f.keys()}
-            except (OSError, Exception) as exc:  # noqa: BLE001 - safetensors raises its own error types
+                self._open[shard] = safe_open(str(path), framework="pt")
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
                 raise InputError(f"{path}: cannot read cache shard ({exc}); rebuild the cache") from None
         return self._open[shard]
+
+    def clean_faces(self, shard: int) -> torch.Tensor:
+        """All ground-truth faces of one shard (F, 3, S, S) uint8: e.g. for the manifold statistics."""
+        return self._handle(shard).get_tensor("gt")
 
     def entry(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(index)
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        t, local = self._tensors(shard), index - int(self.offsets[shard])
-        item = {"gt": t["gt"][t["face"][local]], "base": t["base"][local], "base_id": t["base_id"][local]}
+        f, local = self._handle(shard), index - int(self.offsets[shard])
+        row = lambda key, i: f.get_slice(key)[i : i + 1][0]  # noqa: E731
+        face = int(row("face", local))
+        item = {"gt": row("gt", face), "base": row("base", local), "base_id": row("base_id", local)}
         for key in ("lq", "moments", "moments_flip"):
-            if key in t:
-                item[key] = t[key][local]
+            if key in f.keys():
+                item[key] = row(key, local)
         return item
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:

@@ -233,7 +233,7 @@ def compute_stats(model, cache: CachedFaces, limit: int, per_element: bool, warn
     moments = RunningMoments(per_element)
     seen = 0
     for shard in range(len(cache.shards)):
-        gt = cache._tensors(shard)["gt"]
+        gt = cache.clean_faces(shard)
         for chunk in gt[: max(0, limit - seen)].split(8):
             with torch.no_grad():
                 moments.update(model.encode_manifold(chunk.to(model.device).float() / 127.5 - 1))
