@@ -272,7 +272,7 @@ def checkpoints(run: Path) -> list[Path]:
 
 
 def save_checkpoint(run: Path, step: int, position: int, model, optimizer, scheduler, ema: dict[str, torch.Tensor] | None,
-                    config: TrainConfig) -> Path:
+                    config: TrainConfig, cache_config: dict[str, Any] | None = None) -> Path:
     folder = run / "checkpoints" / f"step-{step:08d}"
     with atomic_path(folder / "trainable.safetensors", overwrite=True) as temp:
         save_file(model.trainable_state_dict(), str(temp))
@@ -292,6 +292,7 @@ def save_checkpoint(run: Path, step: int, position: int, model, optimizer, sched
         "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         "config": config.to_dict(),
+        "cache": cache_config,
     }
     write_bytes(folder / "state.json", (json.dumps(state) + "\n").encode(), overwrite=True)
     for old in checkpoints(run)[: -config.keep_last]:
@@ -402,6 +403,9 @@ class Trainer:
         step, position, ema = 0, 0, None
         if config.resume:
             state, ema = load_checkpoint(found[-1], model, optimizer, scheduler)
+            if state.get("cache") not in (None, train_set.manifest["config"]):
+                raise UsageError(f"{cache_dir}: not the cache this run was trained on (settings differ from {found[-1] / 'state.json'}); "
+                                 "resume with the same --cache")
             step, position = state["step"], state["position"]
             if accelerator.is_main_process:
                 _truncate_log(log_path, step)
@@ -461,7 +465,7 @@ class Trainer:
                     self._validate(model, loss_fn, val_set, step, run, identity, accelerator)
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     if accelerator.is_main_process:
-                        save_checkpoint(run, step, position, model, optimizer, scheduler, ema, config)
+                        save_checkpoint(run, step, position, model, optimizer, scheduler, ema, config, train_set.manifest["config"])
                         plot_curves(log_path, run / CURVES_NAME)
                     accelerator.wait_for_everyone()
         except torch.OutOfMemoryError:

@@ -222,3 +222,14 @@ def test_two_processes_with_torchrun(run, tmp_path):
     state = json.loads((tmp_path / "ddp" / "checkpoints" / "step-00000002" / "state.json").read_text())
     assert state["position"] == 4  # 2 steps × batch 1 × 2 processes
     assert (tmp_path / "ddp" / "refiner" / "refiner.safetensors").is_file()
+
+
+def test_resume_refuses_another_cache(run, tmp_path, testdata):
+    out, _, _, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("refiner"))
+    other = runner.invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "other"), "--base", "none",
+                                "--size", "64", "--repeats", "1", "--val-count", "2", "--device", "cpu"])
+    assert other.exit_code == 0, other.output
+    result = runner.invoke(app, ["train", "--out", str(copy), "--cache", str(tmp_path / "other"), "--resume", *TINY])
+    assert result.exit_code == 2 and "not the cache this run was trained on" in result.stderr
