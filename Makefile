@@ -43,6 +43,7 @@ bench: setup
 	$(PY) bench/bench_guidance.py --real
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_video.py
+	$(PY) bench/bench_train.py
 
 lint: setup
 	$(PY) -m pip install -q ruff

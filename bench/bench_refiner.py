@@ -33,7 +33,7 @@ SIZE = 512
 def real_random_refiner(device: torch.device) -> InfoBFR:
     """The SD 2.1-base refiner with random weights (no download), LoRA fused as for inference."""
     torch.manual_seed(0)
-    config = InfoBFRConfig().with_scheduler(SD21_BASE_SCHEDULER_CONFIG)
+    config = InfoBFRConfig(stats_mode="channel", stats_faces=1).with_scheduler(SD21_BASE_SCHEDULER_CONFIG)  # timing only: placeholder μ=0, σ=1
     vae = AutoencoderKL.from_config(SD21_BASE_VAE_CONFIG)
     unet = UNet2DConditionModel.from_config(SD21_BASE_UNET_CONFIG)
     model = InfoBFR(config, vae, unet, torch.randn(SD21_PROMPT_SHAPE))

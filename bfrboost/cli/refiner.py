@@ -25,7 +25,7 @@ def refiner_stats(
     faces: Annotated[Path, typer.Option("--faces", help="Folder of high-quality aligned 512 faces (searched recursively, sorted).")],
     refiner: Annotated[Path, typer.Option("--refiner", help="Refiner folder whose statistics are replaced.")],
     count: Annotated[int, typer.Option("-n", "--count", min=1, help="Use at most this many faces (the paper: 3000 FFHQ faces).")] = 3000,
-    per_element: Annotated[bool, typer.Option("--per-element", help="One μ, σ per element of r instead of per channel.")] = False,
+    per_element: Annotated[bool, typer.Option("--per-element/--per-channel", help="One μ, σ per element of r (IBA's estimator, the default) or per channel (any face size).")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per VAE batch.")] = 4,
     size: Annotated[int, typer.Option("--size", min=8, help="Faces are resized to SIZE×SIZE (the refiner's input size).")] = 512,
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (vae/) instead of the weights cache.")] = None,
@@ -73,12 +73,14 @@ def refiner_info(
         return
     p = info["parameters"]
     lines = [
-        f"InfoBFR on SD 2.1-base, LoRA rank {rank} (alpha = rank) on every UNet block Linear/Conv2d",
+        f"InfoBFR on SD 2.1-base, LoRA rank {rank} (alpha = rank) on attention, feed-forward, ResNet and sampler layers",
         f"trainable  {p['trainable'] / 1e6:8.3f} M params  {info['trainable_mb_fp32']:7.2f} MB fp32",
         f"  LoRA     {p['lora'] / 1e6:8.3f} M params  {info['lora_mb_fp32']:7.2f} MB fp32",
         f"  Transformer + λ head {(p['transformer'] + p['lambda_head']) / 1e6:.3f} M params",
         f"frozen     UNet {p['frozen_unet'] / 1e6:.1f} M, VAE {p['frozen_vae'] / 1e6:.1f} M params",
     ]
+    sizes = ", ".join(f"rank {r}: {describe_sd21(r, flops=False)['trainable_mb_fp32']:.2f} MB" for r in (2, 4, 8))
+    lines.append(f"trainable fp32 size by rank (paper: 8 / 16.4 / 32 MB): {sizes}")
     if flops:
         lines.append(f"GFLOPs per {info['face_size']}² face (LoRA fused):")
         lines += [f"  {stage:<12} {value / 1e9:10.1f}" for stage, value in info["flops_per_face"].items()]
@@ -88,16 +90,29 @@ def refiner_info(
 @refiner_app.command("init")
 @writes_files
 def refiner_init(
-    tiny: Annotated[Path, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")],
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights.")] = 0,
+    tiny: Annotated[Path | None, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")] = None,
+    sd21: Annotated[Path | None, typer.Option("--sd21", help="Write an untrained SD 2.1-base refiner here (for `refiner stats`, then `train --stats-from`).")] = None,
+    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank of an --sd21 refiner.")] = 4,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (with text_encoder/, tokenizer/) instead of the weights cache.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights (or of the --sd21 trainable init).")] = 0,
 ) -> None:
-    """Create a tiny random refiner for tests and demos (training real ones is not in bfrboost yet)."""
-    from bfrboost.refiner import init_tiny
+    """Create a refiner folder: a tiny random one (statistics computed here) or an untrained SD 2.1 one."""
+    import torch
 
-    if (tiny / "config.json").exists():
-        raise _refiner_fail(UsageError(f"{tiny}: already holds a refiner; choose an empty folder"))
+    from bfrboost.refiner import InfoBFR, InfoBFRConfig, init_tiny
+
+    if (tiny is None) == (sd21 is None):
+        raise _refiner_fail(UsageError("give exactly one of --tiny DIR or --sd21 DIR"))
+    target = tiny or sd21
+    if (target / "config.json").exists():
+        raise _refiner_fail(UsageError(f"{target}: already holds a refiner; choose an empty folder"))
     try:
-        init_tiny(tiny, seed)
+        if tiny is not None:
+            init_tiny(tiny, seed)
+            sys.stdout.write(f"{tiny}: tiny random refiner written (seed {seed})\n")
+            return
+        torch.manual_seed(seed)
+        InfoBFR.create(InfoBFRConfig(rank=rank), sd_model=sd_model).save_pretrained(sd21)
     except BfrboostError as exc:
         raise _refiner_fail(exc) from None
-    sys.stdout.write(f"{tiny}: tiny random refiner written (seed {seed})\n")
+    sys.stdout.write(f"{sd21}: untrained refiner written (rank {rank}); next: `bfrboost refiner stats --faces HQ_DIR --refiner {sd21}`\n")

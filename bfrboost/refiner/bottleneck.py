@@ -1,14 +1,18 @@
 """Manifold information bottleneck (MIB): a Transformer block over the VAE moments, a λ head, noise mix.
 
 ``r`` is the 8-channel output of the frozen SD VAE encoder + ``quant_conv`` (mean and log-variance,
-before sampling). The Transformer gives λ a spatial view of ``r`` (the paper's ablation without it is
-clearly worse); λ decides per element how much of ``r`` to keep, the rest is replaced by noise drawn
-from the statistics of ``r`` over high-quality faces (IBA, Schulz et al. 2020). See design/method.md.
+before sampling). The paper's manifold (its Eq. 4) is encoder + quant_conv *followed by* a Transformer
+layer, so the bottleneck filters the Transformer output ``h`` (residual, ``h == r`` at init): λ decides
+per element how much of ``h`` to keep, the rest is replaced by noise drawn from the statistics of the
+manifold over high-quality faces (IBA, Schulz et al. 2020), and the KL is computed on ``h``. The λ head,
+sigmoid, mix and KL always run in float32: in bf16, λ = 0.99 would read 0.988 and λ ≥ 0.998 exactly 1.
+See design/method.md.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +65,9 @@ class ManifoldTransformer(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.proj_out = nn.Linear(width, channels)
+        # zero output projection: h == r at init, so the bottleneck starts on the VAE manifold itself
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         b, c, h, w = r.shape
@@ -84,14 +91,14 @@ def information_loss(r: torch.Tensor, lam_logits: torch.Tensor, mean: torch.Tens
 
 @dataclass
 class BottleneckOutput:
-    z: torch.Tensor  # λ·r + (1−λ)·ε, same shape as r
-    lam: torch.Tensor  # λ in (0, 1), same shape as r
-    h: torch.Tensor  # Transformer output (input of the λ head)
+    z: torch.Tensor  # λ·h + (1−λ)·ε, same shape as r, float32
+    lam: torch.Tensor  # λ in (0, 1), same shape as r, float32
+    h: torch.Tensor  # Transformer output: the manifold the bottleneck filters (== r at init)
     info_loss: torch.Tensor  # scalar, unweighted (the trainer multiplies by β)
 
 
 class ManifoldBottleneck(nn.Module):
-    """Transformer → λ head → ``z = λ·r + (1−λ)·ε`` with ``ε ~ N(μ_R, σ_R)``, plus the KL information loss."""
+    """Transformer ``h = r + T(r)`` → λ head → ``z = λ·h + (1−λ)·ε`` with ``ε ~ N(μ_R, σ_R)``, plus the KL on ``h``."""
 
     def __init__(
         self,
@@ -101,7 +108,7 @@ class ManifoldBottleneck(nn.Module):
         mlp_ratio: float = 4.0,
         lambda_init: float = 0.99,
         sigma_min: float = 0.01,
-        stats_mode: str = "channel",
+        stats_mode: str = "element",
     ) -> None:
         super().__init__()
         if stats_mode not in STATS_MODES:
@@ -110,21 +117,22 @@ class ManifoldBottleneck(nn.Module):
         self.sigma_min = sigma_min
         self.transformer = ManifoldTransformer(channels, width, heads, mlp_ratio)
         self.lambda_head = nn.Conv2d(channels, channels, kernel_size=1)
-        # λ starts at lambda_init everywhere (≈ pass-through): the frozen VAE + UNet then see the base
-        # restorer's manifold almost unchanged, so training starts from a working refiner and learns
-        # where noise may replace information instead of first having to recover from heavy noise.
-        # A zero weight still receives gradients (∂/∂W = δ·h), so the Transformer trains from step 2.
+        # λ starts at lambda_init everywhere: the bottleneck then keeps almost all of the manifold
+        # (z ≈ r), so training starts from the base output's own latent instead of heavy noise and
+        # learns where noise may replace information. (The UNet step after it is not the identity.)
+        # A zero weight still receives gradients (∂/∂W = δ·h), so the head trains from step 1.
         nn.init.zeros_(self.lambda_head.weight)
         nn.init.constant_(self.lambda_head.bias, math.log(lambda_init / (1 - lambda_init)))
         self.register_buffer("stats_mean", torch.zeros(channels, 1, 1))
         self.register_buffer("stats_std", torch.ones(channels, 1, 1))
 
     def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Store μ_R, σ_R: (C, 1, 1) in "channel" mode, (C, H, W) in "element" mode."""
+        """Store μ_R, σ_R: (C, 1, 1) in "channel" mode, (C, H, W) in "element" mode (where (C, 1, 1) is the
+        placeholder of a refiner whose statistics were not computed yet)."""
         channels = self.lambda_head.in_channels
         if mean.shape != std.shape or mean.dim() != 3 or mean.shape[0] != channels:
             raise UsageError(f"manifold statistics must have shape ({channels}, H, W), got {tuple(mean.shape)} and {tuple(std.shape)}")
-        if (self.stats_mode == "channel") != (mean.shape[1:] == (1, 1)):
+        if self.stats_mode == "channel" and mean.shape[1:] != (1, 1):
             raise UsageError(f"statistics of shape {tuple(mean.shape)} do not fit stats_mode={self.stats_mode!r}")
         self.stats_mean = mean.detach().to(self.stats_mean)
         self.stats_std = std.detach().to(self.stats_std)
@@ -134,14 +142,18 @@ class ManifoldBottleneck(nn.Module):
 
     def forward(self, r: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> BottleneckOutput:
         """``noise`` is a standard normal tensor like ``r`` (drawn with ``generator`` when not given)."""
-        mean, std = self.stats_mean, self.noise_std()
+        mean, std = self.stats_mean.float(), self.noise_std().float()
         if mean.shape[1:] != (1, 1) and mean.shape[1:] != r.shape[2:]:
             raise UsageError(f"per-element statistics are {tuple(mean.shape[1:])} but the manifold is {tuple(r.shape[2:])}; recompute stats at this face size")
         h = self.transformer(r)
-        logits = self.lambda_head(h)
-        lam = torch.sigmoid(logits)
-        if noise is None:
-            noise = torch.randn(r.shape, generator=generator, device=r.device, dtype=r.dtype)
-        eps = mean + std * noise
-        z = lam * r + (1 - lam) * eps
-        return BottleneckOutput(z=z, lam=lam, h=h, info_loss=information_loss(r, logits, mean, std))
+        float32 = torch.autocast(r.device.type, enabled=False) if torch.amp.is_autocast_available(r.device.type) else nullcontext()
+        with float32:  # autocast off: λ near 1 must not round (bf16 λ=0.99 → 0.988)
+            h32 = h.float()
+            logits = self.lambda_head(h32)
+            lam = torch.sigmoid(logits)
+            if noise is None:
+                noise = torch.randn(r.shape, generator=generator, device=r.device, dtype=torch.float32)
+            eps = mean + std * noise.float()
+            z = lam * h32 + (1 - lam) * eps
+            info = information_loss(h32, logits, mean, std)
+        return BottleneckOutput(z=z, lam=lam, h=h, info_loss=info)

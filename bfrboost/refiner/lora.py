@@ -1,9 +1,10 @@
-"""LoRA on every Linear and Conv2d of the UNet's blocks (peft), saved and fused our way.
+"""LoRA on the UNet (peft) with the standard one-step SD-LoRA target list, saved and fused our way.
 
 The paper adapts the whole UNet (its "16.4 M trainable" is ≈ 16.4 MB, see design/method.md), so
-attention-only LoRA (q/k/v/out) is far too small: we target every Linear/Conv2d inside
-``down_blocks``, ``mid_block`` and ``up_blocks`` (attention, proj_in/out, feed-forward, ResNet
-convs, time_emb_proj, down/up-samplers) and leave conv_in, conv_out and the time embedding alone.
+attention-only LoRA (q/k/v/out) is far too small. We use the target list of the one-step SD-LoRA
+restorers (img2img-turbo, OSEDiff): attention q/k/v/out, proj_in/proj_out, feed-forward, ResNet
+conv1/conv2/conv_shortcut, the down/up-sampler convs and the UNet's conv_out. ``time_emb_proj`` is left
+out: at one fixed timestep its input is a constant, so a LoRA on it could only learn a bias.
 """
 
 from __future__ import annotations
@@ -15,30 +16,15 @@ from torch import nn
 
 from bfrboost.errors import WeightsError
 
-BLOCK_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.")
+#: peft matches these as the last part(s) of a module name ("conv" = the down/up-sampler convs).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                "conv1", "conv2", "conv_shortcut", "conv", "conv_out")
 ADAPTER = "default"
-
-
-def lora_target_modules(unet: nn.Module) -> list[str]:
-    """Full names of the Linear/Conv2d layers inside the UNet's blocks (peft matches them exactly).
-
-    On a UNet that already has the adapter, the wrappers count under their original names.
-    """
-    return [
-        name
-        for name, module in unet.named_modules()
-        if name.startswith(BLOCK_PREFIXES)
-        and isinstance(module, (nn.Linear, nn.Conv2d, BaseTunerLayer))
-        and ".lora_" not in name
-        and not name.endswith(".base_layer")
-    ]
 
 
 def add_lora(unet: nn.Module, rank: int, alpha: float) -> None:
     """Attach a LoRA adapter; B starts at zero (peft default), so the UNet is unchanged at init."""
-    targets = lora_target_modules(unet)
-    # Full module names, so conv_in, conv_out and the time embedding are never matched.
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS), init_lora_weights=True)
     unet.add_adapter(config, adapter_name=ADAPTER)
 
 

@@ -106,6 +106,7 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "use_linear_projection": True,
 }
 TINY_PROMPT_SHAPE = (1, 4, 16)
+TINY_STATS_FACES = 8
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 LATENT_CHOICES = ("mean", "sample")
 EVAL_NOISE = ("sample", "mean")
@@ -123,18 +124,18 @@ class InfoBFRConfig:
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
     num_train_timesteps: int = 1000
-    latent_choice: str = "mean"  # (ours) 8-channel z → 4-channel latent: "mean" half, or "sample" with logvar
+    latent_choice: str = "sample"  # (ours) 8-channel z → 4-channel latent: posterior "sample" (all 8 channels matter) or "mean" half
     scaling_factor: float = 0.18215  # SD VAE latent scale
-    stats_mode: str = "channel"  # μ_R, σ_R per "channel" or per "element"
+    stats_mode: str = "element"  # μ_R, σ_R per "element" (IBA's estimator) or per "channel"
     sigma_min: float = 0.01  # clamp of σ_R
-    beta: float = 1e-3  # (ours) weight of the information loss in training
-    lambda_init: float = 0.99  # (ours) λ at init, nearly pass-through
+    beta: float = 20.0  # weight of the information loss in training (the paper's Table III: β = 20)
+    lambda_init: float = 0.99  # (ours) λ at init: the bottleneck keeps ≈ all of the manifold
     manifold_channels: int = 8  # VAE mean + logvar
-    transformer_width: int = 128  # (ours) token width of the bottleneck Transformer
+    transformer_width: int = 64  # (ours) token width of the bottleneck Transformer (rank 2/4/8 → 8.3/16.4/32.6 MB trainable)
     transformer_heads: int = 4
     transformer_mlp_ratio: float = 4.0
-    eval_noise: str = "sample"  # (ours) inference ε: "sample" (seeded) or "mean" (ε = μ_R)
-    noise_seed: int = 0  # seed of the inference ε when no generator is given: same face → same output
+    eval_noise: str = "sample"  # (ours) inference ε and posterior sample: "sample" (seeded) or "mean" (ε = μ_R, latent = mean)
+    noise_seed: int = 0  # seed of the inference noise when no generator is given: same face → same output
     stats_faces: int = 0  # how many faces μ_R, σ_R were computed on (0 = not yet: μ=0, σ=1)
     sd_model: str = SD21_BASE_REPO  # which frozen SD the LoRA belongs to (informational)
 
@@ -233,18 +234,24 @@ class InfoBFR(nn.Module):
         with torch.no_grad():  # frozen encoder on data: nothing upstream needs gradients
             return vae_moments(self.vae, x)
 
-    def to_latent(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """8-channel z → scaled 4-channel SD latent, as the VAE's own posterior would."""
+    def to_latent(self, z: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """8-channel z → scaled 4-channel SD latent, as the VAE's own posterior would.
+
+        With ``latent_choice="sample"`` (default) both halves of z reach the UNet, so the log-variance
+        channels get gradients too; ``noise`` (standard normal, 4 channels) is drawn with ``generator``
+        when not given.
+        """
         mean, logvar = z.chunk(2, dim=1)
         if self.config.latent_choice == "sample":
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            if noise is None:
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             mean = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise  # clamp as diffusers' posterior
         return mean * self.config.scaling_factor
 
     def denoise(self, latent: torch.Tensor) -> torch.Tensor:
         """One UNet step at the fixed t, read as x0 with the scheduler formula for the prediction type."""
         t = torch.full((latent.shape[0],), self.config.timestep, device=latent.device, dtype=torch.long)
-        cond = self.prompt_embeds.expand(latent.shape[0], -1, -1)
+        cond = self.prompt_embeds.expand(latent.shape[0], -1, -1).to(latent.dtype)
         pred = self.unet(latent, t, encoder_hidden_states=cond).sample
         a, s = math.sqrt(self.alpha_bar_t), math.sqrt(1.0 - self.alpha_bar_t)
         if self.config.prediction_type == "epsilon":
@@ -253,23 +260,43 @@ class InfoBFR(nn.Module):
             return a * latent - s * pred
         return pred
 
-    def inference_noise(self, r: torch.Tensor) -> torch.Tensor:
-        """Standard-normal ε for inference: seeded and shared by all faces, so a face's result
-        depends neither on the call nor on the other faces in its batch."""
+    def inference_noise(self, like: torch.Tensor, stream: int = 0) -> torch.Tensor:
+        """Standard-normal noise for inference (``stream`` 0: the bottleneck's ε, 1: the posterior
+        sample): seeded and shared by all faces, so a face's result depends neither on the call nor
+        on the other faces in its batch."""
         if self.config.eval_noise == "mean":
-            return torch.zeros_like(r)
-        generator = torch.Generator(r.device).manual_seed(self.config.noise_seed)
-        return torch.randn((1, *r.shape[1:]), generator=generator, device=r.device, dtype=r.dtype).expand_as(r)
+            return torch.zeros_like(like)
+        generator = torch.Generator(like.device).manual_seed(self.config.noise_seed + stream)
+        return torch.randn((1, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype).expand_as(like)
+
+    def require_stats(self, where: str = "this refiner") -> None:
+        """Refuse to train or refine without μ_R, σ_R: the placeholder (μ=0, σ=1) is not a face manifold."""
+        if self.config.stats_faces <= 0:
+            raise UsageError(f"{where}: no manifold statistics (stats_faces = 0); compute them with "
+                             "`bfrboost refiner stats --faces HQ_FACES_DIR --refiner REFINER_DIR` (train computes its own)")
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latent / self.config.scaling_factor).sample
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, RefinerAux]:
-        """x: (B, 3, H, W) in [-1, 1], H and W multiples of 8 → (refined x̂ in ≈[-1, 1], aux)."""
-        r = self.encode_manifold(x)
-        noise = self.inference_noise(r) if not self.training and generator is None else None
-        out: BottleneckOutput = self.bottleneck(r, noise=noise, generator=generator)
-        x0 = self.denoise(self.to_latent(out.z, generator).to(x.dtype))
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *, manifold: bool = False) -> tuple[torch.Tensor, RefinerAux]:
+        """x: (B, 3, H, W) in [-1, 1], H and W multiples of 8 → (refined x̂ in ≈[-1, 1], aux).
+
+        Training draws all noise from ``generator``; inference without one uses the seeded noise.
+        ``manifold=True``: x already is the VAE moments r (training from cached moments).
+        """
+        self.require_stats()
+        return self.refine_manifold(x if manifold else self.encode_manifold(x), generator)
+
+    def refine_manifold(self, r: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, RefinerAux]:
+        """The stages after the frozen encoder, from VAE moments ``r`` (training from cached moments)."""
+        self.require_stats()
+        seeded = not self.training and generator is None
+        out: BottleneckOutput = self.bottleneck(r, noise=self.inference_noise(r, 0) if seeded else None, generator=generator)
+        latent_noise = self.inference_noise(out.z[:, : out.z.shape[1] // 2], 1) if seeded else None
+        kind = r.device.type
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        dtype = r.dtype if autocast else next(self.unet.parameters()).dtype  # without autocast: the (bf16) UNet's own type
+        x0 = self.denoise(self.to_latent(out.z, generator, latent_noise).to(dtype))
         x_hat = self.decode(x0)
         return x_hat, RefinerAux(r=r, z=out.z, lam=out.lam, info_loss=out.info_loss)
 
@@ -505,7 +532,23 @@ def encode_empty_prompt(sd_dir: Path) -> torch.Tensor:
         raise WeightsError(f"{sd_dir}: text_encoder/ or tokenizer/ missing; they are needed once to create a refiner (download them from {SD21_BASE_REPO})")
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(encoder_dir), local_files_only=True))
-    encoder.load_state_dict(weights.load_state_dict(weight_path), strict=False)  # position_ids buffer may differ by version
+    expected = encoder.state_dict()
+    state = weights.load_state_dict(weight_path)
+    # SD's file names keys "text_model.…"; transformers ≥ 5 builds CLIPTextModel without that level
+    prefix = "text_model."
+    if not any(k.startswith(prefix) for k in expected):
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+    elif not any(k.startswith(prefix) for k in state):
+        state = {prefix + k: v for k, v in state.items()}
+    # only the position_ids buffer may differ between transformers versions; anything else is another model
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("position_ids"))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.endswith("position_ids"))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        what = (f"{len(missing)} missing, e.g. {missing[0]!r}" if missing else f"{len(unexpected)} unexpected, e.g. {unexpected[0]!r}"
+                if unexpected else f"{len(wrong)} of the wrong shape, e.g. {wrong[0]!r}")
+        raise WeightsError(f"{weight_path}: text-encoder weights do not match {encoder_dir / 'config.json'} ({what}); re-download text_encoder/ of {SD21_BASE_REPO}")
+    encoder.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         return encoder.eval().float()(ids).last_hidden_state
@@ -522,16 +565,27 @@ def save_refiner_files(directory: Path, state: dict[str, torch.Tensor], config: 
 def init_tiny(directory: str | Path, seed: int = 0, config: InfoBFRConfig | None = None) -> InfoBFR:
     """Write a tiny random self-contained refiner (vae/, unet/, config, weights) for tests and demos.
 
-    ``directory`` must be new or empty; it appears complete or not at all."""
+    ``directory`` must be new or empty; it appears complete or not at all. Its manifold statistics are
+    computed here, per channel (so it runs at any face size), on seeded smooth random images: a tiny
+    random VAE has no real-face manifold to measure.
+    """
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(TINY_VAE_CONFIG)
     unet = UNet2DConditionModel.from_config(TINY_UNET_CONFIG)
-    prompt = torch.randn(TINY_PROMPT_SHAPE, generator=torch.Generator().manual_seed(seed))
-    config = config or InfoBFRConfig(transformer_width=16, transformer_heads=2, sd_model="tiny-random")
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randn(TINY_PROMPT_SHAPE, generator=generator)
+    config = config or InfoBFRConfig(transformer_width=16, transformer_heads=2, stats_mode="channel", sd_model="tiny-random")
     with atomic_dir(directory) as temp:
         vae.save_pretrained(temp / "vae")
         unet.save_pretrained(temp / "unet")  # before InfoBFR adds LoRA to it
         model = InfoBFR(config, vae, unet, prompt)
+        images = torch.rand(TINY_STATS_FACES, 3, 8, 8, generator=generator)
+        images = torch.nn.functional.interpolate(images, size=64, mode="bilinear", align_corners=False) * 2 - 1
+        with torch.no_grad():
+            r = vae_moments(vae, images)
+        dims = (0,) if config.stats_mode == "element" else (0, 2, 3)
+        model.bottleneck.set_stats(r.mean(dims, keepdim=True)[0], r.std(dims, unbiased=False, keepdim=True)[0])
+        model.config.stats_faces = TINY_STATS_FACES
         model.save_pretrained(temp)
     return model
 
@@ -550,6 +604,7 @@ def load_refiner(
     """
     device = torch.device(device)
     model = InfoBFR.from_pretrained(path, sd_model=sd_model, device=device, fuse_lora=True)
+    model.require_stats(str(path))
     if device.type == "cuda":
         model.autocast_dtype = dtype or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         model.to(memory_format=torch.channels_last)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -23,6 +25,8 @@ def test_transformer_keeps_shape_and_sees_position():
     torch.manual_seed(0)
     block = ManifoldTransformer(channels=8, width=16, heads=2, mlp_ratio=4.0)
     r = torch.randn(2, 8, 6, 5)
+    assert torch.equal(block(r), r)  # residual with a zero output projection: h == r at init
+    torch.nn.init.normal_(block.proj_out.weight, std=0.1)
     h = block(r)
     assert h.shape == r.shape
     # identical tokens at every position still give position-dependent outputs (2-D sin/cos embedding)
@@ -94,3 +98,43 @@ def test_information_loss_matches_torch_kl_divergence():
 def test_information_loss_is_finite_when_lambda_saturates():
     loss = information_loss(torch.ones(1, 8, 2, 2), torch.full((1, 8, 2, 2), 50.0), torch.zeros(8, 1, 1), torch.ones(8, 1, 1))
     assert torch.isfinite(loss) and loss.item() == pytest.approx(50.0, rel=1e-3)  # −log(1−λ) ≈ logit
+
+
+def test_the_bottleneck_filters_the_transformer_output():
+    """The manifold is VAE + Transformer (Eq. 4): changing the Transformer changes z and the KL."""
+    b = make()
+    b.set_stats(torch.zeros(8, 1, 1), torch.ones(8, 1, 1))
+    r = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(r.shape, generator=torch.Generator().manual_seed(1))
+    before = b(r, noise=noise)
+    torch.testing.assert_close(before.h, r)
+    with torch.no_grad():
+        for p in b.transformer.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.1)
+    after = b(r, noise=noise)
+    assert not torch.allclose(after.z, before.z)
+    torch.testing.assert_close(after.z, after.lam * after.h + (1 - after.lam) * noise)
+    assert after.info_loss != before.info_loss
+
+
+def test_defaults_follow_the_paper():
+    from bfrboost.refiner import InfoBFRConfig
+
+    config = InfoBFRConfig()
+    assert config.beta == 20.0  # Table III: "adopt β=20"
+    assert config.stats_mode == "element" and config.sigma_min == 0.01  # IBA's per-element estimator
+    assert config.latent_choice == "sample"
+    assert ManifoldBottleneck().stats_mode == "element"
+
+
+def test_lambda_mix_and_kl_stay_float32_under_bf16_autocast():
+    b = make(lambda_init=0.99)
+    b.set_stats(torch.zeros(8, 1, 1), torch.ones(8, 1, 1))
+    r = torch.randn(1, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = b(r, noise=torch.zeros_like(r))
+    assert out.lam.dtype == out.z.dtype == out.info_loss.dtype == torch.float32
+    torch.testing.assert_close(out.lam, torch.full_like(r, 0.99), atol=1e-7, rtol=0)  # bf16 would give 0.98828
+    set_lambda(b, math.log(0.999 / 0.001))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.all(b(r, noise=torch.zeros_like(r)).lam < 1)  # bf16 rounds λ ≥ 0.998 to exactly 1

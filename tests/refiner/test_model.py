@@ -11,17 +11,17 @@ from safetensors.torch import load_file, save_file
 
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.refiner import InfoBFR, InfoBFRConfig, load_refiner
-from bfrboost.refiner.lora import has_lora, lora_target_modules
+from bfrboost.refiner.lora import has_lora
 from bfrboost.refiner.model import load_diffusers_module
-from tests.refiner.conftest import randomize_trainables
+from tests.refiner.conftest import make_sd_folder, randomize_trainables
 
 
 def test_shapes_through_every_stage(tiny, faces):
     r = tiny.encode_manifold(faces)
     assert r.shape == (2, 8, 8, 8)
     out = tiny.bottleneck(r)
-    latent = tiny.to_latent(out.z)
-    torch.testing.assert_close(latent, out.z[:, :4] * 0.18215)  # "mean" latent choice, SD scale
+    latent = tiny.to_latent(out.z, noise=torch.zeros(2, 4, 8, 8))
+    torch.testing.assert_close(latent, out.z[:, :4] * 0.18215)  # posterior sample with zero noise = mean, SD scale
     x0 = tiny.denoise(latent)
     assert x0.shape == (2, 4, 8, 8)
     assert tiny.decode(x0).shape == (2, 3, 64, 64)
@@ -31,13 +31,14 @@ def test_shapes_through_every_stage(tiny, faces):
     assert aux.info_loss.shape == ()
 
 
-def test_lora_wraps_every_block_layer_and_nothing_else(tiny):
+def test_lora_wraps_the_standard_one_step_targets_and_not_time_emb_proj(tiny):
     wrapped = {name.removesuffix(".base_layer") for name, _ in tiny.unet.named_modules() if name.endswith(".base_layer")}
-    assert wrapped == set(lora_target_modules(tiny.unet))
     for suffix in ("attn1.to_q", "attn2.to_k", "attn2.to_out.0", "proj_in", "proj_out", "ff.net.2", "ff.net.0.proj",
-                   "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv"):
+                   "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"):
         assert any(n.endswith(suffix) for n in wrapped), suffix
-    assert not {"conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"} & wrapped
+    assert "conv_out" in wrapped
+    assert not any(n.endswith("time_emb_proj") for n in wrapped)  # constant input at a fixed t
+    assert not {"conv_in", "time_embedding.linear_1", "time_embedding.linear_2"} & wrapped
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -177,23 +178,8 @@ def test_vae_with_legacy_attention_names_loads(tiny_dir, tmp_path):
 
 def test_create_computes_the_empty_prompt_once_and_reads_the_scheduler(tiny_dir, tmp_path):
     """A fresh refiner on an SD folder: prompt from its text encoder, prediction type from its scheduler."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     sd = tmp_path / "sd"
-    shutil.copytree(tiny_dir / "vae", sd / "vae")
-    shutil.copytree(tiny_dir / "unet", sd / "unet")
-    (sd / "scheduler").mkdir()
-    (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "v_prediction", "beta_end": 0.02}))
-    (sd / "tokenizer").mkdir()
-    (sd / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
-    (sd / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!")
-    tokenizer.save_pretrained(str(sd / "tokenizer"))
-    torch.manual_seed(0)
-    text_config = CLIPTextConfig(vocab_size=3, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 max_position_embeddings=5, bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    encoder = CLIPTextModel(text_config).eval()
-    encoder.save_pretrained(str(sd / "text_encoder"))
+    encoder = make_sd_folder(tiny_dir, sd, {"prediction_type": "v_prediction", "beta_end": 0.02})
 
     model = InfoBFR.create(InfoBFRConfig(transformer_width=16, transformer_heads=2), sd_model=sd)
     assert model.config.prediction_type == "v_prediction" and model.config.beta_end == 0.02
@@ -218,3 +204,66 @@ def test_a_foreign_tensor_in_the_refiner_file_is_refused(tiny, tiny_dir, tmp_pat
     save_file(state, str(tmp_path / "refiner.safetensors"))
     with pytest.raises(WeightsError, match=r"unexpected tensor 'vae.encoder.conv_in.weight'; not a bfrboost refiner file$"):
         InfoBFR.from_pretrained(tmp_path, sd_model=tiny_dir)
+
+
+def test_a_refiner_without_statistics_is_refused_for_training_and_inference(tiny, tiny_dir, faces, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text()) | {"stats_faces": 0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shutil.copytree(tiny_dir / "vae", tmp_path / "vae")
+    shutil.copytree(tiny_dir / "unet", tmp_path / "unet")
+    hint = r"no manifold statistics \(stats_faces = 0\); compute them with `bfrboost refiner stats --faces HQ_FACES_DIR --refiner REFINER_DIR` \(train computes its own\)$"
+    with pytest.raises(UsageError, match=f"^{tmp_path}: " + hint):
+        load_refiner(tmp_path)
+    model = InfoBFR.from_pretrained(tmp_path, fuse_lora=False).train()
+    with pytest.raises(UsageError, match="^this refiner: " + hint):
+        model(faces, generator=torch.Generator().manual_seed(0))
+
+
+def test_tiny_refiners_compute_their_statistics_at_init(tiny):
+    assert tiny.config.stats_faces > 0
+    assert not torch.equal(tiny.bottleneck.stats_mean, torch.zeros_like(tiny.bottleneck.stats_mean))
+    assert not torch.equal(tiny.bottleneck.stats_std, torch.ones_like(tiny.bottleneck.stats_std))
+
+
+def test_all_eight_manifold_channels_get_gradients(tiny, faces):
+    tiny.train()
+    r = tiny.encode_manifold(faces)
+    out = tiny.bottleneck(r, generator=torch.Generator().manual_seed(0))
+    z = out.z.detach().requires_grad_(True)
+    x_hat = tiny.decode(tiny.denoise(tiny.to_latent(z, torch.Generator().manual_seed(1))))
+    x_hat.square().mean().backward()
+    per_channel = z.grad.abs().sum((0, 2, 3))
+    assert per_channel.shape == (8,) and torch.all(per_channel > 0)  # the log-variance half too
+
+
+def test_inference_posterior_sample_is_seeded(tiny_dir, faces):
+    refiner = load_refiner(tiny_dir)
+    torch.testing.assert_close(refiner.refine((faces + 1) / 2), load_refiner(tiny_dir).refine((faces + 1) / 2), atol=0, rtol=0)
+
+
+def test_a_mismatching_text_encoder_is_refused(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from bfrboost.refiner import encode_empty_prompt
+
+    sd = tmp_path / "sd"
+    (sd / "tokenizer").mkdir(parents=True)
+    (sd / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
+    (sd / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!").save_pretrained(str(sd / "tokenizer"))
+    text_config = CLIPTextConfig(vocab_size=3, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 max_position_embeddings=5, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    CLIPTextModel(text_config).save_pretrained(str(sd / "text_encoder"))
+    weights_file = sd / "text_encoder" / "model.safetensors"
+    state = load_file(weights_file)
+    # the SD file's own key names ("text_model." prefix) load, whatever transformers' module layout is
+    save_file({"text_model." + k.removeprefix("text_model."): v for k, v in state.items()}, str(weights_file))
+    encoder = CLIPTextModel.from_pretrained(str(sd / "text_encoder")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encode_empty_prompt(sd), encoder(torch.tensor([[0, 1, 2, 2, 2]])).last_hidden_state)
+    key = next(k for k in state if k.endswith("final_layer_norm.weight"))
+    del state[key]
+    save_file(state, str(weights_file))
+    with pytest.raises(WeightsError, match=r"text-encoder weights do not match .*\(1 missing, e.g. '(text_model\.)?final_layer_norm.weight'\)"):
+        encode_empty_prompt(sd)

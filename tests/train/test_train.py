@@ -1,0 +1,235 @@
+"""A tiny training run on the real aligned test faces (run once per module), then resume, results, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
+from typer.testing import CliRunner
+
+from bfrboost.cli import app
+from bfrboost.refiner.lora import is_lora_key
+from bfrboost.train.loop import TrainConfig, Trainer
+
+runner = CliRunner()
+STEPS = 30
+TINY = ["--tiny", "--base", "none", "--steps", str(STEPS), "--batch-size", "2", "--lr", "3e-2", "--warmup", "1",
+        "--val-count", "2", "--repeats", "2", "--checkpoint-every", "15", "--val-every", "15", "--device", "cpu"]
+
+
+
+@pytest.fixture(scope="module")
+def run(testdata, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    config = TrainConfig(out=out, data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=STEPS, batch_size=2, lr=3e-2,
+                         warmup=1, val_count=2, repeats=2, checkpoint_every=15, val_every=15, device="cpu")
+    warnings = []
+    trainer = Trainer(config, warn=warnings.append)
+    result = trainer.run()
+    return out, result, trainer, warnings
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_training_loss_falls_and_validation_ends_below_step_zero(run):
+    out, _, _, warnings = run
+    log = read(out / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    assert set(log[0]) >= {"step", "loss", "mse", "perceptual", "lpips", "info", "lr", "lambda_mean", "grad_norm"}
+    start, end = np.mean([r["loss"] for r in log[:3]]), np.mean([r["loss"] for r in log[-3:]])
+    assert end < 0.7 * start, (start, end)  # ≥ 30 % lower
+    val = read(out / "val.jsonl")
+    assert [r["step"] for r in val] == [0, 15, 30]
+    assert val[-1]["loss"] < val[0]["loss"]
+    assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lambda_mean", "info"}
+    assert warnings == ["manifold statistics from 4 faces (the paper uses 3000); add faces to --data for better ones"]
+    with Image.open(out / "val" / "step-00000030.png") as grid:
+        assert grid.size == (4 * 64, 4 * 64)  # input | base | refined | GT; rows: 2 val faces × 2 degradations
+    with Image.open(out / "curves.png") as curves:
+        assert curves.size[0] > 300
+
+
+def test_frozen_weights_are_unchanged_and_only_trainables_moved(run):
+    out, _, trainer, _ = run
+    model = trainer.model
+    vae = AutoencoderKL.from_pretrained(out / "sd-tiny" / "vae")
+    for key, tensor in vae.state_dict().items():
+        assert torch.equal(model.vae.state_dict()[key], tensor), key
+    unet = UNet2DConditionModel.from_pretrained(out / "sd-tiny" / "unet").state_dict()
+    for key, tensor in model.unet.state_dict().items():
+        if not is_lora_key(key):
+            assert torch.equal(tensor, unet[key.replace(".base_layer", "")]), key
+    lora_b = [p for n, p in model.unet.named_parameters() if ".lora_B." in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero; training moved it
+
+
+def test_the_result_is_a_refiner_that_restore_loads(run, testdata):
+    from bfrboost.pipeline import Restorer
+
+    _, result, _, _ = run
+    assert {"config.json", "refiner.safetensors", "vae", "unet"} <= {p.name for p in result.iterdir()}
+    config = json.loads((result / "config.json").read_text())
+    assert config["stats_faces"] == 4 and config["beta"] == 20.0
+    restorer = Restorer(base="none", refiner=result, aligned=True, device="cpu")
+    with Image.open(testdata / "aligned" / "0143.png") as image:
+        face = np.asarray(image.convert("RGB"))
+    restored = restorer.restore(face)
+    assert restored.image.shape == face.shape and not np.array_equal(restored.image, face)
+
+
+def test_resume_from_a_mid_run_checkpoint_gives_exactly_the_next_losses(run, tmp_path):
+    out, _, _, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "checkpoints" / "step-00000030")
+    shutil.rmtree(copy / "refiner")
+    result = runner.invoke(app, ["train", "--out", str(copy), "--resume", *TINY])
+    assert result.exit_code == 0, result.output
+    assert read(copy / "log.jsonl") == [{**r, "seconds": r2["seconds"]} for r, r2 in zip(read(out / "log.jsonl"), read(copy / "log.jsonl"))]
+    first, again = read(out / "log.jsonl")[15:], read(copy / "log.jsonl")[15:]
+    assert [r["loss"] for r in again] == [r["loss"] for r in first]  # bit for bit, from step 16 on
+    assert [r["step"] for r in read(copy / "val.jsonl")] == [0, 15, 30]
+
+
+def test_checkpoints_keep_every_state(run):
+    out, _, _, _ = run
+    folder = out / "checkpoints" / "step-00000015"
+    assert {p.name for p in folder.iterdir()} == {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
+    state = json.loads((folder / "state.json").read_text())
+    assert state["step"] == 15 and state["position"] == 30 and "numpy_rng" in state and "python_rng" in state
+
+
+def test_one_line_errors(tmp_path, run):
+    out, _, _, _ = run
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "empty"), *TINY])
+    assert empty.exit_code == 1
+    assert empty.stderr.endswith("no images found; --data needs aligned 512 faces (FFHQ-512 layout, or `bfrboost restore --save-faces`)\n")
+    assert empty.stderr.count("\n") == 1
+    again = runner.invoke(app, ["train", "--out", str(out), "--data", str(tmp_path / "empty"), *TINY])
+    assert again.exit_code == 2 and "already holds a training run; pass --resume to continue it" in again.stderr
+    nothing = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--resume", *TINY])
+    assert nothing.exit_code == 2 and "no checkpoint to resume from" in nothing.stderr
+
+
+def test_training_from_cached_vae_moments(testdata, tmp_path):
+    config = TrainConfig(out=tmp_path / "run", data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=3, batch_size=2, lr=3e-2,
+                         warmup=1, val_count=2, repeats=1, checkpoint_every=3, val_every=3, moments=True, device="cpu")
+    result = Trainer(config, warn=lambda m: None).run()
+    assert (result / "refiner.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "cache" / "cache.json").read_text())["config"]["moments"] is True
+    assert [r["step"] for r in read(tmp_path / "run" / "log.jsonl")] == [1, 2, 3]
+
+
+def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
+    from bfrboost.refiner import init_tiny
+
+    out, _, _, _ = run
+    init_tiny(tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text()) | {"stats_faces": 0}
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--cache", str(out / "cache"), "--stats-from", str(tmp_path / "r"), *TINY])
+    assert result.exit_code == 2
+    assert result.stderr == (f"bfrboost: {tmp_path / 'r'}: --stats-from has no statistics either; "
+                             f"run `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n")
+
+
+def test_bf16_autocast_keeps_trainables_float32_and_frozen_parts_bf16(run, tmp_path):
+    out, _, _, _ = run
+    config = TrainConfig(out=tmp_path / "run", cache=out / "cache", bases=["none"], tiny=True, size=64, steps=2, batch_size=2, lr=3e-2,
+                         warmup=1, checkpoint_every=2, val_every=2, device="cpu", precision="bf16")
+    trainer = Trainer(config, warn=lambda m: None)
+    result = trainer.run()
+    log = read(tmp_path / "run" / "log.jsonl")
+    assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
+    assert {p.dtype for p in trainer.model.trainable_parameters()} == {torch.float32}
+    frozen = [p for n, p in trainer.model.unet.named_parameters() if not is_lora_key(n)]
+    assert {p.dtype for p in frozen} == {torch.bfloat16} and next(trainer.model.vae.parameters()).dtype == torch.bfloat16
+    assert (result / "refiner.safetensors").is_file()
+
+
+def test_out_of_memory_names_the_flags_that_help(run, tmp_path, monkeypatch):
+    from bfrboost.train import losses
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    out, _, _, _ = run
+    monkeypatch.setattr(losses.InfoBFRLoss, "forward", oom)
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--cache", str(out / "cache"), *TINY])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] + "\n" == ("bfrboost: out of GPU memory at --batch-size 2, 64 px; pass --grad-checkpoint, "
+                             "or a smaller --batch-size with --accumulate N to keep the effective batch\n")
+
+
+def small_run(cache, out, **kw) -> Trainer:
+    settings = dict(bases=["none"], tiny=True, size=64, steps=3, batch_size=2, lr=3e-2, warmup=1, checkpoint_every=1, val_every=100, device="cpu")
+    config = TrainConfig(out=out, cache=cache, **(settings | kw))
+    trainer = Trainer(config, warn=lambda m: None)
+    trainer.run()
+    return trainer
+
+
+def test_grad_checkpointing_gives_the_same_losses(run, tmp_path):
+    out, _, _, _ = run
+    small_run(out / "cache", tmp_path / "plain")
+    small_run(out / "cache", tmp_path / "ckpt", grad_checkpoint=True)
+    plain, ckpt = read(tmp_path / "plain" / "log.jsonl"), read(tmp_path / "ckpt" / "log.jsonl")
+    np.testing.assert_allclose([r["loss"] for r in ckpt], [r["loss"] for r in plain], rtol=1e-5)
+
+
+def test_accumulation_ema_and_keep_last(run, tmp_path):
+    from safetensors.torch import load_file
+
+    out, _, _, _ = run
+    small_run(out / "cache", tmp_path / "r", accumulate=2, batch_size=1, ema=0.5, keep_last=2)
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    last = tmp_path / "r" / "checkpoints" / "step-00000003"
+    assert json.loads((last / "state.json").read_text())["position"] == 6  # 3 steps × 2 micro-batches × 1 face
+    ema, raw = load_file(last / "ema.safetensors"), load_file(last / "trainable.safetensors")
+    result = load_file(tmp_path / "r" / "refiner" / "refiner.safetensors")
+    name = "bottleneck.lambda_head.bias"
+    assert torch.equal(result[name], ema[name]) and not torch.equal(ema[name], raw[name])  # the result holds the EMA weights
+
+
+def test_two_processes_with_torchrun(run, tmp_path):
+    """The multi-GPU code path (DDP through accelerate) on two CPU processes (gloo): one log, one result."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out, _, _, _ = run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "bfrboost", "train",
+               "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny", "--base", "none", "--steps", "2", "--batch-size", "1",
+               "--warmup", "1", "--checkpoint-every", "2", "--val-every", "2", "--device", "cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained refiner written") == 1  # one line per run, not per process
+    assert [r["step"] for r in read(tmp_path / "ddp" / "log.jsonl")] == [1, 2]
+    state = json.loads((tmp_path / "ddp" / "checkpoints" / "step-00000002" / "state.json").read_text())
+    assert state["position"] == 4  # 2 steps × batch 1 × 2 processes
+    assert (tmp_path / "ddp" / "refiner" / "refiner.safetensors").is_file()
+
+
+def test_resume_refuses_another_cache(run, tmp_path, testdata):
+    out, _, _, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("refiner"))
+    other = runner.invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "other"), "--base", "none",
+                                "--size", "64", "--repeats", "1", "--val-count", "2", "--device", "cpu"])
+    assert other.exit_code == 0, other.output
+    result = runner.invoke(app, ["train", "--out", str(copy), "--cache", str(tmp_path / "other"), "--resume", *TINY])
+    assert result.exit_code == 2 and "not the cache this run was trained on" in result.stderr
