@@ -110,6 +110,7 @@ def build_app(
                 with gr.Row():
                     bg_enhance = gr.Checkbox(False, label="background enhance (Real-ESRGAN)", elem_id="bg")
                     face_upsample = gr.Checkbox(False, label="face upsample (with rescaling > 1)", elem_id="face-upsample")
+                with gr.Row():
                     draw_boxes = gr.Checkbox(False, label="draw boxes (images)", elem_id="boxes")
                     smooth = gr.Checkbox(True, label="steady faces (video: landmark smoothing)", elem_id="smooth")
                 upscale = gr.Slider(1, 4, value=2, step=0.5, label="rescaling factor (up to 4)", elem_id="upscale")

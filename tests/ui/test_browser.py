@@ -182,6 +182,9 @@ def test_a_clip_restores_in_the_browser(served, testdata: Path, tmp_path: Path, 
     player = page.locator("#video video")
     player.wait_for()
     page.wait_for_function("() => document.querySelector('#video video').getAttribute('src')")
+    page.wait_for_function("() => document.querySelector('#video video').readyState >= 1")  # Chromium decoded its header
+    assert page.evaluate("() => document.querySelector('#video video').duration") == pytest.approx(0.4, abs=0.05)
+    assert page.evaluate("() => document.querySelector('#video video').videoWidth") == 640  # -s 2 of 320
     shot = screenshot(page, tmp_path, "ui_video")
 
     (written,) = [p for p in Path(app.engine.root).rglob("pan.mp4") if p.parent.name == "restored_videos"]
