@@ -4,6 +4,8 @@ Gradio because it is what the field's demos use (CodeFormer, GFPGAN on Hugging F
 upload, progress, a before/after slider and galleries without hand-written JavaScript. The input is a
 plain file upload, not ``gr.Image``: Gradio would decode and re-encode the picture first, and the
 result could then differ from ``bfrboost restore`` on the same file (16-bit scans, EXIF rotation, ICC).
+The same upload takes video clips (by extension, as the CLI decides); their result is shown in a
+``gr.Video`` player, served as the runner wrote it (H.264 MP4 plays in browsers without conversion).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from bfrboost.errors import BfrboostError, UsageError
 from bfrboost.ui.engine import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_MAX_VIDEO_MB,
+    ClipOutcome,
     Engine,
     Settings,
     describe,
     has_fidelity,
-    restorer_accepts,
 )
 
 log = logging.getLogger("bfrboost.ui")
@@ -64,12 +67,11 @@ def build_app(
     refiner: str | Path | None = None,
     workdir: str | Path | None = None,
     engine: Engine | None = None,
+    max_video_mb: float = DEFAULT_MAX_VIDEO_MB,
 ) -> Any:
     """The ``gradio.Blocks`` app (not started). ``refiner``: folder pre-filled in the refiner box;
-    ``workdir``: where results wait for download (default: a fresh temp folder).
-
-    Controls that the installed :class:`~bfrboost.pipeline.Restorer` cannot honour (face upsample
-    before that option exists) are left out rather than shown and ignored.
+    ``workdir``: where results wait for download (default: a fresh temp folder);
+    ``max_upload_mb`` caps images, ``max_video_mb`` clips.
     """
     gr = _gradio()
 
@@ -77,21 +79,22 @@ def build_app(
 
     engine = engine or Engine(
         device=device, cache_size=cache_size, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-        workdir=Path(workdir) if workdir is not None else None,
+        workdir=Path(workdir) if workdir is not None else None, max_video_mb=max_video_mb,
     )
-    can_face_upsample = restorer_accepts("face_upsample")
     bases = ["auto", *names()]
 
     with gr.Blocks(title="bfrboost", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         app.engine = engine  # launch() reads its upload cap; tests read its cache
         gr.Markdown(
             "## bfrboost — blind face restoration\n"
-            "Upload a photo, choose a base model (and optionally the InfoBFR refiner), press **Restore**. "
-            f"Uploads up to {engine.max_upload_mb:g} MB and {engine.max_pixels / 1e6:g} megapixels."
+            "Upload a photo or a video clip (mp4, mov, mkv, webm, avi), choose a base model (and optionally "
+            "the InfoBFR refiner), press **Restore**. "
+            f"Images up to {engine.max_upload_mb:g} MB and {engine.max_pixels / 1e6:g} megapixels, "
+            f"clips up to {engine.max_video_mb:g} MB."
         )
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="input image", file_count="single", type="filepath", elem_id="upload")
+                upload = gr.File(label="input image or video", file_count="single", type="filepath", elem_id="upload")
                 base = gr.Dropdown(bases, value="auto", label="base model", elem_id="base")
                 fidelity = gr.Slider(
                     0, 1, value=0.5, step=0.01, label="fidelity (0 = better quality, 1 = closer to the input)",
@@ -106,16 +109,19 @@ def build_app(
                 )
                 with gr.Row():
                     bg_enhance = gr.Checkbox(False, label="background enhance (Real-ESRGAN)", elem_id="bg")
-                    face_upsample = gr.Checkbox(False, label="face upsample", visible=can_face_upsample, elem_id="face-upsample")
-                    draw_boxes = gr.Checkbox(False, label="draw boxes", elem_id="boxes")
+                    face_upsample = gr.Checkbox(False, label="face upsample (with rescaling > 1)", elem_id="face-upsample")
+                with gr.Row():
+                    draw_boxes = gr.Checkbox(False, label="draw boxes (images)", elem_id="boxes")
+                    smooth = gr.Checkbox(True, label="steady faces (video: landmark smoothing)", elem_id="smooth")
                 upscale = gr.Slider(1, 4, value=2, step=0.5, label="rescaling factor (up to 4)", elem_id="upscale")
                 run = gr.Button("Restore", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Markdown("", elem_id="status")
                 compare = gr.ImageSlider(label="before / after", type="numpy", format="png", elem_id="compare")
                 result = gr.Image(label="result", type="numpy", format="png", interactive=False, elem_id="result")
+                video = gr.Video(label="restored video", format=None, interactive=False, visible=False, elem_id="video")
                 with gr.Row():
-                    get_image = gr.DownloadButton("download image", visible=False, elem_id="get-image")
+                    get_image = gr.DownloadButton("download result", visible=False, elem_id="get-result")
                     get_report = gr.DownloadButton("download JSON report", visible=False, elem_id="get-report")
                 gallery = gr.Gallery(label="faces: before | after", columns=2, object_fit="contain", format="png", elem_id="faces")
 
@@ -124,22 +130,32 @@ def build_app(
 
         base.change(on_base, base, fidelity)
 
-        def on_run(path, base_name, fid, refine_on, refiner_path, strength_value, bg, face_up, boxes, scale,
+        def on_run(path, base_name, fid, refine_on, refiner_path, strength_value, bg, face_up, boxes, smooth_on, scale,
                    progress=gr.Progress()):  # noqa: B008 - Gradio injects the tracker through this default
             hidden = gr.update(visible=False)
             if not path:
-                return _status("no image: upload one first", error=True), None, None, hidden, hidden, []
+                return _status("no image or video: upload one first", error=True), None, None, hidden, hidden, hidden, []
             settings = Settings(
                 base=base_name, fidelity=float(fid), refine=bool(refine_on), refiner=refiner_path or "",
                 refiner_strength=float(strength_value), bg_enhance=bool(bg), face_upsample=bool(face_up),
-                upscale=float(scale), draw_boxes=bool(boxes),
+                upscale=float(scale), draw_boxes=bool(boxes), smooth=bool(smooth_on),
             )
             try:
                 outcome = engine.restore(path, settings, name=Path(path).name, progress=lambda f, t: progress(f, desc=t))
             except Exception as exc:  # noqa: BLE001 - every failure becomes one line on the page
                 if not isinstance(exc, BfrboostError):
                     log.exception("restore failed")  # the traceback goes to the server log, never the page
-                return _status(f"⚠ {describe(exc)}", error=True), None, None, hidden, hidden, []
+                return _status(f"⚠ {describe(exc)}", error=True), None, None, hidden, hidden, hidden, []
+            if isinstance(outcome, ClipOutcome):
+                return (
+                    _status(outcome.summary()),
+                    gr.update(value=None, visible=False),
+                    gr.update(value=None, visible=False),
+                    gr.update(value=str(outcome.video_path), visible=True),
+                    gr.update(value=str(outcome.video_path), visible=True, label=f"download video ({outcome.video_path.name})"),
+                    gr.update(value=str(outcome.report_path), visible=True),
+                    gr.update(value=[], visible=False),
+                )
             after = _preview(outcome.after)
             summary = outcome.summary()
             if after is not outcome.after:
@@ -147,17 +163,18 @@ def build_app(
                 summary += f" · shown at {after.shape[1]}×{after.shape[0]}; the download has the full {width}×{height}"
             return (
                 _status(summary),
-                (_preview(outcome.before), after),
-                after,
+                gr.update(value=(_preview(outcome.before), after), visible=True),
+                gr.update(value=after, visible=True),
+                gr.update(value=None, visible=False),
                 gr.update(value=str(outcome.image_path), visible=True, label=f"download image ({outcome.image_path.name})"),
                 gr.update(value=str(outcome.report_path), visible=True),
-                outcome.faces,
+                gr.update(value=outcome.faces, visible=True),
             )
 
         run.click(
             on_run,
-            [upload, base, fidelity, refine, refiner_dir, strength, bg_enhance, face_upsample, draw_boxes, upscale],
-            [status, compare, result, get_image, get_report, gallery],
+            [upload, base, fidelity, refine, refiner_dir, strength, bg_enhance, face_upsample, draw_boxes, smooth, upscale],
+            [status, compare, result, video, get_image, get_report, gallery],
             concurrency_limit=1,  # one restore at a time: models are shared, CPU/GPU is the bottleneck
         )
     return app
@@ -184,7 +201,7 @@ def launch(
         server_port=port,
         share=share,
         prevent_thread_lock=not block,
-        max_file_size=engine.max_upload_bytes,
+        max_file_size=engine.max_request_bytes,
         allowed_paths=[str(engine.root)],
         ssr_mode=False,
         show_error=False,

@@ -1,15 +1,15 @@
 """What the web app does with one upload, without any web framework: settings → cached
-:class:`~bfrboost.pipeline.Restorer` → the same file runner the CLI uses → result, faces and report.
+:class:`~bfrboost.pipeline.Restorer` → the same runner the CLI uses → result, faces and report.
 
-Going through :class:`~bfrboost.runners.files.FileRunner` (not a re-implementation) is what makes the
-page's result byte-identical to ``bfrboost restore`` with the same options: same decoder, same gray handling, same
-boxes, same encoder. Models load once per settings combination and stay in a small LRU cache, because
+Going through :class:`~bfrboost.runners.files.FileRunner` for images and
+:class:`~bfrboost.runners.video.VideoRunner` for clips (not re-implementations) is what makes the
+page's result byte-identical to ``bfrboost restore`` with the same options: same decoder, same gray
+handling, same boxes, same encoder, same landmark smoothing. Models load once per settings combination and stay in a small LRU cache, because
 a load (base weights, detector, parser, Real-ESRGAN, refiner) costs far more than one photo.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import tempfile
@@ -27,22 +27,17 @@ from bfrboost.errors import BfrboostError, InputError, UsageError
 from bfrboost.safety import one_line, write_bytes
 
 DEFAULT_MAX_UPLOAD_MB = 20
+DEFAULT_MAX_VIDEO_MB = 200
 DEFAULT_MAX_PIXELS = 40_000_000
 """A web upload is a stranger's file: refuse big ones before decoding (the CLI's own guard is 200 MP)."""
 
 Progress = Callable[[float, str], None]
 
 
-def restorer_accepts(option: str) -> bool:
-    """Whether this build's :class:`Restorer` has ``option`` (controls appear only for what exists)."""
-    from bfrboost.pipeline import Restorer
-
-    return option in inspect.signature(Restorer).parameters
-
-
 @dataclass(frozen=True)
 class Settings:
-    """The page's controls; everything but ``draw_boxes`` and ``refiner_strength`` selects the models."""
+    """The page's controls; everything but ``draw_boxes``, ``refiner_strength`` and ``smooth`` selects
+    the models. ``draw_boxes`` is for images, ``smooth`` (``--smooth/--no-smooth``) for clips."""
 
     base: str = "auto"
     fidelity: float = 0.5
@@ -53,6 +48,7 @@ class Settings:
     face_upsample: bool = False
     upscale: float = 2.0
     draw_boxes: bool = False
+    smooth: bool = True
 
     def restorer_kwargs(self, device: str) -> dict[str, Any]:
         """Keyword arguments of :class:`Restorer`, as ``bfrboost restore`` would build them."""
@@ -135,6 +131,25 @@ class Outcome:
         return " · ".join([line, *(f"note: {n}" for n in self.notes)])
 
 
+@dataclass
+class ClipOutcome:
+    """One uploaded clip restored: the written video and its report (the CLI's ``--json`` line)."""
+
+    video_path: Path
+    report_path: Path
+    report: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        seconds = self.report["seconds"]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
+        line = (
+            f"{self.report['frames']} frames, {self.report['face_count']} face(s) restored, "
+            f"{sum(seconds.values()):.2f} s ({stages})"
+        )
+        return " · ".join([line, *(f"note: {n}" for n in self.notes)])
+
+
 class Engine:
     """Restores uploads into a private work folder; keeps the last ``keep`` results for download."""
 
@@ -146,10 +161,13 @@ class Engine:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         workdir: Path | None = None,
         keep: int = 16,
+        max_video_mb: float = DEFAULT_MAX_VIDEO_MB,
     ) -> None:
         self.cache = RestorerCache(cache_size, device)
         self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.max_upload_mb = max_upload_mb
+        self.max_video_bytes = int(max_video_mb * 1024 * 1024)
+        self.max_video_mb = max_video_mb
         self.max_pixels = max_pixels
         self.root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="bfrboost-ui-"))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -158,26 +176,48 @@ class Engine:
         self._lock = threading.Lock()
         self._busy = threading.Lock()
 
+    @property
+    def max_request_bytes(self) -> int:
+        """What the web server lets through: the larger cap (the engine then applies each kind's own)."""
+        return max(self.max_upload_bytes, self.max_video_bytes)
+
     def check_upload(self, path: Path, name: str) -> None:
-        """One line when the upload is over the size cap (the web server caps it too)."""
+        """One line when the upload is over its kind's size cap (the web server caps it too)."""
+        from bfrboost.runners.video import is_video
+
         size = path.stat().st_size
-        if size > self.max_upload_bytes:
+        if is_video(name) and size > self.max_video_bytes:
+            raise InputError(
+                f"{name}: {size / 1024 / 1024:.1f} MB is over this app's video upload limit of {self.max_video_mb:g} MB; "
+                "upload a shorter clip, or restore it with `bfrboost restore` (--start/--duration restore a part)"
+            )
+        if not is_video(name) and size > self.max_upload_bytes:
             raise InputError(
                 f"{name}: {size / 1024 / 1024:.1f} MB is over this app's upload limit of {self.max_upload_mb:g} MB; "
                 "use a smaller image, or the `bfrboost restore` command"
             )
 
-    def restore(self, upload: Path | str, settings: Settings, name: str | None = None, progress: Progress | None = None) -> Outcome:
-        """Restore one uploaded file as ``bfrboost restore FILE`` would; raises :class:`BfrboostError`
-        with one line naming the file (``name``: what the user called it) on any problem."""
-        from bfrboost.io.images import read_image
-        from bfrboost.runners.files import FileRunner, OutputOptions
+    def restore(
+        self, upload: Path | str, settings: Settings, name: str | None = None, progress: Progress | None = None
+    ) -> Outcome | ClipOutcome:
+        """Restore one uploaded file as ``bfrboost restore FILE`` would: a clip (by its extension, as
+        the CLI decides) through the video runner, anything else as an image. Raises
+        :class:`BfrboostError` with one line naming the file (``name``: what the user called it)."""
+        from bfrboost.runners.video import is_video
 
         upload = Path(upload)
         name = one_line(name or upload.name)
         progress = progress or (lambda fraction, text: None)
         progress(0.0, "checking the upload")
         self.check_upload(upload, name)
+        if is_video(name):
+            return self._restore_clip(upload, settings, name, progress)
+        return self._restore_image(upload, settings, name, progress)
+
+    def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress) -> Outcome:
+        from bfrboost.io.images import read_image
+        from bfrboost.runners.files import FileRunner, OutputOptions
+
         strength = _strength(settings.refiner_strength)
         run = self._new_run()
         options = OutputOptions(outdir=run, draw_boxes=settings.draw_boxes, max_pixels=self.max_pixels)
@@ -191,10 +231,7 @@ class Engine:
             raise InputError(_named(report.error, upload, name))
         progress(0.9, "preparing the result")
         image_path = Path(report.output)
-        payload = report.to_json()
-        payload["input"], payload["output"] = name, image_path.name
-        report_path = image_path.with_name(f"{image_path.stem}_report.json")
-        write_bytes(report_path, (json.dumps(payload, indent=2) + "\n").encode())
+        payload, report_path = _write_report(report, name, image_path)
         after = read_image(image_path, max_pixels=None).rgb
         before = _resized(read_image(upload, name=name, max_pixels=self.max_pixels).rgb, after.shape)
         faces = [
@@ -203,6 +240,35 @@ class Engine:
         ]
         progress(1.0, "done")
         return Outcome(before, after, image_path, report_path, payload, faces, notes)
+
+    def _restore_clip(self, upload: Path, settings: Settings, name: str, progress: Progress) -> ClipOutcome:
+        """``bfrboost restore CLIP`` with the CLI's video defaults (mp4, crf 18, preset medium)."""
+        from bfrboost.runners.video import VideoOptions, VideoRunner
+
+        strength = _strength(settings.refiner_strength)
+        run = self._new_run()
+        options = VideoOptions(outdir=run, smooth=settings.smooth)
+
+        def frames_done(_: str, frames: int, expected: int | None) -> None:
+            if expected:
+                progress(0.3 + 0.65 * min(frames / expected, 1.0), f"restoring frames: {frames} of {expected}")
+            else:
+                progress(0.3, f"restoring frames: {frames}")
+
+        with self._busy:
+            restorer = self.cache.get(settings, progress)
+            restorer.refiner_strength = strength
+            progress(0.3, "restoring frames")
+            (report,) = VideoRunner(restorer, options, progress=frames_done).run([upload])
+            notes = list(restorer.notes)
+        if report.error is not None:
+            raise InputError(_named(report.error, upload, name))
+        if settings.draw_boxes:
+            notes.append("draw boxes applies to images only (as with `bfrboost restore`)")
+        video_path = Path(report.output)
+        payload, report_path = _write_report(report, name, video_path)
+        progress(1.0, "done")
+        return ClipOutcome(video_path, report_path, payload, notes)
 
     def close(self) -> None:
         """Remove the work folder and drop the models."""
@@ -216,6 +282,15 @@ class Engine:
             while len(self._runs) > self.keep:  # old downloads go; the browser already has their copies
                 shutil.rmtree(self._runs.pop(0), ignore_errors=True)
             return run
+
+
+def _write_report(report: Any, name: str, output: Path) -> tuple[dict[str, Any], Path]:
+    """The CLI's ``--json`` fields beside the result, naming the upload and the download by name."""
+    payload = report.to_json()
+    payload["input"], payload["output"] = name, output.name
+    path = output.with_name(f"{output.stem}_report.json")
+    write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
+    return payload, path
 
 
 def _strength(value: float) -> float:
@@ -245,4 +320,4 @@ def describe(exc: BaseException) -> str:
     return one_line(f"unexpected error ({type(exc).__name__}: {exc}); the server log has the details")
 
 
-__all__ = ["Engine", "Outcome", "RestorerCache", "Settings", "describe", "has_fidelity", "restorer_accepts"]
+__all__ = ["ClipOutcome", "Engine", "Outcome", "RestorerCache", "Settings", "describe", "has_fidelity"]

@@ -39,7 +39,7 @@ def served(tmp_path_factory):
     from bfrboost.ui import launch
 
     port = _free_port()
-    app = launch(port=port, block=False, device="cpu", max_upload_mb=5, workdir=tmp_path_factory.mktemp("ui_work"))
+    app = launch(port=port, block=False, device="cpu", max_upload_mb=5, max_video_mb=5, workdir=tmp_path_factory.mktemp("ui_work"))
     url = f"http://127.0.0.1:{port}/"
     elsewhere: list[str] = []
 
@@ -120,7 +120,7 @@ def test_restore_in_the_browser_equals_the_cli(served, testdata: Path, tmp_path:
     assert np.array_equal(shown, want)  # pixel-exact: the same Restorer call and writer as the CLI
 
     with page.expect_download() as download:
-        page.locator("#get-image").click()
+        page.locator("#get-result").click()
     assert download.value.suggested_filename == "00.jpg"
     assert Path(download.value.path()).read_bytes() == expected.read_bytes()
     with page.expect_download() as download:
@@ -153,6 +153,55 @@ def test_a_text_file_shows_one_line_in_the_page(served, tmp_path: Path):
     assert message == "⚠ notes.txt: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"
     assert "Traceback" not in page.locator("body").inner_text()
     assert elsewhere == []
+
+
+def test_a_clip_restores_in_the_browser(served, testdata: Path, tmp_path: Path, monkeypatch):
+    """Upload a short clip, press Restore: frame progress, then the restored video in a player with
+    its source served byte for byte as the runner wrote it, and the clip's JSON report."""
+    from bfrboost.io.clips import make_pan_clip
+    from bfrboost.io.images import read_image
+    from bfrboost.pipeline import Restorer
+
+    app, page, elsewhere = served
+    photo = read_image(testdata / "whole" / "03.jpg").rgb
+    clip = make_pan_clip(photo, tmp_path / "pan.mp4", (320, 180), 10, pan=(1.0, 0.5), origin=(30, 20))
+    finish = Restorer.finish
+
+    def slow_finish(self, prepared):  # holds each frame long enough for the progress to be seen
+        time.sleep(0.15)
+        return finish(self, prepared)
+
+    monkeypatch.setattr(Restorer, "finish", slow_finish)
+    if page.locator("#upload button[aria-label='Clear']").count():
+        page.locator("#upload button[aria-label='Clear']").first.click()
+    upload(page, clip)
+    choose_base(page, "none")
+    page.locator("#run").click()
+    page.wait_for_function("() => document.body.innerText.includes('restoring frames: 8 of 10')")
+    screenshot(page, tmp_path, "ui_video_progress")
+    player = page.locator("#video video")
+    player.wait_for()
+    page.wait_for_function("() => document.querySelector('#video video').getAttribute('src')")
+    page.wait_for_function("() => document.querySelector('#video video').readyState >= 1")  # Chromium decoded its header
+    assert page.evaluate("() => document.querySelector('#video video').duration") == pytest.approx(0.4, abs=0.05)
+    assert page.evaluate("() => document.querySelector('#video video').videoWidth") == 640  # -s 2 of 320
+    shot = screenshot(page, tmp_path, "ui_video")
+
+    (written,) = [p for p in Path(app.engine.root).rglob("pan.mp4") if p.parent.name == "restored_videos"]
+    response = page.request.get(player.get_attribute("src"))
+    assert response.ok and response.body() == written.read_bytes()
+    with page.expect_download() as download:
+        page.locator("#get-result").click()
+    assert download.value.suggested_filename == "pan.mp4"
+    with page.expect_download() as download:
+        page.locator("#get-report").click()
+    report = json.loads(Path(download.value.path()).read_text())
+    assert (report["kind"], report["frames"], report["face_count"], report["input"]) == ("video", 10, 10, "pan.mp4")
+    status = page.locator("#status").inner_text().strip()
+    assert status.startswith("10 frames, 10 face(s) restored, ") and "\n" not in status
+    assert not page.locator("#result img").is_visible()  # the image outputs give way to the player
+    assert elsewhere == []
+    assert shot.is_file()
 
 
 def test_an_upload_over_the_cap_is_refused_with_a_clear_message(served, tmp_path: Path):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from bfrboost.cli import app
 from bfrboost.errors import InputError, UsageError, WeightsError
-from bfrboost.ui.engine import Engine, Settings, describe, restorer_accepts
+from bfrboost.ui.engine import ClipOutcome, Engine, Settings, describe
 
 
 @pytest.fixture
@@ -100,14 +100,14 @@ def test_ui_command_binds_to_localhost_by_default(monkeypatch):
     assert "note: listening on 0.0.0.0: anyone who can reach this address" in result.stderr
 
 
-def test_face_upsample_control_only_when_the_restorer_has_it():
+def test_the_page_has_every_control():
     gradio = pytest.importorskip("gradio")
     from bfrboost.ui import build_app
 
     page = build_app(device="cpu")
     controls = {block.elem_id: block for block in page.blocks.values() if isinstance(block, gradio.components.Component)}
-    assert controls["face-upsample"].visible is restorer_accepts("face_upsample")
-    assert {"upload", "base", "fidelity", "refine", "strength", "refiner", "bg", "boxes", "upscale"} <= controls.keys()
+    assert controls["face-upsample"].visible is True  # Restorer(face_upsample=...) exists: the control shows
+    assert {"upload", "base", "fidelity", "refine", "strength", "refiner", "bg", "boxes", "smooth", "upscale", "video"} <= controls.keys()
     assert controls["base"].choices[0][0] == "auto" and ("none", "none") in controls["base"].choices
     page.engine.close()
 
@@ -149,3 +149,82 @@ def test_background_enhance_is_the_clis_realesrgan(engine: Engine, cached, testd
     expected, _ = cli(photo, tmp_path / "cli", "--base", "none", "-s", "2", "--bg-upsampler", "realesrgan")
     assert enhanced.image_path.read_bytes() == expected.read_bytes()
     assert set(cached.asked) == {X2_FILE} and not np.array_equal(enhanced.after, plain.after)
+
+
+def test_face_upsample_is_the_clis_face_upsample(engine: Engine, testdata: Path, tmp_path: Path, cli, monkeypatch):
+    """The checkbox is ``--face-upsample``: the same upsampler call on the restored face, the same bytes."""
+    import bfrboost.pipeline as pipeline
+    from tests.test_video import InvertingUpsampler
+
+    fake = InvertingUpsampler()
+    monkeypatch.setattr(pipeline, "load_upsampler", lambda name, upscale, **kw: fake if name == "realesrgan" else None)
+    photo = testdata / "whole" / "03.jpg"  # one face
+    assert Settings(base="none", face_upsample=True).restorer_kwargs("cpu")["face_upsample"] is True
+    upsampled = engine.restore(photo, Settings(base="none", upscale=2, face_upsample=True))
+    assert fake.calls == [((512, 512, 3), 2.0)]
+    expected, line = cli(photo, tmp_path / "cli", "--base", "none", "-s", "2", "--face-upsample")
+    assert len(fake.calls) == 2  # the CLI's run went through the same upsampler
+    assert upsampled.image_path.read_bytes() == expected.read_bytes()
+    plain, _ = cli(photo, tmp_path / "plain", "--base", "none", "-s", "2")
+    assert plain.read_bytes() != expected.read_bytes()  # the option changed the result
+
+
+def _decoded(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def clip(testdata: Path, tmp_path_factory) -> Path:
+    """8 frames, 320×180, of a slow pan over a real photo with one face, with an AAC track."""
+    from bfrboost.io.clips import make_pan_clip
+    from bfrboost.io.images import read_image
+
+    photo = read_image(testdata / "whole" / "03.jpg").rgb
+    return make_pan_clip(photo, tmp_path_factory.mktemp("clips") / "pan.mp4", (320, 180), 8, pan=(1.0, 0.5), origin=(30, 20))
+
+
+@pytest.mark.parametrize("smooth", [True, False], ids=["smooth", "no-smooth"])
+def test_a_video_upload_equals_the_cli(engine: Engine, clip: Path, tmp_path: Path, cli, smooth: bool):
+    """A clip goes through the CLI's VideoRunner: same frames, same bytes, the --json line's fields."""
+    steps: list[tuple[float, str]] = []
+    outcome = engine.restore(clip, Settings(base="none", upscale=2, smooth=smooth), name="holiday.mp4",
+                             progress=lambda fraction, text: steps.append((fraction, text)))
+    assert isinstance(outcome, ClipOutcome)
+    expected, line = cli(clip, tmp_path / "cli", "--base", "none", "-s", "2", *([] if smooth else ["--no-smooth"]))
+    assert expected.parent.name == "restored_videos" and outcome.video_path.name == "pan.mp4"
+    mine, theirs = _decoded(outcome.video_path), _decoded(expected)
+    assert len(mine) == len(theirs) == 8 and mine[0].shape == (360, 640, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
+    assert outcome.video_path.read_bytes() == expected.read_bytes()  # x264 with the same settings is deterministic
+    report = json.loads(outcome.report_path.read_text())
+    assert report == outcome.report and report.keys() == line.keys()
+    assert (report["input"], report["output"]) == ("holiday.mp4", "pan.mp4")
+    for key in ("kind", "frames", "fps", "face_count", "tracks", "audio_streams", "width", "height", "error"):
+        assert report[key] == line[key], key
+    assert report["kind"] == "video" and report["frames"] == 8 and report["face_count"] == 8
+    assert (report["tracks"] is None) is not smooth
+    assert outcome.summary().startswith("8 frames, 8 face(s) restored, ")
+    assert ("restoring frames: 8 of 8" in [t for _, t in steps]) and steps[-1] == (1.0, "done")
+    fractions = [f for f, _ in steps]
+    assert fractions == sorted(fractions)
+
+
+def test_video_uploads_have_their_own_cap(tmp_path: Path):
+    small = Engine(device="cpu", max_upload_mb=3, max_video_mb=1, workdir=tmp_path / "ui")
+    big = tmp_path / "big.mp4"
+    big.write_bytes(bytes(2 * 1024 * 1024))
+    with pytest.raises(InputError) as caught:
+        small.restore(big, Settings(base="none"), name="holiday.mp4")
+    assert str(caught.value) == (
+        "holiday.mp4: 2.0 MB is over this app's video upload limit of 1 MB; "
+        "upload a shorter clip, or restore it with `bfrboost restore` (--start/--duration restore a part)"
+    )
+    assert small.max_request_bytes == 3 * 1024 * 1024  # the web server lets the larger cap through
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    with pytest.raises(InputError) as caught:
+        small.restore(broken, Settings(base="none"))
+    assert str(caught.value).startswith("broken.mp4: cannot decode video (") and "\n" not in str(caught.value)
