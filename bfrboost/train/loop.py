@@ -14,7 +14,6 @@ per step), ``val.jsonl``, ``val/step-NNNNNNNN.png`` (input | base | refined | gr
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
 import math
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bfrboost.errors import InputError, UsageError
+from bfrboost.identity import ArcFace
 from bfrboost.safety import atomic_path, write_bytes
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache
 from bfrboost.train.data import apply_flips, batch_indices, flip_mask
@@ -139,17 +139,17 @@ def psnr(a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse)
 
 
-def identity_similarity() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """ArcFace cosine between refined and GT faces when ``bfrboost.identity`` provides one and its weights are there."""
-    if importlib.util.find_spec("bfrboost.identity") is None:
+def validation_arcface(device: str | torch.device, note: Callable[[str], None]) -> ArcFace | None:
+    """ArcFace for validation's identity cosine (``ids``) when its weights are in the cache; otherwise
+    one note and ``None``: training never downloads a network it only reports with."""
+    from bfrboost import weights
+    from bfrboost.identity import ARCFACE_CARD, ARCFACE_FILE, load_arcface
+
+    if not weights.manifest()[ARCFACE_FILE].path.is_file():
+        note(f"validation without identity cosine (ids): the ArcFace weights are not in the cache; "
+             f"run `bfrboost weights download {ARCFACE_CARD}` to add it")
         return None
-    try:
-        module = importlib.import_module("bfrboost.identity")
-        fn = module.cosine_similarity
-        fn(torch.zeros(1, 3, 112, 112), torch.zeros(1, 3, 112, 112))  # weights present?
-        return fn
-    except Exception:  # noqa: BLE001 - no ArcFace, no identity metric
-        return None
+    return load_arcface(device)
 
 
 def plot_curves(log_path: Path, out: Path) -> None:
@@ -326,10 +326,13 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[dict[str
 class Trainer:
     """One training run; :meth:`run` returns the refiner folder inside RUN_DIR."""
 
-    def __init__(self, config: TrainConfig, warn: Callable[[str], None] = print, progress: Callable[[int, int, dict], None] | None = None) -> None:
+    def __init__(self, config: TrainConfig, warn: Callable[[str], None] = print, progress: Callable[[int, int, dict], None] | None = None,
+                 arcface: ArcFace | None = None) -> None:
+        """``arcface``: the identity network of validation's ``ids``; default: the cached ArcFace when present."""
         self.config = config
         self.warn = warn
         self.progress = progress
+        self.arcface = arcface
 
     # -- setup
     def _accelerator(self):
@@ -414,7 +417,11 @@ class Trainer:
             ema = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
         ddp_model, optimizer = accelerator.prepare(model, optimizer)
         rank, world = accelerator.process_index, accelerator.num_processes
-        identity = identity_similarity()
+        identity = self.arcface
+        if identity is None and accelerator.is_main_process:
+            identity = validation_arcface(device, self.warn)
+        if identity is not None:
+            identity = identity.to(device)
 
         try:
             if step == 0:
@@ -475,7 +482,7 @@ class Trainer:
         return self._save_result(model, ema, run, accelerator)
 
     def _validate(self, model, loss_fn, val_set: CachedFaces, step: int, run: Path, identity, accelerator) -> dict[str, float] | None:
-        """PSNR, LPIPS, identity cosine (if ArcFace is there), mean λ, L_info and the val loss; grid PNG."""
+        """PSNR, LPIPS, identity cosine ``ids`` (if ArcFace is there), mean λ, L_info and the val loss; grid PNG."""
         if not accelerator.is_main_process or len(val_set) == 0:
             return None
         model.eval()
@@ -490,8 +497,9 @@ class Trainer:
                 n = base.shape[0]
                 values = {**{k: terms[k].item() * n for k in TERMS}, "lambda_mean": aux.lam.mean().item() * n,
                           "psnr": psnr((x_hat + 1) / 2, (gt + 1) / 2).sum().item(), "psnr_base": psnr((base + 1) / 2, (gt + 1) / 2).sum().item()}
-                if identity is not None:
-                    values["identity"] = identity((x_hat.float() + 1) / 2, (gt + 1) / 2).sum().item()
+                if identity is not None:  # float32 whatever the autocast: a cosine near 1 needs the precision
+                    with torch.autocast(model.device.type, enabled=False):
+                        values["ids"] = identity.similarity((x_hat.float() + 1) / 2, (gt.float() + 1) / 2).sum().item()
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if not grid:
