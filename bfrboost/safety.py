@@ -11,6 +11,7 @@
   rename fails, the files of the set already renamed are removed again, so a failed input leaves
   none of its files (with ``overwrite`` their earlier versions are then gone too).
 - :func:`atomic_dir`: the same for a whole folder (model folders from ``save_pretrained``).
+- :func:`append_line`: the one writer that is not atomic, for logs that grow line by line.
 - :class:`InputGuard`: refuses any planned output that is one of the run's inputs, whatever
   sub-folder it lands in.
 - :func:`handle_signals`: SIGTERM (and SIGHUP) raise :class:`Interrupted` in the main thread, like
@@ -254,6 +255,17 @@ def write_bytes(path: Path | str, data: bytes, overwrite: bool = False) -> Path:
     with atomic_open(path, overwrite) as file:
         file.write(data)
     return Path(path)
+
+
+def append_line(path: Path | str, line: str) -> None:
+    """Append one line to a log (``log.jsonl`` of a training run): a log grows every step, so it is not
+    rewritten atomically each time; a kill can cut only its last line, and a resumed run rewrites the
+    log atomically (:func:`write_bytes`) up to its checkpoint."""
+    try:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(line.rstrip("\n") + "\n")
+    except OSError as exc:
+        raise OutputError(describe_write_error(Path(path), exc)) from None
 
 
 def remove_live_temps() -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from bfrboost.cli import app
@@ -115,3 +116,22 @@ def test_closed_stdout_is_no_traceback(three: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     assert (out / "restored_imgs" / "a.jpg").stat().st_size > 1000
+
+
+def test_sigterm_during_degrade_leaves_no_partial_output_and_exits_143(tmp_path: Path, testdata: Path) -> None:
+    faces = tmp_path / "hq"
+    faces.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(testdata / "aligned" / "0143.png", faces / f"{name}.png")
+    out = tmp_path / "lq"
+    process, _ = _start(tmp_path, ["degrade", str(faces), "-o", str(out), "--seed", "3"])  # hangs inside b.png's write
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr.decode()
+    assert [line for line in stderr.decode().splitlines() if line.startswith("bfrboost: ")] == [
+        "bfrboost: interrupted by SIGTERM: 1 of 3 input(s) finished, 2 not started or unfinished; "
+        "re-run with --overwrite (each file's degradation is reproducible from --seed)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # no temp file, no half image, no log of a partial run
+    with Image.open(out / "a.png") as image:
+        image.load()  # complete and decodable
