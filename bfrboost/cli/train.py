@@ -128,7 +128,7 @@ def cache_command(
     try:
         config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces, moments=moments)
         total = len(list_hq_faces(data))
-        with interruptible(total=total, noun="face", resume="re-run with --overwrite to rebuild the cache") as done, _progress("cache") as progress:
+        with interruptible(total=total, noun="face", resume="re-run the same command (a cache counts only once its cache.json is written)") as done, _progress("cache") as progress:
             task = progress.add_task("cache", total=total, info="")
 
             def advance(faces: int) -> None:
