@@ -26,6 +26,7 @@ from bfrboost.refiner.model import (
     SD21_BASE_VAE_CONFIG,
     SD21_PROMPT_SHAPE,
 )
+from bfrboost.safety import write_bytes
 
 SIZE = 512
 
@@ -116,7 +117,7 @@ def main() -> None:
     if torch.cuda.is_available():
         rows += bench_cuda()
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode(), overwrite=True)
 
 
 if __name__ == "__main__":

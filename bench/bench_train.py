@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from bfrboost.refiner import InfoBFR, InfoBFRConfig
 from bfrboost.refiner.model import SD21_BASE_SCHEDULER_CONFIG, SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG, SD21_PROMPT_SHAPE
+from bfrboost.safety import write_bytes
 from bfrboost.train.loop import TrainConfig, Trainer
 from bfrboost.train.losses import InfoBFRLoss, LossWeights, build_lpips, build_vgg19
 
@@ -149,7 +150,7 @@ def main() -> None:
         for checkpointing in (True, False):
             rows.append(bench_cuda(4, checkpointing=checkpointing))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode(), overwrite=True)
 
 
 if __name__ == "__main__":

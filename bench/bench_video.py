@@ -22,6 +22,7 @@ Writes ``video.json`` and ``video.png`` (stage bars, RSS vs length) into ``--out
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -168,9 +169,9 @@ def chart(results: dict, path: Path) -> None:
     right.set_ylim(0, max(r["peak_rss_mib"] for r in results["memory"]) * 1.2)
     right.set_title("peak memory vs clip length")
     fig.tight_layout()
-    with tempfile.NamedTemporaryFile(suffix=".png") as tmp:
-        fig.savefig(tmp.name, dpi=100)
-        write_bytes(path, Path(tmp.name).read_bytes(), overwrite=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_bytes(path, buffer.getvalue(), overwrite=True)
 
 
 def main() -> None:

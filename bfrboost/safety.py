@@ -11,6 +11,7 @@
   rename fails, the files of the set already renamed are removed again, so a failed input leaves
   none of its files (with ``overwrite`` their earlier versions are then gone too).
 - :func:`atomic_dir`: the same for a whole folder (model folders from ``save_pretrained``).
+- :func:`append_line`: the one writer that is not atomic, for logs that grow line by line.
 - :class:`InputGuard`: refuses any planned output that is one of the run's inputs, whatever
   sub-folder it lands in.
 - :func:`handle_signals`: SIGTERM (and SIGHUP) raise :class:`Interrupted` in the main thread, like
@@ -29,7 +30,7 @@ import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -174,21 +175,29 @@ def atomic_path(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
     if not overwrite and os.path.lexists(path):
         raise OutputError(f"{one_line(path)}: already exists; pass --overwrite to replace it")
     _prepare_folder(path)
+    try:
+        with _live_temp(path) as temp:
+            yield temp
+            if temp.exists():
+                _fsync(temp)
+                os.replace(temp, path)
+    except OSError as exc:
+        raise OutputError(describe_write_error(path, exc)) from None
+
+
+@contextmanager
+def _live_temp(path: Path) -> Iterator[Path]:
+    """A temp name beside ``path``, registered so that a signal removes it (:func:`remove_live_temps`);
+    whatever is still there when the block ends (not renamed into place) is removed."""
     temp = temp_path(path)
     with _LIVE_LOCK:
         _LIVE.add(temp)
     try:
         yield temp
-        if temp.exists():
-            _fsync(temp)
-            os.replace(temp, path)
-    except OSError as exc:
-        raise OutputError(describe_write_error(path, exc)) from None
     finally:
         with _LIVE_LOCK:
             _LIVE.discard(temp)
-        if temp.exists():
-            temp.unlink(missing_ok=True)
+        _remove(temp)
 
 
 def _fsync(path: Path) -> None:
@@ -222,20 +231,14 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     if os.path.lexists(path) and (not path.is_dir() or any(path.iterdir())):
         raise OutputError(f"{one_line(path)}: already exists and is not an empty folder; choose a new or empty folder")
     _prepare_folder(path)
-    temp = temp_path(path)
-    with _LIVE_LOCK:
-        _LIVE.add(temp)
     try:
-        temp.mkdir()
-        yield temp
-        with deferred_signals():
-            os.replace(temp, path)
+        with _live_temp(path) as temp:
+            temp.mkdir()
+            yield temp
+            with deferred_signals():
+                os.replace(temp, path)
     except OSError as exc:
         raise OutputError(describe_write_error(path, exc)) from None
-    finally:
-        with _LIVE_LOCK:
-            _LIVE.discard(temp)
-        _remove(temp)
 
 
 def _remove(path: Path) -> None:
@@ -254,6 +257,17 @@ def write_bytes(path: Path | str, data: bytes, overwrite: bool = False) -> Path:
     with atomic_open(path, overwrite) as file:
         file.write(data)
     return Path(path)
+
+
+def append_line(path: Path | str, line: str) -> None:
+    """Append one line to a log (``log.jsonl`` of a training run): a log grows every step, so it is not
+    rewritten atomically each time; a kill can cut only its last line, and a resumed run rewrites the
+    log atomically (:func:`write_bytes`) up to its checkpoint."""
+    try:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(line.rstrip("\n") + "\n")
+    except OSError as exc:
+        raise OutputError(describe_write_error(Path(path), exc)) from None
 
 
 def remove_live_temps() -> None:
@@ -362,12 +376,10 @@ class OutputSet:
         """Check, write every temp, rename them all; returns the paths written. Raises :class:`OutputError`."""
         self.check(guard)
         temps: list[tuple[Path, Path]] = []
-        try:
+        with ExitStack() as live:
             for path, write in self._writers.items():
                 _prepare_folder(path)
-                temp = temp_path(path)
-                with _LIVE_LOCK:
-                    _LIVE.add(temp)
+                temp = live.enter_context(_live_temp(path))
                 temps.append((temp, path))
                 try:
                     write(temp)
@@ -375,12 +387,6 @@ class OutputSet:
                 except OSError as exc:
                     raise OutputError(describe_write_error(path, exc)) from None
             self._rename_all(temps)
-        finally:
-            for temp, _ in temps:
-                with _LIVE_LOCK:
-                    _LIVE.discard(temp)
-                if os.path.lexists(temp):
-                    temp.unlink(missing_ok=True)
         return [path for _, path in temps]
 
     def _rename_all(self, temps: list[tuple[Path, Path]]) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from bfrboost.cli import app
@@ -115,3 +116,53 @@ def test_closed_stdout_is_no_traceback(three: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     assert (out / "restored_imgs" / "a.jpg").stat().st_size > 1000
+
+
+def test_sigterm_during_degrade_leaves_no_partial_output_and_exits_143(tmp_path: Path, testdata: Path) -> None:
+    faces = tmp_path / "hq"
+    faces.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(testdata / "aligned" / "0143.png", faces / f"{name}.png")
+    out = tmp_path / "lq"
+    process, _ = _start(tmp_path, ["degrade", str(faces), "-o", str(out), "--seed", "3"])  # hangs inside b.png's write
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr.decode()
+    assert [line for line in stderr.decode().splitlines() if line.startswith("bfrboost: ")] == [
+        "bfrboost: interrupted by SIGTERM: 1 of 3 input(s) finished, 2 not started or unfinished; "
+        "re-run with --overwrite (each file's degradation is reproducible from --seed)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # no temp file, no half image, no log of a partial run
+    with Image.open(out / "a.png") as image:
+        image.load()  # complete and decodable
+
+
+def test_sigterm_stops_the_web_app_server_cleanly(tmp_path: Path) -> None:
+    """`bfrboost ui` on SIGTERM: the server stops, its work folder goes, one line, exit 143."""
+    import socket
+
+    pytest.importorskip("gradio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**_env(), "TMPDIR": str(tmp_path)}  # the engine's work folder is a tempfile.mkdtemp
+    process = subprocess.Popen([sys.executable, "-c", "from bfrboost.cli import main; main()", "ui", "--port", str(port), "--device", "cpu"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(process.communicate()[1].decode()) from None
+            time.sleep(0.2)
+    assert len(list(tmp_path.glob("bfrboost-ui-*"))) == 1
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr.decode()
+    assert [line for line in stderr.decode().splitlines() if line.startswith("bfrboost: ")] == [
+        "bfrboost: interrupted by SIGTERM: nothing finished; the server has stopped; start it again with `bfrboost ui`"
+    ]
+    assert not list(tmp_path.glob("bfrboost-ui-*"))  # results and uploads removed

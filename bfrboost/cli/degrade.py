@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bfrboost.cli import app
-from bfrboost.cli.common import err, fail
+from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError
 
 
@@ -35,7 +35,7 @@ def degrade_command(
 ) -> None:
     """Degrade HQ faces: y = JPEG_q((x ⊛ k_σ)↓r + n_δ)↑r with random order/skips (bfrboost.train.degrade)."""
     from bfrboost.io.images import collect_inputs, read_image, write_image
-    from bfrboost.safety import InputGuard, handle_signals, one_line, write_bytes
+    from bfrboost.safety import InputGuard, one_line, write_bytes
     from bfrboost.train.degrade import DegradeConfig, apply_degradation, file_seed, sample_params
 
     try:
@@ -47,8 +47,10 @@ def degrade_command(
         err(problem)
     guard = InputGuard(paths)
     failed, records = len(problems), []
-    with handle_signals(), Progress(TextColumn("degrade"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                    TimeRemainingColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
+    resume = "re-run with --overwrite (each file's degradation is reproducible from --seed)"
+    with interruptible(total=len(paths), resume=resume) as done, \
+            Progress(TextColumn("degrade"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                     TimeRemainingColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("degrade", total=len(paths))
         for path in paths:
             target = out / f"{path.stem}.png"
@@ -62,13 +64,14 @@ def degrade_command(
                 err(str(exc))
                 failed += 1
             progress.advance(task)
-    if log and records:
-        text = "".join(json.dumps(r) + "\n" for r in records)
-        try:
-            write_bytes(out / "degrade.jsonl", text.encode(), overwrite=True)
-        except BfrboostError as exc:
-            err(str(exc))
-            failed += 1
+            done.finished += 1
+        if log and records:
+            text = "".join(json.dumps(r) + "\n" for r in records)
+            try:
+                write_bytes(out / "degrade.jsonl", text.encode(), overwrite=True)
+            except BfrboostError as exc:
+                err(str(exc))
+                failed += 1
     sys.stdout.write(f"{len(records)} image(s) degraded into {one_line(out)}, {failed} failed (seed {seed})\n")
     if failed:
         raise typer.Exit(1)

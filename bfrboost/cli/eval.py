@@ -13,9 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bfrboost.cli import app
-from bfrboost.cli.common import err, fail
+from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError, UsageError
-from bfrboost.safety import handle_signals
 
 eval_app = typer.Typer(
     invoke_without_command=True,
@@ -69,7 +68,7 @@ def evaluate(
 
     console = Console(stderr=True)
     try:
-        with handle_signals(), _progress(console) as progress:
+        with interruptible(noun="face", resume="re-run the same command (it writes nothing)"), _progress(console) as progress:
             total = len(list_images(restored, "restored faces"))
             task = progress.add_task("scoring", total=total)
             report = evaluate_folder(
@@ -117,7 +116,7 @@ def stats(
 
     console = Console(stderr=True)
     try:
-        with handle_signals(), _progress(console) as progress:
+        with interruptible(resume="re-run the same command (nothing was written)"), _progress(console) as progress:
             task = progress.add_task("features", total=len(list_images(folder, "reference faces")))
             result, problems = compute_stats_folder(
                 folder, output, size=size, max_kid_features=max_kid_features, overwrite=overwrite,
@@ -158,7 +157,7 @@ def boost(
     console = Console(stderr=True)
     bases = [b.strip() for b in base.split(",") if b.strip()]
     try:
-        with handle_signals(), _progress(console) as progress:
+        with interruptible(resume="re-run the same command with --overwrite"), _progress(console) as progress:
             faces = len(list_images(data, "low-quality aligned faces"))
             task = progress.add_task("restoring", total=faces * 2 * max(len(bases), 1))
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bfrboost.cli import app
-from bfrboost.cli.common import err, fail
+from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError, UsageError
 
 train_app = typer.Typer(help="Train the InfoBFR refiner on HQ faces (`bfrboost train --help`), or precompute its cache (`train cache`).")
@@ -86,12 +86,12 @@ def train_command(
                              seed=seed, tiny=tiny, size=size or (64 if tiny else 512), rank=rank, timestep=timestep, beta=beta, lpips_net=lpips_net,
                              sd_model=sd_model, stats_from=stats_from, stats_faces=stats_faces, per_channel_stats=per_channel_stats,
                              repeats=repeats, val_count=val_count, moments=moments, resume=resume, device=device, precision=precision)
-        from bfrboost.safety import handle_signals
-
-        with handle_signals(), _progress("train") as progress:
+        resume = f"re-run with --resume to continue from the last checkpoint in {out}/checkpoints"
+        with interruptible(total=steps, noun="step", resume=resume) as done, _progress("train") as progress:
             task = progress.add_task("train", total=steps, info="")
 
             def report(step: int, total: int, record: dict) -> None:
+                done.finished = step
                 progress.update(task, completed=step, info=f"loss {record['loss']:.4f} λ {record['lambda_mean']:.3f}")
 
             result = train(config, warn=lambda m: err(m), progress=report)
@@ -128,10 +128,14 @@ def cache_command(
     try:
         config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces, moments=moments)
         total = len(list_hq_faces(data))
-        with _progress("cache") as progress:
+        with interruptible(total=total, noun="face", resume="re-run the same command (a cache counts only once its cache.json is written)") as done, _progress("cache") as progress:
             task = progress.add_task("cache", total=total, info="")
-            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device,
-                                            progress=lambda n: progress.advance(task, n), overwrite=overwrite)
+
+            def advance(faces: int) -> None:
+                done.finished += faces
+                progress.advance(task, faces)
+
+            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device, progress=advance, overwrite=overwrite)
     except BfrboostError as exc:
         raise fail(exc) from None
     entries = {split: sum(s["entries"] for s in shards) for split, shards in manifest["shards"].items()}

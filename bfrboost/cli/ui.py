@@ -9,7 +9,7 @@ import typer
 
 from bfrboost.cli import app
 from bfrboost.cli.common import err as _err
-from bfrboost.cli.common import fail
+from bfrboost.cli.common import fail, interruptible
 from bfrboost.errors import BfrboostError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -35,8 +35,10 @@ def ui(
     if share:
         _err("note: --share makes a public link; anyone who has it can use this machine")
     try:
-        launch(host=host, port=port, share=share, device=device, refiner=refiner, max_upload_mb=max_upload_mb,
-               max_video_mb=max_video_mb, max_pixels=max_pixels, cache_size=cache_size)
+        # Ctrl-C: Gradio stops the server and launch() returns; SIGTERM/SIGHUP: the same, then exit 143/129
+        with interruptible(resume="the server has stopped; start it again with `bfrboost ui`"):
+            launch(host=host, port=port, share=share, device=device, refiner=refiner, max_upload_mb=max_upload_mb,
+                   max_video_mb=max_video_mb, max_pixels=max_pixels, cache_size=cache_size)
     except BfrboostError as exc:
         raise fail(exc) from None
     except OSError as exc:  # port taken, address not available

@@ -22,7 +22,7 @@ def identity_similarities(model: ArcFace, restored: Sequence[np.ndarray], refere
     def batch(images: Sequence[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0).to(device)
 
-    return (model.embed(batch(restored)) * model.embed(batch(references))).sum(dim=1).tolist()
+    return model.similarity(batch(restored), batch(references)).tolist()
 
 
 def identity_similarity(model: ArcFace, restored: np.ndarray, reference: np.ndarray) -> float:

@@ -78,17 +78,22 @@ def list_faces(folder: Path, limit: int | None = None) -> list[Path]:
     return paths[:limit] if limit else paths
 
 
-def load_face(path: Path, size: int) -> torch.Tensor:
-    """One aligned face as (3, size, size) in [-1, 1] (the VAE's input range)."""
+def load_rgb(path: Path, size: int) -> np.ndarray:
+    """One HQ face as size×size×3 uint8 RGB (Lanczos-resized when it is not that size): statistics and
+    the training cache read faces alike."""
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
             if image.size != (size, size):
                 image = image.resize((size, size), Image.Resampling.LANCZOS)
-            array = np.asarray(image, dtype=np.float32)
+            return np.asarray(image, dtype=np.uint8).copy()
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc})") from None
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+        raise InputError(f"{path}: cannot read image ({exc}); re-export it or remove it from the folder of faces") from None
+
+
+def load_face(path: Path, size: int) -> torch.Tensor:
+    """One aligned face as (3, size, size) in [-1, 1] (the VAE's input range)."""
+    return torch.from_numpy(load_rgb(path, size)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def compute_manifold_stats(

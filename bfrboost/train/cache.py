@@ -27,8 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bfrboost.errors import InputError, UsageError
+from bfrboost.refiner.stats import load_rgb
 from bfrboost.safety import atomic_path, write_bytes
-from bfrboost.train.data import list_hq_faces, load_rgb, split_faces
+from bfrboost.train.data import list_hq_faces, split_faces
 from bfrboost.train.degrade import DegradeConfig, degrade, file_seed
 
 MANIFEST = "cache.json"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from bfrboost.errors import InputError
 from bfrboost.refiner.stats import IMAGE_SUFFIXES
@@ -38,18 +37,6 @@ def split_faces(paths: Sequence[Path], val_count: int, seed: int) -> tuple[list[
     val = sorted(int(i) for i in order[:val_count])
     chosen = set(val)
     return [p for i, p in enumerate(paths) if i not in chosen], [paths[i] for i in val]
-
-
-def load_rgb(path: Path, size: int) -> np.ndarray:
-    """One face as size×size×3 uint8 RGB (Lanczos-resized when it is not that size)."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc}); remove it from the data folder") from None
 
 
 @functools.lru_cache(maxsize=4)

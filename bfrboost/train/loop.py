@@ -14,7 +14,6 @@ per step), ``val.jsonl``, ``val/step-NNNNNNNN.png`` (input | base | refined | gr
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
 import math
@@ -32,7 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bfrboost.errors import InputError, UsageError
-from bfrboost.safety import atomic_path, write_bytes
+from bfrboost.identity import ArcFace
+from bfrboost.safety import append_line, atomic_dir, atomic_path, write_bytes
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache
 from bfrboost.train.data import apply_flips, batch_indices, flip_mask
 from bfrboost.train.degrade import file_seed
@@ -139,17 +139,17 @@ def psnr(a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse)
 
 
-def identity_similarity() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """ArcFace cosine between refined and GT faces when ``bfrboost.identity`` provides one and its weights are there."""
-    if importlib.util.find_spec("bfrboost.identity") is None:
+def validation_arcface(device: str | torch.device, note: Callable[[str], None]) -> ArcFace | None:
+    """ArcFace for validation's identity cosine (``ids``) when its weights are in the cache; otherwise
+    one note and ``None``: training never downloads a network it only reports with."""
+    from bfrboost import weights
+    from bfrboost.identity import ARCFACE_CARD, ARCFACE_FILE, load_arcface
+
+    if not weights.manifest()[ARCFACE_FILE].path.is_file():
+        note(f"validation without identity cosine (ids): the ArcFace weights are not in the cache; "
+             f"run `bfrboost weights download {ARCFACE_CARD}` to add it")
         return None
-    try:
-        module = importlib.import_module("bfrboost.identity")
-        fn = module.cosine_similarity
-        fn(torch.zeros(1, 3, 112, 112), torch.zeros(1, 3, 112, 112))  # weights present?
-        return fn
-    except Exception:  # noqa: BLE001 - no ArcFace, no identity metric
-        return None
+    return load_arcface(device)
 
 
 def plot_curves(log_path: Path, out: Path) -> None:
@@ -186,10 +186,8 @@ def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
-    """One JSON line appended (and flushed): a log grows every step, so it cannot be rewritten atomically
-    each time; a resumed run rewrites it atomically up to its checkpoint instead."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    """One JSON line per step; a resumed run rewrites the log atomically up to its checkpoint."""
+    append_line(path, json.dumps(record))
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
@@ -201,11 +199,27 @@ def _truncate_log(path: Path, last_step: int) -> None:
 # ---- model ---------------------------------------------------------------------------------------
 
 
-def make_model(config: TrainConfig, run: Path):
-    """A fresh refiner: tiny random SD (saved to RUN_DIR/sd-tiny once, reloaded on resume) or SD 2.1."""
+def write_tiny_sd(config: TrainConfig, run: Path) -> None:
+    """Save a tiny random SD (vae, unet, prompt) to RUN_DIR/sd-tiny unless there: all parts or none,
+    written by one process before the others read it; a resumed run reloads the same one."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from bfrboost.refiner.model import TINY_PROMPT_SHAPE, TINY_UNET_CONFIG, TINY_VAE_CONFIG, InfoBFR, InfoBFRConfig
+    from bfrboost.refiner.model import TINY_PROMPT_SHAPE, TINY_UNET_CONFIG, TINY_VAE_CONFIG
+
+    sd = run / TINY_SD_DIR
+    if not (sd / "unet" / "config.json").is_file():
+        torch.manual_seed(config.seed)
+        with atomic_dir(sd) as temp:
+            AutoencoderKL.from_config(TINY_VAE_CONFIG).save_pretrained(temp / "vae")
+            UNet2DConditionModel.from_config(TINY_UNET_CONFIG).save_pretrained(temp / "unet")
+            torch.save(torch.randn(TINY_PROMPT_SHAPE, generator=torch.Generator().manual_seed(config.seed)), temp / "prompt.pt")
+
+
+def make_model(config: TrainConfig, run: Path):
+    """A fresh refiner: the tiny random SD of :func:`write_tiny_sd`, or SD 2.1."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from bfrboost.refiner.model import InfoBFR, InfoBFRConfig
 
     stats_mode = "channel" if config.per_channel_stats or config.tiny else "element"
     refiner_config = InfoBFRConfig(rank=config.rank, stats_mode=stats_mode, timestep=config.timestep)
@@ -214,11 +228,6 @@ def make_model(config: TrainConfig, run: Path):
     if not config.tiny:
         return InfoBFR.create(refiner_config, sd_model=config.sd_model)
     sd = run / TINY_SD_DIR
-    if not (sd / "unet" / "config.json").is_file():
-        torch.manual_seed(config.seed)
-        AutoencoderKL.from_config(TINY_VAE_CONFIG).save_pretrained(sd / "vae")
-        UNet2DConditionModel.from_config(TINY_UNET_CONFIG).save_pretrained(sd / "unet")
-        torch.save(torch.randn(TINY_PROMPT_SHAPE, generator=torch.Generator().manual_seed(config.seed)), sd / "prompt.pt")
     vae = AutoencoderKL.from_pretrained(sd / "vae")
     unet = UNet2DConditionModel.from_pretrained(sd / "unet")
     prompt = torch.load(sd / "prompt.pt", weights_only=True)
@@ -326,10 +335,13 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[dict[str
 class Trainer:
     """One training run; :meth:`run` returns the refiner folder inside RUN_DIR."""
 
-    def __init__(self, config: TrainConfig, warn: Callable[[str], None] = print, progress: Callable[[int, int, dict], None] | None = None) -> None:
+    def __init__(self, config: TrainConfig, warn: Callable[[str], None] = print, progress: Callable[[int, int, dict], None] | None = None,
+                 arcface: ArcFace | None = None) -> None:
+        """``arcface``: the identity network of validation's ``ids``; default: the cached ArcFace when present."""
         self.config = config
         self.warn = warn
         self.progress = progress
+        self.arcface = arcface
 
     # -- setup
     def _accelerator(self):
@@ -371,6 +383,9 @@ class Trainer:
         if not config.resume and (found or log_path.is_file()):
             raise UsageError(f"{run}: already holds a training run; pass --resume to continue it or choose another --out")
         run.mkdir(parents=True, exist_ok=True)
+        if config.tiny and accelerator.is_main_process:
+            write_tiny_sd(config, run)
+        accelerator.wait_for_everyone()
         model = make_model(config, run).to(device)  # before the cache: a tiny run's cached moments need its tiny VAE
         cache_dir = self._cache(accelerator)
         train_set, val_set = CachedFaces(cache_dir, "train"), CachedFaces(cache_dir, "val")
@@ -414,7 +429,11 @@ class Trainer:
             ema = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
         ddp_model, optimizer = accelerator.prepare(model, optimizer)
         rank, world = accelerator.process_index, accelerator.num_processes
-        identity = identity_similarity()
+        identity = self.arcface
+        if identity is None and accelerator.is_main_process:
+            identity = validation_arcface(device, self.warn)
+        if identity is not None:
+            identity = identity.to(device)
 
         try:
             if step == 0:
@@ -475,7 +494,7 @@ class Trainer:
         return self._save_result(model, ema, run, accelerator)
 
     def _validate(self, model, loss_fn, val_set: CachedFaces, step: int, run: Path, identity, accelerator) -> dict[str, float] | None:
-        """PSNR, LPIPS, identity cosine (if ArcFace is there), mean λ, L_info and the val loss; grid PNG."""
+        """PSNR, LPIPS, identity cosine ``ids`` (if ArcFace is there), mean λ, L_info and the val loss; grid PNG."""
         if not accelerator.is_main_process or len(val_set) == 0:
             return None
         model.eval()
@@ -490,8 +509,9 @@ class Trainer:
                 n = base.shape[0]
                 values = {**{k: terms[k].item() * n for k in TERMS}, "lambda_mean": aux.lam.mean().item() * n,
                           "psnr": psnr((x_hat + 1) / 2, (gt + 1) / 2).sum().item(), "psnr_base": psnr((base + 1) / 2, (gt + 1) / 2).sum().item()}
-                if identity is not None:
-                    values["identity"] = identity((x_hat.float() + 1) / 2, (gt + 1) / 2).sum().item()
+                if identity is not None:  # float32 whatever the autocast: a cosine near 1 needs the precision
+                    with torch.autocast(model.device.type, enabled=False):
+                        values["ids"] = identity.similarity((x_hat.float() + 1) / 2, (gt.float() + 1) / 2).sum().item()
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if not grid:
@@ -512,10 +532,12 @@ class Trainer:
                     for n, p in model.named_parameters():
                         if n in ema:
                             p.copy_(ema[n].to(p.dtype))
-            model.save_pretrained(out)  # trainables, statistics and prompt are float32 whatever the frozen parts are
-            if self.config.tiny:
+            if self.config.tiny:  # the tiny SD parts first (each whole or absent), so config.json comes last
                 for part in ("vae", "unet"):
-                    shutil.copytree(run / TINY_SD_DIR / part, out / part, dirs_exist_ok=True)
+                    if not (out / part).is_dir():  # the same parts on every (resumed) run of RUN_DIR
+                        with atomic_dir(out / part) as temp:
+                            shutil.copytree(run / TINY_SD_DIR / part, temp, dirs_exist_ok=True)
+            model.save_pretrained(out)  # trainables, statistics and prompt are float32 whatever the frozen parts are
         accelerator.wait_for_everyone()
         return out
 

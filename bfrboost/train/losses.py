@@ -3,15 +3,13 @@
 - Perceptual: Σ wᵢ·mean|φᵢ(x̂) − φᵢ(x)| over VGG19 relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 with
   w = 1/32, 1/16, 1/8, 1/4, 1, on ImageNet-normalised inputs (torchvision's VGG19 definition; weights
   ``vgg19/vgg19-dcbb9e9d.pth`` of the ``vgg19`` card).
-- LPIPS: the ``lpips`` package's network, built without its torchvision download (``pnet_rand``); the
-  trunk comes from the ``lpips`` card, the linear heads from the files the package ships (SHA-256
-  checked). Tests build both with random weights under the official key names.
+- LPIPS: :func:`bfrboost.metrics.perceptual.build_lpips`, the loader evaluation uses too (AlexNet
+  trunk by default here). Tests build both networks with random weights under the official key names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,19 +17,14 @@ import torchvision
 from torch import nn
 
 from bfrboost import weights
-from bfrboost.errors import UsageError, WeightsError
+from bfrboost.errors import WeightsError
+from bfrboost.metrics.perceptual import build_lpips as build_lpips  # re-exported: part of the training-loss API
 
 VGG19_FILE = "vgg19/vgg19-dcbb9e9d.pth"
 VGG_LAYERS = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11, "relu4_1": 20, "relu5_1": 29}  # torchvision vgg19().features
 PERCEPTUAL_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LPIPS_TRUNKS = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
-# SHA-256 of the linear heads shipped in the lpips 0.1.4 wheel (lpips/weights/v0.1/NET.pth)
-LPIPS_HEADS_SHA256 = {
-    "alex": "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
-    "vgg": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
-}
 
 
 class VGG19Features(nn.Module):
@@ -73,42 +66,6 @@ def build_vgg19(pretrained: bool = True) -> VGG19Features:
         path = weights.ensure(VGG19_FILE)
         load_vgg19_state(net, weights.load_state_dict(path), str(path))
     return net.eval().requires_grad_(False)
-
-
-def load_lpips_trunk(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """torchvision ``features.N.*`` → lpips ``net.sliceK.N.*`` (the package keeps torchvision's indices)."""
-    expected = {k: v for k, v in model.state_dict().items() if k.startswith("net.")}
-    mapped = {}
-    for key in expected:
-        _, _slice, index, param = key.split(".", 3)
-        source_key = f"features.{index}.{param}"
-        if source_key not in state or state[source_key].shape != expected[key].shape:
-            raise WeightsError(f"{source}: not the LPIPS trunk checkpoint ({source_key} missing or of another shape); run `bfrboost weights download lpips`")
-        mapped[key] = state[source_key]
-    model.load_state_dict(mapped, strict=False)
-
-
-def build_lpips(net: str = "alex", pretrained: bool = True) -> nn.Module:
-    """The lpips package's LPIPS (input in [-1, 1]); random trunk and heads when not ``pretrained``."""
-    import warnings
-
-    import lpips
-
-    if net not in LPIPS_TRUNKS:
-        raise UsageError(f"LPIPS network must be one of {sorted(LPIPS_TRUNKS)}, got {net!r}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torchvision's "pretrained" deprecation inside lpips
-        model = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
-    if pretrained:
-        heads = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
-        model.load_state_dict(weights.load_state_dict(heads, expected_sha256=LPIPS_HEADS_SHA256[net]), strict=False)
-        path = weights.ensure(LPIPS_TRUNKS[net])
-        load_lpips_trunk(model, weights.load_state_dict(path), str(path))
-    else:
-        for module in model.modules():  # lpips leaves random heads at torch's default init; make them positive as trained ones
-            if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.bias is None:
-                module.weight.data.abs_()
-    return model.eval().requires_grad_(False)
 
 
 @dataclass

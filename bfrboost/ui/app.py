@@ -196,19 +196,22 @@ def launch(
     app = app if app is not None else build_app(**build_options)
     engine: Engine = app.engine
     app.queue(default_concurrency_limit=1)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        prevent_thread_lock=not block,
-        max_file_size=engine.max_request_bytes,
-        allowed_paths=[str(engine.root)],
-        ssr_mode=False,
-        show_error=False,
-        quiet=not block,
-        footer_links=[],
-        css=_CSS,
-    )
-    if block:  # the server has stopped (Ctrl-C): results and models go
-        engine.close()
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            prevent_thread_lock=not block,
+            max_file_size=engine.max_request_bytes,
+            allowed_paths=[str(engine.root)],
+            ssr_mode=False,
+            show_error=False,
+            quiet=not block,
+            footer_links=[],
+            css=_CSS,
+        )
+    finally:
+        if block:  # the server has stopped (Ctrl-C, SIGTERM under the CLI) or failed to start: results and models go
+            app.close(verbose=False)
+            engine.close()
     return app

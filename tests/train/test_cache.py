@@ -8,8 +8,9 @@ from diffusers import AutoencoderKL
 
 from bfrboost.errors import InputError, UsageError
 from bfrboost.refiner.model import TINY_VAE_CONFIG, vae_moments
+from bfrboost.refiner.stats import load_rgb
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache, resize01, to_uint8
-from bfrboost.train.data import batch_indices, list_hq_faces, load_rgb, split_faces
+from bfrboost.train.data import batch_indices, list_hq_faces, split_faces
 from bfrboost.train.degrade import degrade, file_seed
 
 

@@ -6,13 +6,12 @@ import torch.nn.functional as F
 import torchvision
 
 from bfrboost.errors import WeightsError
+from bfrboost.metrics.perceptual import build_lpips, load_lpips_trunk
 from bfrboost.train.losses import (
     InfoBFRLoss,
     LossWeights,
     VGG19Features,
-    build_lpips,
     build_vgg19,
-    load_lpips_trunk,
     load_vgg19_state,
 )
 
@@ -83,7 +82,7 @@ def test_lpips_trunk_loads_torchvision_alexnet_keys():
     alex = torchvision.models.alexnet(weights=None).state_dict()
     load_lpips_trunk(model, alex, "alexnet.pth")
     assert torch.equal(getattr(model.net.slice5, '10').weight, alex["features.10.weight"])
-    with pytest.raises(WeightsError, match="alexnet.pth: not the LPIPS trunk checkpoint"):
+    with pytest.raises(WeightsError, match="alexnet.pth: not a torchvision AlexNet checkpoint, the LPIPS trunk"):
         load_lpips_trunk(model, {k: v for k, v in alex.items() if k != "features.3.weight"}, "alexnet.pth")
 
 

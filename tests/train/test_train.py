@@ -13,9 +13,12 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from typer.testing import CliRunner
 
+from bfrboost import weights
 from bfrboost.cli import app
+from bfrboost.identity import ARCFACE_FILE, random_arcface
 from bfrboost.refiner.lora import is_lora_key
-from bfrboost.train.loop import TrainConfig, Trainer
+from bfrboost.train.cache import CachedFaces
+from bfrboost.train.loop import TrainConfig, Trainer, validation_arcface
 
 runner = CliRunner()
 STEPS = 30
@@ -30,7 +33,7 @@ def run(testdata, tmp_path_factory):
     config = TrainConfig(out=out, data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=STEPS, batch_size=2, lr=3e-2,
                          warmup=1, val_count=2, repeats=2, checkpoint_every=15, val_every=15, device="cpu")
     warnings = []
-    trainer = Trainer(config, warn=warnings.append)
+    trainer = Trainer(config, warn=warnings.append, arcface=random_arcface(0))
     result = trainer.run()
     return out, result, trainer, warnings
 
@@ -49,12 +52,42 @@ def test_training_loss_falls_and_validation_ends_below_step_zero(run):
     val = read(out / "val.jsonl")
     assert [r["step"] for r in val] == [0, 15, 30]
     assert val[-1]["loss"] < val[0]["loss"]
-    assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lambda_mean", "info"}
+    assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lambda_mean", "info", "ids"}
     assert warnings == ["manifold statistics from 4 faces (the paper uses 3000); add faces to --data for better ones"]
     with Image.open(out / "val" / "step-00000030.png") as grid:
         assert grid.size == (4 * 64, 4 * 64)  # input | base | refined | GT; rows: 2 val faces × 2 degradations
     with Image.open(out / "curves.png") as curves:
         assert curves.size[0] > 300
+
+
+def test_validation_ids_is_the_arcface_cosine_of_refined_and_ground_truth(run):
+    out, _, trainer, _ = run
+    val = CachedFaces(out / "cache", "val")
+    batch = val.batch(range(len(val)))
+    arcface = random_arcface(0)
+    model = trainer.model.eval()
+    try:
+        with torch.no_grad():
+            x_hat, _ = model(batch["base"])  # the step-30 weights (no EMA): those of the last validation
+            refined = arcface.net(arcface.preprocess((x_hat + 1) / 2))
+            truth = arcface.net(arcface.preprocess((batch["gt"] + 1) / 2))
+    finally:
+        model.train()
+    expected = torch.nn.functional.cosine_similarity(refined, truth, dim=1).mean().item()
+    assert read(out / "val.jsonl")[-1]["ids"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_validation_uses_the_cached_arcface_or_says_once_why_not(monkeypatch):
+    notes = []
+    assert validation_arcface("cpu", notes.append) is None
+    assert notes == ["validation without identity cosine (ids): the ArcFace weights are not in the cache; "
+                     "run `bfrboost weights download arcface` to add it"]
+    path = weights.manifest()[ARCFACE_FILE].path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"present")
+    loaded = random_arcface(1)
+    monkeypatch.setattr("bfrboost.identity.load_arcface", lambda device: loaded)  # loading itself: tests/test_identity.py
+    assert validation_arcface("cpu", notes.append) is loaded and len(notes) == 1
 
 
 def test_frozen_weights_are_unchanged_and_only_trainables_moved(run):
