@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -74,12 +75,14 @@ def restore(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or 1: one stage at a time).")] = 0,
 ) -> None:
     """Restore every face in INPUT images and paste them back."""
     from bfrboost.io.images import collect_inputs
     from bfrboost.pipeline import Restorer
     from bfrboost.reports import summary
     from bfrboost.runners.files import FileRunner, OutputOptions, restore_bytes
+    from bfrboost.runners.overlap import OverlapRunner
 
     start = time.perf_counter()
     stdin_mode = inputs == ["-"]
@@ -127,9 +130,10 @@ def restore(
     )
     reports: list[FileReport] = []
     console = Console(stderr=True)
-    with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
+    runner = OverlapRunner(restorer, options, workers=workers) if workers > 1 else FileRunner(restorer, options)
+    with runner if isinstance(runner, OverlapRunner) else nullcontext(), Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
         task = progress.add_task("restoring", total=len(paths))
-        for report in FileRunner(restorer, options).run(paths):
+        for report in runner.run(paths):
             reports.append(report)
             if report.error:
                 _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)

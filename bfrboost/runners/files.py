@@ -86,32 +86,12 @@ class FileRunner:
         self.images_per_batch = images_per_batch
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
-        options = self.options
         pending: list[tuple[FileReport, LoadedImage]] = []
         planned: dict[Path, Path] = {}
         guard = InputGuard(inputs)
         for path in inputs:
-            report = FileReport(input=str(path))
-            try:
-                out = self.plan(path)
-                guard.check(out)
-                if out in planned:
-                    raise OutputError(f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix")
-                planned[out] = path
-            except BfrboostError as exc:
-                report.error = str(exc)
-                yield from self._flush(pending)
-                pending = []
-                yield report
-                continue
-            report.output = str(out)
-            if out.exists() and not options.overwrite:
-                report.skipped = f"{out}: already exists; pass --overwrite to replace it"
-                yield from self._flush(pending)
-                pending = []
-                yield report
-                continue
-            loaded = self._decode(report, path)
+            report = self._planned(path, guard, planned)
+            loaded = self._decode(report, path) if report.done else None
             if loaded is None:
                 yield from self._flush(pending)
                 pending = []
@@ -122,6 +102,26 @@ class FileRunner:
                 yield from self._flush(pending)
                 pending = []
         yield from self._flush(pending)
+
+    # Planning, decoding and delivering one image are separate steps so that other runners
+    # (bfrboost.runners.overlap) run them in worker threads or processes with the same results.
+
+    def _planned(self, path: Path, guard: InputGuard, planned: dict[Path, Path]) -> FileReport:
+        """A report for ``path`` with ``output`` planned, or ``error`` / ``skipped`` set."""
+        report = FileReport(input=str(path))
+        try:
+            out = self.plan(path)
+            guard.check(out)
+            if out in planned:
+                raise OutputError(f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix")
+            planned[out] = path
+        except BfrboostError as exc:
+            report.error = str(exc)
+            return report
+        report.output = str(out)
+        if out.exists() and not self.options.overwrite:
+            report.skipped = f"{out}: already exists; pass --overwrite to replace it"
+        return report
 
     def plan(self, path: Path) -> Path:
         """Where the restored image of ``path`` goes."""
@@ -145,18 +145,22 @@ class FileRunner:
             return
         results = self.restorer.restore_batch([loaded.rgb for _, loaded in pending], [loaded.alpha for _, loaded in pending])
         for (report, loaded), result in zip(pending, results):
-            report.faces = result.faces
-            report.seconds.update(result.seconds)
-            start = time.perf_counter()
-            if loaded.gray:
-                result.image = gray(result.image)
-            try:
-                self._write(Path(report.input), Path(report.output), result, icc=loaded.icc)
-            except BfrboostError as exc:
-                report.error = str(exc)
-                report.output = None
-            report.seconds["encode"] = time.perf_counter() - start
-            yield report
+            yield self._deliver(report, loaded, result)
+
+    def _deliver(self, report: FileReport, loaded: LoadedImage, result: Result) -> FileReport:
+        """Write ``result`` (gray kept gray) and complete ``report``; a failed write becomes ``error``."""
+        report.faces = result.faces
+        report.seconds.update(result.seconds)
+        start = time.perf_counter()
+        if loaded.gray:
+            result.image = gray(result.image)
+        try:
+            self._write(Path(report.input), Path(report.output), result, icc=loaded.icc)
+        except BfrboostError as exc:
+            report.error = str(exc)
+            report.output = None
+        report.seconds["encode"] = time.perf_counter() - start
+        return report
 
     def _write(self, source: Path, out: Path, result: Result, icc: bytes | None = None) -> None:
         options = self.options
