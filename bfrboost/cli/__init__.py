@@ -9,9 +9,9 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="bfrboost: restore faces, then boost them with the InfoBFR refiner.")
 
-from bfrboost.cli import refiner, restore, weights  # noqa: E402  (each module adds its commands to ``app``)
+from bfrboost.cli import dataset, refiner, restore, weights  # noqa: E402  (each module adds its commands to ``app``)
 
-__all__ = ["app", "main", "refiner", "restore", "weights"]
+__all__ = ["app", "dataset", "main", "refiner", "restore", "weights"]
 
 
 def main() -> None:
