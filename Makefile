@@ -30,6 +30,7 @@ bench: setup
 	$(PY) bench/bench_faces.py
 	$(PY) bench/bench_backbones.py
 	$(PY) bench/bench_refiner.py --real
+	$(PY) bench/bench_throughput.py
 
 lint: setup
 	$(PY) -m pip install -q ruff

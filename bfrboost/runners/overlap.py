@@ -4,10 +4,10 @@ previous ones, while the device restores the current batch.
 Three stages joined by bounded queues:
 
 1. **prepare** (``workers`` processes, or threads): read + decode + detect + align one image
-   (:meth:`FileRunner._decode` and :meth:`Restorer.prepare`). dlib's HOG detector holds the GIL
-   (``bench/bench_throughput.py`` measures threads against processes), so on Linux the CPU
-   detectors run in forked processes; a detector on a GPU runs in threads (CUDA does not survive
-   ``fork``).
+   (:meth:`FileRunner._decode` and :meth:`Restorer.prepare`). dlib's models are not thread-safe
+   (threads must take turns; ``bench/bench_throughput.py`` measures threads against processes), so
+   on Linux the CPU detectors run in forked processes; a detector on a GPU runs in threads (CUDA
+   does not survive ``fork``).
 2. **restore** (the calling thread): base model + refiner over the faces of up to
    ``images_per_batch`` images at once (:meth:`Restorer.restore_faces`).
 3. **finish** (``workers`` threads): paste back, encode, write (:meth:`Restorer.finish`,
@@ -23,10 +23,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,10 @@ class OverlapRunner(FileRunner):
         self.mode = self._resolve_mode(mode)
         self.queue_size = queue_size or 2 * workers
         self._prepare_pool: Executor | None = None
+        # dlib's detector and shape predictor are shared objects that are not thread-safe (two
+        # threads in them corrupt the heap): in thread mode they run one at a time.
+        detector = restorer.detector
+        self._detect_lock = threading.Lock() if self.mode == "thread" and getattr(detector, "name", "") == "dlib" else nullcontext()
 
     def _resolve_mode(self, mode: str) -> str:
         can_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
@@ -139,7 +144,8 @@ class OverlapRunner(FileRunner):
         loaded = self._decode(report, path)
         if loaded is None:
             return report, None, None
-        return report, loaded, self.restorer.prepare(loaded.rgb, loaded.alpha)
+        with self._detect_lock:
+            return report, loaded, self.restorer.prepare(loaded.rgb, loaded.alpha)
 
     def _finish(self, report: FileReport, loaded: LoadedImage, prepared: Prepared) -> FileReport:
         """Stage 3: paste back, encode and write (in a worker thread)."""
