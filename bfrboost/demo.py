@@ -11,6 +11,7 @@ The photos ship inside scikit-image's wheel, so the demo needs no download:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from skimage import data
 
 from bfrboost.errors import BfrboostError
 from bfrboost.io.images import write_image
+from bfrboost.safety import Interrupted, handle_signals
 
 DEGRADED_SCALE = 0.5
 DEGRADED_BLUR_SIGMA = 1.5
@@ -50,10 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("outdir", type=Path, help="folder to write the example photos into (created if missing)")
     args = parser.parse_args(argv)
     try:
-        paths = write_demo_photos(args.outdir)
+        with handle_signals():
+            paths = write_demo_photos(args.outdir)
     except BfrboostError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
+    except (KeyboardInterrupt, Interrupted) as exc:  # write_image has removed its temp file
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}; run the same command again", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
     for path in paths:
         print(path)
 

@@ -8,6 +8,10 @@ a remote one. An already initialised Ray (``ray.init(...)`` by the caller) is us
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from bfrboost.errors import UsageError
@@ -18,6 +22,19 @@ from bfrboost.runners import dataset as ds
 #: read/prepare/finish tasks and the pipeline hangs.
 CPU_ACTOR_CPUS = 0.5
 TASK_CPUS = 0.75
+
+
+@contextmanager
+def keeping_signal_handlers() -> Iterator[None]:
+    """``ray.init`` replaces the driver's SIGTERM handler; keep the caller's (the CLI's clean exit)."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
 def _ray() -> Any:
@@ -69,7 +86,8 @@ def restore_dataset(
 
     if todo:
         if not ray.is_initialized():
-            ray.init(address=ray_address, include_dashboard=False) if ray_address else ray.init(include_dashboard=False)
+            with keeping_signal_handlers():
+                ray.init(address=ray_address, include_dashboard=False) if ray_address else ray.init(include_dashboard=False)
         for row in _run(ray, todo, restore_options, max_pixels, quality, overwrite, images_per_batch, gpus):
             rows[row["rel"]] = row
     ordered = [rows[item.rel] for item in items]

@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bfrboost.faces.types import Face
+from bfrboost.safety import one_line
 
 
 @dataclass
 class FileReport:
     """What happened to one input: the ``--json`` line and the summary are built from it.
 
-    ``output`` is set only once the output exists; ``error`` (failed) and ``skipped`` (nothing
-    done, e.g. the output already exists) each hold one line saying why and what to do.
+    ``output`` is the main output once it exists (for a skipped input: the existing file that made
+    it skip), else ``None``; ``files`` lists every file this run wrote for the input (all of them or
+    none, see :class:`bfrboost.safety.OutputSet`); ``error`` (failed) and ``skipped`` (nothing done,
+    e.g. the output already exists) each hold one line saying why and what to do.
     """
 
     input: str
@@ -29,6 +32,7 @@ class FileReport:
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     skipped: str | None = None
+    files: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # runner-specific fields (frames, files written …)
 
     @property
@@ -52,6 +56,7 @@ class FileReport:
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "error": self.error,
             "skipped": self.skipped,
+            "files": list(self.files),
             **self.extra,
         }
 
@@ -75,12 +80,19 @@ def summary(reports: Sequence[FileReport], seconds: float, problems: Sequence[st
         lines.append("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     if failed or problems:
         lines.append("failed:")
-        lines += [f"  {r.input}: {_reason(r)}" for r in failed] + [f"  {p}" for p in problems]
+        lines += [f"  {one_line(r.input)}: {reason(r)}" for r in failed] + [f"  {one_line(p)}" for p in problems]
     return "\n".join(lines)
 
 
-def _reason(report: FileReport) -> str:
-    """The error without a leading copy of the input's name (messages usually start with it)."""
-    error = report.error or ""
-    prefix = f"{report.input}: "
-    return error[len(prefix):] if error.startswith(prefix) else error
+def reason(report: FileReport) -> str:
+    """The error (or skip reason) without a leading copy of the input's name (messages usually start
+    with it), so a line that names the input first does not name it twice."""
+    text = report.error or report.skipped or ""
+    prefix = f"{one_line(report.input)}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def problem_report(problem: str) -> FileReport:
+    """The report of an input that failed before it had one (while collecting paths): its ``--json``
+    object, so every input gets exactly one. ``problem`` may be an :class:`~bfrboost.io.images.InputProblem`."""
+    return FileReport(input=getattr(problem, "input", str(problem)), error=str(problem))

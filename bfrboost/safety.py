@@ -4,6 +4,13 @@
   (``.NAME.bfrboost-PID-RANDOM.partial``), fsync, rename. On any exception, Ctrl-C or SIGTERM the
   temp file is removed; a temp file left by a killed process (SIGKILL, power loss) is removed by the
   next run that writes into the same folder (:func:`clean_stale_temps`).
+- :class:`OutputSet`: every file ONE input produces (restored image, face crops, comparisons, a
+  video and its side files …), checked before the first byte is written and then committed all or
+  none: each file goes to its temp, and only when every temp is complete are they renamed into
+  place, with SIGINT/SIGTERM/SIGHUP held off during the renames (:func:`deferred_signals`). If a
+  rename fails, the files of the set already renamed are removed again, so a failed input leaves
+  none of its files (with ``overwrite`` their earlier versions are then gone too).
+- :func:`atomic_dir`: the same for a whole folder (model folders from ``save_pretrained``).
 - :class:`InputGuard`: refuses any planned output that is one of the run's inputs, whatever
   sub-folder it lands in.
 - :func:`handle_signals`: SIGTERM (and SIGHUP) raise :class:`Interrupted` in the main thread, like
@@ -16,13 +23,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import stat
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bfrboost.errors import OutputError
 
@@ -53,6 +62,38 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def one_line(text: object) -> str:
     """``text`` with control characters (newline, tab, escape…) written as ``\\n``, ``\\x1b`` …"""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file; save the image to a file, or pipe it in with '-'"),
+    (stat.S_ISSOCK, "is a socket, not a regular file; give an image file"),
+    (stat.S_ISCHR, "is a character device, not a regular file; give an image file"),
+    (stat.S_ISBLK, "is a block device, not a regular file; give an image file"),
+)
+
+
+def special_file(path: Path | str) -> str | None:
+    """What a FIFO, socket or device file is (and what to do), or ``None`` for anything else.
+
+    Checked before opening an input: reading a FIFO would block until something writes to it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
+def describe_missing(path: Path | str) -> str:
+    """Why ``path`` is not there: a dangling symbolic link (and where it points) or simply missing."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        target_path = Path(target) if os.path.isabs(target) else path.parent / target
+        return f"broken symbolic link (its target {one_line(target_path)} does not exist); fix or remove the link"
+    return "no such file or folder; check the path"
 
 
 def temp_path(path: Path) -> Path:
@@ -87,11 +128,9 @@ def clean_stale_temps(folder: Path) -> list[Path]:
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
         if match and not _pid_alive(int(match.group(1))):
-            try:
-                os.unlink(entry.path)
+            _remove(Path(entry.path))
+            if not os.path.lexists(entry.path):
                 removed.append(Path(entry.path))
-            except OSError:
-                pass
     return removed
 
 
@@ -110,6 +149,12 @@ def describe_write_error(path: Path, exc: OSError) -> str:
     name = one_line(path)
     if exc.errno == errno.ENOSPC:
         return f"{name}: no space left on the device holding {one_line(path.parent)}; free space there or choose another -o"
+    if exc.errno == getattr(errno, "EDQUOT", None):
+        return f"{name}: disk quota exceeded on the device holding {one_line(path.parent)}; free space there or choose another -o"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{name}: name too long for the file system; use a shorter name or --suffix"
+    if exc.errno == errno.EISDIR:
+        return f"{name}: a folder of that name is in the way; remove or rename it, or choose another -o"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{name}: permission denied writing into {one_line(path.parent)}; choose a folder you can write to with -o"
     blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
@@ -126,7 +171,7 @@ def atomic_path(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
     An existing ``path`` is an :class:`OutputError` unless ``overwrite``.
     """
     path = Path(path)
-    if not overwrite and path.exists():
+    if not overwrite and os.path.lexists(path):
         raise OutputError(f"{one_line(path)}: already exists; pass --overwrite to replace it")
     _prepare_folder(path)
     temp = temp_path(path)
@@ -168,6 +213,42 @@ def atomic_open(path: Path | str, overwrite: bool = False) -> Iterator[BinaryIO]
             file.flush()
 
 
+@contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield a temp folder that appears complete at ``path`` when the block ends cleanly, or not at all
+    (a model folder written by ``save_pretrained``, a folder of frames). ``path`` must be missing or an
+    empty folder (replaced); a killed run leaves a recognisable temp folder the next run removes."""
+    path = Path(path)
+    if os.path.lexists(path) and (not path.is_dir() or any(path.iterdir())):
+        raise OutputError(f"{one_line(path)}: already exists and is not an empty folder; choose a new or empty folder")
+    _prepare_folder(path)
+    temp = temp_path(path)
+    with _LIVE_LOCK:
+        _LIVE.add(temp)
+    try:
+        temp.mkdir()
+        yield temp
+        with deferred_signals():
+            os.replace(temp, path)
+    except OSError as exc:
+        raise OutputError(describe_write_error(path, exc)) from None
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(temp)
+        _remove(temp)
+
+
+def _remove(path: Path) -> None:
+    """Remove a temp file or folder if it is there; never raises."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_bytes(path: Path | str, data: bytes, overwrite: bool = False) -> Path:
     """Write ``data`` atomically (JSON reports, Markdown/CSV tables, HTML pages …)."""
     with atomic_open(path, overwrite) as file:
@@ -180,10 +261,7 @@ def remove_live_temps() -> None:
     with _LIVE_LOCK:
         live = list(_LIVE)
     for temp in live:
-        try:
-            temp.unlink()
-        except OSError:
-            pass
+        _remove(temp)
 
 
 @contextmanager
@@ -207,6 +285,119 @@ def handle_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+_DEFERRED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (a few renames that must happen together).
+
+    A signal arriving meanwhile is recorded and re-delivered to the previous handler right after the
+    block (``pthread_sigmask`` would not do: a process-directed signal may land on any other thread,
+    and Python runs its handler in the main thread anyway). Main thread only; elsewhere no effect.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _DEFERRED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            _redeliver(pending[0], previous[pending[0]])
+
+
+def _redeliver(signum: int, handler: Any) -> None:
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)  # the default action (terminate) now that the renames are done
+
+
+class OutputSet:
+    """Every file one input produces: checked up front, then written all or none (see the module doc).
+
+    ``add(path, write)``: ``write(file)`` fills a binary file object; ``add_path(path, write)``:
+    ``write(temp)`` writes a file name (``torch.save``, ``safetensors``, video encoders).
+    """
+
+    def __init__(self, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+        self._writers: dict[Path, Callable[[Path], None]] = {}
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self._writers)
+
+    def add(self, path: Path | str, write: Callable[[BinaryIO], None]) -> OutputSet:
+        def via_file(temp: Path) -> None:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            with os.fdopen(fd, "wb") as file:
+                write(file)
+        return self.add_path(path, via_file)
+
+    def add_path(self, path: Path | str, write: Callable[[Path], None]) -> OutputSet:
+        path = Path(path)
+        if path in self._writers:
+            raise OutputError(f"{one_line(path)}: planned twice in one output set; give the outputs distinct names")
+        self._writers[path] = write
+        return self
+
+    def check(self, guard: InputGuard | None = None) -> None:
+        """Refuse (before anything is written) an output that is an input or exists without ``overwrite``."""
+        for path in self._writers:
+            if guard is not None:
+                guard.check(path)
+            if not self.overwrite and os.path.lexists(path):
+                raise OutputError(f"{one_line(path)}: already exists; pass --overwrite to replace it")
+
+    def commit(self, guard: InputGuard | None = None) -> list[Path]:
+        """Check, write every temp, rename them all; returns the paths written. Raises :class:`OutputError`."""
+        self.check(guard)
+        temps: list[tuple[Path, Path]] = []
+        try:
+            for path, write in self._writers.items():
+                _prepare_folder(path)
+                temp = temp_path(path)
+                with _LIVE_LOCK:
+                    _LIVE.add(temp)
+                temps.append((temp, path))
+                try:
+                    write(temp)
+                    _fsync(temp)
+                except OSError as exc:
+                    raise OutputError(describe_write_error(path, exc)) from None
+            self._rename_all(temps)
+        finally:
+            for temp, _ in temps:
+                with _LIVE_LOCK:
+                    _LIVE.discard(temp)
+                if os.path.lexists(temp):
+                    temp.unlink(missing_ok=True)
+        return [path for _, path in temps]
+
+    def _rename_all(self, temps: list[tuple[Path, Path]]) -> None:
+        done: list[Path] = []
+        with deferred_signals():
+            for temp, path in temps:
+                try:
+                    if not self.overwrite and os.path.lexists(path):  # appeared while we were writing
+                        raise OutputError(f"{one_line(path)}: already exists; pass --overwrite to replace it")
+                    os.replace(temp, path)
+                except (OSError, OutputError) as exc:
+                    for written in done:
+                        written.unlink(missing_ok=True)
+                    if isinstance(exc, OutputError):
+                        raise
+                    raise OutputError(describe_write_error(path, exc)) from None
+                done.append(path)
 
 
 class InputGuard:

@@ -19,7 +19,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from platformdirs import user_cache_dir
 
 from bfrboost.errors import UsageError, WeightsError
+from bfrboost.safety import atomic_open, write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -311,21 +311,14 @@ def import_file(src: str | os.PathLike) -> Path:
     size = src.stat().st_size
     if entry.size is not None and size != entry.size:
         raise WeightsError(f"{src}: {size} bytes but {entry.file} has {entry.size}; not imported (get it from {entry.url})")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".import")
-    tmp = Path(tmp_name)
-    try:
-        hasher = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            while chunk := inp.read(_CHUNK):
-                hasher.update(chunk)
-                out.write(chunk)
+    hasher = hashlib.sha256()
+    with atomic_open(dest, overwrite=True) as out, src.open("rb") as inp:  # a bad copy never reaches the cache
+        while chunk := inp.read(_CHUNK):
+            hasher.update(chunk)
+            out.write(chunk)
         digest = hasher.hexdigest()
         if entry.sha256 is not None and digest != entry.sha256:
             raise WeightsError(f"{src}: SHA-256 {digest} does not match {entry.file} ({entry.sha256}); not imported (get it from {entry.url})")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     _remember_hash(dest, digest)
     if entry.sha256 is None:
         _pin(entry, digest)
@@ -518,11 +511,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Atomic write, so a crash never leaves a half-written lock or cache file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"), overwrite=True)
 
 
 def _err(line: str) -> None:
@@ -554,16 +543,34 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
 
         try:
             sd = load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise WeightsError(f"{path}: not a valid safetensors file ({_first_line(exc)}); download it again") from None
+        except (SafetensorError, OSError, ValueError):
+            raise _damaged(path) from None
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:  # the weights-only unpickler met something it will not run
+        except pickle.UnpicklingError as exc:
+            # the weights-only unpickler refuses a GLOBAL it will not import (unsafe: code would run);
+            # any other complaint ("Unsupported operand", bad opcodes) means the bytes are no valid pickle
+            if _UNSAFE_GLOBAL.search(str(exc)) is None:
+                raise _damaged(path) from None
             raise WeightsError(f"{path}: refused: {_refusal_reason(str(exc))}; only tensor-only .pth or .safetensors files are accepted") from None
-        except Exception as exc:  # noqa: BLE001 - a damaged file raises RuntimeError, EOFError, KeyError, struct.error, ...
-            raise WeightsError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {_first_line(exc)}); download it again") from None
+        except Exception:  # noqa: BLE001 - a damaged file raises RuntimeError, EOFError, KeyError, struct.error, ...
+            raise _damaged(path) from None
     return _unwrap(sd, path)
+
+
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL|allowlisted|add_safe_globals|reduce")  # torch's words for "would run code"
+
+
+def _damaged(path: Path) -> WeightsError:
+    """A file that is no checkpoint at all (cut short, overwritten, another file type): download it again."""
+    name = "NAME"
+    try:
+        resolved = path.resolve()
+        name = next((e.card for e in manifest().values() if e.path.resolve() == resolved), name)
+    except (OSError, WeightsError):
+        pass
+    return WeightsError(f"{path}: damaged or not a checkpoint; re-download it with `bfrboost weights download {name}`")
 
 
 class CheckpointMismatch(ValueError):

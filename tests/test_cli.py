@@ -55,7 +55,7 @@ def test_layout_and_json_schema(photos: Path, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [Path(line["input"]).name for line in lines] == ["01.jpg", "04.jpg"]
     for line in lines:
-        assert set(line) == {"input", "output", "width", "height", "faces", "seconds", "error", "skipped"}
+        assert set(line) == {"input", "output", "width", "height", "faces", "seconds", "error", "skipped", "files"}
         assert line["error"] is None
         assert line["skipped"] is None
         assert Path(line["output"]).is_file()

@@ -35,6 +35,7 @@ def comparable(report, outdir: Path) -> dict:
     line.pop("seconds")
     if line["output"]:
         line["output"] = str(Path(line["output"]).relative_to(outdir))
+    line["files"] = [str(Path(f).relative_to(outdir)) for f in line.get("files", [])]
     return line
 
 
@@ -49,7 +50,7 @@ def test_overlapped_outputs_and_reports_equal_sequential(restorer: Restorer, inp
     assert [comparable(r, ovl_dir) for r in overlapped] == [comparable(r, seq_dir) for r in sequential]
     failed = [r for r in overlapped if r.error]
     assert [r.input for r in failed] == [str(inputs[3])]
-    assert failed[0].error == f"{inputs[3]}: truncated image data"
+    assert failed[0].error.startswith(f"{inputs[3]}: truncated image data")
     done = [r for r in overlapped if r.done]
     assert len(done) == 8 and sum(len(r.faces) for r in done) >= 40
     for seq, ovl in zip(sequential, overlapped):

@@ -435,12 +435,29 @@ def test_safetensors_and_expected_hash(tmp_path):
         weights.load_state_dict(path, expected_sha256="1" * 64)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match=r"junk.pth: refused: not a tensor-only checkpoint \(Unsupported operand 110\); only"):
+    with pytest.raises(WeightsError) as info:  # not a pickle at all: damaged, not unsafe
         weights.load_state_dict(junk)
+    assert str(info.value) == f"{junk}: damaged or not a checkpoint; re-download it with `bfrboost weights download NAME`"
     torch.save(tensors, junk)
     junk.write_bytes(junk.read_bytes()[:200])  # a truncated download
-    with pytest.raises(WeightsError, match="junk.pth: cannot be read as a checkpoint .*; download it again"):
+    with pytest.raises(WeightsError) as info:
         weights.load_state_dict(junk)
+    assert str(info.value) == f"{junk}: damaged or not a checkpoint; re-download it with `bfrboost weights download NAME`"
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(WeightsError) as info:
+        weights.load_state_dict(broken)
+    assert str(info.value) == f"{broken}: damaged or not a checkpoint; re-download it with `bfrboost weights download NAME`"
+
+
+def test_a_damaged_cached_checkpoint_names_its_card(card_dir):
+    write_card(card_dir, "tiny", [{"file": "tiny.pth", "url": "https://example.org/tiny.pth"}])
+    entry = weights.manifest()["tiny.pth"]
+    entry.path.parent.mkdir(parents=True, exist_ok=True)
+    entry.path.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(WeightsError) as info:
+        weights.load_state_dict(entry.path)
+    assert str(info.value) == f"{entry.path}: damaged or not a checkpoint; re-download it with `bfrboost weights download {entry.card}`"
 
 
 def test_weights_readme_lists_every_file_with_its_licence():

@@ -3,6 +3,8 @@ codes. The logic lives in the library; every command here is a documented Python
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import typer
@@ -15,6 +17,47 @@ __all__ = ["app", "dataset", "main", "refiner", "restore", "weights"]
 
 
 def main() -> None:
+    """The ``bfrboost`` console script: the Typer app plus Unix stream manners.
+
+    - fds 0–2 closed at start (``bfrboost ... >&-``) are reopened on ``/dev/null``, so nothing we open
+      later (an output image!) gets fd 1 and receives printed text, and printing is no traceback;
+    - the reader of stdout gone (``| head``): stop quietly with exit code 141 (128 + SIGPIPE), as
+      other tools die of SIGPIPE (the files finished so far stay; the one being written is removed).
+    """
     # spandrel's architectures still call torch.jit.script at import: not the user's concern
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-    app()
+    _reopen_closed_std_streams()
+    try:
+        app()
+    except SystemExit:
+        # Click (vendored by Typer) swaps stdout for a PacifyFlushWrapper when a write hit EPIPE
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _silence_stdout()
+            raise SystemExit(141) from None
+        raise
+
+
+def _reopen_closed_std_streams() -> None:
+    from bfrboost.cli import common
+
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
+            if fd == 1:
+                common.STDOUT_CLOSED = True
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush of stdout cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -13,6 +13,7 @@ from rich.progress import Progress
 
 from bfrboost.cli import app
 from bfrboost.cli.common import fail as _refiner_fail
+from bfrboost.cli.common import interruptible, writes_files
 from bfrboost.errors import BfrboostError, UsageError
 
 refiner_app = typer.Typer(no_args_is_help=True, help="InfoBFR refiner: statistics, info, tiny test refiners.")
@@ -42,15 +43,16 @@ def refiner_stats(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        paths = list_faces(faces, count)
-        vae = refiner_vae(refiner, sd_model)
-        with Progress(console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("manifold statistics", total=len(paths))
-            stats = compute_manifold_stats(vae, paths, per_element, batch_size, size, device, lambda n: progress.advance(task, n))
-        save_stats(refiner, stats)
-    except BfrboostError as exc:
-        raise _refiner_fail(exc) from None
+    with interruptible(resume="re-run the same command (the refiner is unchanged until the statistics are stored)"):
+        try:
+            paths = list_faces(faces, count)
+            vae = refiner_vae(refiner, sd_model)
+            with Progress(console=Console(stderr=True), transient=True) as progress:
+                task = progress.add_task("manifold statistics", total=len(paths))
+                stats = compute_manifold_stats(vae, paths, per_element, batch_size, size, device, lambda n: progress.advance(task, n))
+            save_stats(refiner, stats)
+        except BfrboostError as exc:
+            raise _refiner_fail(exc) from None
     mode = "element" if per_element else "channel"
     sys.stdout.write(f"{refiner}: per-{mode} statistics of r over {stats.faces} faces stored "
                      f"(mean |μ| {stats.mean.abs().mean():.4f}, mean σ {stats.std.mean():.4f})\n")
@@ -84,6 +86,7 @@ def refiner_info(
 
 
 @refiner_app.command("init")
+@writes_files
 def refiner_init(
     tiny: Annotated[Path, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights.")] = 0,
@@ -93,5 +96,8 @@ def refiner_init(
 
     if (tiny / "config.json").exists():
         raise _refiner_fail(UsageError(f"{tiny}: already holds a refiner; choose an empty folder"))
-    init_tiny(tiny, seed)
+    try:
+        init_tiny(tiny, seed)
+    except BfrboostError as exc:
+        raise _refiner_fail(exc) from None
     sys.stdout.write(f"{tiny}: tiny random refiner written (seed {seed})\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,12 +14,18 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from bfrboost.cli import app
+from bfrboost.cli import app, common
 from bfrboost.cli.common import err as _err
+from bfrboost.cli.common import fail as _fail
+from bfrboost.cli.common import interruptible
 from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.safety import one_line
 
 if TYPE_CHECKING:
     from bfrboost.reports import FileReport
+
+_STDIN_EXAMPLE = "bfrboost restore - < photo.jpg > restored.png"
+
 
 class ExtChoice(str, Enum):
     auto = "auto"
@@ -80,70 +86,84 @@ def restore(
     """Restore every face in INPUT images and paste them back."""
     from bfrboost.io.images import collect_inputs
     from bfrboost.pipeline import Restorer
-    from bfrboost.reports import summary
+    from bfrboost.reports import problem_report, summary
     from bfrboost.runners.files import FileRunner, OutputOptions, restore_bytes
     from bfrboost.runners.overlap import OverlapRunner
 
     start = time.perf_counter()
     stdin_mode = inputs == ["-"]
-    try:
-        if "-" in inputs and not stdin_mode:
-            raise UsageError("'-' (stdin) cannot be mixed with other inputs")
-        if stdin_mode and as_json:
-            raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
-        knobs = _parse_knobs(knob or [])
-        paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
-        for problem in problems:
-            _err(problem)
-        if not stdin_mode and not paths:
-            _err("no input images found")
-            raise typer.Exit(1)
-        restorer = Restorer(
-            base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
-            device=device, detector=detector, upscale=upscale, aligned=aligned,
-            only_center_face=only_center_face, min_face=min_face, weights=weights,
-            batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
-        )
-    except UsageError as exc:
-        _err(str(exc))
-        raise typer.Exit(2) from None
-    except BfrboostError as exc:
-        _err(str(exc))
-        raise typer.Exit(1) from None
-    for note in restorer.notes:
-        _err(f"note: {note}")
-
-    if stdin_mode:
-        fmt = "png" if ext is ExtChoice.auto else ext.value
+    with interruptible() as progress:
         try:
-            data, _ = restore_bytes(restorer, sys.stdin.buffer.read(), fmt=fmt, quality=quality, max_pixels=max_pixels)
+            if "-" in inputs and not stdin_mode:
+                raise UsageError("'-' (stdin) cannot be mixed with other inputs")
+            if stdin_mode and as_json:
+                raise UsageError("--json prints to stdout, which '-' already uses for the image; drop one of them")
+            if stdin_mode and sys.stdin.isatty():  # reading would wait for the keyboard
+                raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
+            if stdin_mode and sys.stdout.isatty():
+                raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
+            knobs = _parse_knobs(knob or [])
+            paths, problems = ([], []) if stdin_mode else collect_inputs(inputs, recursive=recursive)
+            progress.total = len(paths) + len(problems)
+            failed = [problem_report(problem) for problem in problems]
+            progress.finished = len(failed)  # reported: nothing more to do for them
+            for report in failed:
+                _emit(report, as_json)
+            if not stdin_mode and not paths:
+                _err("no input images found" + ("" if problems else "; check the paths"))
+                raise typer.Exit(1)
+            restorer = Restorer(
+                base, refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
+                device=device, detector=detector, upscale=upscale, aligned=aligned,
+                only_center_face=only_center_face, min_face=min_face, weights=weights,
+                batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
+            )
         except BfrboostError as exc:
-            _err(str(exc))
-            raise typer.Exit(1) from None
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
+            raise _fail(exc) from None
+        for note in restorer.notes:
+            _err(f"note: {note}")
+        if as_json and common.STDOUT_CLOSED:
+            _err("note: stdout is closed; the --json lines are discarded")
 
-    options = OutputOptions(
-        outdir=outdir, suffix=suffix, ext=ext.value, quality=quality, overwrite=overwrite,
-        save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
-    )
-    reports: list[FileReport] = []
-    console = Console(stderr=True)
-    runner = OverlapRunner(restorer, options, workers=workers) if workers > 1 else FileRunner(restorer, options)
-    with runner if isinstance(runner, OverlapRunner) else nullcontext(), Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
-        task = progress.add_task("restoring", total=len(paths))
-        for report in runner.run(paths):
-            reports.append(report)
-            if report.error:
-                _err(f"{report.input}: {report.error}" if report.input not in report.error else report.error)
-            elif report.skipped:
-                _err(f"skipped {report.input}: {report.skipped}")
-            if as_json:
-                sys.stdout.write(json.dumps(report.to_json()) + "\n")
-                sys.stdout.flush()
-            faces = sum(len(r.faces) for r in reports)
-            progress.update(task, advance=1, description=f"restoring ({faces} faces)")
-    sys.stderr.write(summary(reports, time.perf_counter() - start, problems) + "\n")
-    if problems or any(r.error for r in reports):
-        raise typer.Exit(1)
+        if stdin_mode:
+            fmt = "png" if ext is ExtChoice.auto else ext.value
+            try:
+                data, _ = restore_bytes(restorer, sys.stdin.buffer.read(), fmt=fmt, quality=quality, max_pixels=max_pixels)
+            except BfrboostError as exc:
+                raise _fail(exc) from None
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return
+
+        options = OutputOptions(
+            outdir=outdir, suffix=suffix, ext=ext.value, quality=quality, overwrite=overwrite,
+            save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
+        )
+        reports: list[FileReport] = list(failed)
+        console = Console(stderr=True)
+        runner = OverlapRunner(restorer, options, workers=workers) if workers > 1 else FileRunner(restorer, options)
+        with closing(runner) if isinstance(runner, OverlapRunner) else nullcontext(), \
+                Progress(console=console, disable=not console.is_terminal, transient=True) as bar:
+            task = bar.add_task("restoring", total=len(paths))
+            for report in runner.run(paths):
+                reports.append(report)
+                _emit(report, as_json)
+                progress.finished += 1
+                faces = sum(len(r.faces) for r in reports)
+                bar.update(task, advance=1, description=f"restoring ({faces} faces)")
+        sys.stderr.write(summary(reports, time.perf_counter() - start) + "\n")
+        if any(r.error for r in reports):
+            raise typer.Exit(1)
+
+
+def _emit(report: FileReport, as_json: bool) -> None:
+    """The input's line on stderr (failed or skipped) and its JSON object on stdout."""
+    from bfrboost.reports import reason
+
+    if report.error:
+        _err(report.error if report.error.startswith(one_line(report.input)) else f"{report.input}: {report.error}")
+    elif report.skipped:
+        _err(f"skipped {report.input}: {reason(report)}")
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+        sys.stdout.flush()

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from bfrboost.cli import app
+from bfrboost.cli.common import RESUME, interruptible
 from bfrboost.cli.common import err as _err
 from bfrboost.errors import BfrboostError, UsageError
 
@@ -83,18 +84,24 @@ def weights_download(
     from bfrboost import weights
 
     entries = [e for name in names for e in _weights_files(name)]
-    _print_each(entries, lambda entry: weights.ensure(entry.file, offline=True if offline else None))
+    resume = "re-run the same command to resume (a partial download continues where it stopped)"
+    _print_each(entries, lambda entry: weights.ensure(entry.file, offline=True if offline else None), resume)
 
 
-def _print_each(items: list[Any], action: Callable[[Any], Path]) -> None:
-    """Run ``action`` on every item, print each resulting path, one line per failure, exit 1 if any."""
+def _print_each(items: list[Any], action: Callable[[Any], Path], resume: str = RESUME) -> None:
+    """Run ``action`` on every item, print each resulting path, one line per failure, exit 1 if any.
+
+    Interruptible: SIGINT/SIGTERM remove what is half-written and say how many were finished."""
     failed = False
-    for item in items:
-        try:
-            sys.stdout.write(f"{action(item)}\n")
-        except BfrboostError as exc:
-            _err(str(exc))
-            failed = True
+    with interruptible(total=len(items), noun="file", resume=resume) as progress:
+        for item in items:
+            try:
+                sys.stdout.write(f"{action(item)}\n")
+                sys.stdout.flush()
+            except BfrboostError as exc:
+                _err(str(exc))
+                failed = True
+            progress.finished += 1
     if failed:
         raise typer.Exit(1)
 

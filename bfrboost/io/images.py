@@ -12,7 +12,7 @@ import glob
 import io
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bfrboost.errors import InputError, OutputError, UsageError
-from bfrboost.safety import InputGuard, atomic_open
+from bfrboost.safety import InputGuard, OutputSet, describe_missing, one_line, special_file
 
 DEFAULT_MAX_PIXELS = 200_000_000
 """Decompression-bomb guard: larger images are refused unless the caller raises the limit."""
@@ -43,6 +43,8 @@ _MAGIC = {  # file signatures, to tell "damaged PNG" from "not an image"
     b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
 }
 _pillow_guard_lock = threading.Lock()
+_REDO = "re-export or re-download it"
+_REDO_DAMAGED = "re-download or re-export it"
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,13 +80,15 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
     Raises :class:`InputError` with one line naming ``name`` (default: the path) and the reason.
     """
     if isinstance(source, bytes):
-        name = name or "<stdin>"
+        name = one_line(name or "<stdin>")
         data = source
     else:
-        name = name or str(source)
+        name = one_line(name or source)
         data = _read_bytes(Path(source), name)
     if not data:
-        raise InputError(f"{name}: empty file (0 bytes)")
+        if isinstance(source, bytes) and name == "<stdin>":
+            raise InputError("<stdin>: no data (0 bytes); pipe an image in, e.g. bfrboost restore - < photo.jpg > restored.png")
+        raise InputError(f"{name}: empty file (0 bytes); {_REDO}")
     image = _open(data, name)
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
@@ -113,14 +117,19 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
 
 
 def _read_bytes(path: Path, name: str) -> bytes:
+    special = special_file(path)
+    if special is not None:
+        raise InputError(f"{name}: {special}")
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
+        raise InputError(f"{name}: no such file; check the path") from None
     except IsADirectoryError:
-        raise InputError(f"{name}: is a folder, not an image") from None
+        raise InputError(f"{name}: is a folder, not an image file; give the folder itself as an input to restore the images in it") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied; make it readable (chmod u+r) or copy it somewhere you can read") from None
     except OSError as exc:
-        raise InputError(f"{name}: cannot read ({exc.strerror})") from None
+        raise InputError(f"{name}: cannot read ({exc.strerror or exc}); check the file and the disk it is on, or copy it elsewhere") from None
 
 
 def _open(data: bytes, name: str) -> Image.Image:
@@ -134,8 +143,8 @@ def _open(data: bytes, name: str) -> Image.Image:
             if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # RIFF alone could be a WAV or AVI
                 kind = "WEBP"
             if kind is None:
-                raise InputError(f"{name}: not an image (unrecognised file format)") from None
-            raise InputError(f"{name}: damaged image data (unreadable {kind} header)") from None
+                raise InputError(f"{name}: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file") from None
+            raise InputError(f"{name}: damaged image data (unreadable {kind} header); {_REDO_DAMAGED}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise _decode_error(name, exc, data) from None
         finally:
@@ -146,8 +155,8 @@ def _decode_error(name: str, exc: Exception, data: bytes) -> InputError:
     # WebP's decoder does not say "truncated", but its RIFF header states the full length
     riff_cut = data[:4] == b"RIFF" and int.from_bytes(data[4:8], "little") + 8 > len(data)
     if "truncated" in str(exc).lower() or isinstance(exc, EOFError) or riff_cut:
-        return InputError(f"{name}: truncated image data")
-    return InputError(f"{name}: damaged image data ({exc})")
+        return InputError(f"{name}: truncated image data (the file is cut short); {_REDO_DAMAGED}")
+    return InputError(f"{name}: damaged image data ({one_line(exc)}); {_REDO_DAMAGED}")
 
 
 def _megapixels(pixels: int) -> str:
@@ -268,6 +277,28 @@ def encode_image(
     return buffer.getvalue()
 
 
+def image_writer(
+    path: Path | str, rgb: np.ndarray, alpha: np.ndarray | None = None, quality: int = 95,
+    *, exif: bytes | None = None, icc: bytes | None = None,
+) -> Callable[[BinaryIO], None]:
+    """``write(file)`` encoding the image in the format of ``path``'s extension, for
+    :meth:`bfrboost.safety.OutputSet.add`; an extension we cannot write fails here, before any write."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in OUTPUT_FORMATS:
+        raise OutputError(f"{one_line(path)}: cannot write '.{one_line(fmt)}' images; use .png, .jpg or .webp")
+    pil_format = OUTPUT_FORMATS[fmt]
+    image = _to_pil(rgb, alpha, pil_format)
+
+    def write(file: BinaryIO) -> None:
+        try:
+            _save(image, file, pil_format, quality, exif, icc)
+        except ValueError as exc:  # the encoder refused, e.g. WebP above 16383 px
+            raise OutputError(f"{one_line(path)}: cannot encode as {pil_format} ({exc}); choose another --ext") from None
+
+    return write
+
+
 def write_image(
     path: Path | str, rgb: np.ndarray, alpha: np.ndarray | None = None, quality: int = 95, overwrite: bool = False,
     *, exif: bytes | None = None, icc: bytes | None = None,
@@ -277,19 +308,9 @@ def write_image(
     An existing file is kept unless ``overwrite``; missing folders are created. On any failure no
     partial or temporary file remains. Raises :class:`OutputError`.
     """
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in OUTPUT_FORMATS:
-        raise OutputError(f"{path}: cannot write '.{fmt}' images; use .png, .jpg or .webp")
-    image = _to_pil(rgb, alpha, OUTPUT_FORMATS[fmt])
-    try:
-        with atomic_open(path, overwrite) as file:
-            _save(image, file, OUTPUT_FORMATS[fmt], quality, exif, icc)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except ValueError as exc:  # the encoder refused, e.g. WebP above 16383 px
-        raise OutputError(f"{path}: cannot encode as {OUTPUT_FORMATS[fmt]} ({exc})") from None
-    return path
+    write = image_writer(path, rgb, alpha, quality, exif=exif, icc=icc)
+    OutputSet(overwrite).add(path, write).commit()
+    return Path(path)
 
 
 def _pil_format(fmt: str) -> str:
@@ -361,35 +382,54 @@ def check_not_input(out: Path | str, inputs: Iterable[Path | str]) -> None:
     InputGuard(inputs).check(out)
 
 
-def collect_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
+class InputProblem(str):
+    """One input that failed while collecting: the one-line message (a ``str``), plus ``input``, the
+    path or argument it is about, so a runner can give it its own report (one ``--json`` object)."""
+
+    input: str
+
+    def __new__(cls, input: Path | str, reason: str) -> InputProblem:
+        problem = super().__new__(cls, f"{one_line(input)}: {reason}")
+        problem.input = str(input)
+        return problem
+
+
+def collect_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[Path], list[InputProblem]]:
     """Expand files, folders (images by extension, sorted) and globs (``photos/**/*.png``) into paths.
 
-    Returns the paths in the order given, without duplicates, and one-line problems (missing path,
-    folder without images, glob matching nothing) for the caller to report before going on.
+    Returns the paths in the order given, without duplicates, and one :class:`InputProblem` per input
+    that cannot be used (missing path, dangling symbolic link, FIFO or other special file, folder
+    without images, glob matching nothing) for the caller to report before going on.
     A file named explicitly is kept whatever its extension; reading it reports if it is no image.
     """
     paths: list[Path] = []
-    problems: list[str] = []
+    problems: list[InputProblem] = []
     seen: set[str] = set()
     for item in inputs:
         path = Path(os.path.expanduser(item))
+        special = special_file(path)
+        if special is not None:
+            problems.append(InputProblem(item, special))
+            continue
         if path.is_file():
             found = [path]
         elif path.is_dir():
             try:
-                found = _folder_images(path, recursive)
+                found, inside = _scan(_folder_entries(path, recursive, problems))
                 hint = "" if found or recursive or not any(_visible_dirs(path)) else " (pass --recursive to look in subfolders)"
             except OSError as exc:
-                problems.append(f"{item}: cannot read folder ({exc.strerror})")
+                problems.append(InputProblem(item, f"cannot read folder ({exc.strerror}); check its permissions"))
                 continue
-            if not found:
-                problems.append(f"{item}: folder has no images{hint}")
-        elif any(char in item for char in "*?["):
-            found = [Path(p) for p in sorted(glob.glob(os.path.expanduser(item), recursive=True)) if _is_image(Path(p))]
-            if not found:
-                problems.append(f"{item}: pattern matches no images")
+            problems += inside
+            if not found and not inside:
+                problems.append(InputProblem(item, f"folder has no images{hint}"))
+        elif any(char in item for char in "*?[") and not os.path.lexists(path):
+            found, inside = _scan(Path(p) for p in sorted(glob.glob(os.path.expanduser(item), recursive=True)))
+            problems += inside
+            if not found and not inside:
+                problems.append(InputProblem(item, "pattern matches no images; check the pattern (quote it so the shell does not expand it)"))
         else:
-            problems.append(f"{item}: no such file or folder")
+            problems.append(InputProblem(item, describe_missing(path)))
             continue
         for found_path in found:
             key = os.path.normcase(os.path.realpath(found_path))
@@ -399,20 +439,39 @@ def collect_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list
     return paths, problems
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+def _scan(candidates: Iterable[Path]) -> tuple[list[Path], list[InputProblem]]:
+    """Images among ``candidates`` (by extension, not hidden) and those that are FIFOs, sockets,
+    devices or dangling links: named like images, so the user expects them restored."""
+    found: list[Path] = []
+    problems: list[InputProblem] = []
+    for path in candidates:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+            continue
+        if path.is_file():
+            found.append(path)
+        elif (special := special_file(path)) is not None:
+            problems.append(InputProblem(path, special))
+        elif path.is_symlink() and not path.exists():
+            problems.append(InputProblem(path, describe_missing(path)))
+    return found, problems
 
 
 def _visible_dirs(folder: Path) -> Iterator[Path]:
     return (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
-    """Images in a folder, sorted; hidden files and folders (and our own temp files) are skipped."""
+def _folder_entries(folder: Path, recursive: bool, problems: list[InputProblem]) -> list[Path]:
+    """Entries of a folder, sorted; hidden files and folders (and our own temp files) are left out.
+
+    An unreadable sub-folder is a problem reported, not a silent gap in the batch."""
     if not recursive:
-        return sorted(p for p in folder.iterdir() if _is_image(p))
+        return sorted(folder.iterdir())
+
+    def unreadable(exc: OSError) -> None:
+        problems.append(InputProblem(exc.filename or folder, f"cannot read folder ({exc.strerror}); check its permissions"))
+
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(root) / f for f in files if _is_image(Path(root) / f))
+        found.extend(Path(root) / f for f in files)
     return sorted(found)

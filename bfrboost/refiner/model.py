@@ -33,6 +33,7 @@ from bfrboost.refiner.lora import (
     load_lora_state_dict,
     lora_state_dict,
 )
+from bfrboost.safety import OutputSet, atomic_dir, write_bytes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "refiner.safetensors"
@@ -162,7 +163,10 @@ class InfoBFRConfig:
         return cls(**data)
 
     def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        write_bytes(path, self.to_bytes(), overwrite=True)
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode()
 
     def with_scheduler(self, scheduler_config: dict[str, Any]) -> InfoBFRConfig:
         """Copy with the prediction type and β schedule of an SD ``scheduler_config.json``."""
@@ -333,10 +337,8 @@ class InfoBFR(nn.Module):
     # ---- save / load ---------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.trainable_state_dict(), str(directory / WEIGHTS_NAME), metadata={"format": "pt", "bfrboost": "refiner"})
-        self.config.to_json(directory / CONFIG_NAME)
+        """Weights and config, written together (both or neither, see :class:`bfrboost.safety.OutputSet`)."""
+        save_refiner_files(Path(directory), self.trainable_state_dict(), self.config)
 
     @classmethod
     def from_pretrained(
@@ -509,18 +511,28 @@ def encode_empty_prompt(sd_dir: Path) -> torch.Tensor:
         return encoder.eval().float()(ids).last_hidden_state
 
 
+def save_refiner_files(directory: Path, state: dict[str, torch.Tensor], config: InfoBFRConfig) -> None:
+    """``refiner.safetensors`` + ``config.json``, both or neither, so a crash never pairs new weights
+    with an old config."""
+    OutputSet(overwrite=True).add_path(
+        directory / WEIGHTS_NAME, lambda temp: save_file(state, str(temp), metadata={"format": "pt", "bfrboost": "refiner"})
+    ).add(directory / CONFIG_NAME, lambda file: file.write(config.to_bytes())).commit()
+
+
 def init_tiny(directory: str | Path, seed: int = 0, config: InfoBFRConfig | None = None) -> InfoBFR:
-    """Write a tiny random self-contained refiner (vae/, unet/, config, weights) for tests and demos."""
-    directory = Path(directory)
+    """Write a tiny random self-contained refiner (vae/, unet/, config, weights) for tests and demos.
+
+    ``directory`` must be new or empty; it appears complete or not at all."""
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(TINY_VAE_CONFIG)
     unet = UNet2DConditionModel.from_config(TINY_UNET_CONFIG)
-    vae.save_pretrained(directory / "vae")
-    unet.save_pretrained(directory / "unet")
     prompt = torch.randn(TINY_PROMPT_SHAPE, generator=torch.Generator().manual_seed(seed))
     config = config or InfoBFRConfig(transformer_width=16, transformer_heads=2, sd_model="tiny-random")
-    model = InfoBFR(config, vae, unet, prompt)
-    model.save_pretrained(directory)
+    with atomic_dir(directory) as temp:
+        vae.save_pretrained(temp / "vae")
+        unet.save_pretrained(temp / "unet")  # before InfoBFR adds LoRA to it
+        model = InfoBFR(config, vae, unet, prompt)
+        model.save_pretrained(temp)
     return model
 
 

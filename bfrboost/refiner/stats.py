@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
-from safetensors.torch import save_file
 
 from bfrboost import weights
 from bfrboost.errors import InputError, UsageError
@@ -26,6 +25,7 @@ from bfrboost.refiner.model import (
     is_self_contained,
     load_diffusers_module,
     resolve_sd_dir,
+    save_refiner_files,
     vae_moments,
 )
 
@@ -120,8 +120,7 @@ def save_stats(directory: Path, stats: ManifoldStats) -> None:
     state = weights.load_state_dict(directory / WEIGHTS_NAME)
     state["bottleneck.stats_mean"] = stats.mean.contiguous()
     state["bottleneck.stats_std"] = stats.std.contiguous()
-    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "bfrboost": "refiner"})
-    config.to_json(directory / CONFIG_NAME)
+    save_refiner_files(directory, state, config)
 
 
 def refiner_vae(directory: Path, sd_model: str | Path | None = None) -> AutoencoderKL:

@@ -1,11 +1,13 @@
 """Image files and encoded bytes (stdin) through a :class:`~bfrboost.pipeline.Restorer`.
 
 GFPGAN's output layout: ``OUTDIR/restored_imgs/NAME.EXT`` (+ ``cropped_faces/``, ``restored_faces/``,
-``cmp/``). Every write goes through :mod:`bfrboost.safety` (atomic, input guard).
+``cmp/``). Every write goes through :mod:`bfrboost.safety`: all outputs of an input are planned and
+checked (input guard, collisions) before any is written, then written all or none.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,10 +18,10 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, OutputError
 from bfrboost.faces.types import Face
-from bfrboost.io.images import LoadedImage, encode_image, output_ext, plan_output, read_image, write_image
+from bfrboost.io.images import LoadedImage, encode_image, image_writer, output_ext, plan_output, read_image
 from bfrboost.pipeline import Restorer, Result
 from bfrboost.reports import FileReport
-from bfrboost.safety import InputGuard
+from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line
 
 
 @dataclass
@@ -72,11 +74,50 @@ def restore_bytes(
     return encoded, report
 
 
+OUTPUT_SUBDIRS = ("restored_imgs", "cropped_faces", "restored_faces", "cmp")
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Every file one input will produce, known before anything is written.
+
+    ``image`` is ``OUTDIR/restored_imgs/NAME[_SUFFIX].EXT``; per face ``i`` (count known after
+    detection) ``cropped_faces/STEM_ii.png``, ``restored_faces/STEM_ii[_SUFFIX].png`` and
+    ``cmp/STEM_ii.png`` when asked for. ``face_key`` is what two inputs must not share (same stem
+    → same face files).
+    """
+
+    image: Path
+    outdir: Path
+    stem: str
+    suffix: str | None = None
+    save_faces: bool = False
+    save_cmp: bool = False
+
+    @property
+    def face_key(self) -> str | None:
+        return self.stem if self.save_faces or self.save_cmp else None
+
+    def face_files(self, index: int) -> dict[str, Path]:
+        """The files of face ``index``, by kind: "cropped", "restored", "cmp"."""
+        name = f"{self.stem}_{index:02d}"
+        files: dict[str, Path] = {}
+        if self.save_faces:
+            files["cropped"] = self.outdir / "cropped_faces" / f"{name}.png"
+            files["restored"] = self.outdir / "restored_faces" / f"{name}{'_' + self.suffix if self.suffix else ''}.png"
+        if self.save_cmp:
+            files["cmp"] = self.outdir / "cmp" / f"{name}.png"
+        return files
+
+
 class FileRunner:
     """Restore image files into ``options.outdir``, yielding one report per input, in input order.
 
-    A bad file gets a report with ``error`` set and the batch goes on; an existing output is kept
-    (``skipped``) unless ``options.overwrite``; every file is written atomically. Faces of up to
+    Every output of an input is planned (:meth:`plan`) and checked against the run's inputs
+    (:class:`~bfrboost.safety.InputGuard`) and the other inputs' outputs before it is decoded, and
+    its face files once the faces are known; then all of them are written together or none
+    (:class:`~bfrboost.safety.OutputSet`). A bad file gets a report with ``error`` set and the batch
+    goes on; an existing output is kept (``skipped``) unless ``options.overwrite``. Faces of up to
     ``images_per_batch`` images go through the base model together.
     """
 
@@ -86,98 +127,130 @@ class FileRunner:
         self.images_per_batch = images_per_batch
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
-        pending: list[tuple[FileReport, LoadedImage]] = []
-        planned: dict[Path, Path] = {}
-        guard = InputGuard(inputs)
+        pending: list[tuple[FileReport, LoadedImage, OutputPlan]] = []
+        claims = self._start(inputs)
         for path in inputs:
-            report = self._planned(path, guard, planned)
-            loaded = self._decode(report, path) if report.done else None
+            report, plan = self._planned(path, claims)
+            loaded = self._decoded(report, path) if plan is not None else None
             if loaded is None:
-                yield from self._flush(pending)
+                yield from self._flush(pending, claims)
                 pending = []
                 yield report
                 continue
-            pending.append((report, loaded))
+            pending.append((report, loaded, plan))
             if len(pending) >= self.images_per_batch:
-                yield from self._flush(pending)
+                yield from self._flush(pending, claims)
                 pending = []
-        yield from self._flush(pending)
+        yield from self._flush(pending, claims)
 
     # Planning, decoding and delivering one image are separate steps so that other runners
     # (bfrboost.runners.overlap) run them in worker threads or processes with the same results.
 
-    def _planned(self, path: Path, guard: InputGuard, planned: dict[Path, Path]) -> FileReport:
-        """A report for ``path`` with ``output`` planned, or ``error`` / ``skipped`` set."""
+    def _start(self, inputs: Sequence[Path]) -> _Claims:
+        for subdir in OUTPUT_SUBDIRS:  # also when every input is skipped and nothing gets written
+            clean_stale_temps(Path(self.options.outdir) / subdir)
+        return _Claims(InputGuard(inputs))
+
+    def _planned(self, path: Path, claims: _Claims) -> tuple[FileReport, OutputPlan | None]:
+        """A report for ``path`` and its plan, or no plan when it failed (``error``) or is ``skipped``."""
         report = FileReport(input=str(path))
         try:
-            out = self.plan(path)
-            guard.check(out)
-            if out in planned:
-                raise OutputError(f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix")
-            planned[out] = path
+            plan = self.plan(path)
+            claims.claim(path, plan)
         except BfrboostError as exc:
             report.error = str(exc)
-            return report
-        report.output = str(out)
-        if out.exists() and not self.options.overwrite:
-            report.skipped = f"{out}: already exists; pass --overwrite to replace it"
-        return report
+            return report, None
+        if os.path.lexists(plan.image) and not self.options.overwrite:
+            report.output = str(plan.image)
+            report.skipped = f"{one_line(plan.image)}: already exists; pass --overwrite to replace it"
+            return report, None
+        return report, plan
 
-    def plan(self, path: Path) -> Path:
-        """Where the restored image of ``path`` goes."""
-        ext = output_ext(path, self.options.ext, has_alpha=False)
-        return plan_output(path, self.options.outdir, "restored_imgs", self.options.suffix, ext)
-
-    def _decode(self, report: FileReport, path: Path) -> LoadedImage | None:
-        start = time.perf_counter()
-        max_pixels = self.options.max_pixels
+    def _decoded(self, report: FileReport, path: Path) -> LoadedImage | None:
+        """:meth:`_decode`, with a bad file as the report's ``error``."""
         try:
-            loaded = read_image(path, max_pixels=max_pixels) if max_pixels else read_image(path)
+            return self._decode(report, path)
         except BfrboostError as exc:
             report.error = str(exc)
             return None
+
+    def plan(self, path: Path) -> OutputPlan:
+        """Every output of ``path`` (the face files' count comes with the faces)."""
+        options = self.options
+        ext = output_ext(path, options.ext, has_alpha=False)
+        image = plan_output(path, options.outdir, "restored_imgs", options.suffix, ext)
+        return OutputPlan(image, Path(options.outdir), Path(path).stem, options.suffix, options.save_faces, options.save_cmp)
+
+    def _decode(self, report: FileReport, path: Path) -> LoadedImage:
+        start = time.perf_counter()
+        max_pixels = self.options.max_pixels
+        loaded = read_image(path, max_pixels=max_pixels) if max_pixels else read_image(path)
         report.seconds["decode"] = time.perf_counter() - start
         report.width, report.height = loaded.rgb.shape[1], loaded.rgb.shape[0]
         return loaded
 
-    def _flush(self, pending: list[tuple[FileReport, LoadedImage]]) -> Iterator[FileReport]:
+    def _flush(self, pending: list[tuple[FileReport, LoadedImage, OutputPlan]], claims: _Claims) -> Iterator[FileReport]:
         if not pending:
             return
-        results = self.restorer.restore_batch([loaded.rgb for _, loaded in pending], [loaded.alpha for _, loaded in pending])
-        for (report, loaded), result in zip(pending, results):
-            yield self._deliver(report, loaded, result)
+        results = self.restorer.restore_batch([loaded.rgb for _, loaded, _ in pending], [loaded.alpha for _, loaded, _ in pending])
+        for (report, loaded, plan), result in zip(pending, results):
+            yield self._deliver(report, loaded, plan, result, claims)
 
-    def _deliver(self, report: FileReport, loaded: LoadedImage, result: Result) -> FileReport:
-        """Write ``result`` (gray kept gray) and complete ``report``; a failed write becomes ``error``."""
+    def _deliver(self, report: FileReport, loaded: LoadedImage, plan: OutputPlan, result: Result, claims: _Claims) -> FileReport:
+        """Write every output of ``result`` (gray kept gray) and complete ``report``; a failed write is its ``error``."""
         report.faces = result.faces
         report.seconds.update(result.seconds)
         start = time.perf_counter()
         if loaded.gray:
             result.image = gray(result.image)
         try:
-            self._write(Path(report.input), Path(report.output), result, icc=loaded.icc)
+            outputs = self.outputs(plan, result, icc=loaded.icc)
+            report.files = [str(p) for p in outputs.commit(claims.guard)]
+            report.output = str(plan.image)
         except BfrboostError as exc:
             report.error = str(exc)
-            report.output = None
         report.seconds["encode"] = time.perf_counter() - start
         return report
 
-    def _write(self, source: Path, out: Path, result: Result, icc: bytes | None = None) -> None:
+    def outputs(self, plan: OutputPlan, result: Result, icc: bytes | None = None) -> OutputSet:
+        """The :class:`OutputSet` of one restored image: the image and its face files, nothing written yet."""
         options = self.options
         image = result.image
         if options.draw_boxes and not self.restorer.aligned:
             image = draw_boxes(image, result.faces, self.restorer.upscale)
-        write_image(out, image, result.alpha, quality=options.quality, overwrite=options.overwrite, icc=icc)
-        if not (options.save_faces or options.save_cmp):
-            return
-        stem = source.stem
+        outputs = OutputSet(options.overwrite).add(plan.image, image_writer(plan.image, image, result.alpha, quality=options.quality, icc=icc))
         for index, face in enumerate(result.faces):
-            name = f"{stem}_{index:02d}"
-            if options.save_faces:
-                write_image(options.outdir / "cropped_faces" / f"{name}.png", face.crop, overwrite=options.overwrite)
-                write_image(options.outdir / "restored_faces" / f"{name}{'_' + options.suffix if options.suffix else ''}.png", face.restored, overwrite=options.overwrite)
-            if options.save_cmp:
-                write_image(options.outdir / "cmp" / f"{name}.png", np.concatenate([face.crop, face.restored], axis=1), overwrite=options.overwrite)
+            files = plan.face_files(index)
+            if "cropped" in files:
+                outputs.add(files["cropped"], image_writer(files["cropped"], face.crop))
+                outputs.add(files["restored"], image_writer(files["restored"], face.restored))
+            if "cmp" in files:
+                outputs.add(files["cmp"], image_writer(files["cmp"], np.concatenate([face.crop, face.restored], axis=1)))
+        return outputs
+
+
+class _Claims:
+    """Outputs already promised to earlier inputs of this run, and the run's input guard."""
+
+    def __init__(self, guard: InputGuard) -> None:
+        self.guard = guard
+        self._images: dict[Path, Path] = {}
+        self._faces: dict[str, Path] = {}
+
+    def claim(self, path: Path, plan: OutputPlan) -> None:
+        self.guard.check(plan.image)
+        owner = self._images.get(plan.image)
+        if owner is not None:
+            raise OutputError(f"{one_line(path)}: its output {one_line(plan.image)} is already taken by {one_line(owner)}; restore it separately or with --suffix")
+        key = plan.face_key
+        if key is not None and key in self._faces:
+            raise OutputError(
+                f"{one_line(path)}: its face files ({key}_NN.png) are already taken by {one_line(self._faces[key])}; "
+                "restore it separately or rename it"
+            )
+        self._images[plan.image] = path
+        if key is not None:
+            self._faces[key] = path
 
 
 def restore_files(restorer: Restorer, inputs: Sequence[Path], options: OutputOptions, images_per_batch: int = 4) -> Iterator[FileReport]:

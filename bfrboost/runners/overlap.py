@@ -36,12 +36,12 @@ from bfrboost.errors import UsageError
 from bfrboost.io.images import LoadedImage
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
-from bfrboost.runners.files import FileRunner, OutputOptions
-from bfrboost.safety import InputGuard
+from bfrboost.runners.files import FileRunner, OutputOptions, OutputPlan, _Claims
 
 MODES = ("auto", "process", "thread")
 
 _Job = tuple[FileReport, "LoadedImage | None", "Prepared | None"]
+_Planned = tuple[FileReport, "OutputPlan | None"]
 #: The runner a forked prepare process works for (inherited through ``fork``, never pickled).
 _WORKER_RUNNER: OverlapRunner | None = None
 
@@ -141,24 +141,24 @@ class OverlapRunner(FileRunner):
 
     def _prepare(self, report: FileReport, path: Path) -> _Job:
         """Stage 1: decode + detect + align (in a worker); a bad file comes back as ``error``."""
-        loaded = self._decode(report, path)
+        loaded = self._decoded(report, path)
         if loaded is None:
             return report, None, None
         with self._detect_lock:
             return report, loaded, self.restorer.prepare(loaded.rgb, loaded.alpha)
 
-    def _finish(self, report: FileReport, loaded: LoadedImage, prepared: Prepared) -> FileReport:
+    def _finish(self, report: FileReport, loaded: LoadedImage, prepared: Prepared, plan: OutputPlan, claims: _Claims) -> FileReport:
         """Stage 3: paste back, encode and write (in a worker thread)."""
-        return self._deliver(report, loaded, self.restorer.finish(prepared))
+        return self._deliver(report, loaded, plan, self.restorer.finish(prepared), claims)
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
         inputs = list(inputs)
-        guard = InputGuard(inputs)
-        planned: dict[Path, Path] = {}
+        claims = self._start(inputs)
         todo = iter(inputs)
-        ahead: deque[tuple[FileReport, Future[_Job] | None]] = deque()  # planned, in input order
+        # planned (with the prepare job when there is one to do), in input order
+        ahead: deque[tuple[FileReport, OutputPlan | None, Future[_Job] | None]] = deque()
         out: deque[FileReport | Future[FileReport]] = deque()  # delivered or being finished, in order
-        pending: list[_Job] = []
+        pending: list[tuple[FileReport, LoadedImage, Prepared, OutputPlan]] = []
         prepare_pool = self._prepare_executor()
         with ExitStack() as stack:
             finish_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bfrboost-finish")
@@ -166,29 +166,29 @@ class OverlapRunner(FileRunner):
             stack.callback(self._cancel, ahead)
 
             def fill() -> None:
-                while sum(future is not None for _, future in ahead) < self.queue_size:
+                while sum(future is not None for _, _, future in ahead) < self.queue_size:
                     path = next(todo, None)
                     if path is None:
                         return
-                    report = self._planned(path, guard, planned)
-                    ahead.append((report, prepare_pool.submit(self._submit_target(), report, path) if report.done else None))
+                    report, plan = self._planned(path, claims)
+                    ahead.append((report, plan, prepare_pool.submit(self._submit_target(), report, path) if plan is not None else None))
 
             def flush() -> Iterator[FileReport]:
                 if pending:
-                    self.restorer.restore_faces([prepared for _, _, prepared in pending])
-                    out.extend(finish_pool.submit(self._finish, *job) for job in pending)
+                    self.restorer.restore_faces([prepared for _, _, prepared, _ in pending])
+                    out.extend(finish_pool.submit(self._finish, *job, claims) for job in pending)
                     pending.clear()
                 while sum(isinstance(item, Future) for item in out) > self.queue_size:
                     yield _result(out.popleft())
 
             fill()
             while ahead:
-                report, future = ahead.popleft()
+                report, plan, future = ahead.popleft()
                 if future is not None:
                     report, loaded, prepared = future.result()
                     fill()
                     if loaded is not None:
-                        pending.append((report, loaded, prepared))
+                        pending.append((report, loaded, prepared, plan))
                         if len(pending) >= self.images_per_batch:
                             yield from flush()
                         yield from _ready(out)
@@ -205,9 +205,9 @@ class OverlapRunner(FileRunner):
         return self._prepare if self.mode == "thread" else _prepare_in_worker
 
     @staticmethod
-    def _cancel(ahead: deque[tuple[FileReport, Future[_Job] | None]]) -> None:
+    def _cancel(ahead: deque[tuple[FileReport, OutputPlan | None, Future[_Job] | None]]) -> None:
         """A run left early (error, Ctrl-C, consumer stopped): drop the images not started yet."""
-        for _, future in ahead:
+        for _, _, future in ahead:
             if future is not None:
                 future.cancel()
 

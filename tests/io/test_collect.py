@@ -50,10 +50,10 @@ def test_problems_are_reported_and_the_rest_kept(tree: Path) -> None:
     paths, problems = collect_inputs(["missing.jpg", "empty", "photos/a.jpg", "nested", "*.gif", "photos/sub/deeper"])
     assert paths == [Path("photos/a.jpg"), Path("photos/sub/deeper/d.tiff")]
     assert problems == [
-        "missing.jpg: no such file or folder",
+        "missing.jpg: no such file or folder; check the path",
         "empty: folder has no images",
         "nested: folder has no images (pass --recursive to look in subfolders)",
-        "*.gif: pattern matches no images",
+        "*.gif: pattern matches no images; check the pattern (quote it so the shell does not expand it)",
     ]
     assert collect_inputs(["nested"], recursive=True) == ([Path("nested/inner/f.jpeg")], [])
 
@@ -62,3 +62,20 @@ def test_duplicates_are_dropped_keeping_the_first(tree: Path) -> None:
     paths, problems = collect_inputs(["photos/b.PNG", "photos", "photos/*.jpg", str(tree / "photos" / "a.jpg"), "./photos/b.PNG"])
     assert paths == [Path("photos/b.PNG"), Path("photos/a.jpg")]
     assert problems == []
+
+
+def test_an_unreadable_subfolder_is_reported_not_skipped(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("deeper"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    paths, problems = collect_inputs(["photos"], recursive=True)
+    assert paths == [Path("photos/a.jpg"), Path("photos/b.PNG"), Path("photos/sub/c.webp")]
+    assert problems == ["photos/sub/deeper: cannot read folder (Permission denied); check its permissions"]
+    assert problems[0].input == "photos/sub/deeper"
