@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,15 +75,25 @@ class GpuBusy:
         return round(statistics.fmean(self.samples), 3) if self.samples else None
 
 
-def timed(run: Callable[[], list], gpu: bool) -> tuple[float, float | None, list]:
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the prepare processes, once closed)."""
+    return sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for field in ("ru_utime", "ru_stime"))
+
+
+def timed(run: Callable[[], list], gpu: bool) -> tuple[float, float, float | None, list]:
+    """(wall seconds, CPU seconds, GPU busy fraction, reports): CPU seconds do not depend on how
+    busy the machine is, so they show the runner's own overhead even when the wall time is noisy."""
     with GpuBusy(gpu) as busy:
+        cpu = cpu_seconds()
         start = time.perf_counter()
         reports = run()
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu
     failed = [r for r in reports if r.error]
     if failed:
         raise SystemExit(f"bench run failed: {failed[0].error}")
-    return seconds, busy.fraction, reports
+    return seconds, cpu, busy.fraction, reports
 
 
 def sequential(restorer: Restorer, paths: list[Path], outdir: Path) -> list:
@@ -109,21 +120,40 @@ def random_gfpgan(folder: Path) -> Path:
     return path
 
 
+def _spin(seconds: float) -> float:
+    start, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        pass
+    return time.process_time() - cpu
+
+
+def cores_available(seconds: float = 1.0) -> float:
+    """How many cores two busy processes actually get right now: on a shared machine this, not
+    ``os.cpu_count()``, bounds what any parallel runner can gain (2.0 on an idle 2-core machine)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        return round(sum(pool.map(_spin, [seconds, seconds])) / seconds, 2)
+
+
 def compare(name: str, restorer: Restorer, paths: list[Path], work: Path, repeat: int, workers: int, gpu: bool) -> dict:
     rows = []
     for index in range(repeat):
-        s_sec, s_busy, reports = timed(lambda: sequential(restorer, paths, work / f"{name}-seq{index}"), gpu)
-        o_sec, o_busy, _ = timed(lambda: overlapped(restorer, paths, work / f"{name}-ovl{index}", workers), gpu)
+        cores = cores_available()
+        s_sec, s_cpu, s_busy, reports = timed(lambda i=index: sequential(restorer, paths, work / f"{name}-seq{i}"), gpu)
+        o_sec, o_cpu, o_busy, _ = timed(lambda i=index: overlapped(restorer, paths, work / f"{name}-ovl{i}", workers), gpu)
         rows.append({"sequential_s": round(s_sec, 3), "overlapped_s": round(o_sec, 3), "ratio": round(s_sec / o_sec, 3),
-                     "gpu_busy_sequential": s_busy, "gpu_busy_overlapped": o_busy, "load_avg_1min": round(os.getloadavg()[0], 2)})
-        print(f"  {name} pair {index + 1}: sequential {s_sec:.2f} s, overlapped {o_sec:.2f} s, ratio {s_sec / o_sec:.2f}, "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
+                     "sequential_cpu_s": round(s_cpu, 3), "overlapped_cpu_s": round(o_cpu, 3),
+                     "cores_available": cores, "gpu_busy_sequential": s_busy, "gpu_busy_overlapped": o_busy, "load_avg_1min": round(os.getloadavg()[0], 2)})
+        print(f"  {name} pair {index + 1}: sequential {s_sec:.2f} s ({s_cpu:.2f} CPU s), overlapped {o_sec:.2f} s "
+              f"({o_cpu:.2f} CPU s), ratio {s_sec / o_sec:.2f}, cores available {cores}, load {os.getloadavg()[0]:.1f}", flush=True)
     faces = sum(len(r.faces) for r in reports)
     best_seq = min(r["sequential_s"] for r in rows)
     best_ovl = min(r["overlapped_s"] for r in rows)
     return {
         "images": len(paths), "faces": faces, "pairs": rows,
         "median_ratio": round(statistics.median(r["ratio"] for r in rows), 3),
+        "cpu_overhead": round(statistics.median(r["overlapped_cpu_s"] / r["sequential_cpu_s"] for r in rows), 3),
         "sequential_images_per_s": round(len(paths) / best_seq, 3), "overlapped_images_per_s": round(len(paths) / best_ovl, 3),
     }
 
@@ -217,16 +247,16 @@ def main() -> None:
                 print("  Ray local: skipped (pip install -e '.[cluster]')")
 
     results["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    print("\n| run | images | sequential img/s | overlapped img/s | median ratio (pairs) | GPU busy seq / ovl |")
-    print("|---|---|---|---|---|---|")
+    print("\n| run | images | sequential img/s | overlapped img/s | median ratio (pairs) | CPU s ovl / seq | cores available (pairs) | GPU busy seq / ovl |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in ("none", "gfpgan"):
         if name in results:
             r = results[name]
             busy = " / ".join(str(r["pairs"][-1][k]) for k in ("gpu_busy_sequential", "gpu_busy_overlapped"))
             print(f"| base {name} | {r['images']} | {r['sequential_images_per_s']:.2f} | {r['overlapped_images_per_s']:.2f} | "
-                  f"{r['median_ratio']:.2f} ({', '.join(str(p['ratio']) for p in r['pairs'])}) | {busy} |")
+                  f"{r['median_ratio']:.2f} ({', '.join(str(p['ratio']) for p in r['pairs'])}) | {r['cpu_overhead']:.2f} | {', '.join(str(p['cores_available']) for p in r['pairs'])} | {busy} |")
     if "ray" in results:
-        print(f"| Ray local, 2 CPUs, base none | {results['ray']['images']} | | {results['ray']['images_per_s']:.2f} | | |")
+        print(f"| Ray local, 2 CPUs, base none | {results['ray']['images']} | | {results['ray']['images_per_s']:.2f} | | | | |")
     print(f"\nload average (1, 5, 15 min): start {results['load_avg_at_start']}, end {results['load_avg_at_end']}")
     write_bytes(args.out / "throughput.json", json.dumps(results, indent=2).encode(), overwrite=True)
     chart(results, args.out / "throughput.png")

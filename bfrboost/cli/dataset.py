@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from bfrboost.cli import app
-from bfrboost.cli.common import err, fail
+from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.cli.restore import ExtChoice, _parse_knobs
 from bfrboost.errors import BfrboostError
 
@@ -52,17 +52,18 @@ def restore_dataset(
     from bfrboost.reports import summary
 
     start = time.perf_counter()
-    try:
-        reports = run(
-            src, dst, ray_address, ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels,
-            images_per_batch=images_per_batch, gpus=gpus,
-            base=base, refine=refine, refiner=str(refiner) if refiner else None, refiner_strength=refiner_strength,
-            sd_model=str(sd_model) if sd_model else None, upscale=upscale, bg_upsampler=bg_upsampler, aligned=aligned,
-            only_center_face=only_center_face, min_face=min_face, paste=paste, color_match=color_match, detector=detector,
-            weights=str(weights) if weights else None, fidelity=fidelity, knobs=_parse_knobs(knob or []), batch_size=batch_size,
-        )
-    except BfrboostError as exc:
-        raise fail(exc) from None
+    with interruptible(resume="re-run the same command: finished outputs are skipped"):
+        try:
+            reports = run(
+                src, dst, ray_address, ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels,
+                images_per_batch=images_per_batch, gpus=gpus,
+                base=base, refine=refine, refiner=str(refiner) if refiner else None, refiner_strength=refiner_strength,
+                sd_model=str(sd_model) if sd_model else None, upscale=upscale, bg_upsampler=bg_upsampler, aligned=aligned,
+                only_center_face=only_center_face, min_face=min_face, paste=paste, color_match=color_match, detector=detector,
+                weights=str(weights) if weights else None, fidelity=fidelity, knobs=_parse_knobs(knob or []), batch_size=batch_size,
+            )
+        except BfrboostError as exc:
+            raise fail(exc) from None
     for report in reports:
         if report.error:
             err(report.error if report.input in report.error else f"{report.input}: {report.error}")
@@ -71,3 +72,4 @@ def restore_dataset(
     sys.stderr.write(summary(reports, time.perf_counter() - start) + "\n")
     if any(r.error for r in reports):
         raise typer.Exit(1)
+
