@@ -136,6 +136,19 @@ def cores_available(seconds: float = 1.0) -> float:
         return round(sum(pool.map(_spin, [seconds, seconds])) / seconds, 2)
 
 
+def rounds_of(paths: list[Path], rounds: int, folder: Path) -> list[Path]:
+    """The photos ``rounds`` times over (links with distinct names): a longer stream, so the
+    pipeline's fill and drain at both ends weigh less than with 8 photos, the largest one last."""
+    folder.mkdir()
+    links = []
+    for index in range(rounds):
+        for path in paths:
+            link = folder / f"{path.stem}_r{index}{path.suffix}"
+            os.symlink(path, link)
+            links.append(link)
+    return links
+
+
 def compare(name: str, restorer: Restorer, paths: list[Path], work: Path, repeat: int, workers: int, gpu: bool) -> dict:
     rows = []
     for index in range(repeat):
@@ -185,15 +198,15 @@ def chart(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels, values = [], []
-    for name in ("none", "gfpgan"):
-        if name in results:
+    for name in [key for key in results if key.startswith("none") or key == "gfpgan"]:
+        if isinstance(results[name], dict) and "sequential_images_per_s" in results[name]:
             labels += [f"{name}\nsequential", f"{name}\noverlapped"]
             values += [results[name]["sequential_images_per_s"], results[name]["overlapped_images_per_s"]]
     if "ray" in results:
         labels.append("none\nRay local 2 CPU")
         values.append(results["ray"]["images_per_s"])
     fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 1, 3.2), dpi=120)
-    ax.bar(labels, values, color=["#999", "#2a7", "#999", "#2a7", "#27a"][: len(labels)])
+    ax.bar(labels, values, color=["#2a7" if "overlapped" in label else "#27a" if "Ray" in label else "#999" for label in labels])
     for x, v in enumerate(values):
         ax.text(x, v, f"{v:.2f}", ha="center", va="bottom")
     ax.set_ylabel("images / s (best run)")
@@ -209,6 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="sequential/overlapped pairs for base none")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="also time whole/ this many times over (steady state)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--real-images", type=int, default=4, help="photos (smallest first) for the real-size base")
     parser.add_argument("--no-real-base", action="store_true")
@@ -226,6 +240,10 @@ def main() -> None:
         restorer.prepare(np.zeros((64, 64, 3), np.uint8))  # load the detector before timing
         print(f"base none, {len(paths)} photos, {args.workers} workers, device {restorer.device}", flush=True)
         results["none"] = compare("none", restorer, paths, work, args.repeat, args.workers, gpu)
+        if args.rounds > 1:
+            stream = rounds_of(paths, args.rounds, work / "stream")
+            print(f"base none, whole/ x{args.rounds} ({len(stream)} photos)", flush=True)
+            results[f"none_x{args.rounds}"] = compare(f"none_x{args.rounds}", restorer, stream, work, args.repeat, args.workers, gpu)
         start = time.perf_counter()
         overlapped(restorer, paths, work / "threads", args.workers, mode="thread")
         results["none"]["overlapped_threads_s"] = round(time.perf_counter() - start, 3)
@@ -249,7 +267,7 @@ def main() -> None:
     results["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     print("\n| run | images | sequential img/s | overlapped img/s | median ratio (pairs) | CPU s ovl / seq | cores available (pairs) | GPU busy seq / ovl |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in ("none", "gfpgan"):
+    for name in ("none", f"none_x{args.rounds}", "gfpgan"):
         if name in results:
             r = results[name]
             busy = " / ".join(str(r["pairs"][-1][k]) for k in ("gpu_busy_sequential", "gpu_busy_overlapped"))

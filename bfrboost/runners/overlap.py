@@ -100,7 +100,7 @@ class OverlapRunner(FileRunner):
     def _resolve_mode(self, mode: str) -> str:
         can_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
         if mode == "process" and not can_fork:
-            raise UsageError("worker processes need fork (Linux); use --worker-mode thread")
+            raise UsageError("worker processes need fork (Linux); use mode=\"thread\"")
         if mode != "auto":
             return mode
         detector = self.restorer.detector
