@@ -43,7 +43,7 @@ def test_overlapped_outputs_and_reports_equal_sequential(restorer: Restorer, inp
     seq_dir, ovl_dir = tmp_path / "seq", tmp_path / "ovl"
     sequential = list(FileRunner(restorer, OutputOptions(outdir=seq_dir)).run(inputs))
     with OverlapRunner(restorer, OutputOptions(outdir=ovl_dir), workers=2) as runner:
-        assert runner.mode == "process"  # dlib on the CPU, Linux: forked detection processes
+        assert runner.mode == "thread"
         overlapped = list(runner.run(inputs))
 
     assert [r.input for r in overlapped] == [str(p) for p in inputs]
@@ -59,11 +59,11 @@ def test_overlapped_outputs_and_reports_equal_sequential(restorer: Restorer, inp
             assert list(ovl.seconds) == list(seq.seconds)  # decode, detect, align, base, paste, encode
 
 
-def test_thread_mode_and_skips_match(restorer: Restorer, inputs: list[Path], tmp_path: Path) -> None:
-    """Threads instead of processes give the same files; a second run skips every existing output."""
+def test_process_mode_and_skips_match(restorer: Restorer, inputs: list[Path], tmp_path: Path) -> None:
+    """Forked processes instead of threads give the same files; a second run skips every existing output."""
     small = [p for p in inputs if p.name in ("01.jpg", "03.jpg", "broken.jpg", "05.jpg")]
     seq = list(FileRunner(restorer, OutputOptions(outdir=tmp_path / "seq")).run(small))
-    with OverlapRunner(restorer, OutputOptions(outdir=tmp_path / "thr"), workers=2, mode="thread", queue_size=1) as runner:
+    with OverlapRunner(restorer, OutputOptions(outdir=tmp_path / "thr"), workers=2, mode="process", queue_size=1) as runner:
         first = list(runner.run(small))
         again = list(runner.run(small))
     assert [comparable(r, tmp_path / "thr") for r in first] == [comparable(r, tmp_path / "seq") for r in seq]
