@@ -85,3 +85,27 @@ def test_list_file_entries_keep_their_relative_paths(tmp_path: Path) -> None:
     ]
     assert output_location("s3://out/run1/", "family/a.gif") == "s3://out/run1/family/a.png"
     assert output_location(str(tmp_path), "family/a.jpg", ext="webp") == str(tmp_path / "family" / "a.webp")
+
+
+def test_uri_paths_list_read_write_through_pyarrow(tmp_path: Path, monkeypatch) -> None:
+    """The object-storage code path, with pyarrow's local filesystem standing in for s3://."""
+    from pyarrow import fs
+
+    from bfrboost.reports import FileReport
+    from bfrboost.runners import dataset
+
+    local = fs.LocalFileSystem()
+    monkeypatch.setattr(dataset, "filesystem", lambda uri: (local, str(tmp_path) + uri.split("://", 1)[1][len("bucket"):]))
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "sub" / "a.jpg").write_bytes(b"jpeg bytes")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    items = dataset.list_items("s3://bucket/in")
+    assert items == [dataset.Item("s3://bucket/in/sub/a.jpg", "sub/a.jpg")]
+    assert dataset.read_bytes(items[0].source) == b"jpeg bytes"
+    target = dataset.output_location("s3://bucket/out", "sub/a.jpg")
+    assert not dataset.exists(target)
+    dataset.write_remote(target, b"restored")
+    assert dataset.exists(target) and (tmp_path / "out" / "sub" / "a.jpg").read_bytes() == b"restored"
+    assert [p.name for p in (tmp_path / "out" / "sub").iterdir()] == ["a.jpg"]  # the temp key was moved, not left
+    dataset.write_manifest("s3://bucket/out", [dataset.manifest_row(FileReport(input=items[0].source, output=target), "sub/a.jpg")])
+    assert [row["rel"] for row in dataset.read_manifest("s3://bucket/out")] == ["sub/a.jpg"]
