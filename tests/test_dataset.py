@@ -46,6 +46,8 @@ def test_dataset_matches_cli_keeps_paths_lists_failures_and_resumes(local_ray, s
     assert cli.exit_code == 0, cli.stderr
     dst = tmp_path / "dst"
     reports = restore_dataset(str(source), str(dst), base="none")
+    solvay_report = next(r for r in reports if r.input.endswith("Solvay_conference_1927.png"))
+    assert len(solvay_report.faces) >= 25 and solvay_report.done
 
     rels = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file() or p.is_symlink())
     assert [r.extra["rel"] for r in reports] == rels

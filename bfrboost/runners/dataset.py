@@ -18,13 +18,14 @@ import os
 import pickle
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError
+from bfrboost.faces.types import Face
 from bfrboost.io.images import IMAGE_EXTENSIONS, encode_image, output_ext, read_image, write_image
 from bfrboost.reports import FileReport
 from bfrboost.runners.files import gray
@@ -171,7 +172,6 @@ class Job:
     rel: str
     loaded: Any = None  # bfrboost.io.images.LoadedImage
     prepared: Any = None  # bfrboost.pipeline.Prepared
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _failure(exc: BaseException, name: str) -> str:
@@ -264,11 +264,14 @@ def manifest_row(report: FileReport, rel: str) -> dict[str, Any]:
 
 
 def report_from_row(row: dict[str, Any]) -> FileReport:
-    """A manifest row back as a :class:`FileReport` (faces as their JSON dicts in ``extra``)."""
+    """A manifest row back as a :class:`FileReport` (faces with their box, score and landmarks; ``rel`` in ``extra``)."""
+    faces = [
+        Face(box=np.array(face["box"], float), score=float(face["score"]), landmarks=np.array(face["landmarks"], float))
+        for face in json.loads(row["faces"] or "[]")
+    ]
     return FileReport(
-        input=row["input"], output=row["output"], width=row["width"], height=row["height"],
-        seconds=json.loads(row["seconds"] or "{}"), error=row["error"], skipped=row["skipped"],
-        extra={"rel": row["rel"], "faces_found": len(json.loads(row["faces"] or "[]"))},
+        input=row["input"], output=row["output"], width=row["width"], height=row["height"], faces=faces,
+        seconds=json.loads(row["seconds"] or "{}"), error=row["error"], skipped=row["skipped"], extra={"rel": row["rel"]},
     )
 
 
