@@ -11,9 +11,19 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="bfrboost: restore faces, then boost them with the InfoBFR refiner.")
 
-from bfrboost.cli import degrade, eval, guided, refiner, restore, train, ui, weights  # noqa: E402  (each module adds its commands to ``app``)
+from bfrboost.cli import (  # noqa: E402  (each module adds its commands to ``app``)
+    dataset,
+    degrade,
+    eval,
+    guided,
+    refiner,
+    restore,
+    train,
+    ui,
+    weights,
+)
 
-__all__ = ["app", "degrade", "eval", "guided", "main", "refiner", "restore", "train", "ui", "weights"]
+__all__ = ["app", "dataset", "degrade", "eval", "guided", "main", "refiner", "restore", "train", "ui", "weights"]
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing, nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -124,6 +125,7 @@ def restore(
     ref_weight: Annotated[float, typer.Option("--ref-weight", min=0.0, help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).")] = 25.0,
     ref_loss: Annotated[str, typer.Option("--ref-loss", help="--base pgdiff: identity distance, mse or cos.")] = "mse",
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or 1: one stage at a time).")] = 0,
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
     from bfrboost.pipeline import Restorer
@@ -184,7 +186,7 @@ def restore(
         outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality, overwrite=overwrite,
         save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
     )
-    write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options)
+    write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options, workers=workers)
 
 
 def _notes(restorer: Restorer, as_json: bool) -> None:
@@ -203,14 +205,17 @@ def write_results(
     as_json: bool,
     start: float,
     video_options: VideoOptions | None = None,
+    workers: int = 0,
 ) -> None:
     """What every image command does around its restorer: collect INPUTS (one report per bad one),
     build the restorer, restore into ``options.outdir`` with progress, JSON lines, a summary and
     the exit code; interruptible (SIGINT/SIGTERM leave nothing half-written). With
-    ``video_options`` folders and globs also yield video clips, restored by the video runner."""
+    ``video_options`` folders and globs also yield video clips, restored by the video runner;
+    ``workers`` > 1 overlaps the image stages (:class:`~bfrboost.runners.overlap.OverlapRunner`)."""
     from bfrboost.io.images import collect_inputs
     from bfrboost.reports import problem_report, summary
     from bfrboost.runners.files import FileRunner
+    from bfrboost.runners.overlap import OverlapRunner
     from bfrboost.runners.video import VideoRunner, is_video
 
     with interruptible() as progress:
@@ -234,7 +239,9 @@ def write_results(
         reports: list[FileReport] = list(failed)
         console = Console(stderr=True)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-        with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as bar:
+        runner = OverlapRunner(restorer, options, workers=workers) if workers > 1 else FileRunner(restorer, options)
+        with closing(runner) if isinstance(runner, OverlapRunner) else nullcontext(), \
+                Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as bar:
             task = bar.add_task("restoring", total=len(paths), rate="")
             if hasattr(restorer, "on_step"):  # guided restoration: a step-level bar across every face
                 steps = bar.add_task("denoising", total=None, rate="")
@@ -250,7 +257,7 @@ def write_results(
                 fps = frames / max(time.perf_counter() - clip["since"], 1e-6)
                 bar.update(clip["id"], completed=frames, total=max(expected or 0, frames) or None, rate=f"{fps:.1f} frames/s")
 
-            runs = [FileRunner(restorer, options).run(images)] if images else []
+            runs = [runner.run(images)] if images else []
             if video_runner is not None:
                 video_runner.progress = clip_progress
                 runs.append(video_runner.run(videos))

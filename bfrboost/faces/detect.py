@@ -13,11 +13,12 @@ image-right mouth corner), best score first.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
+import queue
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,14 +70,31 @@ def dlib_model_dir() -> Path:
     return Path(spec.origin).parent / "models"
 
 
-@functools.lru_cache(maxsize=1)
-def _dlib_models() -> tuple[Any, Any]:
+#: Idle (detector, predictor) pairs. dlib releases the GIL while it detects, but one pair must not
+#: be used by two threads at once (that corrupted the heap), so each call borrows its own pair.
+_DLIB_IDLE: queue.SimpleQueue = queue.SimpleQueue()
+
+
+def _load_dlib_models() -> tuple[Any, Any]:
     import dlib
 
     path = dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"
     if not path.is_file():
         raise WeightsError(f"{path}: missing; reinstall it with `pip install --force-reinstall face-recognition-models`")
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+
+
+@contextmanager
+def _dlib_models() -> Iterator[tuple[Any, Any]]:
+    """A (detector, predictor) pair for this call alone; as many pairs load as threads detect at once."""
+    try:
+        models = _DLIB_IDLE.get_nowait()
+    except queue.Empty:
+        models = _load_dlib_models()
+    try:
+        yield models
+    finally:
+        _DLIB_IDLE.put(models)
 
 
 def five_points_from_68(points68: np.ndarray) -> np.ndarray:
@@ -108,19 +126,19 @@ class DlibDetector:
 
     def detect(self, image: np.ndarray) -> list[Face]:
         _check_image(image)
-        detector, predictor = _dlib_models()
         h, w = image.shape[:2]
         zoom = self.zoom_for(image.shape)
         big_w, big_h = round(w * zoom), round(h * zoom)
         big = cv2.resize(image, (big_w, big_h), interpolation=cv2.INTER_LINEAR) if zoom > 1 else np.ascontiguousarray(image)
-        rects, scores, _ = detector.run(big, 0, self.min_score)
         faces = []
-        for rect, score in zip(rects, scores):
-            shape = predictor(big, rect)
-            points68 = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-            edges = [rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1]
-            box, points = _to_input_pixels(edges, five_points_from_68(points68), big_w / w, big_h / h)
-            faces.append(Face(box=box, score=float(score), landmarks=points))
+        with _dlib_models() as (detector, predictor):
+            rects, scores, _ = detector.run(big, 0, self.min_score)
+            for rect, score in zip(rects, scores):
+                shape = predictor(big, rect)
+                points68 = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+                edges = [rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1]
+                box, points = _to_input_pixels(edges, five_points_from_68(points68), big_w / w, big_h / h)
+                faces.append(Face(box=box, score=float(score), landmarks=points))
         return sorted(faces, key=lambda f: -f.score)
 
 

@@ -127,36 +127,54 @@ class FileRunner:
         self.images_per_batch = images_per_batch
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
-        options = self.options
-        for subdir in OUTPUT_SUBDIRS:  # also when every input is skipped and nothing gets written
-            clean_stale_temps(Path(options.outdir) / subdir)
         pending: list[tuple[FileReport, LoadedImage, OutputPlan, dict | None]] = []
-        claims = _Claims(InputGuard(inputs))
+        claims = self._start(inputs)
         for path in inputs:
-            report = FileReport(input=str(path))
-            loaded = None
-            try:
-                plan = self.plan(path)
-                claims.claim(path, plan)
-                if os.path.lexists(plan.image) and not options.overwrite:
-                    report.output = str(plan.image)
-                    report.skipped = f"{one_line(plan.image)}: already exists; pass --overwrite to replace it"
-                else:
-                    loaded = self._decode(report, path)
-                    targets = self.restorer.input_targets(path, loaded.rgb)
-            except BfrboostError as exc:
-                loaded = None
-                report.error = str(exc)
-            if loaded is None:
+            report, plan = self._planned(path, claims)
+            decoded = self._decoded(report, path) if plan is not None else None
+            if decoded is None:
                 yield from self._flush(pending, claims)
                 pending = []
                 yield report
                 continue
+            loaded, targets = decoded
             pending.append((report, loaded, plan, targets))
             if len(pending) >= self.images_per_batch:
                 yield from self._flush(pending, claims)
                 pending = []
         yield from self._flush(pending, claims)
+
+    # Planning, decoding and delivering one image are separate steps so that other runners
+    # (bfrboost.runners.overlap) run them in worker threads or processes with the same results.
+
+    def _start(self, inputs: Sequence[Path]) -> _Claims:
+        for subdir in OUTPUT_SUBDIRS:  # also when every input is skipped and nothing gets written
+            clean_stale_temps(Path(self.options.outdir) / subdir)
+        return _Claims(InputGuard(inputs))
+
+    def _planned(self, path: Path, claims: _Claims) -> tuple[FileReport, OutputPlan | None]:
+        """A report for ``path`` and its plan, or no plan when it failed (``error``) or is ``skipped``."""
+        report = FileReport(input=str(path))
+        try:
+            plan = self.plan(path)
+            claims.claim(path, plan)
+        except BfrboostError as exc:
+            report.error = str(exc)
+            return report, None
+        if os.path.lexists(plan.image) and not self.options.overwrite:
+            report.output = str(plan.image)
+            report.skipped = f"{one_line(plan.image)}: already exists; pass --overwrite to replace it"
+            return report, None
+        return report, plan
+
+    def _decoded(self, report: FileReport, path: Path) -> tuple[LoadedImage, dict | None] | None:
+        """:meth:`_decode` and the restorer's per-input targets, with a bad file as the report's ``error``."""
+        try:
+            loaded = self._decode(report, path)
+            return loaded, self.restorer.input_targets(path, loaded.rgb)
+        except BfrboostError as exc:
+            report.error = str(exc)
+            return None
 
     def plan(self, path: Path) -> OutputPlan:
         """Every output of ``path`` (the face files' count comes with the faces)."""
@@ -180,19 +198,23 @@ class FileRunner:
             [loaded.rgb for _, loaded, _, _ in pending], [loaded.alpha for _, loaded, _, _ in pending], [targets for *_, targets in pending]
         )
         for (report, loaded, plan, _), result in zip(pending, results):
-            report.faces = result.faces
-            report.seconds.update(result.seconds)
-            start = time.perf_counter()
-            if loaded.gray and self.restorer.keeps_gray:
-                result.image = gray(result.image)
-            try:
-                outputs = self.outputs(plan, result, icc=loaded.icc)
-                report.files = [str(p) for p in outputs.commit(claims.guard)]
-                report.output = str(plan.image)
-            except BfrboostError as exc:
-                report.error = str(exc)
-            report.seconds["encode"] = time.perf_counter() - start
-            yield report
+            yield self._deliver(report, loaded, plan, result, claims)
+
+    def _deliver(self, report: FileReport, loaded: LoadedImage, plan: OutputPlan, result: Result, claims: _Claims) -> FileReport:
+        """Write every output of ``result`` (gray kept gray) and complete ``report``; a failed write is its ``error``."""
+        report.faces = result.faces
+        report.seconds.update(result.seconds)
+        start = time.perf_counter()
+        if loaded.gray and self.restorer.keeps_gray:
+            result.image = gray(result.image)
+        try:
+            outputs = self.outputs(plan, result, icc=loaded.icc)
+            report.files = [str(p) for p in outputs.commit(claims.guard)]
+            report.output = str(plan.image)
+        except BfrboostError as exc:
+            report.error = str(exc)
+        report.seconds["encode"] = time.perf_counter() - start
+        return report
 
     def outputs(self, plan: OutputPlan, result: Result, icc: bytes | None = None) -> OutputSet:
         """The :class:`OutputSet` of one restored image: the image and its face files, nothing written yet."""

@@ -1,0 +1,318 @@
+"""Datasets of image files, local or on any pyarrow filesystem (s3://, gs://, hdfs://), in three stages
+that a distributed engine runs (:mod:`bfrboost.distributed` runs them on Ray Data):
+
+1. :func:`prepare_row` (CPU): read + decode + detect + align one image;
+2. :class:`FaceBatcher` (GPU, or CPU): base model + refiner over the faces of a batch of images;
+3. :func:`finish_row` (CPU): paste back + encode + write, returning the image's manifest row.
+
+Rows are plain dicts; the decoded image and its faces travel between stages pickled in ``payload``
+(our own stages only). Every stage turns a failure into the row's ``error``: one bad image never
+stops the job. Outputs keep their path relative to the source root (``a/b.jpg`` → ``DST/a/b.jpg``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from bfrboost.errors import BfrboostError, InputError, OutputError
+from bfrboost.faces.types import Face
+from bfrboost.io.images import IMAGE_EXTENSIONS, encode_image, output_ext, read_image, write_image
+from bfrboost.reports import FileReport
+from bfrboost.runners.files import gray
+from bfrboost.safety import atomic_path, one_line
+
+MANIFEST = "manifest.parquet"
+#: Manifest columns: the fields of :class:`bfrboost.reports.FileReport` (faces and seconds as JSON) + ``rel``.
+MANIFEST_COLUMNS = ("rel", "input", "output", "width", "height", "faces", "seconds", "error", "skipped")
+#: Restorer options that only the device stage needs; the CPU stages build a Restorer without them.
+DEVICE_ONLY = ("base", "refine", "refiner", "refiner_strength", "sd_model", "compile", "weights", "batch_size", "knobs", "fidelity", "device")
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def _local(location: str) -> str:
+    return location[len("file://"):] if location.startswith("file://") else location
+
+
+@functools.lru_cache(maxsize=16)
+def filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) for a URI such as ``s3://bucket/photos``."""
+    from pyarrow import fs
+
+    try:
+        return fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{one_line(uri)}: cannot open this location ({one_line(exc)}); check the URI and credentials") from None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of the dataset: where it is read from, and its path relative to the source root."""
+
+    source: str
+    rel: str
+
+
+def list_items(src: str) -> list[Item]:
+    """Images under a local folder or a URI (recursive, sorted), or listed one per line in a text file.
+
+    A list file's relative lines are relative to its folder and keep that relative path; absolute
+    paths and URIs keep their file name only.
+    """
+    if is_uri(src):
+        from pyarrow import fs as pafs
+
+        filesys, root = filesystem(src)
+        infos = filesys.get_file_info(pafs.FileSelector(root, recursive=True))
+        rels = sorted(
+            PurePosixPath(info.path).relative_to(root).as_posix()
+            for info in infos
+            if info.type == pafs.FileType.File and PurePosixPath(info.path).suffix.lower() in IMAGE_EXTENSIONS
+        )
+        return [Item(source=f"{src.rstrip('/')}/{rel}", rel=rel) for rel in rels]
+    path = Path(_local(src))
+    if path.is_dir():
+        rels = sorted(
+            p.relative_to(path).as_posix()
+            for p in path.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        return [Item(source=str(path / rel), rel=rel) for rel in rels]
+    if path.is_file():
+        items = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            if is_uri(entry) or os.path.isabs(_local(entry)):
+                items.append(Item(source=entry, rel=PurePosixPath(entry.rsplit("/", 1)[-1]).as_posix()))
+            else:
+                items.append(Item(source=str(path.parent / entry), rel=PurePosixPath(entry).as_posix()))
+        return items
+    raise InputError(f"{one_line(src)}: no such folder or list file; give a folder, a text file of paths, or a URI such as s3://bucket/photos")
+
+
+def output_location(dst: str, rel: str, ext: str = "auto") -> str:
+    """``DST/rel`` with the output extension the ``restore`` command would choose."""
+    pure = PurePosixPath(rel)
+    name = f"{pure.stem}.{output_ext(pure, ext, has_alpha=False)}"
+    parent = pure.parent.as_posix()
+    rel_out = name if parent == "." else f"{parent}/{name}"
+    return f"{dst.rstrip('/')}/{rel_out}" if is_uri(dst) else str(Path(_local(dst)) / rel_out)
+
+
+def exists(location: str) -> bool:
+    if is_uri(location):
+        from pyarrow import fs as pafs
+
+        filesys, path = filesystem(location)
+        return filesys.get_file_info(path).type != pafs.FileType.NotFound
+    return Path(location).exists()
+
+
+def read_bytes(location: str) -> bytes:
+    if not is_uri(location):
+        return Path(_local(location)).read_bytes()
+    filesys, path = filesystem(location)
+    with filesys.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_remote(location: str, data: bytes) -> None:
+    """Write to a temp key beside ``location``, then move it into place (a rename where the store has one)."""
+    filesys, path = filesystem(location)
+    parent = path.rsplit("/", 1)[0]
+    temp = f"{parent}/.{path.rsplit('/', 1)[-1]}.bfrboost-{os.getpid()}-{os.urandom(4).hex()}.partial"
+    filesys.create_dir(parent, recursive=True)
+    with filesys.open_output_stream(temp) as stream:
+        stream.write(data)
+    filesys.move(temp, path)
+
+
+# ---- restorers, one per worker process --------------------------------------------------------
+
+
+def _key(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_restorer(key: str) -> Any:
+    from bfrboost.pipeline import Restorer
+
+    return Restorer(**json.loads(key))
+
+
+def cpu_restorer(options: dict[str, Any]) -> Any:
+    """The Restorer the CPU stages use: detection and paste settings only, built once per process."""
+    kept = {k: v for k, v in options.items() if k not in DEVICE_ONLY}
+    return _cached_restorer(_key({**kept, "base": "none", "refine": False, "device": "cpu"}))
+
+
+# ---- stages -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """What the stages pass along for one image."""
+
+    report: FileReport
+    rel: str
+    loaded: Any = None  # bfrboost.io.images.LoadedImage
+    prepared: Any = None  # bfrboost.pipeline.Prepared
+
+
+def _failure(exc: BaseException, name: str) -> str:
+    if isinstance(exc, BfrboostError):
+        return one_line(exc)
+    return one_line(f"{name}: {type(exc).__name__}: {exc}; this looks like a bug, please report it")
+
+
+def _pack(job: Job) -> dict[str, Any]:
+    return {"rel": job.rel, "payload": pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)}
+
+
+def _unpack(row: dict[str, Any]) -> Job:
+    return pickle.loads(row["payload"])
+
+
+def prepare_row(row: dict[str, Any], options: dict[str, Any], max_pixels: int | None = None) -> dict[str, Any]:
+    """Stage 1 (CPU): ``{"source", "rel", "output"}`` → decoded, detected, aligned."""
+    report = FileReport(input=row["source"], output=row["output"])
+    job = Job(report=report, rel=row["rel"])
+    try:
+        start = time.perf_counter()
+        try:
+            data = read_bytes(row["source"])
+        except FileNotFoundError:
+            raise InputError(f"{one_line(row['source'])}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"{one_line(row['source'])}: cannot read ({one_line(exc)})") from None
+        loaded = read_image(data, name=row["source"], max_pixels=max_pixels) if max_pixels else read_image(data, name=row["source"])
+        report.seconds["decode"] = time.perf_counter() - start
+        report.width, report.height = loaded.width, loaded.height
+        job.loaded = loaded
+        job.prepared = cpu_restorer(options).prepare(loaded.rgb, loaded.alpha)
+    except Exception as exc:  # noqa: BLE001 - a failure is a manifest row, never a crashed job
+        report.error, report.output, job.loaded, job.prepared = _failure(exc, row["source"]), None, None, None
+    return _pack(job)
+
+
+class FaceBatcher:
+    """Stage 2 (device): the model is loaded once per actor; each call restores a batch of images."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        from bfrboost.pipeline import Restorer
+
+        self.restorer = Restorer(**options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        jobs = [pickle.loads(payload) for payload in batch["payload"]]
+        ready = [job for job in jobs if job.prepared is not None]
+        try:
+            self.restorer.restore_faces([job.prepared for job in ready])
+        except Exception:  # noqa: BLE001 - one image at a time, so only the culprit fails
+            for job in ready:
+                try:
+                    self.restorer.restore_faces([job.prepared])
+                except Exception as exc:  # noqa: BLE001
+                    job.report.error, job.report.output, job.prepared = _failure(exc, job.report.input), None, None
+        packed = [_pack(job) for job in jobs]
+        return {"rel": [p["rel"] for p in packed], "payload": [p["payload"] for p in packed]}
+
+
+def finish_row(row: dict[str, Any], options: dict[str, Any], quality: int = 95, overwrite: bool = False) -> dict[str, Any]:
+    """Stage 3 (CPU): paste back, encode and write the output; returns the image's manifest row."""
+    job = _unpack(row)
+    report = job.report
+    if job.prepared is not None:
+        try:
+            result = cpu_restorer(options).finish(job.prepared)
+            report.faces = result.faces
+            report.seconds.update(result.seconds)
+            start = time.perf_counter()
+            image = gray(result.image) if job.loaded.gray else result.image
+            if is_uri(report.output):
+                ext = PurePosixPath(report.output).suffix.lstrip(".")
+                write_remote(report.output, encode_image(image, result.alpha, fmt=ext, quality=quality, icc=job.loaded.icc))
+            else:
+                write_image(report.output, image, result.alpha, quality=quality, overwrite=overwrite, icc=job.loaded.icc)
+            report.seconds["encode"] = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - a failure is a manifest row, never a crashed job
+            report.error, report.output = _failure(exc, report.input), None
+    return manifest_row(report, job.rel)
+
+
+def manifest_row(report: FileReport, rel: str) -> dict[str, Any]:
+    line = report.to_json()
+    return {
+        "rel": rel, "input": line["input"], "output": line["output"], "width": line["width"], "height": line["height"],
+        "faces": json.dumps(line["faces"]), "seconds": json.dumps(line["seconds"]), "error": line["error"], "skipped": line["skipped"],
+    }
+
+
+def report_from_row(row: dict[str, Any]) -> FileReport:
+    """A manifest row back as a :class:`FileReport` (faces with their box, score and landmarks; ``rel`` in ``extra``)."""
+    faces = [
+        Face(box=np.array(face["box"], float), score=float(face["score"]), landmarks=np.array(face["landmarks"], float))
+        for face in json.loads(row["faces"] or "[]")
+    ]
+    return FileReport(
+        input=row["input"], output=row["output"], width=row["width"], height=row["height"], faces=faces,
+        seconds=json.loads(row["seconds"] or "{}"), error=row["error"], skipped=row["skipped"], extra={"rel": row["rel"]},
+    )
+
+
+# ---- manifest ---------------------------------------------------------------------------------
+
+
+def read_manifest(dst: str) -> list[dict[str, Any]]:
+    """The rows of ``DST/manifest.parquet``, or none when there is no manifest yet."""
+    import pyarrow.parquet as pq
+
+    location = f"{dst.rstrip('/')}/{MANIFEST}" if is_uri(dst) else str(Path(_local(dst)) / MANIFEST)
+    if not exists(location):
+        return []
+    if is_uri(location):
+        filesys, path = filesystem(location)
+        return pq.read_table(path, filesystem=filesys).to_pylist()
+    return pq.read_table(location).to_pylist()
+
+
+def write_manifest(dst: str, rows: Iterable[dict[str, Any]]) -> str:
+    """Write ``DST/manifest.parquet`` atomically (locally through :mod:`bfrboost.safety`)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("rel", pa.string()), ("input", pa.string()), ("output", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+        ("faces", pa.string()), ("seconds", pa.string()), ("error", pa.string()), ("skipped", pa.string()),
+    ])
+    table = pa.Table.from_pylist([{k: row.get(k) for k in MANIFEST_COLUMNS} for row in rows], schema=schema)
+    if is_uri(dst):
+        location = f"{dst.rstrip('/')}/{MANIFEST}"
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        write_remote(location, buffer.getvalue())
+        return location
+    location = Path(_local(dst)) / MANIFEST
+    try:
+        with atomic_path(location, overwrite=True) as temp:
+            pq.write_table(table, temp)
+    except OSError as exc:
+        raise OutputError(f"{location}: cannot write the manifest ({one_line(exc)})") from None
+    return str(location)
