@@ -22,7 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Runs the real CLI; the second image encode writes a few bytes, says so and then hangs, so the
 # test can send its signal while a temp file is half-written.
 SLOW_WRITER = """
-import sys, time
+import signal, sys, time
+# Ctrl-C as at a terminal, even when the test runner itself was started with SIGINT ignored
+# (a background job, as CI may be): Python then leaves SIGINT ignored in every child.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 import bfrboost.io.images as images
 ready, calls, save = Path(sys.argv[1]), [], images._save
