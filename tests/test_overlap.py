@@ -83,3 +83,21 @@ def test_cli_workers_json_lines_in_input_order(testdata: Path, tmp_path: Path) -
     assert [line["input"] for line in lines] == paths
     assert all((tmp_path / "restored_imgs" / n).is_file() for n in names)
     assert "4 image(s) restored" in result.stderr
+
+
+def test_the_largest_photo_is_prepared_and_finished_first(restorer: Restorer, testdata: Path, tmp_path: Path) -> None:
+    """Longest-processing-time first within the window: the largest file, given last, starts first
+    instead of running alone at the end; the reports keep input order."""
+    photos = sorted((testdata / "whole").iterdir(), key=lambda p: p.stat().st_size)
+    inputs = [photos[0], photos[1], photos[-1]]  # two small ones, then the largest
+    runner = OverlapRunner(restorer, OutputOptions(outdir=tmp_path), workers=1, queue_size=2, images_per_batch=3)  # a window of 4
+    prepared, finished = [], []
+    prepare, finish = runner._prepare, runner._finish
+    runner._prepare = lambda report, path: prepared.append(Path(path).name) or prepare(report, path)
+    runner._finish = lambda report, *rest: finished.append(Path(report.input).name) or finish(report, *rest)
+    with runner:
+        reports = list(runner.run(inputs))
+    assert [Path(r.input).name for r in reports] == [p.name for p in inputs]
+    assert all(r.done for r in reports)
+    assert prepared[0] == photos[-1].name and finished[0] == photos[-1].name
+    assert sorted(prepared) == sorted(p.name for p in inputs)

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,11 @@ class OverlapRunner(FileRunner):
     (``auto``), or ``process`` (forked, Linux only; the detector must run on the CPU: CUDA does
     not survive ``fork``). ``queue_size`` (default ``2 × workers``) images may wait per stage.
     Use it as a context manager, or call :meth:`close`, to stop the workers.
+
+    Within a window of ``2 × queue_size`` planned inputs the largest files are prepared first, and
+    within a batch the largest images are pasted and encoded first (longest-processing-time first):
+    one big photo at the end of a folder would otherwise run alone after the rest. Reports still
+    come out in input order.
     """
 
     def __init__(
@@ -148,35 +154,48 @@ class OverlapRunner(FileRunner):
         inputs = list(inputs)
         claims = self._start(inputs)
         todo = iter(inputs)
-        # planned (with the prepare job when there is one to do), in input order
-        ahead: deque[tuple[FileReport, OutputPlan | None, Future[_Job] | None]] = deque()
+        # planned inputs in input order: [report, plan, prepare future or None, path, cost]
+        ahead: deque[list[Any]] = deque()
         out: deque[FileReport | Future[FileReport]] = deque()  # delivered or being finished, in order
         pending: list[tuple[FileReport, LoadedImage, Prepared, OutputPlan]] = []
         prepare_pool = self._prepare_executor()
+        window = 2 * self.queue_size
         with ExitStack() as stack:
             finish_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bfrboost-finish")
             stack.callback(finish_pool.shutdown, wait=True, cancel_futures=True)
             stack.callback(self._cancel, ahead)
 
+            def submit(entry: list[Any]) -> None:
+                entry[2] = prepare_pool.submit(self._submit_target(), entry[0], entry[3])
+
             def fill() -> None:
-                while sum(future is not None for _, _, future in ahead) < self.queue_size:
+                while len(ahead) < window:
                     path = next(todo, None)
                     if path is None:
-                        return
+                        break
                     report, plan = self._planned(path, claims)
-                    ahead.append((report, plan, prepare_pool.submit(self._submit_target(), report, path) if plan is not None else None))
+                    ahead.append([report, plan, None, path, _cost(path)])
+                waiting = sorted((e for e in ahead if e[1] is not None and e[2] is None), key=lambda e: -e[4])
+                in_flight = sum(e[2] is not None for e in ahead)
+                for entry in waiting[: max(self.queue_size - in_flight, 0)]:
+                    submit(entry)
 
             def flush() -> Iterator[FileReport]:
                 if pending:
                     self.restorer.restore_faces([prepared for _, _, prepared, _ in pending])
-                    out.extend(finish_pool.submit(self._finish, *job, claims) for job in pending)
+                    finishing: list[Future[FileReport] | None] = [None] * len(pending)
+                    for i in sorted(range(len(pending)), key=lambda i: -pending[i][2].image.size):  # largest first
+                        finishing[i] = finish_pool.submit(self._finish, *pending[i], claims)
+                    out.extend(finishing)
                     pending.clear()
                 while sum(isinstance(item, Future) for item in out) > self.queue_size:
                     yield _result(out.popleft())
 
             fill()
             while ahead:
-                report, plan, future = ahead.popleft()
+                if ahead[0][1] is not None and ahead[0][2] is None:  # its turn came before a free slot did
+                    submit(ahead[0])
+                report, plan, future, _, _ = ahead.popleft()
                 if future is not None:
                     report, loaded, prepared = future.result()
                     fill()
@@ -198,11 +217,19 @@ class OverlapRunner(FileRunner):
         return self._prepare if self.mode == "thread" else _prepare_in_worker
 
     @staticmethod
-    def _cancel(ahead: deque[tuple[FileReport, OutputPlan | None, Future[_Job] | None]]) -> None:
+    def _cancel(ahead: deque[list[Any]]) -> None:
         """A run left early (error, Ctrl-C, consumer stopped): drop the images not started yet."""
-        for _, _, future in ahead:
+        for _, _, future, _, _ in ahead:
             if future is not None:
                 future.cancel()
+
+
+def _cost(path: Path) -> int:
+    """What preparing ``path`` costs, roughly: its size in bytes (0 when it cannot be read)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _result(item: FileReport | Future[FileReport]) -> FileReport:
