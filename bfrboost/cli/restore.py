@@ -143,8 +143,14 @@ def restore(
             raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
         if stdin_mode and sys.stdout.isatty():
             raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
-        if base != "pgdiff" and (reference or prior is not None):
-            raise UsageError("--reference and --prior guide the diffusion prior: use them with --base pgdiff")
+        guided = {
+            "--reference": bool(reference), "--prior": prior is not None, "--guide": guide != "rrdb", "--steps": steps != 1000,
+            "--guidance-scale": guidance_scale != 0.1, "--seed": seed != 1234, "--ss-weight": ss_weight != 1.0,
+            "--ref-weight": ref_weight != 25.0, "--ref-loss": ref_loss != "mse", "--repeats": repeats != 1,
+        }
+        given = [name for name, changed in guided.items() if changed]
+        if base != "pgdiff" and given:
+            raise UsageError(f"{', '.join(given)} guide the diffusion prior: use them with --base pgdiff")
         knobs = _parse_knobs(knob or [])
         video_options = VideoOptions(
             outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,

@@ -139,6 +139,10 @@ def test_restore_base_pgdiff_whole_photo_with_a_guide_and_a_reference(tmp_path, 
     assert (np.abs(before.astype(int) - after).max(axis=2) > 1)[inside].mean() > 0.3
     result = runner.invoke(app, ["restore", str(source), "--reference", str(source), "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "use them with --base pgdiff" in result.stderr
+    result = runner.invoke(app, ["restore", str(source), "--steps", "50", "--seed", "3", "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert result.stderr == "bfrboost: --steps, --seed guide the diffusion prior: use them with --base pgdiff\n"
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_wrong_prior_fails_in_one_line(tmp_path, testdata):
