@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import InputError, UsageError
-from bfrboost.io.images import read_image, write_image
+from bfrboost.io.images import write_image
 from bfrboost.metrics import METRICS, Evaluator, MetricModels, MetricValue, parse_metrics
-from bfrboost.metrics.folders import list_images, read_rgb, reference_index, stats_for
+from bfrboost.metrics.folders import list_images, read_reference, read_rgb, reference_index, stats_for
 from bfrboost.metrics.inception import DEFAULT_SIZE
 from bfrboost.safety import InputGuard, one_line, write_bytes
 
@@ -287,13 +287,7 @@ def run_boost(
 
     faces: list[tuple[str, np.ndarray, np.ndarray | None]] = []  # (stem, LQ, HQ) — aligned crops are small
     for path, rgb in read_rgb(lq_paths, problems):
-        hq = None
-        if path.stem in index:
-            try:
-                hq = read_image(index[path.stem]).rgb
-            except InputError as exc:
-                problems.append(str(exc))
-        faces.append((path.stem, rgb, hq))
+        faces.append((path.stem, rgb, read_reference(index, path.stem, problems)))
     if not faces:
         raise InputError(f"{one_line(data)}: none of its images could be read")
     shown = [stem for stem, _, _ in faces[:html_faces]]

@@ -49,6 +49,17 @@ def reference_index(folder: Path | str) -> dict[str, Path]:
     return index
 
 
+def read_reference(index: dict[str, Path], stem: str, problems: list[str]) -> np.ndarray | None:
+    """The decoded same-named reference, or ``None`` (none in ``index``, or unreadable: one line to ``problems``)."""
+    if stem not in index:
+        return None
+    try:
+        return read_image(index[stem]).rgb
+    except InputError as exc:
+        problems.append(str(exc))
+        return None
+
+
 def stats_for(
     reference_stats: Path | str | None, reference_dir: Path | str | None, metrics: Sequence[str], models: MetricModels,
     size: int = DEFAULT_SIZE, problems: list[str] | None = None, on_progress: Progress | None = None,
@@ -131,15 +142,10 @@ def evaluate_folder(
         refs.clear()
 
     for path, rgb in read_rgb(restored, problems):
-        reference = None
-        if needs_pairs and path.stem in index:
-            try:
-                reference = read_image(index[path.stem]).rgb
-            except InputError as exc:
-                problems.append(str(exc))
-            if reference is not None and reference.shape != rgb.shape:
-                problems.append(f"{one_line(path)}: {rgb.shape[1]}×{rgb.shape[0]} but its reference {one_line(index[path.stem])} is {reference.shape[1]}×{reference.shape[0]}; left out of paired metrics")
-                reference = None
+        reference = read_reference(index, path.stem, problems) if needs_pairs else None
+        if reference is not None and reference.shape != rgb.shape:
+            problems.append(f"{one_line(path)}: {rgb.shape[1]}×{rgb.shape[0]} but its reference {one_line(index[path.stem])} is {reference.shape[1]}×{reference.shape[0]}; left out of paired metrics")
+            reference = None
         batch.append(rgb)
         refs.append(reference)
         images += 1

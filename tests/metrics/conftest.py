@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from bfrboost import weights
+from bfrboost.identity import ARCFACE_FILE, random_arcface
 from bfrboost.metrics.inception import INCEPTION_FILE
 from bfrboost.metrics.perceptual import VGG16_FILE
 
@@ -44,11 +46,28 @@ def random_inception_state(tmp_path_factory) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.fixture
-def inception_file(_isolated_cache, trust_cache, random_inception_state) -> Path:
-    path = _isolated_cache / INCEPTION_FILE
-    torch.save(random_inception_state, path)
+def _save_once(tmp_path_factory, file: str, state: dict[str, torch.Tensor]) -> Path:
+    """A checkpoint saved once per session, for :func:`_link_into_cache`."""
+    path = tmp_path_factory.mktemp("checkpoint") / file
+    torch.save(state, path)
     return path
+
+
+def _link_into_cache(cache: Path, saved: Path) -> Path:
+    """Each test's isolated cache gets a hard link, not a fresh save of tens of MB."""
+    path = cache / saved.name
+    os.link(saved, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _inception_checkpoint(tmp_path_factory, random_inception_state) -> Path:
+    return _save_once(tmp_path_factory, INCEPTION_FILE, random_inception_state)
+
+
+@pytest.fixture
+def inception_file(_isolated_cache, trust_cache, _inception_checkpoint) -> Path:
+    return _link_into_cache(_isolated_cache, _inception_checkpoint)
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +79,25 @@ def random_vgg16_state() -> dict[str, torch.Tensor]:
     return torchvision.models.vgg16(weights=None).state_dict()
 
 
+@pytest.fixture(scope="session")
+def _vgg16_checkpoint(tmp_path_factory, random_vgg16_state) -> Path:
+    return _save_once(tmp_path_factory, VGG16_FILE, random_vgg16_state)
+
+
 @pytest.fixture
-def vgg16_file(_isolated_cache, trust_cache, random_vgg16_state) -> Path:
-    path = _isolated_cache / VGG16_FILE
-    torch.save(random_vgg16_state, path)
-    return path
+def vgg16_file(_isolated_cache, trust_cache, _vgg16_checkpoint) -> Path:
+    return _link_into_cache(_isolated_cache, _vgg16_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def _arcface_checkpoint(tmp_path_factory) -> Path:
+    return _save_once(tmp_path_factory, ARCFACE_FILE, random_arcface(0).net.state_dict())
+
+
+@pytest.fixture
+def arcface_file(_isolated_cache, trust_cache, _arcface_checkpoint) -> Path:
+    """An official-format (random) IR-SE50 checkpoint in the cache."""
+    return _link_into_cache(_isolated_cache, _arcface_checkpoint)
 
 
 @pytest.fixture(scope="session")

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from bfrboost.boost import BoostReport, BoostRow, better_of, format_value, run_boost
 from bfrboost.cli import app
-from bfrboost.identity import ARCFACE_FILE, random_arcface
 from bfrboost.metrics import MetricModels, MetricValue
 from bfrboost.metrics.inception import ReferenceStats, kid
 
@@ -40,21 +37,6 @@ def paired(tmp_path, aligned_faces) -> tuple[Path, Path]:
         _save(hq / f"{i:04d}.png", face)
         _save(lq / f"{i:04d}.png", np.ascontiguousarray(degraded))
     return lq, hq
-
-
-@pytest.fixture(scope="module")
-def _arcface_checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("arcface") / ARCFACE_FILE
-    torch.save(random_arcface(0).net.state_dict(), path)
-    return path
-
-
-@pytest.fixture
-def arcface_file(_isolated_cache, trust_cache, _arcface_checkpoint) -> Path:
-    """An official-format (random) IR-SE50 checkpoint in the cache, linked rather than re-saved."""
-    path = _isolated_cache / ARCFACE_FILE
-    os.link(_arcface_checkpoint, path)
-    return path
 
 
 def test_eval_identical_folders(paired, niqe_file, arcface_file):
