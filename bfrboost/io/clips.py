@@ -14,9 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bfrboost.io.images import VIDEO_FORMATS
 from bfrboost.safety import atomic_path
-
-_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
 
 
 def pan_frame(photo: np.ndarray, size: tuple[int, int], offset: tuple[float, float]) -> np.ndarray:
@@ -60,7 +59,7 @@ def make_pan_clip(
     tb = Fraction(1, 1000) if timestamps_ms is not None else Fraction(1, fps)
     pts = list(timestamps_ms) if timestamps_ms is not None else list(range(frames))
     with atomic_path(path, overwrite=overwrite) as temp:
-        with av.open(str(temp), "w", format=_FORMATS[path.suffix.lower()]) as out:
+        with av.open(str(temp), "w", format=VIDEO_FORMATS[path.suffix.lower().lstrip(".")]) as out:
             video = out.add_stream("libx264", rate=fps)
             video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
             video.time_base = video.codec_context.time_base = tb

@@ -33,6 +33,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp",
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 """Video clips folders and globs also yield with ``collect_inputs(..., videos=True)`` (``bfrboost restore``)."""
 
+VIDEO_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
+"""Video extensions we can write → FFmpeg muxer (named explicitly: temp files end in ``.partial``)."""
+
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
 """Extensions we can write, and the Pillow format behind each."""
 

@@ -31,15 +31,13 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.track import FaceTracker
-from bfrboost.io.images import VIDEO_EXTENSIONS, plan_output
+from bfrboost.io.images import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
 from bfrboost.safety import InputGuard, atomic_path, one_line
 
 __all__ = ["VIDEO_EXTENSIONS", "VIDEO_FORMATS", "VideoOptions", "VideoRunner", "is_video", "restore_videos"]
 
-#: Output extension → FFmpeg muxer. The temp file's name ends in ``.partial``, so the muxer is named.
-VIDEO_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
 _X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 # x264 preset → NVENC's p1 (fastest) … p7 (best)
 _NVENC_PRESETS = dict(zip(_X264_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p7", "p7")))
