@@ -448,9 +448,10 @@ class Trainer:
                             x_hat, aux = ddp_model(apply_flips(batch["base"], flips).to(device), generator)
                         terms = loss_fn(x_hat, gt, aux.info_loss)
                         accelerator.backward(terms["loss"] / config.accumulate)
-                    for key in TERMS:
-                        sums[key] += terms[key].item() / config.accumulate
-                    sums["lambda_mean"] += aux.lam.mean().item() / config.accumulate
+                    # One device→host copy per micro-step for every logged value (not one sync each).
+                    values = torch.stack([terms[k].detach().float() for k in TERMS] + [aux.lam.detach().mean().float()]).tolist()
+                    for key, value in zip(sums, values):
+                        sums[key] += value / config.accumulate
                 grad_norm = accelerator.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
