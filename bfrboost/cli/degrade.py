@@ -57,9 +57,10 @@ def degrade_command(
             try:
                 guard.check(target)
                 image = read_image(path)
-                params = sample_params(file_seed(seed, path.name), config)
+                face_seed = file_seed(seed, path.name)
+                params = sample_params(face_seed, config)
                 write_image(target, apply_degradation(image.rgb, params, config.kernel_size), overwrite=overwrite)
-                records.append({"file": path.name, "output": target.name, "seed": file_seed(seed, path.name), **params.to_dict()})
+                records.append({"file": path.name, "output": target.name, "seed": face_seed, **params.to_dict()})
             except BfrboostError as exc:
                 err(str(exc))
                 failed += 1

@@ -14,7 +14,6 @@ per step), ``val.jsonl``, ``val/step-NNNNNNNN.png`` (input | base | refined | gr
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import random
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from bfrboost.errors import InputError, UsageError
 from bfrboost.identity import ArcFace
+from bfrboost.plots import figure_png, pyplot
 from bfrboost.safety import append_line, atomic_dir, atomic_path, write_bytes
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache
 from bfrboost.train.data import apply_flips, batch_indices, flip_mask
@@ -154,15 +154,10 @@ def validation_arcface(device: str | torch.device, note: Callable[[str], None]) 
 
 def plot_curves(log_path: Path, out: Path) -> None:
     """Every loss term against the step (log scale) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(8, 4.5), dpi=100)
     steps = [r["step"] for r in rows]
     for term in TERMS:
         values = [max(r[term], 1e-12) for r in rows]
@@ -172,11 +167,7 @@ def plot_curves(log_path: Path, out: Path) -> None:
     ax.set_ylabel("loss term")
     ax.legend()
     ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_bytes(out, buffer.getvalue(), overwrite=True)
+    write_bytes(out, figure_png(fig), overwrite=True)
 
 
 def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
@@ -457,9 +448,10 @@ class Trainer:
                             x_hat, aux = ddp_model(apply_flips(batch["base"], flips).to(device), generator)
                         terms = loss_fn(x_hat, gt, aux.info_loss)
                         accelerator.backward(terms["loss"] / config.accumulate)
-                    for key in TERMS:
-                        sums[key] += terms[key].item() / config.accumulate
-                    sums["lambda_mean"] += aux.lam.mean().item() / config.accumulate
+                    # One device→host copy per micro-step for every logged value (not one sync each).
+                    values = torch.stack([terms[k].detach().float() for k in TERMS] + [aux.lam.detach().mean().float()]).tolist()
+                    for key, value in zip(sums, values):
+                        sums[key] += value / config.accumulate
                 grad_norm = accelerator.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
