@@ -163,15 +163,12 @@ def csv_table(report: BoostReport) -> str:
 
 def bar_chart_png(report: BoostReport) -> bytes:
     """One panel per metric with values: bases on the x axis, base alone vs with the refiner."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from bfrboost.plots import figure_png, pyplot
 
     shown = [m for m in report.metrics if any(r.without is not None and np.isfinite(r.without) for r in report.rows if r.metric == m)]
     panels = max(len(shown), 1)
     cols = min(panels, 4)
-    fig, axes = plt.subplots((panels + cols - 1) // cols, cols, figsize=(3.6 * cols, 3.0 * ((panels + cols - 1) // cols)), squeeze=False)
+    fig, axes = pyplot().subplots((panels + cols - 1) // cols, cols, figsize=(3.6 * cols, 3.0 * ((panels + cols - 1) // cols)), squeeze=False)
     x = np.arange(len(report.bases))
     for ax, metric in zip(axes.flat, shown):
         rows = [r for r in report.rows if r.metric == metric]
@@ -188,11 +185,7 @@ def bar_chart_png(report: BoostReport) -> bytes:
     if not shown:
         axes.flat[0].text(0.5, 0.5, "no metric values", ha="center", va="center")
     axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=110)
 
 
 def html_page(report: BoostReport, faces: Sequence[str], has_reference: bool) -> str:
