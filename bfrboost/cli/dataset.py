@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from bfrboost.cli import app
+from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.cli.restore import ExtChoice, _parse_knobs
 from bfrboost.errors import BfrboostError
@@ -23,29 +24,29 @@ def restore_dataset(
     dst: Annotated[str, typer.Argument(help="Output folder or URI: same relative paths as SRC, plus manifest.parquet.", show_default=False)],
     ray_address: Annotated[str | None, typer.Option("--ray", help="Ray cluster: auto (the one this machine belongs to) or ray://HOST:10001; default: start a local Ray.")] = None,
     base: Annotated[str, typer.Option("--base", help="Base restorer, as for `restore`.")] = "auto",
-    refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner (default: when --refiner is given).", show_default=False)] = None,
+    refine: opt.Refine = None,
     refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder; must exist on every worker.")] = None,
-    refiner_strength: Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")] = 1.0,
+    refiner_strength: opt.RefinerStrength = 1.0,
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder on every worker.")] = None,
     upscale: Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image.")] = 2.0,
-    bg_upsampler: Annotated[str, typer.Option("--bg-upsampler", help="none or realesrgan.")] = "none",
-    aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned 512×512 face crops.")] = False,
-    only_center_face: Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")] = False,
-    min_face: Annotated[int, typer.Option("--min-face", min=0, help="Ignore faces smaller than PX pixels.")] = 0,
-    paste: Annotated[str, typer.Option("--paste", help="residual or direct.")] = "residual",
-    color_match: Annotated[bool, typer.Option("--color-match", help="Match restored faces' colour statistics to the originals.")] = False,
-    detector: Annotated[str, typer.Option("--detector", help="auto, dlib, retinaface_resnet50, retinaface_mobile0.25.")] = "auto",
+    bg_upsampler: opt.BgUpsampler = "none",
+    aligned: opt.Aligned = False,
+    only_center_face: opt.OnlyCenterFace = False,
+    min_face: opt.MinFace = 0,
+    paste: opt.Paste = "residual",
+    color_match: opt.ColorMatch = False,
+    detector: opt.Detector = "auto",
     weights: Annotated[Path | None, typer.Option("--weights", help="Custom base checkpoint; must exist on every worker.")] = None,
-    fidelity: Annotated[float | None, typer.Option("--fidelity", help="Fidelity of the base, in [0, 1].")] = None,
-    knob: Annotated[list[str] | None, typer.Option("--knob", help="Base-model knob NAME=VALUE; repeatable.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Faces per base-model batch.")] = None,
+    fidelity: opt.Fidelity = None,
+    knob: opt.Knob = None,
+    batch_size: opt.BatchSize = None,
     images_per_batch: Annotated[int, typer.Option("--images-per-batch", min=1, help="Images whose faces go to a device actor together.")] = 4,
     gpus: Annotated[int | None, typer.Option("--gpus", min=0, help="Device actors, one GPU each (default: every GPU of the cluster; 0: one CPU actor).")] = None,
     ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")] = ExtChoice.auto,
-    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
-    max_pixels: Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels.")] = None,
+    quality: opt.Quality = 95,
+    max_pixels: opt.MaxPixels = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose output exists (default: skip them, so a killed job resumes).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")] = False,
+    as_json: opt.AsJson = False,
 ) -> None:
     """Restore every image of SRC into DST on Ray Data (local Ray, or a cluster with --ray)."""
     from bfrboost.distributed import restore_dataset as run

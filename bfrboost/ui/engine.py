@@ -125,10 +125,7 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        seconds = self.report["seconds"]
-        stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
-        line = f"{len(self.faces)} face(s) restored, {sum(seconds.values()):.2f} s ({stages})"
-        return " · ".join([line, *(f"note: {n}" for n in self.notes)])
+        return _summary(f"{len(self.faces)} face(s) restored", self.report["seconds"], self.notes)
 
 
 @dataclass
@@ -141,13 +138,7 @@ class ClipOutcome:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        seconds = self.report["seconds"]
-        stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
-        line = (
-            f"{self.report['frames']} frames, {self.report['face_count']} face(s) restored, "
-            f"{sum(seconds.values()):.2f} s ({stages})"
-        )
-        return " · ".join([line, *(f"note: {n}" for n in self.notes)])
+        return _summary(f"{self.report['frames']} frames, {self.report['face_count']} face(s) restored", self.report["seconds"], self.notes)
 
 
 class Engine:
@@ -291,6 +282,12 @@ def _write_report(report: Any, name: str, output: Path) -> tuple[dict[str, Any],
     path = output.with_name(f"{output.stem}_report.json")
     write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
     return payload, path
+
+
+def _summary(what: str, seconds: dict[str, float], notes: list[str]) -> str:
+    """The page's status line: what was restored, total and per-stage seconds, then the notes."""
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
+    return " · ".join([f"{what}, {sum(seconds.values()):.2f} s ({stages})", *(f"note: {n}" for n in notes)])
 
 
 def _strength(value: float) -> float:
