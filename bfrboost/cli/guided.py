@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from bfrboost.cli import app
+from bfrboost.cli import options as opt
 from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail
 from bfrboost.cli.restore import ExtChoice, _parse_knobs, write_results
@@ -28,10 +29,10 @@ RepeatFrom = Annotated[float, typer.Option("--repeat-from", min=0.0, max=1.0, he
 Prior = Annotated[Path | None, typer.Option("--prior", help="Diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")]
 ColorRef = Annotated[list[Path] | None, typer.Option("--color-ref", help="Photo(s) whose colour statistics the result aims for (default: PGDiff's CelebA-HQ average). Repeatable.")]
 Upscale = Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image.")]
-Aligned = Annotated[bool, typer.Option("--aligned", help="Inputs are aligned 512×512 face crops: skip detection.")]
-CenterFace = Annotated[bool, typer.Option("--only-center-face", help="Only the face nearest the image centre.")]
-MinFace = Annotated[int, typer.Option("--min-face", min=0, help="Ignore faces whose box is smaller than PX pixels.")]
-Detector = Annotated[str, typer.Option("--detector", help="Face detector: auto, dlib, retinaface_resnet50, retinaface_mobile0.25.")]
+Aligned = opt.Aligned
+CenterFace = opt.OnlyCenterFace
+MinFace = opt.MinFace
+Detector = opt.Detector
 Paste = Annotated[str, typer.Option("--paste", help="Paste-back: residual or direct.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Batch = Annotated[int | None, typer.Option("--batch-size", min=1, help="Faces sampled together (default 1 on CPU, 4 on CUDA).")]
@@ -39,9 +40,9 @@ SaveFaces = Annotated[bool, typer.Option("--save-faces", help="Also write croppe
 SaveCmp = Annotated[bool, typer.Option("--save-cmp", help="Also write cmp/: each crop beside its result.")]
 Suffix = Annotated[str | None, typer.Option("--suffix", help="Suffix added to output names (NAME_SUFFIX.ext).")]
 Ext = Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")]
-Quality = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")]
-MaxPixels = Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
+Quality = opt.Quality
+MaxPixels = opt.MaxPixels
+Json = opt.AsJson
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")]
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
 
