@@ -41,9 +41,9 @@ def train_command(
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 10000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per step and process (the paper: 1).")] = 1,
     accumulate: Annotated[int, typer.Option("--accumulate", help="Gradient accumulation micro-batches per step.")] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 5e-5,
+    lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate (default 5e-5; --tiny: 1e-3).")] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on biases, norms, λ head).")] = 1e-2,
-    warmup: Annotated[int, typer.Option("--warmup", help="Linear warmup steps.")] = 100,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Linear warmup steps (default 100; --tiny: 5).")] = None,
     schedule: Annotated[str, typer.Option("--schedule", help="constant or cosine after warmup.")] = "constant",
     grad_clip: Annotated[float, typer.Option("--grad-clip", help="Gradient norm clip.")] = 1.0,
     ema: Annotated[float, typer.Option("--ema", help="EMA decay of the trainable weights, e.g. 0.999 (0 = off).")] = 0.0,
@@ -55,16 +55,22 @@ def train_command(
     repeats: Annotated[int, typer.Option("--repeats", help="Degradations per face (when the cache is built).")] = 4,
     moments: Annotated[bool, typer.Option("--moments", help="Cache the VAE moments too (fp16): training skips the VAE encoder.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the data order, flips and noise.")] = 0,
-    size: Annotated[int, typer.Option("--size", help="Training face size (512; --tiny: 64).")] = 0,
+    size: Annotated[int, typer.Option("--size", help="Training face size (512; --tiny: 32).")] = 0,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank (the paper: 4; 2 and 8 studied).")] = 4,
     timestep: Annotated[int, typer.Option("--timestep", help="The single UNet step t on the 1000-step schedule (higher: more generative, lower: closer to the input).")] = 499,
-    beta: Annotated[float | None, typer.Option("--beta", help="Weight of the information loss (default 20, the paper's Table III).")] = None,
+    beta: Annotated[float | None, typer.Option("--beta", help="Weight of L_info in nats per image pixel against the per-pixel image losses "
+                                                             "(default 0.01; docs/training.md; `train pilot` sweeps it).")] = None,
+    stats_every: Annotated[int, typer.Option("--stats-every", help="Refresh μ_R, σ_R on the Transformer output h every N steps (0: never).")] = 100,
+    no_transformer: Annotated[bool, typer.Option("--no-transformer", help="Ablation: no Transformer block (h = r).")] = False,
+    no_mib: Annotated[bool, typer.Option("--no-mib", help="Ablation: no information bottleneck (z = h, no L_info).")] = False,
+    no_lora: Annotated[bool, typer.Option("--no-lora", help="Ablation: no UNet LoRA (the UNet stays frozen).")] = False,
     lpips_net: Annotated[str, typer.Option("--lpips-net", help="LPIPS network: alex or vgg.")] = "alex",
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder instead of the weights cache.")] = None,
     stats_from: Annotated[Path | None, typer.Option("--stats-from", help="Reuse μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.")] = None,
     stats_faces: Annotated[int, typer.Option("--stats-faces", help="Faces for the manifold statistics when computed here (the paper: 3000).")] = 3000,
     per_channel_stats: Annotated[bool, typer.Option("--per-channel-stats", help="μ_R, σ_R per channel instead of per element.")] = False,
-    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random SD and random loss networks (tests, demos; no downloads).")] = False,
+    tiny: Annotated[bool, typer.Option("--tiny", help="CPU-scale configuration: a tiny SD fitted to the training faces, random loss networks.")] = False,
+    tiny_sd: Annotated[Path | None, typer.Option("--tiny-sd", help="--tiny: reuse a tiny SD from `bfrboost train tiny-sd` (else fitted per run).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its latest checkpoint, exactly.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present) or cpu.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, float32 on CPU), no, bf16 or fp16.")] = "auto",
@@ -83,7 +89,8 @@ def train_command(
         config = TrainConfig(out=out, data=data, bases=_bases(base), cache=cache, steps=steps, batch_size=batch_size, accumulate=accumulate,
                              lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule, grad_clip=grad_clip, ema=ema,
                              grad_checkpoint=grad_checkpoint, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every,
-                             seed=seed, tiny=tiny, size=size or (64 if tiny else 512), rank=rank, timestep=timestep, beta=beta, lpips_net=lpips_net,
+                             seed=seed, tiny=tiny, tiny_sd=tiny_sd, size=size or (32 if tiny else 512), rank=rank, timestep=timestep, beta=beta,
+                             stats_every=stats_every, no_transformer=no_transformer, no_mib=no_mib, no_lora=no_lora, lpips_net=lpips_net,
                              sd_model=sd_model, stats_from=stats_from, stats_faces=stats_faces, per_channel_stats=per_channel_stats,
                              repeats=repeats, val_count=val_count, moments=moments, resume=resume, device=device, precision=precision)
         resume = f"re-run with --resume to continue from the last checkpoint in {out}/checkpoints"
@@ -115,6 +122,8 @@ def cache_command(
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder (for --moments).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild an existing cache.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Threads that load, degrade and compress faces (0: min(8, CPU cores)).")] = 0,
+    degrade_size: Annotated[int, typer.Option("--degrade-size", help="Size faces are degraded at (0: the base's input size).")] = 0,
 ) -> None:
     """Degrade each HQ face K times, run the frozen base(s) once and store the outputs in sharded safetensors."""
     import torch
@@ -126,18 +135,107 @@ def cache_command(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces, moments=moments)
+        config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces, moments=moments,
+                             degrade_size=degrade_size or None)
         total = len(list_hq_faces(data))
-        with interruptible(total=total, noun="face", resume="re-run the same command (a cache counts only once its cache.json is written)") as done, _progress("cache") as progress:
+        resume = "re-run the same command: finished shards are kept and the build continues"
+        with interruptible(total=total, noun="face", resume=resume) as done, _progress("cache") as progress:
             task = progress.add_task("cache", total=total, info="")
 
             def advance(faces: int) -> None:
                 done.finished += faces
                 progress.advance(task, faces)
 
-            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device, progress=advance, overwrite=overwrite)
+            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device, progress=advance, overwrite=overwrite,
+                                            workers=workers or None)
     except BfrboostError as exc:
         raise fail(exc) from None
     entries = {split: sum(s["entries"] for s in shards) for split, shards in manifest["shards"].items()}
     sys.stdout.write(f"{out}: cache of {total} faces × {repeats} degradations × {len(config.bases)} base(s): "
                      f"{entries['train']} train and {entries['val']} val entries\n")
+    build = manifest["build"]
+    per_face = build["seconds"] / max(1, build["faces_built"])
+    sys.stdout.write(f"{out}: built {build['faces_built']} faces in {build['seconds']:.1f} s ({per_face:.2f} s per face); "
+                     f"{build['bytes'] / 1e9:.3f} GB, {build['bytes'] / 1e9 / total * 1000:.2f} GB per 1000 faces\n")
+
+
+@train_app.command("tiny-sd")
+def tiny_sd_command(
+    data: Annotated[Path, typer.Option("--data", help="Folder of aligned faces to fit on (never the faces you evaluate on).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the tiny SD (vae/, unet/, prompt.pt, fit.json).")],
+    size: Annotated[int, typer.Option("--size", help="Face size (the --size of the runs that use it).")] = 32,
+    val_count: Annotated[int, typer.Option("--val-count", help="Leave out the validation split a run with this --val-count and --seed uses.")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fit and of the split it leaves out.")] = 0,
+    vae_steps: Annotated[int, typer.Option("--vae-steps", help="VAE optimiser steps.")] = 300,
+    unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet optimiser steps.")] = 100,
+) -> None:
+    """Fit the tiny SD of the CPU-scale configuration (minutes on a CPU, seeded) on the training split of --data."""
+    from bfrboost.refiner.stats import load_rgb
+    from bfrboost.train.data import list_hq_faces, split_faces
+    from bfrboost.train.tiny import TinyFit, fit_tiny_sd
+
+    try:
+        import torch
+
+        train_faces, _ = split_faces(list_hq_faces(data), val_count, seed)
+        faces = torch.stack([torch.from_numpy(load_rgb(p, size)).permute(2, 0, 1) for p in train_faces])
+        with _progress("tiny-sd") as progress:
+            task = progress.add_task("fit", total=vae_steps + unet_steps, info="")
+            report = fit_tiny_sd(faces, out, TinyFit(size=size, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps),
+                                 progress=lambda stage, step, total: progress.update(task, advance=1, info=stage))
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    sys.stdout.write(f"{out}: tiny SD fitted on {report['faces']} faces in {report['seconds']:.0f} s; "
+                     f"VAE encode→decode {report['psnr_fit_faces']:.2f} dB on them\n")
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated numbers, e.g. 0.001,0.01,0.1; got {text!r}") from None
+
+
+@train_app.command("pilot")
+def pilot_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs, pilot.json, pilot.md and pilot.png.")],
+    data: Annotated[Path | None, typer.Option("--data", help="HQ aligned faces (a cache is built once in OUT/cache).")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="A cache from `bfrboost train cache` (use a subset of FFHQ: K steps need few faces).")] = None,
+    base: Annotated[str, typer.Option("--base", help="Base model(s), comma-separated.")] = "gfpgan",
+    betas: Annotated[str, typer.Option("--betas", help="β values to try, comma-separated.")] = "0.001,0.01,0.1,1,20",
+    timesteps: Annotated[str, typer.Option("--timesteps", help="Timesteps to try as well, comma-separated (default: --timestep only).")] = "",
+    lrs: Annotated[str, typer.Option("--lrs", help="Learning rates to try as well, comma-separated (default: the --lr of train).")] = "",
+    steps: Annotated[int, typer.Option("--steps", help="Steps per value (K).")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per step.")] = 4,
+    timestep: Annotated[int, typer.Option("--timestep", help="The timestep when --timesteps is not given.")] = 499,
+    ablations: Annotated[bool, typer.Option("--ablations", help="Instead of a sweep: the paper's Table III (full, no Transformer, no MIB, no LoRA) at --betas' first value.")] = False,
+    val_count: Annotated[int, typer.Option("--val-count", help="Held-out validation faces.")] = 16,
+    repeats: Annotated[int, typer.Option("--repeats", help="Degradations per face.")] = 2,
+    size: Annotated[int, typer.Option("--size", help="Face size (512; --tiny: 32).")] = 0,
+    tiny: Annotated[bool, typer.Option("--tiny", help="The CPU-scale configuration (tiny SD fitted once, shared by every value).")] = False,
+    tiny_sd: Annotated[Path | None, typer.Option("--tiny-sd", help="--tiny: a tiny SD from `bfrboost train tiny-sd`.")] = None,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder.")] = None,
+    stats_from: Annotated[Path | None, typer.Option("--stats-from", help="μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every run.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto or cpu.")] = "auto",
+) -> None:
+    """A short sweep over β (and optionally timestep, lr) that ranks the values and recommends one; or, with --ablations, Table III."""
+    from bfrboost.train.loop import TrainConfig
+    from bfrboost.train.pilot import ablate, pilot
+
+    try:
+        beta_values = _floats(betas, "--betas")
+        config = TrainConfig(out=out, data=data, cache=cache, bases=_bases(base), steps=steps, batch_size=batch_size, timestep=timestep,
+                             val_count=val_count, repeats=repeats, size=size or (32 if tiny else 512), tiny=tiny, tiny_sd=tiny_sd, sd_model=sd_model,
+                             stats_from=stats_from, seed=seed, device=device, beta=beta_values[0] if beta_values else None)
+        if ablations:
+            ablate(config, note=err)
+            sys.stdout.write(f"{out / 'ablation.md'}: ablation table written\n")
+            return
+        result = pilot(config, beta_values, [int(v) for v in _floats(timesteps, "--timesteps")] or None, _floats(lrs, "--lrs") or None, note=err)
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    pick = result["recommended"]
+    sys.stdout.write(f"{out / 'pilot.md'}: recommended --beta {pick['beta']:g} --timestep {pick['timestep']} --lr {pick['lr']:g} "
+                     f"(mean λ {pick['lambda_mean']:.3f}, PSNR {pick['psnr']:.2f} dB vs base {pick['psnr_base']:.2f}); "
+                     f"{len(result['ranked'])} values in {result['seconds'] / 60:.1f} min\n")

@@ -18,44 +18,94 @@ from bfrboost.cli import app
 from bfrboost.identity import ARCFACE_FILE, random_arcface
 from bfrboost.refiner.lora import is_lora_key
 from bfrboost.train.cache import CachedFaces
+from bfrboost.refiner.model import InfoBFRConfig
 from bfrboost.train.loop import TrainConfig, Trainer, validation_arcface
+from tests.train.conftest import SIZE, VAL_COUNT
 
 runner = CliRunner()
 STEPS = 30
-TINY = ["--tiny", "--base", "none", "--steps", str(STEPS), "--batch-size", "2", "--lr", "3e-2", "--warmup", "1",
+TINY = ["--tiny", "--base", "none", "--steps", str(STEPS), "--batch-size", "2", "--lr", "3e-2", "--warmup", "1", "--size", str(SIZE),
         "--val-count", "2", "--repeats", "2", "--checkpoint-every", "15", "--val-every", "15", "--device", "cpu"]
+LEARN_STEPS = 60
 
+
+def tiny_args(run) -> list[str]:
+    """The CLI flags of a short CPU-scale run over the session's fitted tiny SD."""
+    return [*TINY, "--tiny-sd", str(run[2].config.tiny_sd)]
 
 
 @pytest.fixture(scope="module")
-def run(testdata, tmp_path_factory):
+def run(testdata, tiny_sd, tmp_path_factory):
+    """Mechanics: a short run on the six aligned/ faces over the fitted tiny SD (resume, checkpoints, results)."""
     out = tmp_path_factory.mktemp("train") / "run"
-    config = TrainConfig(out=out, data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=STEPS, batch_size=2, lr=3e-2,
-                         warmup=1, val_count=2, repeats=2, checkpoint_every=15, val_every=15, device="cpu")
+    config = TrainConfig(out=out, data=testdata / "aligned", bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=STEPS, batch_size=2,
+                         lr=3e-2, warmup=1, val_count=2, repeats=2, checkpoint_every=15, val_every=15, device="cpu")
     warnings = []
     trainer = Trainer(config, warn=warnings.append, arcface=random_arcface(0))
     result = trainer.run()
     return out, result, trainer, warnings
 
 
+@pytest.fixture(scope="module")
+def learned(faces_dir, tiny_sd, tmp_path_factory):
+    """Learning: default objective (β, statistics refresh) on the 80 training faces of faces/aligned, validated on its 16 others."""
+    out = tmp_path_factory.mktemp("learn") / "run"
+    config = TrainConfig(out=out, data=faces_dir, bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=LEARN_STEPS, batch_size=8,
+                         val_count=VAL_COUNT, repeats=2, checkpoint_every=LEARN_STEPS, val_every=LEARN_STEPS // 3, stats_every=10, device="cpu")
+    warnings = []
+    trainer = Trainer(config, warn=warnings.append)
+    trainer.run()
+    return out, trainer, warnings
+
+
 def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_training_loss_falls_and_validation_ends_below_step_zero(run):
+def test_the_refiner_learns_to_improve_faces_it_never_saw(learned):
+    out, trainer, warnings = learned
+    val = read(out / "val.jsonl")
+    assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lpips_base", "lambda_mean", "info", "h_mean", "h_std"}
+    start, end = val[0], val[-1]
+    assert end["psnr"] > start["psnr"] + 1.0, (start, end)
+    assert end["psnr"] > end["psnr_base"] + 0.3, end  # the refined face is closer to the truth than the base output
+    assert 0.05 < end["lambda_mean"] < 0.98, end
+    assert not [w for w in warnings if "mean λ" in w]
+    assert trainer.model.config.beta == InfoBFRConfig().beta  # the default objective
+    # the tiny SD never saw these faces: they are the run's validation split, left out of its fitting set
+    fitted_on = json.loads((out / "sd-tiny" / "fit.json").read_text())["faces"]
+    assert fitted_on == 96 - VAL_COUNT
+
+
+def test_statistics_follow_h_so_normalised_h_stays_standard_normal(learned):
+    out, _, _ = learned
+    for record in read(out / "val.jsonl"):
+        assert abs(record["h_mean"]) < 0.25 and 0.75 < record["h_std"] < 1.25, record
+
+
+def test_a_collapsing_beta_warns_once_naming_the_flag(faces_dir, tiny_sd, tmp_path):
+    config = TrainConfig(out=tmp_path / "run", data=faces_dir, bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=20, batch_size=4,
+                         val_count=VAL_COUNT, repeats=1, checkpoint_every=20, val_every=10, beta=100.0, device="cpu")
+    warnings = []
+    Trainer(config, warn=warnings.append).run()
+    lam = [r["lambda_mean"] for r in read(tmp_path / "run" / "val.jsonl")]
+    assert lam[-1] < 0.05 and lam[-2] < 0.05, lam
+    said = [w for w in warnings if "mean λ" in w]
+    assert said == [f"mean λ {lam[1]:.3f}, {lam[2]:.3f} < 0.05 at two validations: the bottleneck replaces the face by noise "
+                    "(the output no longer depends on the base face); lower --beta (now 100), e.g. with `bfrboost train pilot`"]
+
+
+def test_mechanics_run_logs_and_validates(run):
     out, _, _, warnings = run
     log = read(out / "log.jsonl")
     assert [r["step"] for r in log] == list(range(1, STEPS + 1))
     assert set(log[0]) >= {"step", "loss", "mse", "perceptual", "lpips", "info", "lr", "lambda_mean", "grad_norm"}
-    start, end = np.mean([r["loss"] for r in log[:3]]), np.mean([r["loss"] for r in log[-3:]])
-    assert end < 0.7 * start, (start, end)  # ≥ 30 % lower
     val = read(out / "val.jsonl")
     assert [r["step"] for r in val] == [0, 15, 30]
-    assert val[-1]["loss"] < val[0]["loss"]
-    assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lambda_mean", "info", "ids"}
-    assert warnings == ["manifold statistics from 4 faces (the paper uses 3000); add faces to --data for better ones"]
+    assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lpips_base", "lambda_mean", "info", "ids"}
+    assert warnings[0] == "manifold statistics from 4 faces (the paper uses 3000); add faces to --data for better ones"
     with Image.open(out / "val" / "step-00000030.png") as grid:
-        assert grid.size == (4 * 64, 4 * 64)  # input | base | refined | GT; rows: 2 val faces × 2 degradations
+        assert grid.size == (4 * SIZE, 4 * SIZE)  # input | base | refined | GT; rows: 2 val faces × 2 degradations
     with Image.open(out / "curves.png") as curves:
         assert curves.size[0] > 300
 
@@ -110,7 +160,7 @@ def test_the_result_is_a_refiner_that_restore_loads(run, testdata):
     _, result, _, _ = run
     assert {"config.json", "refiner.safetensors", "vae", "unet"} <= {p.name for p in result.iterdir()}
     config = json.loads((result / "config.json").read_text())
-    assert config["stats_faces"] == 4 and config["beta"] == 20.0
+    assert config["stats_faces"] == 4 and config["beta"] == InfoBFRConfig().beta
     restorer = Restorer(base="none", refiner=result, aligned=True, device="cpu")
     with Image.open(testdata / "aligned" / "0143.png") as image:
         face = np.asarray(image.convert("RGB"))
@@ -124,7 +174,7 @@ def test_resume_from_a_mid_run_checkpoint_gives_exactly_the_next_losses(run, tmp
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "checkpoints" / "step-00000030")
     shutil.rmtree(copy / "refiner")
-    result = runner.invoke(app, ["train", "--out", str(copy), "--resume", *TINY])
+    result = runner.invoke(app, ["train", "--out", str(copy), "--resume", *tiny_args(run)])
     assert result.exit_code == 0, result.output
     assert read(copy / "log.jsonl") == [{**r, "seconds": r2["seconds"]} for r, r2 in zip(read(out / "log.jsonl"), read(copy / "log.jsonl"))]
     first, again = read(out / "log.jsonl")[15:], read(copy / "log.jsonl")[15:]
@@ -143,18 +193,18 @@ def test_checkpoints_keep_every_state(run):
 def test_one_line_errors(tmp_path, run):
     out, _, _, _ = run
     (tmp_path / "empty").mkdir()
-    empty = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "empty"), *TINY])
+    empty = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "empty"), *tiny_args(run)])
     assert empty.exit_code == 1
     assert empty.stderr.endswith("no images found; --data needs aligned 512 faces (FFHQ-512 layout, or `bfrboost restore --save-faces`)\n")
     assert empty.stderr.count("\n") == 1
-    again = runner.invoke(app, ["train", "--out", str(out), "--data", str(tmp_path / "empty"), *TINY])
+    again = runner.invoke(app, ["train", "--out", str(out), "--data", str(tmp_path / "empty"), *tiny_args(run)])
     assert again.exit_code == 2 and "already holds a training run; pass --resume to continue it" in again.stderr
-    nothing = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--resume", *TINY])
+    nothing = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--resume", *tiny_args(run)])
     assert nothing.exit_code == 2 and "no checkpoint to resume from" in nothing.stderr
 
 
-def test_training_from_cached_vae_moments(testdata, tmp_path):
-    config = TrainConfig(out=tmp_path / "run", data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=3, batch_size=2, lr=3e-2,
+def test_training_from_cached_vae_moments(testdata, tiny_sd, tmp_path):
+    config = TrainConfig(out=tmp_path / "run", data=testdata / "aligned", bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=3, batch_size=2, lr=3e-2,
                          warmup=1, val_count=2, repeats=1, checkpoint_every=3, val_every=3, moments=True, device="cpu")
     result = Trainer(config, warn=lambda m: None).run()
     assert (result / "refiner.safetensors").is_file()
@@ -169,7 +219,7 @@ def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
     init_tiny(tmp_path / "r")
     config = json.loads((tmp_path / "r" / "config.json").read_text()) | {"stats_faces": 0}
     (tmp_path / "r" / "config.json").write_text(json.dumps(config))
-    result = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--cache", str(out / "cache"), "--stats-from", str(tmp_path / "r"), *TINY])
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--cache", str(out / "cache"), "--stats-from", str(tmp_path / "r"), *tiny_args(run)])
     assert result.exit_code == 2
     assert result.stderr == (f"bfrboost: {tmp_path / 'r'}: --stats-from has no statistics either; "
                              f"run `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n")
@@ -177,7 +227,7 @@ def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
 
 def test_bf16_autocast_keeps_trainables_float32_and_frozen_parts_bf16(run, tmp_path):
     out, _, _, _ = run
-    config = TrainConfig(out=tmp_path / "run", cache=out / "cache", bases=["none"], tiny=True, size=64, steps=2, batch_size=2, lr=3e-2,
+    config = TrainConfig(out=tmp_path / "run", cache=out / "cache", bases=["none"], tiny=True, tiny_sd=run[2].config.tiny_sd, size=SIZE, steps=2, batch_size=2, lr=3e-2,
                          warmup=1, checkpoint_every=2, val_every=2, device="cpu", precision="bf16")
     trainer = Trainer(config, warn=lambda m: None)
     result = trainer.run()
@@ -197,14 +247,15 @@ def test_out_of_memory_names_the_flags_that_help(run, tmp_path, monkeypatch):
 
     out, _, _, _ = run
     monkeypatch.setattr(losses.InfoBFRLoss, "forward", oom)
-    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--cache", str(out / "cache"), *TINY])
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--cache", str(out / "cache"), *tiny_args(run)])
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[-1] + "\n" == ("bfrboost: out of GPU memory at --batch-size 2, 64 px; pass --grad-checkpoint, "
+    assert result.stderr.splitlines()[-1] + "\n" == ("bfrboost: out of GPU memory at --batch-size 2, 32 px; pass --grad-checkpoint, "
                              "or a smaller --batch-size with --accumulate N to keep the effective batch\n")
 
 
-def small_run(cache, out, **kw) -> Trainer:
-    settings = dict(bases=["none"], tiny=True, size=64, steps=3, batch_size=2, lr=3e-2, warmup=1, checkpoint_every=1, val_every=100, device="cpu")
+def small_run(run, out, **kw) -> Trainer:
+    cache = run[0] / "cache"
+    settings = dict(bases=["none"], tiny=True, tiny_sd=run[2].config.tiny_sd, size=SIZE, steps=3, batch_size=2, lr=3e-2, warmup=1, checkpoint_every=1, val_every=100, device="cpu")
     config = TrainConfig(out=out, cache=cache, **(settings | kw))
     trainer = Trainer(config, warn=lambda m: None)
     trainer.run()
@@ -213,8 +264,8 @@ def small_run(cache, out, **kw) -> Trainer:
 
 def test_grad_checkpointing_gives_the_same_losses(run, tmp_path):
     out, _, _, _ = run
-    small_run(out / "cache", tmp_path / "plain")
-    small_run(out / "cache", tmp_path / "ckpt", grad_checkpoint=True)
+    small_run(run, tmp_path / "plain")
+    small_run(run, tmp_path / "ckpt", grad_checkpoint=True)
     plain, ckpt = read(tmp_path / "plain" / "log.jsonl"), read(tmp_path / "ckpt" / "log.jsonl")
     np.testing.assert_allclose([r["loss"] for r in ckpt], [r["loss"] for r in plain], rtol=1e-5)
 
@@ -223,7 +274,7 @@ def test_accumulation_ema_and_keep_last(run, tmp_path):
     from safetensors.torch import load_file
 
     out, _, _, _ = run
-    small_run(out / "cache", tmp_path / "r", accumulate=2, batch_size=1, ema=0.5, keep_last=2)
+    small_run(run, tmp_path / "r", accumulate=2, batch_size=1, ema=0.5, keep_last=2)
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
     last = tmp_path / "r" / "checkpoints" / "step-00000003"
     assert json.loads((last / "state.json").read_text())["position"] == 6  # 3 steps × 2 micro-batches × 1 face
@@ -246,7 +297,8 @@ def test_two_processes_with_torchrun(run, tmp_path):
         port = s.getsockname()[1]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "bfrboost", "train",
-               "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny", "--base", "none", "--steps", "2", "--batch-size", "1",
+               "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny", "--tiny-sd", str(run[2].config.tiny_sd),
+               "--size", str(SIZE), "--base", "none", "--steps", "2", "--batch-size", "1",
                "--warmup", "1", "--checkpoint-every", "2", "--val-every", "2", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -262,7 +314,7 @@ def test_resume_refuses_another_cache(run, tmp_path, testdata):
     copy = tmp_path / "run"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("refiner"))
     other = runner.invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "other"), "--base", "none",
-                                "--size", "64", "--repeats", "1", "--val-count", "2", "--device", "cpu"])
+                                "--size", str(SIZE), "--repeats", "1", "--val-count", "2", "--device", "cpu"])
     assert other.exit_code == 0, other.output
-    result = runner.invoke(app, ["train", "--out", str(copy), "--cache", str(tmp_path / "other"), "--resume", *TINY])
+    result = runner.invoke(app, ["train", "--out", str(copy), "--cache", str(tmp_path / "other"), "--resume", *tiny_args(run)])
     assert result.exit_code == 2 and "not the cache this run was trained on" in result.stderr
