@@ -22,7 +22,7 @@ from bfrboost.guidance.properties import (
 )
 from bfrboost.guidance.sampler import Guidance, dynamic_update, guided_step, sample
 from bfrboost.guidance.schedule import Schedule, respaced_timesteps
-from bfrboost.identity import random_arcface
+from bfrboost.nets.arcface import random_arcface
 from tests.guidance.conftest import TINY_PRIOR, TINY_RRDB, load_rgb, to_batch
 
 SIZE = TINY_PRIOR.image_size

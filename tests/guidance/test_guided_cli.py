@@ -126,7 +126,7 @@ def test_old_photo_with_auto_scratches_a_mask_folder_and_the_rrdb_guide(tmp_path
 
 
 def test_restore_base_pgdiff_whole_photo_with_a_guide_and_a_reference(tmp_path, testdata, prior_file, monkeypatch):
-    from bfrboost import identity
+    from bfrboost.nets import arcface as identity
 
     monkeypatch.setattr(identity, "load_arcface", lambda device="cpu", weights=None: identity.random_arcface(0))
     source = testdata / "whole" / "04.jpg"
