@@ -26,7 +26,7 @@ import torch
 
 from bfrboost.backbones.difface import IDDPMUNet, UNetConfig
 from bfrboost.guidance import GuidanceOptions, PGDiff
-from bfrboost.guidance import rrdb as rrdb_module
+from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.nets.arcface import random_arcface
 
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"

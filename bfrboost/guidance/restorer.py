@@ -139,7 +139,7 @@ class GuidedRestorer(Restorer):
             if not self.mask_source.exists():
                 raise InputError(f"{self.mask_source}: no such scratch-mask file or folder")
 
-        from bfrboost.guidance import rrdb as rrdb_module
+        from bfrboost.nets import rrdb as rrdb_module
 
         prior_net = prior if isinstance(prior, torch.nn.Module) else load_prior(prior)
         rrdb_net = None

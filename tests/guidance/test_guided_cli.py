@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from bfrboost.cli import app
 from bfrboost.faces.align import warp_faces
-from bfrboost.guidance import rrdb as rrdb_module
 from bfrboost.guidance import tasks
 from bfrboost.guidance.restorer import color_mask, mask_to_crop
 from bfrboost.guidance.scratch import detect_scratches
+from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.pipeline import FACE_SIZE
 from tests.guidance.conftest import TINY_PRIOR, TINY_RRDB, load_rgb
 from tests.test_cli import face_regions
