@@ -34,6 +34,8 @@ from bfrboost.safety import InputGuard, one_line, write_bytes
 VARIANTS = ("without", "with")
 DECIMALS = {"fid": 2, "kid": 4, "niqe": 3, "musiq": 2, "lpips": 4, "psnr": 2, "ssim": 4, "ids": 4}
 OUTPUT_FILES = ("boost.md", "boost.csv", "boost.json", "boost.png", "index.html")
+PAIRED = ("psnr", "ssim", "lpips")  # measured against the ground truth
+NO_REFERENCE = ("niqe", "musiq")  # measured on the output alone: invented texture can fool them
 
 
 def format_value(metric: str, value: float | None) -> str:
@@ -55,12 +57,20 @@ def better_of(metric: str, without: float | None, with_: float | None) -> str:
     return "with" if (with_ > without) == higher else "without"
 
 
+def verdict(rows: Sequence[BoostRow], metrics: Sequence[str]) -> str:
+    """``"with"`` / ``"without"`` when every row of ``metrics`` with a verdict agrees, ``"mixed"`` when they
+    differ, ``""`` when none has one."""
+    said = {r.better for r in rows if r.metric in metrics and r.better in VARIANTS}
+    return said.pop() if len(said) == 1 else ("mixed" if said else "")
+
+
 @dataclass
 class BoostRow:
     base: str
     metric: str
     without: float | None
     with_: float | None
+    disagrees: bool = False  # paired and no-reference metrics of this base say opposite things are better
 
     @property
     def difference(self) -> float | None:
@@ -80,6 +90,7 @@ class BoostRow:
             "base": self.base, "metric": self.metric,
             "direction": "higher" if METRICS[self.metric].higher_is_better else "lower",
             "without": plain(self.without), "with": plain(self.with_), "difference": self.difference, "better": self.better,
+            "disagrees": self.disagrees,
         }
 
 
@@ -95,11 +106,27 @@ class BoostReport:
 
     @property
     def rows(self) -> list[BoostRow]:
-        return [
+        rows = [
             BoostRow(base, m, self.results[base]["without"][m].value, self.results[base]["with"][m].value)
             for base in self.bases
             for m in self.metrics
         ]
+        conflicts = self.disagreements()
+        for row in rows:
+            row.disagrees = row.base in conflicts and row.metric in (*PAIRED, *NO_REFERENCE)
+        return rows
+
+    def disagreements(self) -> dict[str, tuple[str, str]]:
+        """Bases whose paired metrics (PSNR/SSIM/LPIPS) and no-reference metrics (NIQE/MUSIQ) each agree on a
+        different "better": base → (paired verdict, no-reference verdict). A refiner that paints texture can
+        win NIQE while moving away from the truth; these rows need a look at the faces."""
+        out = {}
+        for base in self.bases:
+            rows = [BoostRow(base, m, self.results[base]["without"][m].value, self.results[base]["with"][m].value) for m in self.metrics]
+            paired, blind = verdict(rows, PAIRED), verdict(rows, NO_REFERENCE)
+            if paired in VARIANTS and blind in VARIANTS and paired != blind:
+                out[base] = (paired, blind)
+        return out
 
     def skipped(self) -> list[str]:
         """One line per metric that has no value, with its reason (deduplicated across bases)."""
@@ -133,8 +160,8 @@ def markdown_table(report: BoostReport) -> str:
         "Each base restorer without and with the InfoBFR refiner on the same aligned faces. Δ = with − without; "
         "**bold** marks the better value by the metric's direction (↓ lower is better, ↑ higher is better).",
         "",
-        "| base | metric | without | with refiner | Δ | better |",
-        "|---|---|---:|---:|---:|---|",
+        "| base | metric | without | with refiner | Δ | better | check |",
+        "|---|---|---:|---:|---:|---|---|",
     ]
     for row in report.rows:
         without, with_ = format_value(row.metric, row.without), format_value(row.metric, row.with_)
@@ -144,7 +171,12 @@ def markdown_table(report: BoostReport) -> str:
             without = f"**{without}**"
         diff = "—" if row.difference is None else f"{row.difference:+.{DECIMALS[row.metric]}f}"
         label = {"with": "with refiner", "without": "base alone", "tie": "tie", "": "—"}[row.better]
-        lines.append(f"| {row.base} | {METRICS[row.metric].label} {_arrow(row.metric)} | {without} | {with_} | {diff} | {label} |")
+        check = "⚠ paired vs no-reference disagree" if row.disagrees else ""
+        lines.append(f"| {row.base} | {METRICS[row.metric].label} {_arrow(row.metric)} | {without} | {with_} | {diff} | {label} | {check} |")
+    names = {"with": "with refiner", "without": "base alone"}
+    for base, (paired, blind) in report.disagreements().items():
+        lines.append(f"\n- ⚠ {base}: the paired metrics (PSNR/SSIM/LPIPS) say {names[paired]} is better, the no-reference metrics "
+                     f"(NIQE/MUSIQ) say {names[blind]}: texture the truth does not have can win NIQE/MUSIQ; look at the faces.")
     for reason in report.skipped():
         lines.append(f"\n- {reason}")
     return "\n".join(lines) + "\n"
@@ -153,11 +185,12 @@ def markdown_table(report: BoostReport) -> str:
 def csv_table(report: BoostReport) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["base", "metric", "direction", "without", "with", "difference", "better"])
+    writer.writerow(["base", "metric", "direction", "without", "with", "difference", "better", "disagrees"])
     for row in report.rows:
         d = row.as_dict()
         diff = "" if row.difference is None else f"{row.difference:.{DECIMALS[row.metric]}f}"
-        writer.writerow([row.base, row.metric, d["direction"], format_value(row.metric, row.without), format_value(row.metric, row.with_), diff, row.better])
+        writer.writerow([row.base, row.metric, d["direction"], format_value(row.metric, row.without), format_value(row.metric, row.with_), diff, row.better,
+                         "yes" if row.disagrees else ""])
     return buffer.getvalue()
 
 
@@ -326,3 +359,4 @@ def run_boost(
 def _save_face(path: Path, rgb: np.ndarray, guard: InputGuard, overwrite: bool) -> None:
     guard.check(path)
     write_image(path, rgb, overwrite=overwrite)
+
