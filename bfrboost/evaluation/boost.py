@@ -106,15 +106,14 @@ class BoostReport:
 
     @property
     def rows(self) -> list[BoostRow]:
-        rows = [
-            BoostRow(base, m, self.results[base]["without"][m].value, self.results[base]["with"][m].value)
-            for base in self.bases
-            for m in self.metrics
-        ]
+        rows = [self._row(base, m) for base in self.bases for m in self.metrics]
         conflicts = self.disagreements()
         for row in rows:
             row.disagrees = row.base in conflicts and row.metric in (*PAIRED, *NO_REFERENCE)
         return rows
+
+    def _row(self, base: str, metric: str) -> BoostRow:
+        return BoostRow(base, metric, self.results[base]["without"][metric].value, self.results[base]["with"][metric].value)
 
     def disagreements(self) -> dict[str, tuple[str, str]]:
         """Bases whose paired metrics (PSNR/SSIM/LPIPS) and no-reference metrics (NIQE/MUSIQ) each agree on a
@@ -122,7 +121,7 @@ class BoostReport:
         win NIQE while moving away from the truth; these rows need a look at the faces."""
         out = {}
         for base in self.bases:
-            rows = [BoostRow(base, m, self.results[base]["without"][m].value, self.results[base]["with"][m].value) for m in self.metrics]
+            rows = [self._row(base, m) for m in self.metrics]
             paired, blind = verdict(rows, PAIRED), verdict(rows, NO_REFERENCE)
             if paired in VARIANTS and blind in VARIANTS and paired != blind:
                 out[base] = (paired, blind)
@@ -172,11 +171,13 @@ def markdown_table(report: BoostReport) -> str:
         diff = "—" if row.difference is None else f"{row.difference:+.{DECIMALS[row.metric]}f}"
         label = {"with": "with refiner", "without": "base alone", "tie": "tie", "": "—"}[row.better]
         check = "⚠ paired vs no-reference disagree" if row.disagrees else ""
-        lines.append(f"| {row.base} | {METRICS[row.metric].label} {_arrow(row.metric)} | {without} | {with_} | {diff} | {label} | {check} |")
+        name = f"{METRICS[row.metric].label} {_arrow(row.metric)}"
+        lines.append(f"| {row.base} | {name} | {without} | {with_} | {diff} | {label} | {check} |")
     names = {"with": "with refiner", "without": "base alone"}
     for base, (paired, blind) in report.disagreements().items():
-        lines.append(f"\n- ⚠ {base}: the paired metrics (PSNR/SSIM/LPIPS) say {names[paired]} is better, the no-reference metrics "
-                     f"(NIQE/MUSIQ) say {names[blind]}: texture the truth does not have can win NIQE/MUSIQ; look at the faces.")
+        lines.append(f"\n- ⚠ {base}: the paired metrics (PSNR/SSIM/LPIPS) say {names[paired]} is better, "
+                     f"the no-reference metrics (NIQE/MUSIQ) say {names[blind]}: texture the truth does not have can win "
+                     "NIQE/MUSIQ; look at the faces.")
     for reason in report.skipped():
         lines.append(f"\n- {reason}")
     return "\n".join(lines) + "\n"

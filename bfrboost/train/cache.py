@@ -60,7 +60,7 @@ class CacheConfig:
     val_count: int = 16  # faces held out for validation (fixed by the seed)
     shard_faces: int = 256
     moments: bool = False  # also store the VAE moments of the base outputs (fp16)
-    degrade_size: int | None = None  # size the HQ face is degraded at (None: the base's input size); the CPU-scale runs use 2× size
+    degrade_size: int | None = None  # size the HQ face is degraded at (None: the base's input size; --tiny: 2 × size)
     degrade: DegradeConfig = dataclasses.field(default_factory=DegradeConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +87,10 @@ def resize01(x01: torch.Tensor, size: int) -> torch.Tensor:
 def encode_image(chw: torch.Tensor, lossless: bool = True) -> np.ndarray:
     """(3, H, W) uint8 RGB → PNG (lossless) or JPEG q95 bytes as a uint8 array."""
     bgr = np.ascontiguousarray(chw.permute(1, 2, 0).numpy()[..., ::-1])
-    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3]) if lossless else cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if lossless:
+        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    else:
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise UsageError("train cache: image encoding failed")
     return data.reshape(-1)

@@ -98,11 +98,12 @@ def ablate(base: TrainConfig, note: Callable[[str], None] = print) -> list[dict[
         if base.tiny and tiny_sd is None:
             tiny_sd = folder / TINY_SD_DIR
         rows.append(row)
-        note(f"{name}: {row['trainable']} trainable, PSNR {row['psnr']:.2f} dB (base {row['psnr_base']:.2f}), LPIPS {row['lpips']:.4f}, "
-             f"mean λ {row['lambda_mean']:.3f}")
-    lines = ["| variant | trainable parameters | mean λ | PSNR refined | PSNR base | LPIPS refined | LPIPS base |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['trainable']:,} | {r['lambda_mean']:.3f} | {r['psnr']:.2f} | {r['psnr_base']:.2f} | {r['lpips']:.4f} | "
-              f"{r['lpips_base']:.4f} |" for r in rows]
+        note(f"{name}: {row['trainable']} trainable, PSNR {row['psnr']:.2f} dB (base {row['psnr_base']:.2f}), "
+             f"LPIPS {row['lpips']:.4f}, mean λ {row['lambda_mean']:.3f}")
+    lines = ["| variant | trainable parameters | mean λ | PSNR refined | PSNR base | LPIPS refined | LPIPS base |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['trainable']:,} | {r['lambda_mean']:.3f} | {r['psnr']:.2f} | {r['psnr_base']:.2f} | "
+              f"{r['lpips']:.4f} | {r['lpips_base']:.4f} |" for r in rows]
     write_bytes(base.out / "ablation.json", (json.dumps(rows, indent=1) + "\n").encode(), overwrite=True)
     write_bytes(base.out / "ablation.md", ("\n".join(lines) + "\n").encode(), overwrite=True)
     return rows
@@ -116,8 +117,8 @@ def _announcer(values: int, steps: int, note: Callable[[str], None]) -> Callable
         times.append(record["seconds"])
         if len(times) == TIMING_STEPS:
             per_step = sorted(times)[len(times) // 2]
-            note(f"pilot: {per_step:.2f} s per step (median of the first {TIMING_STEPS}) → ≈ {per_step * steps / 60:.1f} min per value, "
-                 f"≈ {per_step * steps * values / 60:.1f} min for {values} values (plus validation)")
+            note(f"pilot: {per_step:.2f} s per step (median of the first {TIMING_STEPS}) → ≈ {per_step * steps / 60:.1f} min "
+                 f"per value, ≈ {per_step * steps * values / 60:.1f} min for {values} values (plus validation)")
 
     return progress
 
@@ -127,8 +128,9 @@ def pilot_markdown(result: dict[str, Any]) -> str:
              "| rank | β | timestep | lr | mean λ | PSNR refined | PSNR base | LPIPS refined | LPIPS base | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for rank, r in enumerate(result["ranked"], 1):
-        verdict = "healthy" if healthy(r["lambda_mean"]) else ("λ collapsed: noise only" if r["lambda_mean"] <= LAMBDA_LOW else "λ ≈ 1: cleans nothing")
-        lines.append(f"| {rank} | {r['beta']:g} | {r['timestep']} | {r['lr']:g} | {r['lambda_mean']:.3f} | {r['psnr']:.2f} | {r['psnr_base']:.2f} | "
+        lam = r["lambda_mean"]
+        verdict = "healthy" if healthy(lam) else ("λ collapsed: noise only" if lam <= LAMBDA_LOW else "λ ≈ 1: cleans nothing")
+        lines.append(f"| {rank} | {r['beta']:g} | {r['timestep']} | {r['lr']:g} | {lam:.3f} | {r['psnr']:.2f} | {r['psnr_base']:.2f} | "
                      f"{r['lpips']:.4f} | {r['lpips_base']:.4f} | {verdict} |")
     pick = result["recommended"]
     lines += ["", f"Recommended: `--beta {pick['beta']:g} --timestep {pick['timestep']} --lr {pick['lr']:g}`"

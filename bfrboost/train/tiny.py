@@ -125,7 +125,7 @@ def fit_tiny_sd(faces: torch.Tensor, out: Path, fit: TinyFit | None = None,
     if faces.dim() != 4 or faces.shape[1:] != (3, fit.size, fit.size) or faces.dtype != torch.uint8:
         raise UsageError(f"tiny SD: faces must be (N, 3, {fit.size}, {fit.size}) uint8, got {tuple(faces.shape)} {faces.dtype}")
     if faces.shape[0] < 8:
-        raise UsageError(f"tiny SD: {faces.shape[0]} faces are too few to fit a VAE; give at least 8 (the shared faces/ folder has 96)")
+        raise UsageError(f"tiny SD: {faces.shape[0]} faces are too few to fit a VAE; give at least 8")
     started = time.perf_counter()
     torch.manual_seed(fit.seed)
     generator = torch.Generator().manual_seed(fit.seed)

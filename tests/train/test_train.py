@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -284,29 +288,39 @@ def test_accumulation_ema_and_keep_last(run, tmp_path):
     assert torch.equal(result[name], ema[name]) and not torch.equal(ema[name], raw[name])  # the result holds the EMA weights
 
 
-def test_two_processes_with_torchrun(run, tmp_path):
-    """The multi-GPU code path (DDP through accelerate) on two CPU processes (gloo): one log, one result."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    out, _, _, _ = run
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``bfrboost ARGS`` in two CPU processes (gloo) through torchrun."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "bfrboost", "train",
-               "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny", "--tiny-sd", str(run[2].config.tiny_sd),
-               "--size", str(SIZE), "--base", "none", "--steps", "2", "--batch-size", "1",
-               "--warmup", "1", "--checkpoint-every", "2", "--val-every", "2", "--device", "cpu"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "bfrboost", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_with_torchrun(run, tmp_path):
+    """The multi-GPU code path (DDP through accelerate) on two CPU processes (gloo): one log, one result."""
+    out, _, _, _ = run
+    done = torchrun("train", "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny", "--tiny-sd", str(run[2].config.tiny_sd),
+                    "--size", str(SIZE), "--base", "none", "--steps", "2", "--batch-size", "1",
+                    "--warmup", "1", "--checkpoint-every", "2", "--val-every", "2", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("trained refiner written") == 1  # one line per run, not per process
     assert [r["step"] for r in read(tmp_path / "ddp" / "log.jsonl")] == [1, 2]
     state = json.loads((tmp_path / "ddp" / "checkpoints" / "step-00000002" / "state.json").read_text())
     assert state["position"] == 4  # 2 steps × batch 1 × 2 processes
     assert (tmp_path / "ddp" / "refiner" / "refiner.safetensors").is_file()
+
+
+def test_two_processes_with_data_but_no_cache_are_refused_with_the_command_to_run(run, tmp_path, testdata):
+    """Building an FFHQ cache takes hours, beyond the process group's timeout: several processes refuse at once."""
+    done = torchrun("train", "--out", str(tmp_path / "ddp"), "--data", str(testdata / "aligned"), "--tiny", "--tiny-sd", str(run[2].config.tiny_sd),
+                    "--size", str(SIZE), "--base", "none", "--steps", "2", "--val-count", "2", "--repeats", "2", "--device", "cpu")
+    assert done.returncode != 0
+    cache = tmp_path / "ddp" / "cache"
+    assert (f"bfrboost: {cache}: no cache yet, and 2 processes cannot wait for one to be built; run `bfrboost train cache --data "
+            f"{testdata / 'aligned'} --base none --size {SIZE} --repeats 2 --val-count 2 -o CACHE_DIR` first, then launch with --cache CACHE_DIR") in done.stderr
+    assert not cache.exists()
 
 
 def test_resume_refuses_another_cache(run, tmp_path, testdata):
