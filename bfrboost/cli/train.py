@@ -41,7 +41,7 @@ def train_command(
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 10000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per step and process (the paper: 1).")] = 1,
     accumulate: Annotated[int, typer.Option("--accumulate", help="Gradient accumulation micro-batches per step.")] = 1,
-    lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate (default 5e-5; --tiny: 1e-3).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate (default 5e-5; --tiny: 1e-2).")] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on biases, norms, λ head).")] = 1e-2,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Linear warmup steps (default 100; --tiny: 5).")] = None,
     schedule: Annotated[str, typer.Option("--schedule", help="constant or cosine after warmup.")] = "constant",

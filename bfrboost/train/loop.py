@@ -44,7 +44,7 @@ VAL_LOG_NAME = "val.jsonl"
 CURVES_NAME = "curves.png"
 REFINER_DIR = "refiner"
 TINY_SD_DIR = "sd-tiny"
-TINY_LR = 1e-3  # the CPU-scale runs are hundreds of steps, not a million
+TINY_LR = 1e-2  # the CPU-scale runs are hundreds of steps, not a million
 TERMS = ("loss", "mse", "perceptual", "lpips", "info")
 LAMBDA_LOW, LAMBDA_HIGH = 0.05, 0.995  # mean λ outside these at two validations in a row: a warning names --beta
 
@@ -60,7 +60,7 @@ class TrainConfig:
     steps: int = 10000
     batch_size: int = 1  # per process (the paper: 1)
     accumulate: int = 1
-    lr: float | None = None  # None: 5e-5 (SD 2.1), 1e-3 with --tiny
+    lr: float | None = None  # None: 5e-5 (SD 2.1), 1e-2 with --tiny
     weight_decay: float = 1e-2  # not on biases, norms or the λ head
     warmup: int | None = None  # None: 100 steps (SD 2.1), 5 with --tiny
     schedule: str = "constant"  # or "cosine" (after warmup)
