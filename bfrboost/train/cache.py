@@ -115,7 +115,7 @@ def _plan(data: Path, config: CacheConfig) -> tuple[dict[str, Any], dict[str, li
               for split, faces in (("train", train_faces), ("val", val_faces))}
     plan = {"version": VERSION, "config": config.to_dict(), "data": str(data),
             "shards": {split: [[str(p.relative_to(data)) for p in chunk] for chunk in parts] for split, parts in chunks.items()}}
-    return plan, chunks
+    return json.loads(json.dumps(plan)), chunks  # as read back from cache.plan.json (tuples → lists)
 
 
 def _start(out: Path, plan: dict[str, Any], overwrite: bool) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -81,7 +82,9 @@ def test_train_cache_command(testdata, tmp_path):
     result = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none",
                                       "--size", "32", "--repeats", "1", "--val-count", "2", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{tmp_path / 'c'}: cache of 6 faces × 1 degradations × 1 base(s): 4 train and 2 val entries\n"
+    first, second = result.stdout.splitlines()
+    assert first == f"{tmp_path / 'c'}: cache of 6 faces × 1 degradations × 1 base(s): 4 train and 2 val entries"
+    assert re.fullmatch(rf"{tmp_path / 'c'}: built 6 faces in [0-9.]+ s \([0-9.]+ s per face\); [0-9.]+ GB, [0-9.]+ GB per 1000 faces", second)
     assert len(CachedFaces(tmp_path / "c", "train")) == 4
     again = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none"])
     assert again.exit_code == 2 and "already holds a cache (cache.json); pass --overwrite" in again.stderr

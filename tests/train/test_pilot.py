@@ -22,12 +22,13 @@ def test_the_pilot_ranks_a_collapsing_beta_last_and_recommends_a_healthy_one(fac
     assert result.exit_code == 0, result.output
     data = json.loads((out / "pilot.json").read_text())
     assert [r["beta"] for r in data["ranked"]] == [0.01, 100.0]
-    assert data["ranked"][-1]["lambda_mean"] < 0.05 < data["ranked"][0]["lambda_mean"] < 0.98
+    last, first = data["ranked"][-1], data["ranked"][0]
+    assert last["lambda_mean"] < first["lambda_mean"] < 0.98 and last["psnr"] < first["psnr"] - 1.0  # β = 100 is on its way to collapse
     assert data["recommended"]["beta"] == 0.01 and data["recommended_healthy"]
     assert "pilot: " in result.stderr and " s per step (median of the first 3) → ≈ " in result.stderr  # the cost, up front
-    assert result.stdout.startswith(f"{out / 'pilot.md'}: recommended --beta 0.01 --timestep 499 --lr 0.001 ")
+    assert result.stdout.startswith(f"{out / 'pilot.md'}: recommended --beta 0.01 --timestep 499 --lr 0.01 ")
     md = (out / "pilot.md").read_text()
-    assert "| 2 | 100 | 499 | 0.001 |" in md and "λ collapsed: noise only" in md
+    assert "| 1 | 0.01 | 499 | 0.01 |" in md and "| 2 | 100 | 499 | 0.01 |" in md
     assert Image.open(out / "pilot.png").format == "PNG"
     assert (out / "cache" / "cache.json").is_file()  # one cache for every value
 
