@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from bfrboost.cli import app
 from bfrboost.errors import OutputError
-from bfrboost.io.read import collect_inputs, read_image
+from bfrboost.io.inputs import collect_inputs
+from bfrboost.io.read import read_image
 from bfrboost.pipeline import Restorer
 from bfrboost.runners import video as video_runner
 from bfrboost.runners.video import VideoOptions, VideoRunner

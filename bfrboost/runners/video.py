@@ -31,9 +31,11 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.track import FaceTracker
-from bfrboost.io.read import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
+from bfrboost.io.inputs import VIDEO_EXTENSIONS
+from bfrboost.io.write import VIDEO_FORMATS
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
+from bfrboost.runners.outputs import plan_output
 from bfrboost.safety import InputGuard, atomic_path, one_line
 
 __all__ = ["VIDEO_EXTENSIONS", "VIDEO_FORMATS", "VideoOptions", "VideoRunner", "is_video", "restore_videos"]
