@@ -14,8 +14,6 @@ from bfrboost.errors import OutputError, UsageError
 from bfrboost.io.read import EXIF_FORMATS
 from bfrboost.safety import OutputSet, one_line
 
-VIDEO_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
-"""Video extensions we can write → FFmpeg muxer (named explicitly: temp files end in ``.partial``)."""
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
 """Extensions we can write, and the Pillow format behind each."""
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
