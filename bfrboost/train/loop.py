@@ -594,7 +594,7 @@ class Trainer:
         _append_line(run / VAL_LOG_NAME, record)
         if model.config.mib:
             self._check_lambda(record["lambda_mean"], model.config.beta)
-        from bfrboost.io.read import write_image
+        from bfrboost.io.write import write_image
 
         write_image(run / "val" / f"step-{step:08d}.png", image_grid(grid), overwrite=True)
         return record
