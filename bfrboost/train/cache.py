@@ -119,9 +119,7 @@ def _plan(data: Path, config: CacheConfig) -> tuple[dict[str, Any], dict[str, li
 
 
 def _start(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
-    """Refuse a finished cache (unless ``overwrite``) and an unfinished one of other settings; write the plan."""
-    if (out / MANIFEST).exists() and not overwrite:
-        raise UsageError(f"{out}: already holds a cache ({MANIFEST}); pass --overwrite to rebuild it or use it with `bfrboost train --cache {out}`")
+    """Refuse an unfinished cache of other settings (unless ``overwrite``); write the plan."""
     old = json.loads((out / PLAN).read_text()) if (out / PLAN).is_file() else None
     if overwrite or (old is not None and old != plan):
         if old is not None and old != plan and not overwrite:
@@ -153,6 +151,9 @@ def build_cache(
     if config.moments and encode_moments is None:
         raise UsageError("train cache: moments requested but no VAE encoder given")
     started = time.perf_counter()
+    if (out / MANIFEST).exists() and not overwrite:
+        raise UsageError(f"{out}: already holds a cache ({MANIFEST}); pass --overwrite to rebuild it "
+                         f"or use it with `bfrboost train --cache {out}`")
     plan, chunks = _plan(data, config)
     _start(out, plan, overwrite)
     shards: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
@@ -164,7 +165,8 @@ def build_cache(
                 if not (out / name).is_file():  # a finished shard of the same plan is kept as it is
                     tensors = _shard(chunk, config, restorers, base_input_size, encode_moments, split == "val", pool)
                     with atomic_path(out / name, overwrite=True) as temp:
-                        save_file(tensors, str(temp), metadata={"bfrboost": "train-cache", "version": str(VERSION)})
+                        # one metadata key: safetensors writes several in no fixed order (a resumed build must equal a whole one)
+                        save_file(tensors, str(temp), metadata={"bfrboost": f"train-cache-v{VERSION}"})
                     built += len(chunk)
                 with safe_open(str(out / name), framework="pt") as f:
                     entries = int(f.get_slice("face").get_shape()[0])
