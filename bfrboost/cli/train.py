@@ -34,46 +34,99 @@ def _progress(label: str) -> Progress:
 @train_app.callback(invoke_without_command=True)
 def train_command(
     ctx: typer.Context,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="RUN_DIR: cache, checkpoints, logs, curves, val grids and the refiner/ result.")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Folder of HQ aligned 512 faces (FFHQ-512, or `bfrboost restore --save-faces`).")] = None,
-    base: Annotated[str, typer.Option("--base", help="Base model(s) whose outputs are refined, comma-separated (mixed in the cache).")] = "gfpgan",
-    cache: Annotated[Path | None, typer.Option("--cache", help="A cache from `bfrboost train cache` (default RUN_DIR/cache, built on first use).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o",
+        help="RUN_DIR: cache, checkpoints, logs, curves, val grids and the refiner/ result.",
+    )] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data",
+        help="Folder of HQ aligned 512 faces (FFHQ-512, or `bfrboost restore --save-faces`).",
+    )] = None,
+    base: Annotated[str, typer.Option(
+        "--base",
+        help="Base model(s) whose outputs are refined, comma-separated (mixed in the cache).",
+    )] = "gfpgan",
+    cache: Annotated[Path | None, typer.Option(
+        "--cache",
+        help="A cache from `bfrboost train cache` (default RUN_DIR/cache, built on first use).",
+    )] = None,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 10000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per step and process (the paper: 1).")] = 1,
     accumulate: Annotated[int, typer.Option("--accumulate", help="Gradient accumulation micro-batches per step.")] = 1,
     lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate (default 5e-5; --tiny: 1e-2).")] = None,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on biases, norms, λ head).")] = 1e-2,
+    weight_decay: Annotated[float, typer.Option(
+        "--weight-decay",
+        help="AdamW weight decay (not on biases, norms, λ head).",
+    )] = 1e-2,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Linear warmup steps (default 100; --tiny: 5).")] = None,
     schedule: Annotated[str, typer.Option("--schedule", help="constant or cosine after warmup.")] = "constant",
     grad_clip: Annotated[float, typer.Option("--grad-clip", help="Gradient norm clip.")] = 1.0,
     ema: Annotated[float, typer.Option("--ema", help="EMA decay of the trainable weights, e.g. 0.999 (0 = off).")] = 0.0,
-    grad_checkpoint: Annotated[bool, typer.Option("--grad-checkpoint", help="Gradient checkpointing in the UNet and VAE decoder (less memory).")] = False,
+    grad_checkpoint: Annotated[bool, typer.Option(
+        "--grad-checkpoint",
+        help="Gradient checkpointing in the UNet and VAE decoder (less memory).",
+    )] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints.")] = 1000,
     keep_last: Annotated[int, typer.Option("--keep-last", help="Checkpoints kept.")] = 3,
     val_every: Annotated[int, typer.Option("--val-every", help="Steps between validations.")] = 1000,
-    val_count: Annotated[int, typer.Option("--val-count", help="Faces of the fixed validation split (when the cache is built).")] = 16,
+    val_count: Annotated[int, typer.Option(
+        "--val-count",
+        help="Faces of the fixed validation split (when the cache is built).",
+    )] = 16,
     repeats: Annotated[int, typer.Option("--repeats", help="Degradations per face (when the cache is built).")] = 4,
-    moments: Annotated[bool, typer.Option("--moments", help="Cache the VAE moments too (fp16): training skips the VAE encoder.")] = False,
+    moments: Annotated[bool, typer.Option(
+        "--moments",
+        help="Cache the VAE moments too (fp16): training skips the VAE encoder.",
+    )] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the data order, flips and noise.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Training face size (512; --tiny: 32).")] = 0,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank (the paper: 4; 2 and 8 studied).")] = 4,
-    timestep: Annotated[int, typer.Option("--timestep", help="The single UNet step t on the 1000-step schedule (higher: more generative, lower: closer to the input).")] = 499,
-    beta: Annotated[float | None, typer.Option("--beta", help="Weight of L_info in nats per image pixel against the per-pixel image losses "
-                                                             "(default 0.01; docs/training.md; `train pilot` sweeps it).")] = None,
-    stats_every: Annotated[int, typer.Option("--stats-every", help="Refresh μ_R, σ_R on the Transformer output h every N steps (0: never).")] = 100,
+    timestep: Annotated[int, typer.Option(
+        "--timestep",
+        help="The single UNet step t on the 1000-step schedule (higher: more generative, lower: closer to the input).",
+    )] = 499,
+    beta: Annotated[float | None, typer.Option(
+        "--beta", help="Weight of L_info in nats per image pixel against the per-pixel image losses "
+                       "(default 0.01; docs/training.md; `train pilot` sweeps it).",
+    )] = None,
+    stats_every: Annotated[int, typer.Option(
+        "--stats-every",
+        help="Refresh μ_R, σ_R on the Transformer output h every N steps (0: never).",
+    )] = 100,
     no_transformer: Annotated[bool, typer.Option("--no-transformer", help="Ablation: no Transformer block (h = r).")] = False,
     no_mib: Annotated[bool, typer.Option("--no-mib", help="Ablation: no information bottleneck (z = h, no L_info).")] = False,
     no_lora: Annotated[bool, typer.Option("--no-lora", help="Ablation: no UNet LoRA (the UNet stays frozen).")] = False,
     lpips_net: Annotated[str, typer.Option("--lpips-net", help="LPIPS network: alex or vgg.")] = "alex",
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder instead of the weights cache.")] = None,
-    stats_from: Annotated[Path | None, typer.Option("--stats-from", help="Reuse μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.")] = None,
-    stats_faces: Annotated[int, typer.Option("--stats-faces", help="Faces for the manifold statistics when computed here (the paper: 3000).")] = 3000,
-    per_channel_stats: Annotated[bool, typer.Option("--per-channel-stats", help="μ_R, σ_R per channel instead of per element.")] = False,
-    tiny: Annotated[bool, typer.Option("--tiny", help="CPU-scale configuration: a tiny SD fitted to the training faces, random loss networks.")] = False,
-    tiny_sd: Annotated[Path | None, typer.Option("--tiny-sd", help="--tiny: reuse a tiny SD from `bfrboost train tiny-sd` (else fitted per run).")] = None,
+    sd_model: Annotated[Path | None, typer.Option(
+        "--sd-model",
+        help="Local SD 2.1-base diffusers folder instead of the weights cache.",
+    )] = None,
+    stats_from: Annotated[Path | None, typer.Option(
+        "--stats-from",
+        help="Reuse μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.",
+    )] = None,
+    stats_faces: Annotated[int, typer.Option(
+        "--stats-faces",
+        help="Faces for the manifold statistics when computed here (the paper: 3000).",
+    )] = 3000,
+    per_channel_stats: Annotated[bool, typer.Option(
+        "--per-channel-stats",
+        help="μ_R, σ_R per channel instead of per element.",
+    )] = False,
+    tiny: Annotated[bool, typer.Option(
+        "--tiny",
+        help="CPU-scale configuration: a tiny SD fitted to the training faces, random loss networks.",
+    )] = False,
+    tiny_sd: Annotated[Path | None, typer.Option(
+        "--tiny-sd",
+        help="--tiny: reuse a tiny SD from `bfrboost train tiny-sd` (else fitted per run).",
+    )] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its latest checkpoint, exactly.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present) or cpu.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, float32 on CPU), no, bf16 or fp16.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision",
+        help="auto (bf16 autocast on CUDA, float32 on CPU), no, bf16 or fp16.",
+    )] = "auto",
 ) -> None:
     """Train the InfoBFR refiner: MSE + VGG19 perceptual + LPIPS + β·L_info on cached base outputs.
 
@@ -89,8 +142,9 @@ def train_command(
         config = TrainConfig(out=out, data=data, bases=_bases(base), cache=cache, steps=steps, batch_size=batch_size, accumulate=accumulate,
                              lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule, grad_clip=grad_clip, ema=ema,
                              grad_checkpoint=grad_checkpoint, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every,
-                             seed=seed, tiny=tiny, tiny_sd=tiny_sd, size=size or (32 if tiny else 512), rank=rank, timestep=timestep, beta=beta,
-                             stats_every=stats_every, no_transformer=no_transformer, no_mib=no_mib, no_lora=no_lora, lpips_net=lpips_net,
+                             seed=seed, tiny=tiny, tiny_sd=tiny_sd, size=size or (32 if tiny else 512), rank=rank, timestep=timestep,
+                             beta=beta, stats_every=stats_every, no_transformer=no_transformer, no_mib=no_mib, no_lora=no_lora,
+                             lpips_net=lpips_net,
                              sd_model=sd_model, stats_from=stats_from, stats_faces=stats_faces, per_channel_stats=per_channel_stats,
                              repeats=repeats, val_count=val_count, moments=moments, resume=resume, device=device, precision=precision)
         resume = f"re-run with --resume to continue from the last checkpoint in {out}/checkpoints"
@@ -112,18 +166,30 @@ def train_command(
 def cache_command(
     data: Annotated[Path, typer.Option("--data", help="Folder of HQ aligned 512 faces.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder.")],
-    base: Annotated[str, typer.Option("--base", help="Base model(s), comma-separated; every degraded face goes through each.")] = "gfpgan",
+    base: Annotated[str, typer.Option(
+        "--base",
+        help="Base model(s), comma-separated; every degraded face goes through each.",
+    )] = "gfpgan",
     repeats: Annotated[int, typer.Option("--repeats", help="Degradations per face (K).")] = 4,
     size: Annotated[int, typer.Option("--size", help="Training face size the outputs are stored at.")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and the degradations.")] = 0,
     val_count: Annotated[int, typer.Option("--val-count", help="Faces held out for validation.")] = 16,
     shard_faces: Annotated[int, typer.Option("--shard-faces", help="Faces per shard file.")] = 256,
     moments: Annotated[bool, typer.Option("--moments", help="Also store the SD VAE moments of the base outputs (fp16).")] = False,
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder (for --moments).")] = None,
+    sd_model: Annotated[Path | None, typer.Option(
+        "--sd-model",
+        help="Local SD 2.1-base diffusers folder (for --moments).",
+    )] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild an existing cache.")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Threads that load, degrade and compress faces (0: min(8, CPU cores)).")] = 0,
-    degrade_size: Annotated[int, typer.Option("--degrade-size", help="Size faces are degraded at (0: the base's input size).")] = 0,
+    workers: Annotated[int, typer.Option(
+        "--workers",
+        help="Threads that load, degrade and compress faces (0: min(8, CPU cores)).",
+    )] = 0,
+    degrade_size: Annotated[int, typer.Option(
+        "--degrade-size",
+        help="Size faces are degraded at (0: the base's input size).",
+    )] = 0,
 ) -> None:
     """Degrade each HQ face K times, run the frozen base(s) once and store the outputs in sharded safetensors."""
     import torch
@@ -135,8 +201,8 @@ def cache_command(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces, moments=moments,
-                             degrade_size=degrade_size or None)
+        config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces,
+                             moments=moments, degrade_size=degrade_size or None)
         total = len(list_hq_faces(data))
         resume = "re-run the same command: finished shards are kept and the build continues"
         with interruptible(total=total, noun="face", resume=resume) as done, _progress("cache") as progress:
@@ -146,8 +212,8 @@ def cache_command(
                 done.finished += faces
                 progress.advance(task, faces)
 
-            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device, progress=advance, overwrite=overwrite,
-                                            workers=workers or None)
+            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device, progress=advance,
+                                            overwrite=overwrite, workers=workers or None)
     except BfrboostError as exc:
         raise fail(exc) from None
     entries = {split: sum(s["entries"] for s in shards) for split, shards in manifest["shards"].items()}
@@ -164,7 +230,10 @@ def tiny_sd_command(
     data: Annotated[Path, typer.Option("--data", help="Folder of aligned faces to fit on (never the faces you evaluate on).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the tiny SD (vae/, unet/, prompt.pt, fit.json).")],
     size: Annotated[int, typer.Option("--size", help="Face size (the --size of the runs that use it).")] = 32,
-    val_count: Annotated[int, typer.Option("--val-count", help="Leave out the validation split a run with this --val-count and --seed uses.")] = 16,
+    val_count: Annotated[int, typer.Option(
+        "--val-count",
+        help="Leave out the validation split a run with this --val-count and --seed uses.",
+    )] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fit and of the split it leaves out.")] = 0,
     vae_steps: Annotated[int, typer.Option("--vae-steps", help="VAE optimiser steps.")] = 300,
     unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet optimiser steps.")] = 100,
@@ -200,39 +269,59 @@ def _floats(text: str, flag: str) -> list[float]:
 def pilot_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs, pilot.json, pilot.md and pilot.png.")],
     data: Annotated[Path | None, typer.Option("--data", help="HQ aligned faces (a cache is built once in OUT/cache).")] = None,
-    cache: Annotated[Path | None, typer.Option("--cache", help="A cache from `bfrboost train cache` (use a subset of FFHQ: K steps need few faces).")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache",
+        help="A cache from `bfrboost train cache` (use a subset of FFHQ: K steps need few faces).",
+    )] = None,
     base: Annotated[str, typer.Option("--base", help="Base model(s), comma-separated.")] = "gfpgan",
     betas: Annotated[str, typer.Option("--betas", help="β values to try, comma-separated.")] = "0.001,0.01,0.1,1,20",
-    timesteps: Annotated[str, typer.Option("--timesteps", help="Timesteps to try as well, comma-separated (default: --timestep only).")] = "",
-    lrs: Annotated[str, typer.Option("--lrs", help="Learning rates to try as well, comma-separated (default: the --lr of train).")] = "",
+    timesteps: Annotated[str, typer.Option(
+        "--timesteps",
+        help="Timesteps to try as well, comma-separated (default: --timestep only).",
+    )] = "",
+    lrs: Annotated[str, typer.Option(
+        "--lrs",
+        help="Learning rates to try as well, comma-separated (default: the --lr of train).",
+    )] = "",
     steps: Annotated[int, typer.Option("--steps", help="Steps per value (K).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per step.")] = 4,
     timestep: Annotated[int, typer.Option("--timestep", help="The timestep when --timesteps is not given.")] = 499,
-    ablations: Annotated[bool, typer.Option("--ablations", help="Instead of a sweep: the paper's Table III (full, no Transformer, no MIB, no LoRA) at --betas' first value.")] = False,
+    ablations: Annotated[bool, typer.Option(
+        "--ablations",
+        help="Instead of a sweep: the paper's Table III (full, no Transformer, no MIB, no LoRA) at --betas' first value.",
+    )] = False,
     val_count: Annotated[int, typer.Option("--val-count", help="Held-out validation faces.")] = 16,
     repeats: Annotated[int, typer.Option("--repeats", help="Degradations per face.")] = 2,
     size: Annotated[int, typer.Option("--size", help="Face size (512; --tiny: 32).")] = 0,
-    tiny: Annotated[bool, typer.Option("--tiny", help="The CPU-scale configuration (tiny SD fitted once, shared by every value).")] = False,
+    tiny: Annotated[bool, typer.Option(
+        "--tiny",
+        help="The CPU-scale configuration (tiny SD fitted once, shared by every value).",
+    )] = False,
     tiny_sd: Annotated[Path | None, typer.Option("--tiny-sd", help="--tiny: a tiny SD from `bfrboost train tiny-sd`.")] = None,
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder.")] = None,
-    stats_from: Annotated[Path | None, typer.Option("--stats-from", help="μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.")] = None,
+    stats_from: Annotated[Path | None, typer.Option(
+        "--stats-from",
+        help="μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.",
+    )] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every run.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto or cpu.")] = "auto",
 ) -> None:
-    """A short sweep over β (and optionally timestep, lr) that ranks the values and recommends one; or, with --ablations, Table III."""
+    """A short sweep over β (and optionally timestep, lr) that ranks the values and recommends one; --ablations: Table III."""
     from bfrboost.train.loop import TrainConfig
     from bfrboost.train.pilot import ablate, pilot
 
     try:
         beta_values = _floats(betas, "--betas")
-        config = TrainConfig(out=out, data=data, cache=cache, bases=_bases(base), steps=steps, batch_size=batch_size, timestep=timestep,
-                             val_count=val_count, repeats=repeats, size=size or (32 if tiny else 512), tiny=tiny, tiny_sd=tiny_sd, sd_model=sd_model,
-                             stats_from=stats_from, seed=seed, device=device, beta=beta_values[0] if beta_values else None)
+        config = TrainConfig(out=out, data=data, cache=cache, bases=_bases(base), steps=steps, batch_size=batch_size,
+                             timestep=timestep, val_count=val_count, repeats=repeats, size=size or (32 if tiny else 512), tiny=tiny,
+                             tiny_sd=tiny_sd, sd_model=sd_model, stats_from=stats_from, seed=seed, device=device,
+                             beta=beta_values[0] if beta_values else None)
         if ablations:
             ablate(config, note=err)
             sys.stdout.write(f"{out / 'ablation.md'}: ablation table written\n")
             return
-        result = pilot(config, beta_values, [int(v) for v in _floats(timesteps, "--timesteps")] or None, _floats(lrs, "--lrs") or None, note=err)
+        swept_t = [int(v) for v in _floats(timesteps, "--timesteps")] or None
+        result = pilot(config, beta_values, swept_t, _floats(lrs, "--lrs") or None, note=err)
     except BfrboostError as exc:
         raise fail(exc) from None
     pick = result["recommended"]

@@ -154,7 +154,8 @@ class ManifoldBottleneck(nn.Module):
             raise UsageError(f"per-element statistics are {tuple(mean.shape[1:])} but the manifold is {tuple(r.shape[2:])}; recompute stats at this face size")
         h = self.transformer(r) if self.transformer is not None else r
         if self.lambda_head is None:
-            return BottleneckOutput(z=h.float(), lam=torch.ones_like(h, dtype=torch.float32), h=h, info_loss=h.new_zeros((), dtype=torch.float32))
+            ones = torch.ones_like(h, dtype=torch.float32)
+            return BottleneckOutput(z=h.float(), lam=ones, h=h, info_loss=h.new_zeros((), dtype=torch.float32))
         float32 = torch.autocast(r.device.type, enabled=False) if torch.amp.is_autocast_available(r.device.type) else nullcontext()
         with float32:  # autocast off: λ near 1 must not round (bf16 λ=0.99 → 0.988)
             h32 = h.float()

@@ -277,7 +277,8 @@ class InfoBFR(nn.Module):
 
     def denoise(self, latent: torch.Tensor) -> torch.Tensor:
         """One UNet step at the fixed t, read as x0 with the scheduler formula for the prediction type."""
-        return one_step_x0(self.unet, latent, self.config.timestep, self.prompt_embeds, self.alpha_bar_t, self.config.prediction_type)
+        config = self.config
+        return one_step_x0(self.unet, latent, config.timestep, self.prompt_embeds, self.alpha_bar_t, config.prediction_type)
 
     def inference_noise(self, like: torch.Tensor, stream: int = 0) -> torch.Tensor:
         """Standard-normal noise for inference (``stream`` 0: the bottleneck's ε, 1: the posterior
@@ -447,8 +448,8 @@ class InfoBFR(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters by part (LoRA, Transformer, λ head) and the frozen SD parts."""
         lora = sum(p.numel() for n, p in self.unet.named_parameters() if is_lora_key(n))
-        transformer = sum(p.numel() for p in self.bottleneck.transformer.parameters()) if self.bottleneck.transformer is not None else 0
-        head = sum(p.numel() for p in self.bottleneck.lambda_head.parameters()) if self.bottleneck.lambda_head is not None else 0
+        parts = self.bottleneck.transformer, self.bottleneck.lambda_head
+        transformer, head = (sum(p.numel() for p in part.parameters()) if part is not None else 0 for part in parts)
         return {
             "lora": lora,
             "transformer": transformer,

@@ -72,7 +72,7 @@ class TrainConfig:
     val_every: int = 1000
     seed: int = 0
     tiny: bool = False  # CPU-scale configuration: a tiny SD fitted to the training faces (bfrboost.train.tiny) + random loss nets
-    tiny_sd: Path | None = None  # --tiny: reuse a tiny SD from `bfrboost train tiny-sd` instead of fitting one on the training split
+    tiny_sd: Path | None = None  # --tiny: reuse a tiny SD from `bfrboost train tiny-sd` (else fitted on the training split)
     size: int = 512  # training face size
     rank: int = 4
     timestep: int = 499  # the refiner's single UNet step (on the 1000-step schedule)
@@ -96,10 +96,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.lr is None:
-            self.lr = TINY_LR if self.tiny else 5e-5
-        if self.warmup is None:
-            self.warmup = 5 if self.tiny else 100
+        self.lr = self.lr if self.lr is not None else (TINY_LR if self.tiny else 5e-5)
+        self.warmup = self.warmup if self.warmup is not None else (5 if self.tiny else 100)
         for name in ("data", "cache", "sd_model", "stats_from", "tiny_sd"):
             if getattr(self, name) is not None:
                 setattr(self, name, Path(getattr(self, name)))
@@ -213,7 +211,8 @@ def write_tiny_sd(config: TrainConfig, run: Path, note: Callable[[str], None]) -
         return
     if config.tiny_sd is not None:
         if not is_tiny_sd(config.tiny_sd):
-            raise UsageError(f"{config.tiny_sd}: not a tiny SD (needs vae/, unet/, prompt.pt, fit.json); make one with `bfrboost train tiny-sd`")
+            raise UsageError(f"{config.tiny_sd}: not a tiny SD (needs vae/, unet/, prompt.pt, fit.json); "
+                             "make one with `bfrboost train tiny-sd`")
         with atomic_dir(sd) as temp:
             shutil.copytree(config.tiny_sd, temp, dirs_exist_ok=True)
         return
@@ -242,8 +241,8 @@ def make_model(config: TrainConfig, run: Path):
     from bfrboost.refiner.model import InfoBFR, InfoBFRConfig
 
     stats_mode = "channel" if config.per_channel_stats or config.tiny else "element"
-    refiner_config = InfoBFRConfig(rank=config.rank, stats_mode=stats_mode, timestep=config.timestep, transformer=not config.no_transformer,
-                                   mib=not config.no_mib, lora=not config.no_lora)
+    refiner_config = InfoBFRConfig(rank=config.rank, stats_mode=stats_mode, timestep=config.timestep,
+                                   transformer=not config.no_transformer, mib=not config.no_mib, lora=not config.no_lora)
     if config.beta is not None:
         refiner_config.beta = config.beta
     if not config.tiny:
@@ -256,7 +255,8 @@ def make_model(config: TrainConfig, run: Path):
     prompt = torch.load(sd / "prompt.pt", weights_only=True)
     fit = read_fit(sd)["fit"]
     if fit["size"] != config.size:
-        raise UsageError(f"{sd}: the tiny SD was fitted at {fit['size']} px but --size is {config.size}; pass --size {fit['size']} or fit another")
+        raise UsageError(f"{sd}: the tiny SD was fitted at {fit['size']} px but --size is {config.size}; "
+                         f"pass --size {fit['size']} or fit another")
     tiny_config = dataclasses.replace(refiner_config, transformer_width=16, transformer_heads=2, sd_model="tiny-fitted",
                                       timestep=fit["timestep"], scaling_factor=fit["scaling_factor"])
     return InfoBFR(tiny_config, vae, unet, prompt)
@@ -425,8 +425,9 @@ class Trainer:
             raise UsageError(f"{cache}: no cache there; pass --data HQ_DIR to build it (or --cache a folder built by `bfrboost train cache`)")
         if accelerator.is_main_process:
             degrade_size = config.degrade_size or (2 * config.size if config.tiny else None)
-            build_training_cache(config.data, cache, CacheConfig(bases=config.bases, size=config.size, repeats=config.repeats, seed=config.seed,
-                                                                 val_count=config.val_count, moments=config.moments, degrade_size=degrade_size),
+            cache_config = CacheConfig(bases=config.bases, size=config.size, repeats=config.repeats, seed=config.seed,
+                                       val_count=config.val_count, moments=config.moments, degrade_size=degrade_size)
+            build_training_cache(config.data, cache, cache_config,
                                  tiny=config.tiny, sd_model=config.sd_model, device=accelerator.device)
         accelerator.wait_for_everyone()
         return cache
@@ -442,11 +443,13 @@ class Trainer:
         if not config.resume and (found or log_path.is_file()):
             raise UsageError(f"{run}: already holds a training run; pass --resume to continue it or choose another --out")
         run.mkdir(parents=True, exist_ok=True)
-        if accelerator.num_processes > 1 and config.data is not None and not ((config.cache or run / "cache") / "cache.json").is_file():
+        missing = config.cache or run / "cache"
+        if accelerator.num_processes > 1 and config.data is not None and not (missing / "cache.json").is_file():
             # building takes hours on FFHQ, far beyond the process group's timeout: build it first, in one process
-            raise UsageError(f"{config.cache or run / 'cache'}: no cache yet, and {accelerator.num_processes} processes cannot wait for one to be "
-                             f"built; run `bfrboost train cache --data {config.data} --base {','.join(config.bases)} --size {config.size} "
-                             f"--repeats {config.repeats} --val-count {config.val_count} -o CACHE_DIR` first, then launch with --cache CACHE_DIR")
+            raise UsageError(f"{missing}: no cache yet, and {accelerator.num_processes} processes cannot wait for one to be "
+                             f"built; run `bfrboost train cache --data {config.data} --base {','.join(config.bases)} "
+                             f"--size {config.size} --repeats {config.repeats} --val-count {config.val_count} -o CACHE_DIR` first, "
+                             "then launch with --cache CACHE_DIR")
         if config.tiny and accelerator.is_main_process:
             write_tiny_sd(config, run, self.warn)
         accelerator.wait_for_everyone()
@@ -459,7 +462,8 @@ class Trainer:
             raise UsageError(f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {config.size}; rebuild the cache or pass --size {train_set.config.size}")
         r_clean = None
         if config.stats_from is None or config.stats_every:
-            r_clean = clean_manifold(model, train_set, config.stats_faces, self.warn if accelerator.is_main_process else (lambda message: None))
+            note = self.warn if accelerator.is_main_process else (lambda message: None)
+            r_clean = clean_manifold(model, train_set, config.stats_faces, note)
         if config.stats_from is not None:
             copy_stats(model, config.stats_from)
         elif not config.resume:
@@ -578,7 +582,8 @@ class Trainer:
                 terms = loss_fn(x_hat, gt, aux.info_loss)
                 n = base.shape[0]
                 values = {**{k: terms[k].item() * n for k in TERMS}, "lambda_mean": aux.lam.mean().item() * n,
-                          "psnr": psnr((x_hat + 1) / 2, (gt + 1) / 2).sum().item(), "psnr_base": psnr((base + 1) / 2, (gt + 1) / 2).sum().item(),
+                          "psnr": psnr((x_hat + 1) / 2, (gt + 1) / 2).sum().item(),
+                          "psnr_base": psnr((base + 1) / 2, (gt + 1) / 2).sum().item(),
                           "lpips_base": loss_fn.lpips(base, gt).float().sum().item()}
                 if identity is not None:  # float32 whatever the autocast: a cosine near 1 needs the precision
                     with torch.autocast(model.device.type, enabled=False):
@@ -605,10 +610,13 @@ class Trainer:
         if len(self.lambdas) < 2 or self.lambda_warned:
             return
         if max(self.lambdas) < LAMBDA_LOW:
-            self.warn(f"mean λ {self.lambdas[0]:.3f}, {self.lambdas[1]:.3f} < {LAMBDA_LOW} at two validations: the bottleneck replaces the "
-                      f"face by noise (the output no longer depends on the base face); lower --beta (now {beta:g}), e.g. with `bfrboost train pilot`")
+            first, second = self.lambdas
+            self.warn(f"mean λ {first:.3f}, {second:.3f} < {LAMBDA_LOW} at two validations: the bottleneck replaces "
+                      f"the face by noise (the output no longer depends on the base face); lower --beta (now {beta:g}), "
+                      "e.g. with `bfrboost train pilot`")
         elif min(self.lambdas) > LAMBDA_HIGH:
-            self.warn(f"mean λ {self.lambdas[0]:.3f}, {self.lambdas[1]:.3f} > {LAMBDA_HIGH} at two validations: the bottleneck keeps "
+            first, second = self.lambdas
+            self.warn(f"mean λ {first:.3f}, {second:.3f} > {LAMBDA_HIGH} at two validations: the bottleneck keeps "
                       f"everything (nothing is cleaned); raise --beta (now {beta:g}), e.g. with `bfrboost train pilot`")
         else:
             return
@@ -633,8 +641,8 @@ class Trainer:
 
 
 def build_training_cache(data: Path, out: Path, cache_config: CacheConfig, tiny: bool = False, sd_model: Path | None = None,
-                         device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None, overwrite: bool = False,
-                         workers: int | None = None):
+                         device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+                         overwrite: bool = False, workers: int | None = None):
     """Load the frozen base model(s) (and the VAE when moments are cached) and write the cache."""
     from bfrboost.backbones.registry import get_spec, load_base
 

@@ -19,7 +19,6 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from bfrboost.errors import UsageError
@@ -130,8 +129,8 @@ def pilot_markdown(result: dict[str, Any]) -> str:
     for rank, r in enumerate(result["ranked"], 1):
         lam = r["lambda_mean"]
         verdict = "healthy" if healthy(lam) else ("λ collapsed: noise only" if lam <= LAMBDA_LOW else "λ ≈ 1: cleans nothing")
-        lines.append(f"| {rank} | {r['beta']:g} | {r['timestep']} | {r['lr']:g} | {lam:.3f} | {r['psnr']:.2f} | {r['psnr_base']:.2f} | "
-                     f"{r['lpips']:.4f} | {r['lpips_base']:.4f} | {verdict} |")
+        lines.append(f"| {rank} | {r['beta']:g} | {r['timestep']} | {r['lr']:g} | {lam:.3f} | {r['psnr']:.2f} | "
+                     f"{r['psnr_base']:.2f} | {r['lpips']:.4f} | {r['lpips_base']:.4f} | {verdict} |")
     pick = result["recommended"]
     lines += ["", f"Recommended: `--beta {pick['beta']:g} --timestep {pick['timestep']} --lr {pick['lr']:g}`"
               + ("" if result["recommended_healthy"] else " (no value kept λ healthy: widen the sweep)"), ""]

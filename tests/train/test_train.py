@@ -21,8 +21,8 @@ from bfrboost import weights
 from bfrboost.cli import app
 from bfrboost.nets.arcface import ARCFACE_FILE, random_arcface
 from bfrboost.refiner.lora import is_lora_key
-from bfrboost.train.cache import CachedFaces
 from bfrboost.refiner.model import InfoBFRConfig
+from bfrboost.train.cache import CachedFaces
 from bfrboost.train.loop import TrainConfig, Trainer, validation_arcface
 from tests.train.conftest import SIZE, VAL_COUNT
 
