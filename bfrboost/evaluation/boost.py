@@ -191,8 +191,8 @@ def csv_table(report: BoostReport) -> str:
     for row in report.rows:
         d = row.as_dict()
         diff = "" if row.difference is None else f"{row.difference:.{DECIMALS[row.metric]}f}"
-        writer.writerow([row.base, row.metric, d["direction"], format_value(row.metric, row.without), format_value(row.metric, row.with_), diff, row.better,
-                         "yes" if row.disagrees else ""])
+        values = format_value(row.metric, row.without), format_value(row.metric, row.with_)
+        writer.writerow([row.base, row.metric, d["direction"], *values, diff, row.better, "yes" if row.disagrees else ""])
     return buffer.getvalue()
 
 
