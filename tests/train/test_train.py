@@ -28,8 +28,9 @@ from tests.train.conftest import SIZE, VAL_COUNT
 
 runner = CliRunner()
 STEPS = 30
-TINY = ["--tiny", "--base", "none", "--steps", str(STEPS), "--batch-size", "2", "--lr", "3e-2", "--warmup", "1", "--size", str(SIZE),
-        "--val-count", "2", "--repeats", "2", "--checkpoint-every", "15", "--val-every", "15", "--device", "cpu"]
+TINY = ["--tiny", "--base", "none", "--steps", str(STEPS), "--batch-size", "2", "--lr", "3e-2", "--warmup", "1",
+        "--size", str(SIZE), "--val-count", "2", "--repeats", "2", "--checkpoint-every", "15", "--val-every", "15",
+        "--device", "cpu"]
 LEARN_STEPS = 60
 
 
@@ -42,8 +43,8 @@ def tiny_args(run) -> list[str]:
 def run(testdata, tiny_sd, tmp_path_factory):
     """Mechanics: a short run on the six aligned/ faces over the fitted tiny SD (resume, checkpoints, results)."""
     out = tmp_path_factory.mktemp("train") / "run"
-    config = TrainConfig(out=out, data=testdata / "aligned", bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=STEPS, batch_size=2,
-                         lr=3e-2, warmup=1, val_count=2, repeats=2, checkpoint_every=15, val_every=15, device="cpu")
+    config = TrainConfig(out=out, data=testdata / "aligned", bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=STEPS,
+                         batch_size=2, lr=3e-2, warmup=1, val_count=2, repeats=2, checkpoint_every=15, val_every=15, device="cpu")
     warnings = []
     trainer = Trainer(config, warn=warnings.append, arcface=random_arcface(0))
     result = trainer.run()
@@ -52,10 +53,11 @@ def run(testdata, tiny_sd, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def learned(faces_dir, tiny_sd, tmp_path_factory):
-    """Learning: default objective (β, statistics refresh) on the 80 training faces of faces/aligned, validated on its 16 others."""
+    """Learning: the default objective (β, statistics refresh) on 80 faces of faces/aligned, validated on its 16 others."""
     out = tmp_path_factory.mktemp("learn") / "run"
-    config = TrainConfig(out=out, data=faces_dir, bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=LEARN_STEPS, batch_size=8,
-                         val_count=VAL_COUNT, repeats=2, checkpoint_every=LEARN_STEPS, val_every=LEARN_STEPS // 3, stats_every=10, device="cpu")
+    config = TrainConfig(out=out, data=faces_dir, bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=LEARN_STEPS,
+                         batch_size=8, val_count=VAL_COUNT, repeats=2, checkpoint_every=LEARN_STEPS, val_every=LEARN_STEPS // 3,
+                         stats_every=10, device="cpu")
     warnings = []
     trainer = Trainer(config, warn=warnings.append)
     trainer.run()
@@ -89,15 +91,17 @@ def test_statistics_follow_h_so_normalised_h_stays_standard_normal(learned):
 
 
 def test_a_collapsing_beta_warns_once_naming_the_flag(faces_dir, tiny_sd, tmp_path):
-    config = TrainConfig(out=tmp_path / "run", data=faces_dir, bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=30, batch_size=4,
-                         lr=0.1, val_count=VAL_COUNT, repeats=1, checkpoint_every=30, val_every=10, beta=100.0, device="cpu")
+    config = TrainConfig(out=tmp_path / "run", data=faces_dir, bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=30,
+                         batch_size=4, lr=0.1, val_count=VAL_COUNT, repeats=1, checkpoint_every=30, val_every=10, beta=100.0,
+                         device="cpu")
     warnings = []
     Trainer(config, warn=warnings.append).run()
     lam = [r["lambda_mean"] for r in read(tmp_path / "run" / "val.jsonl")]
     first = next(i for i in range(1, len(lam)) if lam[i - 1] < 0.05 and lam[i] < 0.05)
     said = [w for w in warnings if "mean λ" in w]
-    assert said == [f"mean λ {lam[first - 1]:.3f}, {lam[first]:.3f} < 0.05 at two validations: the bottleneck replaces the face by noise "
-                    "(the output no longer depends on the base face); lower --beta (now 100), e.g. with `bfrboost train pilot`"]
+    assert said == [f"mean λ {lam[first - 1]:.3f}, {lam[first]:.3f} < 0.05 at two validations: the bottleneck replaces the face "
+                    "by noise (the output no longer depends on the base face); lower --beta (now 100), "
+                    "e.g. with `bfrboost train pilot`"]
 
 
 def test_mechanics_run_logs_and_validates(run):
@@ -209,7 +213,8 @@ def test_one_line_errors(tmp_path, run):
 
 
 def test_training_from_cached_vae_moments(testdata, tiny_sd, tmp_path):
-    config = TrainConfig(out=tmp_path / "run", data=testdata / "aligned", bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=3, batch_size=2, lr=3e-2,
+    config = TrainConfig(out=tmp_path / "run", data=testdata / "aligned", bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, steps=3,
+                         batch_size=2, lr=3e-2,
                          warmup=1, val_count=2, repeats=1, checkpoint_every=3, val_every=3, moments=True, device="cpu")
     result = Trainer(config, warn=lambda m: None).run()
     assert (result / "refiner.safetensors").is_file()
@@ -224,7 +229,8 @@ def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
     init_tiny(tmp_path / "r")
     config = json.loads((tmp_path / "r" / "config.json").read_text()) | {"stats_faces": 0}
     (tmp_path / "r" / "config.json").write_text(json.dumps(config))
-    result = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--cache", str(out / "cache"), "--stats-from", str(tmp_path / "r"), *tiny_args(run)])
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--cache", str(out / "cache"), "--stats-from", str(tmp_path / "r"),
+                                 *tiny_args(run)])
     assert result.exit_code == 2
     assert result.stderr == (f"bfrboost: {tmp_path / 'r'}: --stats-from has no statistics either; "
                              f"run `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n")
@@ -232,7 +238,8 @@ def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
 
 def test_bf16_autocast_keeps_trainables_float32_and_frozen_parts_bf16(run, tmp_path):
     out, _, _, _ = run
-    config = TrainConfig(out=tmp_path / "run", cache=out / "cache", bases=["none"], tiny=True, tiny_sd=run[2].config.tiny_sd, size=SIZE, steps=2, batch_size=2, lr=3e-2,
+    config = TrainConfig(out=tmp_path / "run", cache=out / "cache", bases=["none"], tiny=True, tiny_sd=run[2].config.tiny_sd, size=SIZE,
+                         steps=2, batch_size=2, lr=3e-2,
                          warmup=1, checkpoint_every=2, val_every=2, device="cpu", precision="bf16")
     trainer = Trainer(config, warn=lambda m: None)
     result = trainer.run()
@@ -260,7 +267,8 @@ def test_out_of_memory_names_the_flags_that_help(run, tmp_path, monkeypatch):
 
 def small_run(run, out, **kw) -> Trainer:
     cache = run[0] / "cache"
-    settings = dict(bases=["none"], tiny=True, tiny_sd=run[2].config.tiny_sd, size=SIZE, steps=3, batch_size=2, lr=3e-2, warmup=1, checkpoint_every=1, val_every=100, device="cpu")
+    settings = dict(bases=["none"], tiny=True, tiny_sd=run[2].config.tiny_sd, size=SIZE, steps=3, batch_size=2, lr=3e-2, warmup=1,
+                    checkpoint_every=1, val_every=100, device="cpu")
     config = TrainConfig(out=out, cache=cache, **(settings | kw))
     trainer = Trainer(config, warn=lambda m: None)
     trainer.run()
@@ -295,14 +303,16 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "bfrboost", *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "bfrboost",
+               *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_two_processes_with_torchrun(run, tmp_path):
     """The multi-GPU code path (DDP through accelerate) on two CPU processes (gloo): one log, one result."""
     out, _, _, _ = run
-    done = torchrun("train", "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny", "--tiny-sd", str(run[2].config.tiny_sd),
+    done = torchrun("train", "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny",
+                    "--tiny-sd", str(run[2].config.tiny_sd),
                     "--size", str(SIZE), "--base", "none", "--steps", "2", "--batch-size", "1",
                     "--warmup", "1", "--checkpoint-every", "2", "--val-every", "2", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -315,12 +325,14 @@ def test_two_processes_with_torchrun(run, tmp_path):
 
 def test_two_processes_with_data_but_no_cache_are_refused_with_the_command_to_run(run, tmp_path, testdata):
     """Building an FFHQ cache takes hours, beyond the process group's timeout: several processes refuse at once."""
-    done = torchrun("train", "--out", str(tmp_path / "ddp"), "--data", str(testdata / "aligned"), "--tiny", "--tiny-sd", str(run[2].config.tiny_sd),
-                    "--size", str(SIZE), "--base", "none", "--steps", "2", "--val-count", "2", "--repeats", "2", "--device", "cpu")
+    done = torchrun("train", "--out", str(tmp_path / "ddp"), "--data", str(testdata / "aligned"), "--tiny",
+                    "--tiny-sd", str(run[2].config.tiny_sd), "--size", str(SIZE), "--base", "none", "--steps", "2",
+                    "--val-count", "2", "--repeats", "2", "--device", "cpu")
     assert done.returncode != 0
     cache = tmp_path / "ddp" / "cache"
     assert (f"bfrboost: {cache}: no cache yet, and 2 processes cannot wait for one to be built; run `bfrboost train cache --data "
-            f"{testdata / 'aligned'} --base none --size {SIZE} --repeats 2 --val-count 2 -o CACHE_DIR` first, then launch with --cache CACHE_DIR") in done.stderr
+            f"{testdata / 'aligned'} --base none --size {SIZE} --repeats 2 --val-count 2 -o CACHE_DIR` first, "
+            "then launch with --cache CACHE_DIR") in done.stderr
     assert not cache.exists()
 
 
