@@ -184,7 +184,7 @@ def test_markdown_marks_the_better_value_in_bold():
     md = markdown_table(report)
     assert "| gfpgan | FID ↓ | 47.86 | **37.97** | -9.89 | with refiner |" in md
     assert "| gfpgan | PSNR ↑ | 25.21 | **26.20** | +0.99 | with refiner |" in md
-    assert csv_table(report).splitlines()[1] == "gfpgan,fid,lower,47.86,37.97,-9.89,with"
+    assert csv_table(report).splitlines()[1] == "gfpgan,fid,lower,47.86,37.97,-9.89,with,"  # last column: disagrees (empty)
 
 
 class _FakeRestorer:
