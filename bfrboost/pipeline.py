@@ -5,6 +5,7 @@ Arrays in, arrays out. Files, stdin, video and datasets are runners over it (``b
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -89,6 +90,17 @@ def _to_uint8(batch: torch.Tensor) -> list[np.ndarray]:
     return list(array)
 
 
+def _base_loader(runtime: str, providers: Sequence[str] | None, threads: int | None) -> Callable[..., LoadedBase]:
+    """``load_base`` or its ONNX Runtime counterpart, by ``runtime``."""
+    if runtime == "torch":
+        return load_base
+    if runtime != "onnx":
+        raise UsageError(f"unknown runtime '{runtime}'; use torch or onnx")
+    from bfrboost.onnx.runtime import load_onnx_base
+
+    return functools.partial(load_onnx_base, providers=providers, threads=threads)
+
+
 class Restorer:
     """Restore every face of an image with a base model, optionally boosted by the InfoBFR refiner.
 
@@ -101,6 +113,9 @@ class Restorer:
     ``face_upsample`` (with ``upscale`` > 1) also runs each restored face through that upsampler
     (Real-ESRGAN even when the background uses a plain resize) and pastes it directly, as CodeFormer
     does, so faces are as sharp as an upsampled background.
+    ``runtime="onnx"`` runs the base on ONNX Runtime (:mod:`bfrboost.onnx.runtime`; the graph is
+    exported into the weights cache on first use) with ``providers`` (short names: cpu, cuda, …;
+    default by device) and ``threads`` intra-op threads (default: ONNX Runtime's, one per core).
     """
 
     #: A gray input is written gray (bases may tint it); colourising subclasses turn this off.
@@ -131,6 +146,9 @@ class Restorer:
         bg_upsampler: str = "none",
         bg_tile: int = 400,
         face_upsample: bool = False,
+        runtime: str = "torch",
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
     ) -> None:
         if paste not in ("residual", "direct"):
             raise UsageError(f"unknown paste mode '{paste}'; use residual or direct")
@@ -150,6 +168,8 @@ class Restorer:
         self.min_face = int(min_face)
         self.refiner_strength = float(refiner_strength)
         self.notes: list[str] = []
+        self.runtime = runtime
+        self._load = _base_loader(runtime, providers, threads)
         knobs = dict(knobs or {})
         if fidelity is not None:
             knobs[fidelity_knob(AUTO_BASE if base == "auto" else base)] = fidelity
@@ -180,10 +200,11 @@ class Restorer:
 
     def _load_base(self, base: str, weights: Any, batch_size: int | None, knobs: dict) -> LoadedBase:
         kwargs = dict(device=self.device, weights=weights, batch_size=batch_size, **knobs)
+        load = self._load if base != "none" else load_base  # base 'none' has no network to run elsewhere
         if base != "auto":
-            return load_base(base, **kwargs)
+            return load(base, **kwargs)
         try:
-            return load_base(AUTO_BASE, **kwargs)
+            return load(AUTO_BASE, **kwargs)
         except WeightsError as exc:
             self.notes.append(f"{exc} — restoring with base 'none' (faces aligned and pasted back only)")
             return load_base("none", device=self.device)

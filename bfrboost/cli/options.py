@@ -22,3 +22,6 @@ BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Face
 Quality = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")]
 MaxPixels = Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels (decompression-bomb guard).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
+Runtime = Annotated[str, typer.Option("--runtime", help="Run the base model on torch or onnx (ONNX Runtime; the graph is exported into the weights cache on first use).")]
+Providers = Annotated[str | None, typer.Option("--providers", help="--runtime onnx: execution providers, best first, comma-separated: cpu, cuda, tensorrt, coreml, directml, openvino (default: by --device).")]
+Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for the base model (torch and ONNX Runtime intra-op; default: one per core).")]

@@ -126,6 +126,9 @@ def restore(
     ref_weight: Annotated[float, typer.Option("--ref-weight", min=0.0, help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).")] = 25.0,
     ref_loss: Annotated[str, typer.Option("--ref-loss", help="--base pgdiff: identity distance, mse or cos.")] = "mse",
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].")] = 1,
+    runtime: opt.Runtime = "torch",
+    providers: opt.Providers = None,
+    threads: opt.Threads = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or 1: one stage at a time).")] = 0,
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
@@ -164,7 +167,7 @@ def restore(
         device=device, detector=detector, upscale=upscale, aligned=aligned,
         only_center_face=only_center_face, min_face=min_face, weights=weights,
         batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
-        face_upsample=face_upsample,
+        face_upsample=face_upsample, **runtime_options(runtime, providers, threads),
     )
 
     def make_restorer() -> Restorer:
@@ -194,6 +197,16 @@ def restore(
         save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
     )
     write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options, workers=workers)
+
+
+def runtime_options(runtime: str, providers: str | None, threads: int | None) -> dict[str, Any]:
+    """``Restorer`` keywords of ``--runtime/--providers/--threads``; ``--threads`` also sets torch's threads."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    names = [p.strip().lower() for p in providers.split(",") if p.strip()] if providers else None
+    return {"runtime": runtime, "providers": names, "threads": threads}
 
 
 def _notes(restorer: Restorer, as_json: bool) -> None:
