@@ -223,8 +223,8 @@ def deform_conv3x3_by_sampling(
     Offsets use torchvision's layout: per offset group g and kernel tap k, channels ``2 (9 g + k)``
     (dy) and ``2 (9 g + k) + 1`` (dx); taps outside the image read zeros, as torchvision's do.
     """
-    b, c, h, w = x.shape
-    groups = offset.shape[1] // 18
+    b, c, h, w = map(int, x.shape)  # ints: constants in the (static) graph, so its Conv has a known kernel shape
+    groups = int(offset.shape[1]) // 18
     taps = torch.arange(9, dtype=x.dtype, device=x.device)
     rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, 1, 1, h, 1)
     cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, 1, 1, w)
