@@ -45,8 +45,7 @@ def timed(run: Callable[[], object]) -> float:
 
 
 def interleaved(a: Callable[[], object], b: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """Median seconds of ``a`` and ``b``, run in alternating order (a b, b a, …) after one warm-up each."""
-    a(), b()
+    """Median seconds of ``a`` and ``b``, run in alternating order (a b, b a, …); the caller has run both once."""
     times: dict[str, list[float]] = {"a": [], "b": []}
     for i in range(repeat):
         order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
@@ -86,7 +85,7 @@ def row_line(r: dict) -> str:
 
 def bench_photos(count: int, repeat: int, threads: int, folder: Path) -> dict:
     """Images/s of whole photos through ``Restorer.restore`` with GFPGAN v1.4 (random weights) on each runtime."""
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
     from bfrboost.pipeline import Restorer
 
     photos = sorted((TESTDATA / "whole").glob("*.jpg"), key=lambda p: p.stat().st_size)[:count]
@@ -97,9 +96,10 @@ def bench_photos(count: int, repeat: int, threads: int, folder: Path) -> dict:
     torch.set_num_threads(threads)
     restorers = {rt: Restorer("gfpgan", runtime=rt, weights=checkpoint, threads=threads, device="cpu", upscale=1)
                  for rt in ("torch", "onnx")}
-    outputs = {rt: [r.image for r in restorers[rt].restore_batch(images)] for rt in restorers}
-    level = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(outputs["torch"], outputs["onnx"], strict=True))
-    faces = sum(len(r.faces) for r in restorers["torch"].restore_batch(images))
+    results = {rt: restorers[rt].restore_batch(images) for rt in restorers}  # also the warm-up
+    pairs = zip(results["torch"], results["onnx"], strict=True)
+    level = max(int(np.abs(a.image.astype(int) - b.image.astype(int)).max()) for a, b in pairs)
+    faces = sum(len(r.faces) for r in results["torch"])
     t_torch, t_onnx = interleaved(lambda: restorers["torch"].restore_batch(images),
                                   lambda: restorers["onnx"].restore_batch(images), repeat)
     return {"photos": len(images), "faces": faces, "threads": threads, "torch_images_per_s": len(images) / t_torch,

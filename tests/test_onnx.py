@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
+
 import pytest
 import torch
 from PIL import Image
@@ -34,6 +34,9 @@ from tests.backbones.test_gfpgan import TINY as GFPGAN_TINY
 from tests.backbones.test_gpen import NARROW as GPEN_NARROW
 from tests.backbones.test_restoreformer import TINY as RESTOREFORMER_TINY
 from tests.backbones.test_vqfr import TINY as VQFR_TINY
+
+onnx = pytest.importorskip("onnx")  # the [onnx] extra (make test installs it)
+pytest.importorskip("onnxruntime")
 
 #: Narrow variants, and the crop size they take: (build, input_size).
 NARROW = {

@@ -14,7 +14,7 @@ import typer
 from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
-from bfrboost.cli.restore import ExtChoice, _parse_knobs
+from bfrboost.cli.restore import ExtChoice, _parse_knobs, runtime_options
 from bfrboost.errors import BfrboostError
 
 
@@ -47,6 +47,9 @@ def restore_dataset(
     max_pixels: opt.MaxPixels = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose output exists (default: skip them, so a killed job resumes).")] = False,
     as_json: opt.AsJson = False,
+    runtime: opt.Runtime = "torch",
+    providers: opt.Providers = None,
+    threads: opt.Threads = None,
 ) -> None:
     """Restore every image of SRC into DST on Ray Data (local Ray, or a cluster with --ray)."""
     from bfrboost.reports import summary
@@ -62,6 +65,7 @@ def restore_dataset(
                 sd_model=str(sd_model) if sd_model else None, upscale=upscale, bg_upsampler=bg_upsampler, aligned=aligned,
                 only_center_face=only_center_face, min_face=min_face, paste=paste, color_match=color_match, detector=detector,
                 weights=str(weights) if weights else None, fidelity=fidelity, knobs=_parse_knobs(knob or []), batch_size=batch_size,
+                **runtime_options(runtime, providers, threads),
             )
         except BfrboostError as exc:
             raise fail(exc) from None

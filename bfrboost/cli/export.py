@@ -45,6 +45,6 @@ def export_onnx_command(
 
 def _read_face(path: Path) -> np.ndarray:
     """The check face as RGB uint8 (read through the project's safe image reader)."""
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
 
     return read_image(path).rgb
