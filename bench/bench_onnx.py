@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def bench_base(name: str, batches: list[int], threads: list[int], repeat: int, f
             crops = torch.rand(batch, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(batch))
             torch_base = LoadedBase(spec, net, torch.device("cpu"), torch.float32, batch, dict(knobs))
             diff = float((torch_base.restore(crops) - onnx_base.restore(crops)).abs().max())
-            t_torch, t_onnx = interleaved(lambda: torch_base.restore(crops), lambda: onnx_base.restore(crops), repeat)
+            t_torch, t_onnx = interleaved(partial(torch_base.restore, crops), partial(onnx_base.restore, crops), repeat)
             rows.append({"base": name, "threads": n, "batch": batch, "torch_s_per_face": t_torch / batch,
                          "onnx_s_per_face": t_onnx / batch, "ratio": t_onnx / t_torch, "max_abs_diff": diff,
                          "export_parity": report.max_abs_diff, "load": os.getloadavg()[0]})
@@ -132,7 +133,8 @@ def main() -> None:
             rows += bench_base(name, args.batch, args.threads, args.repeat, Path(tmp))
         photos = bench_photos(args.photos, args.repeat, max(args.threads), Path(tmp)) if args.photos else None
     if photos:
-        print("\n| photos (faces) | threads | PyTorch images/s | ONNX Runtime images/s | ONNX / PyTorch time | max level diff | load |")
+        print("\n| photos (faces) | threads | PyTorch images/s | ONNX Runtime images/s | ONNX / PyTorch time | max level diff "
+              "| load |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         print(f"| {photos['photos']} ({photos['faces']}) | {photos['threads']} | {photos['torch_images_per_s']:.3f} | "
               f"{photos['onnx_images_per_s']:.3f} | **{photos['ratio']:.2f}** | {photos['max_level_diff']} | {photos['load']:.1f} |")
