@@ -136,8 +136,9 @@ def main() -> None:
         print("\n| photos (faces) | threads | PyTorch images/s | ONNX Runtime images/s | ONNX / PyTorch time | max level diff "
               "| load |")
         print("|---|---:|---:|---:|---:|---:|---:|")
-        print(f"| {photos['photos']} ({photos['faces']}) | {photos['threads']} | {photos['torch_images_per_s']:.3f} | "
-              f"{photos['onnx_images_per_s']:.3f} | **{photos['ratio']:.2f}** | {photos['max_level_diff']} | {photos['load']:.1f} |")
+        p = photos
+        print(f"| {p['photos']} ({p['faces']}) | {p['threads']} | {p['torch_images_per_s']:.3f} | {p['onnx_images_per_s']:.3f} | "
+              f"**{p['ratio']:.2f}** | {p['max_level_diff']} | {p['load']:.1f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "onnx.json").write_text(json.dumps({"faces": rows, "photos": photos}, indent=1))
 

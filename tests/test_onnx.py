@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 from PIL import Image
@@ -38,13 +37,14 @@ from tests.backbones.test_vqfr import TINY as VQFR_TINY
 onnx = pytest.importorskip("onnx")  # the [onnx] extra (make test installs it)
 pytest.importorskip("onnxruntime")
 
+CODEFORMER_NARROW = {**codeformer.CONFIG, "dim_embd": 32, "n_head": 2, "n_layers": 1}
 #: Narrow variants, and the crop size they take: (build, input_size).
 NARROW = {
     "gfpgan": (lambda sd: build_strict(lambda: GFPGAN(**GFPGAN_TINY), sd), 64),
     "gfpgan-1.3": (lambda sd: build_strict(lambda: GFPGAN(**GFPGAN_TINY), sd), 64),
     "restoreformer": (lambda sd: build_strict(lambda: RestoreFormer(**RESTOREFORMER_TINY), sd), 64),
     # CodeFormer's VQGAN is fixed at 512 px and 64 channels; its transformer is what shrinks
-    "codeformer": (lambda sd: build_strict(lambda: CodeFormer(**{**codeformer.CONFIG, "dim_embd": 32, "n_head": 2, "n_layers": 1}), sd), 512),
+    "codeformer": (lambda sd: build_strict(lambda: CodeFormer(**CODEFORMER_NARROW), sd), 512),
     "gpen": (lambda sd: gpen.build(sd, config=GPEN_NARROW), 512),
     "vqfr": (lambda sd: vqfr.build(sd, config=VQFR_TINY), 64),
 }
@@ -60,7 +60,7 @@ def narrow(monkeypatch: pytest.MonkeyPatch, name: str, seed: int = 0) -> torch.n
     torch.manual_seed(seed)
     net = build(None)
     with torch.no_grad():  # noise strengths and fusion weights start at 0: make them count
-        for pname, param in net.named_parameters():
+        for param in net.parameters():
             if param.shape == (1,):
                 param.fill_(0.5)
     return net.eval()
