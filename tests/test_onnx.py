@@ -66,11 +66,17 @@ def narrow(monkeypatch: pytest.MonkeyPatch, name: str, seed: int = 0) -> torch.n
     return net.eval()
 
 
+#: Largest |ONNX Runtime − PyTorch| accepted on [0, 1] outputs. CodeFormer's: its 512-px VQGAN (64 channels,
+#: GroupNorm after every conv) accumulates float32 rounding differently in MLAS and oneDNN convolutions:
+#: 1.1e-4 (w = 0) and 3.3e-4 (w = 1) with every ONNX Runtime optimisation off; 3.4e-4 at released size: 0.09 of a level.
+TOLERANCE = {"codeformer": 5e-4}
+
+
 @pytest.mark.parametrize("name", sorted(NARROW))
 def test_every_base_exports_with_parity_and_provenance(name: str, tmp_path: Path, testdata: Path, monkeypatch) -> None:
     net = narrow(monkeypatch, name)
     report = export_onnx(name, tmp_path / "m.onnx", net=net, check_face=aligned_face(testdata))
-    assert report.max_abs_diff <= 1e-4, report.summary()
+    assert report.max_abs_diff <= TOLERANCE.get(name, 1e-4), report.summary()
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     size = get_spec(name).input_size
     assert meta["bfrboost.base"] == name and meta["bfrboost.weights_sha256"] == "random"
