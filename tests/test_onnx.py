@@ -158,6 +158,19 @@ def test_restore_onnx_gives_the_torch_picture(tmp_path: Path, testdata: Path, gp
     assert record["base"] == "gpen" and record["parity_max_abs_diff"] <= 1e-4
 
 
+def test_export_command_prints_parity_and_keeps_existing_files(tmp_path: Path, testdata: Path, gpen_checkpoint: Path) -> None:
+    out = tmp_path / "gpen.onnx"
+    argv = ["export", "onnx", "--base", "gpen", "--weights", str(gpen_checkpoint), "-o", str(out),
+            "--check-image", str(testdata / "aligned" / "0368.png")]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"{out}: gpen (fp32, opset 18); parity vs PyTorch on a real face: max |diff| ")
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["bfrboost.weights_sha256"] == runtime.file_sha256(gpen_checkpoint)
+    again = CliRunner().invoke(app, argv)
+    assert again.exit_code == 1 and again.stderr == f"bfrboost: {out}: already exists; pass --overwrite to replace it\n"
+
+
 def test_damaged_or_mismatched_onnx_is_refused_in_one_line(tmp_path: Path, testdata: Path, gpen_checkpoint: Path) -> None:
     photo = testdata / "whole" / "04.jpg"
     damaged = tmp_path / "damaged.onnx"
