@@ -37,8 +37,9 @@ import torch
 from bfrboost.faces import get_detector
 from bfrboost.faces.types import Face
 from bfrboost.io.read import read_image
+from bfrboost.options import VideoOptions
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.video import VideoOptions, VideoRunner
+from bfrboost.runners.video import VideoRunner
 from bfrboost.safety import write_bytes
 from tests.support.clips import make_pan_clip, pan_offset
 

@@ -23,6 +23,7 @@ from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
 from bfrboost.faces.detect import get_detector, select_faces
 from bfrboost.faces.paste import paste_faces
 from bfrboost.faces.types import Face
+from bfrboost.options import DetectOptions, PasteOptions, RestoreOptions, restorer_options
 
 #: The base model ``base="auto"`` uses when its weights can be had; otherwise faces pass through.
 AUTO_BASE = "gfpgan"
@@ -108,72 +109,59 @@ class Restorer:
 
     def __init__(
         self,
-        base: str = "auto",
+        base: str | None = None,
         *,
-        refine: bool | None = None,
-        refiner: str | Path | None = None,
-        refiner_strength: float = 1.0,
-        sd_model: str | Path | None = None,
-        compile: bool = False,
-        device: str = "auto",
-        detector: str = "auto",
-        upscale: float = 2.0,
-        aligned: bool = False,
-        only_center_face: bool = False,
-        min_face: int = 0,
-        weights: str | Path | None = None,
-        batch_size: int | None = None,
-        knobs: Mapping[str, Any] | None = None,
-        fidelity: float | None = None,
-        parse: bool = True,
-        paste: str = "residual",
-        color_match: bool = False,
-        bg_upsampler: str = "none",
-        bg_tile: int = 400,
-        face_upsample: bool = False,
+        detect: DetectOptions | None = None,
+        restore: RestoreOptions | None = None,
+        paste: PasteOptions | None = None,
+        **settings: Any,
     ) -> None:
-        if paste not in ("residual", "direct"):
-            raise UsageError(f"unknown paste mode '{paste}'; use residual or direct")
-        if upscale <= 0 or upscale > 8:
-            raise UsageError(f"upscale must be in (0, 8], got {upscale}")
-        if not 0.0 <= refiner_strength <= 1.0:
-            raise UsageError(f"refiner strength must be in [0, 1], got {refiner_strength}")
-        if refine and refiner is None:
-            raise UsageError(
-                "--refine needs a refiner folder: pass --refiner DIR "
-                "(make a tiny test one with `bfrboost refiner init --tiny DIR`)"
-            )
-        self.device = resolve_device(device)
-        self.upscale = float(upscale)
-        self.aligned = aligned
-        self.only_center_face = only_center_face
-        self.min_face = int(min_face)
-        self.refiner_strength = float(refiner_strength)
+        """``Restorer("codeformer", upscale=1, fidelity=0.7)``: any field of the three option objects
+        by name; defaults and bounds are :mod:`bfrboost.options`'."""
+        detect, restore, paste = restorer_options(base, detect, restore, paste, **settings)
+        self.device = resolve_device(restore.device)
+        self.upscale = float(paste.upscale)
+        self.aligned = detect.aligned
+        self.only_center_face = detect.only_center_face
+        self.min_face = int(detect.min_face)
+        self.refiner_strength = float(restore.refiner_strength)
         self.notes: list[str] = []
-        knobs = dict(knobs or {})
-        if fidelity is not None:
-            knobs[fidelity_knob(AUTO_BASE if base == "auto" else base)] = fidelity
-        self.base: LoadedBase = self._load_base(base, weights, batch_size, knobs)
+        knobs = dict(restore.knobs or {})
+        if restore.fidelity is not None:
+            knobs[fidelity_knob(AUTO_BASE if restore.base == "auto" else restore.base)] = restore.fidelity
+        self.base: LoadedBase = self._load_base(restore.base, restore.weights, restore.batch_size, knobs)
         self.refiner = None
-        if refine is not False and refiner is not None:
+        if restore.refine is not False and restore.refiner is not None:
             from bfrboost.refiner import load_refiner
 
-            self.refiner = load_refiner(Path(refiner), device=self.device, sd_model=sd_model, compile=compile)
-            self.refine_batch = batch_size or (8 if self.device.type == "cuda" else 1)
+            refiner = Path(restore.refiner)
+            self.refiner = load_refiner(refiner, device=self.device, sd_model=restore.sd_model, compile=restore.compile)
+            self.refine_batch = restore.batch_size or (8 if self.device.type == "cuda" else 1)
             if self.device.type == "cpu":
                 self.notes.append("the refiner runs on the CPU: about 40 s per face with SD 2.1 on 2 cores; a GPU is far faster")
-        self.detector = None if aligned else get_detector(detector, device=str(self.device))
-        self.background = None if aligned else load_upsampler(bg_upsampler, self.upscale, device=self.device, tile=bg_tile)
+        self._load_photo_stages(detect, paste)
+
+    @classmethod
+    def from_options(cls, restore: RestoreOptions | None = None, detect: DetectOptions | None = None,
+                     paste: PasteOptions | None = None) -> Restorer:
+        """A restorer from option objects (what the CLI, the web app and the Ray job build)."""
+        return cls(detect=detect, restore=restore, paste=paste)
+
+    def _load_photo_stages(self, detect: DetectOptions, paste: PasteOptions) -> None:
+        """Detector, background and face upsamplers and the face parser: whole photos only, not aligned crops."""
+        aligned, device, tile = detect.aligned, self.device, paste.bg_tile
+        self.detector = None if aligned else get_detector(detect.detector, device=str(device))
+        self.background = None if aligned else load_upsampler(paste.bg_upsampler, self.upscale, device=device, tile=tile)
         self.face_upsampler = None
-        if face_upsample and not aligned:
+        if paste.face_upsample and not aligned:
             if self.upscale > 1:
-                self.face_upsampler = self.background or load_upsampler("realesrgan", self.upscale, device=self.device, tile=bg_tile)
+                self.face_upsampler = self.background or load_upsampler("realesrgan", self.upscale, device=device, tile=tile)
             else:
                 self.notes.append(f"face upsampling does nothing at upscale {self.upscale:g}; pass -s 2 (up to 4) to use it")
-        self.paste_mode = paste
-        self.color_match = color_match
+        self.paste_mode = paste.paste
+        self.color_match = paste.color_match
         self.parser = None
-        if parse and not aligned:
+        if paste.parse and not aligned:
             from bfrboost.faces.parse import load_parser
 
             self.parser = load_parser(device=self.device)

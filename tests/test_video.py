@@ -18,8 +18,9 @@ from bfrboost.errors import OutputError
 from bfrboost.io import video as io_video
 from bfrboost.io.inputs import collect_inputs
 from bfrboost.io.read import read_image
+from bfrboost.options import VideoOptions
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.video import VideoOptions, VideoRunner
+from bfrboost.runners.video import VideoRunner
 from tests.support.clips import make_pan_clip
 
 runner = CliRunner()

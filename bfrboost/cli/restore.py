@@ -24,13 +24,12 @@ from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail as _fail
 from bfrboost.cli.common import interruptible
 from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.options import VIDEO_FORMATS, GuidanceOptions, OutputOptions, VideoOptions
 from bfrboost.safety import one_line
 
 if TYPE_CHECKING:
     from bfrboost.pipeline import Restorer
     from bfrboost.reports import FileReport
-    from bfrboost.runners.files import OutputOptions
-    from bfrboost.runners.video import VideoOptions
 
 _STDIN_EXAMPLE = "bfrboost restore - < photo.jpg > restored.png"
 
@@ -47,19 +46,18 @@ class ExtChoice(str, Enum):
     avi = "avi"
 
 
-_VIDEO_EXTS = ("mp4", "mkv", "mov", "webm", "avi")
+_VIDEO_EXTS = tuple(VIDEO_FORMATS)
 
 
-class Preset(str, Enum):
-    ultrafast = "ultrafast"
-    superfast = "superfast"
-    veryfast = "veryfast"
-    faster = "faster"
-    fast = "fast"
-    medium = "medium"
-    slow = "slow"
-    slower = "slower"
-    veryslow = "veryslow"
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave parameter ``name`` (on the command line or from the environment), not its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _flag(ctx: typer.Context, name: str) -> str:
+    """The long flag of parameter ``name`` of the running command (``--guidance-scale``)."""
+    return max(next(p for p in ctx.command.params if p.name == name).opts, key=len)
 
 
 def _parse_knobs(knob: list[str]) -> dict[str, Any]:
@@ -77,61 +75,61 @@ def _parse_knobs(knob: list[str]) -> dict[str, Any]:
 
 @app.command()
 def restore(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Image or video files (.mp4 .mov .mkv .webm .avi), folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, restored_videos/, cropped_faces/, restored_faces/, cmp/).")] = Path("results"),
-    base: Annotated[str, typer.Option("--base", help="Base restorer: auto, none, gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr, difface, or pgdiff (guided diffusion, see --guide).")] = "auto",
-    refine: opt.Refine = None,
-    refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder (save_pretrained layout).")] = None,
-    refiner_strength: opt.RefinerStrength = 1.0,
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder (vae/, unet/) instead of the weights cache.")] = None,
-    compile_refiner: Annotated[bool, typer.Option("--compile", help="torch.compile the refiner (worth it on CUDA for long batches; slow first batch).")] = False,
-    upscale: Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image or video (CodeFormer's rescaling factor: 1–4).")] = 2.0,
-    face_upsample: Annotated[bool, typer.Option("--face-upsample", help="With -s > 1, also upsample the restored faces with the background upsampler (Real-ESRGAN) before pasting, as CodeFormer does.")] = False,
-    bg_upsampler: opt.BgUpsampler = "none",
-    bg_tile: Annotated[int, typer.Option("--bg-tile", min=0, help="Real-ESRGAN tile size in pixels (0 = whole image at once).")] = 400,
-    aligned: opt.Aligned = False,
-    only_center_face: opt.OnlyCenterFace = False,
-    min_face: opt.MinFace = 0,
-    paste: opt.Paste = "residual",
-    color_match: opt.ColorMatch = False,
-    detector: opt.Detector = "auto",
-    weights: Annotated[Path | None, typer.Option("--weights", help="Custom checkpoint for the base model (.pth tensors only, or .safetensors).")] = None,
-    fidelity: opt.Fidelity = None,
+    outdir: opt.Outdir = opt.OUTPUT.outdir,
+    base: opt.Base = opt.RESTORE.base,
+    refine: opt.Refine = opt.RESTORE.refine,
+    refiner: opt.Refiner = opt.RESTORE.refiner,
+    refiner_strength: opt.RefinerStrength = opt.RESTORE.refiner_strength,
+    sd_model: opt.SdModel = opt.RESTORE.sd_model,
+    compile_refiner: opt.Compile = opt.RESTORE.compile,
+    upscale: opt.Upscale = opt.PASTE.upscale,
+    face_upsample: opt.FaceUpsample = opt.PASTE.face_upsample,
+    bg_upsampler: opt.BgUpsampler = opt.PASTE.bg_upsampler,
+    bg_tile: opt.BgTile = opt.PASTE.bg_tile,
+    aligned: opt.Aligned = opt.DETECT.aligned,
+    only_center_face: opt.OnlyCenterFace = opt.DETECT.only_center_face,
+    min_face: opt.MinFace = opt.DETECT.min_face,
+    paste: opt.Paste = opt.PASTE.paste,
+    color_match: opt.ColorMatch = opt.PASTE.color_match,
+    detector: opt.Detector = opt.DETECT.detector,
+    weights: opt.Weights = opt.RESTORE.weights,
+    fidelity: opt.Fidelity = opt.RESTORE.fidelity,
     knob: opt.Knob = None,
-    batch_size: opt.BatchSize = None,
-    save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write cropped_faces/ and restored_faces/.")] = False,
-    save_cmp: Annotated[bool, typer.Option("--save-cmp", help="Also write cmp/: each crop beside its restored face.")] = False,
-    draw_boxes: Annotated[bool, typer.Option("--draw-boxes", help="Draw face boxes and landmarks on the output.")] = False,
-    suffix: Annotated[str | None, typer.Option("--suffix", help="Suffix added to output names (NAME_SUFFIX.ext).")] = None,
-    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).")] = ExtChoice.auto,
-    quality: opt.Quality = 95,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    max_pixels: opt.MaxPixels = None,
+    batch_size: opt.BatchSize = opt.RESTORE.batch_size,
+    save_faces: opt.SaveFaces = opt.OUTPUT.save_faces,
+    save_cmp: opt.SaveCmp = opt.OUTPUT.save_cmp,
+    draw_boxes: opt.DrawBoxes = opt.OUTPUT.draw_boxes,
+    suffix: opt.Suffix = opt.OUTPUT.suffix,
+    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).")] = ExtChoice(opt.OUTPUT.ext),
+    quality: opt.Quality = opt.OUTPUT.quality,
+    device: opt.Device = opt.RESTORE.device,
+    max_pixels: opt.MaxPixels = opt.OUTPUT.max_pixels,
     as_json: opt.AsJson = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")] = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")] = False,
-    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Video: smooth each tracked face's landmarks over time so the crops don't jitter.")] = True,
-    crf: Annotated[int, typer.Option("--crf", min=0, max=51, help="Video quality (x264 CRF; NVENC cq): lower is better, 18 ≈ visually lossless.")] = 18,
-    preset: Annotated[Preset, typer.Option("--preset", help="Video encoder speed/size trade-off (x264 names; mapped for NVENC and VP9).")] = Preset.medium,
-    clip_start: Annotated[float | None, typer.Option("--start", min=0.0, help="Video: restore from this time on (seconds).")] = None,
-    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="Video: restore this many seconds.")] = None,
-    frames_per_batch: Annotated[int, typer.Option("--frames-per-batch", min=1, help="Video: frames whose faces go through the base model together.")] = 8,
+    overwrite: opt.Overwrite = opt.OUTPUT.overwrite,
+    recursive: opt.Recursive = False,
+    smooth: opt.Smooth = opt.VIDEO.smooth,
+    crf: opt.Crf = opt.VIDEO.crf,
+    preset: opt.VideoPreset = opt.Preset(opt.VIDEO.preset),
+    clip_start: opt.Start = opt.VIDEO.start,
+    duration: opt.Duration = opt.VIDEO.duration,
+    frames_per_batch: opt.FramesPerBatch = opt.VIDEO.frames_per_batch,
     guide: Annotated[str, typer.Option("--guide", help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); --weights/--fidelity/--knob apply to it.")] = "rrdb",
     reference: Annotated[list[Path] | None, typer.Option("--reference", help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.")] = None,
     prior: Annotated[Path | None, typer.Option("--prior", help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).")] = 1000,
-    guidance_scale: Annotated[float, typer.Option("--guidance-scale", min=0.0, help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).")] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="--base pgdiff: seed of the diffusion noise.")] = 1234,
-    ss_weight: Annotated[float, typer.Option("--ss-weight", min=0.0, help="--base pgdiff: weight of the smooth-semantics property.")] = 1.0,
-    ref_weight: Annotated[float, typer.Option("--ref-weight", min=0.0, help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).")] = 25.0,
-    ref_loss: Annotated[str, typer.Option("--ref-loss", help="--base pgdiff: identity distance, mse or cos.")] = "mse",
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].")] = 1,
+    steps: opt.option(int, GuidanceOptions, "steps", help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).") = opt.GUIDANCE.steps,
+    guidance_scale: opt.option(float, GuidanceOptions, "scale", "--guidance-scale", help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).", show_default="0.1") = opt.GUIDANCE.scale,
+    seed: opt.option(int, GuidanceOptions, "seed", help="--base pgdiff: seed of the diffusion noise.") = opt.GUIDANCE.seed,
+    ss_weight: opt.option(float, GuidanceOptions, "ss_weight", help="--base pgdiff: weight of the smooth-semantics property.") = opt.GUIDANCE.ss_weight,
+    ref_weight: opt.option(float, GuidanceOptions, "ref_weight", help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).") = opt.GUIDANCE.ref_weight,
+    ref_loss: opt.option(str, GuidanceOptions, "ref_loss", help="--base pgdiff: identity distance, mse or cos.") = opt.GUIDANCE.ref_loss,
+    repeats: opt.option(int, GuidanceOptions, "repeats", help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].") = opt.GUIDANCE.repeats,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or 1: one stage at a time).")] = 0,
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
     from bfrboost.pipeline import Restorer
-    from bfrboost.runners.files import OutputOptions, restore_bytes
-    from bfrboost.runners.video import VideoOptions
+    from bfrboost.runners.files import restore_bytes
 
     start = time.perf_counter()
     stdin_mode = inputs == ["-"]
@@ -144,12 +142,8 @@ def restore(
             raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
         if stdin_mode and sys.stdout.isatty():
             raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
-        guided = {
-            "--reference": bool(reference), "--prior": prior is not None, "--guide": guide != "rrdb", "--steps": steps != 1000,
-            "--guidance-scale": guidance_scale != 0.1, "--seed": seed != 1234, "--ss-weight": ss_weight != 1.0,
-            "--ref-weight": ref_weight != 25.0, "--ref-loss": ref_loss != "mse", "--repeats": repeats != 1,
-        }
-        given = [name for name, changed in guided.items() if changed]
+        guided = ("reference", "prior", "guide", "steps", "guidance_scale", "seed", "ss_weight", "ref_weight", "ref_loss", "repeats")
+        given = [_flag(ctx, name) for name in guided if _given(ctx, name)]
         if base != "pgdiff" and given:
             raise UsageError(f"{', '.join(given)} guide the diffusion prior: use them with --base pgdiff")
         knobs = _parse_knobs(knob or [])
@@ -170,8 +164,7 @@ def restore(
     def make_restorer() -> Restorer:
         if base != "pgdiff":
             return Restorer(base, **shared)
-        from bfrboost.guidance import GuidanceOptions, GuidedRestorer
-
+        from bfrboost.guidance import GuidedRestorer
         options = GuidanceOptions(
             scale=guidance_scale, steps=steps, seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss
         )

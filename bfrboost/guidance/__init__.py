@@ -7,9 +7,9 @@ in ``properties`` are the building blocks.
 
 from bfrboost.guidance.restorer import GuidedRestorer, color_mask, read_mask
 from bfrboost.guidance.sampler import Guidance, sample
-from bfrboost.guidance.tasks import DEFAULT_SCALE, TASKS, GuidanceOptions, PGDiff, load_prior, make_guidance
+from bfrboost.guidance.tasks import PGDiff, load_prior, make_guidance
 
 __all__ = [
-    "DEFAULT_SCALE", "TASKS", "Guidance", "GuidanceOptions", "GuidedRestorer", "PGDiff",
+    "Guidance", "GuidedRestorer", "PGDiff",
     "color_mask", "load_prior", "make_guidance", "read_mask", "sample",
 ]

@@ -24,7 +24,8 @@ from bfrboost.faces.align import warp_affine
 from bfrboost.faces.types import Face
 from bfrboost.guidance.properties import color_stats_of
 from bfrboost.guidance.scratch import detect_scratches
-from bfrboost.guidance.tasks import TASKS, GuidanceOptions, PGDiff, load_prior
+from bfrboost.guidance.tasks import PGDiff, load_prior
+from bfrboost.options import GUIDED_TASKS, GuidanceOptions
 from bfrboost.pipeline import FACE_SIZE, Restorer, _Timer, _to_tensor, _to_uint8
 
 #: Guide name of PGDiff's own restorer (``rrdb_iter_100000.pth``), which is not a registered base.
@@ -104,8 +105,8 @@ class GuidedRestorer(Restorer):
         on_step: Callable[[int, int], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        if task not in TASKS:
-            raise UsageError(f"unknown guided task {task!r}; use one of {', '.join(TASKS)}")
+        if task not in GUIDED_TASKS:
+            raise UsageError(f"unknown guided task {task!r}; use one of {', '.join(GUIDED_TASKS)}")
         if kwargs.get("refine") or kwargs.get("refiner") is not None:
             raise UsageError("the InfoBFR refiner does not run after guided restoration yet; drop --refine/--refiner")
         if reference and task != "restore":

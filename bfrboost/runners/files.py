@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -20,25 +19,11 @@ from bfrboost.errors import BfrboostError
 from bfrboost.faces.types import Face
 from bfrboost.io.read import LoadedImage, read_image
 from bfrboost.io.write import encode_image, image_writer, output_ext
+from bfrboost.options import OutputOptions
 from bfrboost.pipeline import Restorer, Result
 from bfrboost.reports import FileReport
 from bfrboost.runners.outputs import OUTPUT_SUBDIRS, Claims, OutputPlan, plan_output
 from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line
-
-
-@dataclass
-class OutputOptions:
-    """Where and how results are written (GFPGAN's layout: ``OUTDIR/restored_imgs/`` …)."""
-
-    outdir: Path
-    suffix: str | None = None
-    ext: str = "auto"
-    quality: int = 95
-    overwrite: bool = False
-    save_faces: bool = False
-    save_cmp: bool = False
-    draw_boxes: bool = False
-    max_pixels: int | None = None
 
 
 def gray(image: np.ndarray) -> np.ndarray:

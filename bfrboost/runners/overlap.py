@@ -33,9 +33,10 @@ import numpy as np
 
 from bfrboost.errors import UsageError
 from bfrboost.io.read import LoadedImage
+from bfrboost.options import OutputOptions
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
-from bfrboost.runners.files import FileRunner, OutputOptions
+from bfrboost.runners.files import FileRunner
 from bfrboost.runners.outputs import Claims, OutputPlan
 
 MODES = ("auto", "process", "thread")

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bfrboost.errors import InputError, UsageError
+from bfrboost.options import TRAIN_SIZE, TrainConfig, default_of
 from bfrboost.refiner.stats import load_rgb
 from bfrboost.safety import atomic_path, write_bytes
 from bfrboost.train.data import list_hq_faces, split_faces
@@ -41,12 +42,12 @@ class CacheConfig:
     """What a cache holds; stored in ``cache.json`` so training can check it matches the run."""
 
     bases: list[str]
-    size: int = 512  # training face size (base outputs are resized to it)
-    repeats: int = 4  # degradations per face (K)
-    seed: int = 0
-    val_count: int = 16  # faces held out for validation (fixed by the seed)
+    size: int = TRAIN_SIZE  # training face size (base outputs are resized to it)
+    repeats: int = default_of(TrainConfig, "repeats")  # degradations per face (K)
+    seed: int = default_of(TrainConfig, "seed")
+    val_count: int = default_of(TrainConfig, "val_count")  # faces held out for validation (fixed by the seed)
     shard_faces: int = 256
-    moments: bool = False  # also store the VAE moments of the base outputs (fp16)
+    moments: bool = default_of(TrainConfig, "moments")  # also store the VAE moments of the base outputs (fp16)
     degrade: DegradeConfig = dataclasses.field(default_factory=DegradeConfig)
 
     def to_dict(self) -> dict[str, Any]:

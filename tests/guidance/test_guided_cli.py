@@ -187,7 +187,8 @@ def test_scratch_detector_finds_bright_scratches_and_leaves_clean_faces(testdata
 
 
 def test_python_api_inpaints_a_crop_and_colorizes_a_whole_photo(tiny_prior, testdata):
-    from bfrboost.guidance import GuidanceOptions, GuidedRestorer
+    from bfrboost.guidance import GuidedRestorer
+    from bfrboost.options import GuidanceOptions
 
     face = load_rgb(testdata / "masked" / "00059.png")
     mask = load_rgb(testdata / "masked" / "masks" / "00059.png")

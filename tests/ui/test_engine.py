@@ -31,7 +31,7 @@ def test_settings_map_to_the_cli_options():
     assert "fidelity" not in Settings(base="gfpgan", fidelity=0.7).restorer_kwargs("cpu")
     kwargs = Settings(base="none", refine=True, refiner="/r", bg_enhance=True).restorer_kwargs("cpu")
     assert kwargs["refine"] is True and kwargs["refiner"] == Path("/r") and kwargs["bg_upsampler"] == "realesrgan"
-    with pytest.raises(UsageError, match="^rescaling factor must be between 1 and 4, got 5$"):
+    with pytest.raises(UsageError, match=r"^--upscale must be in \[1, 4\], got 5.0$"):  # the CLI's bound and message
         Settings(upscale=5).restorer_kwargs("cpu")
     with pytest.raises(UsageError, match="^the refiner is on but no refiner folder is given"):
         Settings(refine=True).restorer_kwargs("cpu")
