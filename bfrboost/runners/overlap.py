@@ -242,11 +242,3 @@ def _ready(out: deque[FileReport | Future[FileReport]]) -> Iterator[FileReport]:
     """Reports whose turn has come and that are complete, without waiting."""
     while out and (not isinstance(out[0], Future) or out[0].done()):
         yield _result(out.popleft())
-
-
-def restore_files_overlapped(
-    restorer: Restorer, inputs: Sequence[Path], options: OutputOptions, workers: int = 2, images_per_batch: int = 4, mode: str = "auto"
-) -> Iterator[FileReport]:
-    """Shorthand for ``OverlapRunner(...).run(inputs)`` that stops the workers at the end."""
-    with OverlapRunner(restorer, options, workers, images_per_batch, mode) as runner:
-        yield from runner.run(inputs)

@@ -27,8 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bfrboost.errors import InputError, UsageError
+from bfrboost.io.read import read_face
 from bfrboost.options import TRAIN_SIZE, TrainConfig, default_of
-from bfrboost.refiner.stats import load_rgb
 from bfrboost.safety import atomic_path, write_bytes
 from bfrboost.train.data import list_hq_faces, split_faces
 from bfrboost.train.degrade import DegradeConfig, degrade, file_seed
@@ -113,7 +113,7 @@ def build_cache(
 def _shard(faces, config, restorers, base_input_size, encode_moments, keep_lq):
     gts, bases, lqs, face_ids, base_ids = [], [], [], [], []
     for local, path in enumerate(faces):
-        hq = load_rgb(path, base_input_size)
+        hq = read_face(path, base_input_size)
         gts.append(torch.from_numpy(hq).permute(2, 0, 1))
         lq = np.stack([degrade(hq, file_seed(config.seed, f"{path.name}#{k}"), config.degrade) for k in range(config.repeats)])
         lq01 = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255

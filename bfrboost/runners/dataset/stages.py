@@ -26,7 +26,7 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError
 from bfrboost.faces.types import Face
-from bfrboost.io.inputs import IMAGE_EXTENSIONS
+from bfrboost.io.inputs import IMAGE_EXTENSIONS, scan_folder
 from bfrboost.io.read import read_image
 from bfrboost.io.write import encode_image, output_ext, write_image
 from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions
@@ -85,11 +85,7 @@ def list_items(src: str) -> list[Item]:
         return [Item(source=f"{src.rstrip('/')}/{rel}", rel=rel) for rel in rels]
     path = Path(_local(src))
     if path.is_dir():
-        rels = sorted(
-            p.relative_to(path).as_posix()
-            for p in path.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+        rels = sorted(p.relative_to(path).as_posix() for p in scan_folder(path))
         return [Item(source=str(path / rel), rel=rel) for rel in rels]
     if path.is_file():
         items = []
