@@ -269,7 +269,38 @@ class VideoOptions:
 
 @dataclass(frozen=True)
 class GuidanceOptions:
-    """Every weight and scale of PGDiff's guided sampler; ``None`` scale = the task's default."""
+    """PGDiff guidance (the ``pgdiff`` face restorer): the task, its guide and references, and every weight
+    and scale of the guided sampler; ``None`` scale = the task's default.
+
+    ``guide``: the smooth-semantics restorer of ``restore``/``old-photo`` (``rrdb``, PGDiff's own, or a
+    base name; ``RestoreOptions.weights``/``knobs``/``fidelity`` apply to it). ``prior``: a checkpoint in
+    the official IDDPM format or a built network (default: DifFace's). ``reference``: photos of the
+    same person (identity guidance, ``restore`` only); ``color_refs``: photos whose colour statistics
+    colourisation aims for; ``mask_color``: fill the regions painted in this colour; ``scratches="auto"``:
+    detect scratches on each face (old photos).
+    """
+
+    task: str = setting("restore", "Guided task.", choices=GUIDED_TASKS, what="guided task")
+    guide: str = setting(
+        "rrdb", "Smooth-semantics restorer: rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …).", flag="--guide"
+    )
+    prior: Any = setting(
+        None, "Diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).", flag="--prior"
+    )
+    reference: Sequence[Any] = setting(
+        (), "Photo(s) of the same person; guides towards their ArcFace identity.", flag="--reference"
+    )
+    color_refs: Sequence[Any] = setting((), "Photo(s) whose colour statistics the result aims for.", flag="--color-ref")
+    mask_color: str | None = setting(
+        None,
+        "Fill the regions painted in this colour instead: white or black.",
+        flag="--mask-color",
+        choices=("white", "black"),
+        what="mask colour",
+    )
+    scratches: str | None = setting(None, "auto: detect scratches on each face crop (old photos).")
+    arcface: Any = None  # identity network for ``reference`` (default: the cached ArcFace)
+    batch_size: int | None = setting(None, "Faces sampled together (default 1 on CPU, 4 on CUDA).", flag="--batch-size", min=1)
 
     scale: float | None = setting(None, "Guidance scale s (default: the task's).", flag="--scale", min=0.0)
     steps: int = setting(1000, "Denoising steps, respaced from 1000 (PGDiff recommends >= 100).", flag="--steps", min=1, max=1000)
@@ -391,14 +422,14 @@ class TrainConfig:
 
 def restorer_options(
     base: str | None = None,
-    detect: DetectOptions | None = None,
-    restore: RestoreOptions | None = None,
-    paste: PasteOptions | None = None,
+    detect_options: DetectOptions | None = None,
+    restore_options: RestoreOptions | None = None,
+    paste_options: PasteOptions | None = None,
     **settings: Any,
 ) -> tuple[DetectOptions, RestoreOptions, PasteOptions]:
     """The three option objects of a :class:`~bfrboost.pipeline.Restorer`, with ``settings`` given by field
     name (``upscale=1``, ``min_face=32`` …) placed into the object that holds that field."""
-    parts: dict[type, Any] = {DetectOptions: detect, RestoreOptions: restore, PasteOptions: paste}
+    parts: dict[type, Any] = {DetectOptions: detect_options, RestoreOptions: restore_options, PasteOptions: paste_options}
     if base is not None:
         settings["base"] = base
     changes: dict[type, dict[str, Any]] = {cls: {} for cls in parts}

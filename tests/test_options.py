@@ -37,8 +37,8 @@ def _plain(value: object) -> object:
         return str(value)
     if isinstance(value, list):
         return ",".join(value)
-    if isinstance(value, dict) and not value:
-        return None  # --knob: no knobs
+    if isinstance(value, (dict, tuple)) and not value:
+        return None  # --knob, --reference: none given
     return value
 
 
@@ -97,3 +97,5 @@ def test_restorer_settings_go_to_the_object_holding_the_field() -> None:
     assert paste.paste == o.default_of(o.PasteOptions, "paste")
     with pytest.raises(TypeError, match="unexpected restorer setting 'scale'"):
         o.restorer_options(scale=2)
+    _, _, paste = o.restorer_options(paste="direct")  # a field named like its object: still the field
+    assert paste.paste == "direct"

@@ -59,12 +59,12 @@ def restore_dataset(
             reports = run(
                 src, dst, ray_address, images_per_batch=images_per_batch, gpus=gpus,
                 output=OutputOptions(ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels),
-                detect=DetectOptions(detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face),
-                restore=RestoreOptions(
+                detect_options=DetectOptions(detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face),
+                restore_options=RestoreOptions(
                     base=base, weights=weights, fidelity=fidelity, knobs=_parse_knobs(knob or []), batch_size=batch_size,
                     refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model,
                 ),
-                paste=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler),
+                paste_options=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler),
             )
         except BfrboostError as exc:
             raise fail(exc) from None

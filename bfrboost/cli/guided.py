@@ -1,6 +1,6 @@
 """`bfrboost colorize | inpaint | old-photo`: PGDiff partial guidance on whole photos or aligned crops.
 
-Each command is :class:`bfrboost.guidance.GuidedRestorer` with one task; outputs, ``--json``,
+Each command is the ``pgdiff`` face restorer (:mod:`bfrboost.restorers.guided`) with one task; outputs, ``--json``,
 progress, errors and exit codes are ``restore``'s (``OUTDIR/restored_imgs/…``).
 """
 
@@ -17,8 +17,8 @@ from bfrboost.cli import options as opt
 from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail
 from bfrboost.cli.restore import ExtChoice, _parse_knobs, write_results
-from bfrboost.errors import BfrboostError
-from bfrboost.options import GuidanceOptions, OutputOptions, RestoreOptions
+from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.options import DetectOptions, GuidanceOptions, OutputOptions, PasteOptions, RestoreOptions
 
 G, O = opt.GUIDANCE, opt.OUTPUT
 
@@ -51,24 +51,40 @@ Recursive = opt.Recursive
 
 
 def _run(task: str, inputs: list[str], output: dict[str, Any], options: dict[str, Any], **guided: Any) -> None:
-    """Build the GuidedRestorer for ``task`` and write every input like `restore` does."""
-    from bfrboost.guidance import GuidedRestorer
+    """The ``pgdiff`` restorer for ``task``, every input written like `restore` does; a mask file or
+    folder (``--mask``, ``--scratch-mask DIR``) becomes the runner's per-input targets."""
+    from bfrboost.guidance.masks import mask_targets
+    from bfrboost.pipeline import Restorer
 
     start = time.perf_counter()
-    recursive = output.pop("recursive")
-    as_json = output.pop("as_json")
-    ext = output.pop("ext")
-    write_results(
-        lambda: GuidedRestorer(task, options=GuidanceOptions(**options), **guided),
-        inputs, OutputOptions(ext=ext.value, **output), recursive=recursive, as_json=as_json, start=start,
-    )
+    recursive, as_json, ext = output.pop("recursive"), output.pop("as_json"), output.pop("ext")
+    masks, scratches = guided.pop("masks", None), guided.pop("scratches", None)
+    if masks is not None and guided.get("mask_color") is not None:
+        raise fail(UsageError("give either --mask FILE|DIR or --mask-color, not both"))
+    if scratches is not None and str(scratches) != "auto":
+        masks, scratches = Path(scratches), None
+    photo = guided.pop("photo")
+    restore = {k: guided.pop(k) for k in ("weights", "fidelity", "knobs") if k in guided}
+    try:
+        parts = dict(
+            detect=DetectOptions(**{k: photo.pop(k) for k in ("aligned", "only_center_face", "min_face", "detector")}),
+            paste=PasteOptions(upscale=photo.pop("upscale"), paste=photo.pop("paste")),
+            restore=RestoreOptions(base="pgdiff", device=photo.pop("device"), **restore),
+            guidance=GuidanceOptions(task=task, scratches=scratches, **photo, **guided, **options),
+        )
+        targets = mask_targets(masks) if masks is not None else None
+        output_options = OutputOptions(ext=ext.value, **output)
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    write_results(lambda: Restorer.from_options(**parts), inputs, output_options, recursive=recursive, as_json=as_json, start=start,
+                  targets=targets)
 
 
 def _photo(upscale: float, aligned: bool, only_center_face: bool, min_face: int, detector: str, paste: str, device: str, batch_size: int | None, prior: Path | None) -> dict[str, Any]:
-    return dict(
+    return dict(photo=dict(
         upscale=upscale, aligned=aligned, only_center_face=only_center_face, min_face=min_face,
-        detector=detector, paste=paste, device=device, guided_batch=batch_size, prior=prior,
-    )
+        detector=detector, paste=paste, device=device, batch_size=batch_size, prior=prior,
+    ))
 
 
 def _files(outdir: Path, suffix: str | None, ext: ExtChoice, quality: int, overwrite: bool, save_faces: bool, save_cmp: bool, max_pixels: int | None, as_json: bool, recursive: bool) -> dict[str, Any]:
@@ -98,7 +114,7 @@ def colorize(
         "colorize", inputs,
         _files(outdir, suffix, ext, quality, overwrite, save_faces, save_cmp, max_pixels, as_json, recursive),
         dict(scale=scale, steps=steps, seed=seed, repeats=repeats, repeat_from=repeat_from, lightness_weight=lightness_weight, color_weight=color_weight),
-        color_refs=color_ref or (), **_photo(upscale, aligned, only_center_face, min_face, detector, paste, device, batch_size, prior),
+        color_refs=tuple(color_ref or ()), **_photo(upscale, aligned, only_center_face, min_face, detector, paste, device, batch_size, prior),
     )
 
 
@@ -158,6 +174,6 @@ def old_photo(
         "old-photo", inputs,
         _files(outdir, suffix, ext, quality, overwrite, save_faces, save_cmp, max_pixels, as_json, recursive),
         dict(scale=scale, steps=steps, seed=seed, repeats=repeats, repeat_from=repeat_from, op_lightness_weight=op_lightness_weight, op_color_weight=op_color_weight),
-        guide=guide, weights=weights, fidelity=fidelity, knobs=knobs, scratches=scratch_mask, color_refs=color_ref or (),
+        guide=guide, weights=weights, fidelity=fidelity, knobs=knobs, scratches=scratch_mask, color_refs=tuple(color_ref or ()),
         **_photo(upscale, aligned, only_center_face, min_face, detector, paste, device, batch_size, prior),
     )

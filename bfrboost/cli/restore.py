@@ -9,7 +9,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from contextlib import closing, nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,12 +23,21 @@ from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail as _fail
 from bfrboost.cli.common import interruptible
 from bfrboost.errors import BfrboostError, UsageError
-from bfrboost.options import VIDEO_FORMATS, GuidanceOptions, OutputOptions, VideoOptions
+from bfrboost.options import (
+    VIDEO_FORMATS,
+    DetectOptions,
+    GuidanceOptions,
+    OutputOptions,
+    PasteOptions,
+    RestoreOptions,
+    VideoOptions,
+)
 from bfrboost.safety import one_line
 
 if TYPE_CHECKING:
     from bfrboost.pipeline import Restorer
     from bfrboost.reports import FileReport
+    from bfrboost.runners.files import Targets
 
 _STDIN_EXAMPLE = "bfrboost restore - < photo.jpg > restored.png"
 
@@ -151,24 +159,28 @@ def restore(
             outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,
             crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch,
         )
+        options = OutputOptions(
+            outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality, overwrite=overwrite,
+            save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
+        )
+        parts = dict(
+            detect=DetectOptions(detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face),
+            restore=RestoreOptions(
+                base=base, weights=weights, fidelity=fidelity, knobs=knobs, batch_size=batch_size, refine=refine, refiner=refiner,
+                refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner, device=device,
+            ),
+            paste=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
+                               face_upsample=face_upsample),
+            guidance=GuidanceOptions(
+                task="restore", guide=guide, prior=prior, reference=tuple(reference or ()), scale=guidance_scale, steps=steps, seed=seed,
+                repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss,
+            ) if base == "pgdiff" else None,
+        )
     except BfrboostError as exc:
         raise _fail(exc) from None
-    shared = dict(
-        refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner,
-        device=device, detector=detector, upscale=upscale, aligned=aligned,
-        only_center_face=only_center_face, min_face=min_face, weights=weights,
-        batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
-        face_upsample=face_upsample,
-    )
 
     def make_restorer() -> Restorer:
-        if base != "pgdiff":
-            return Restorer(base, **shared)
-        from bfrboost.guidance import GuidedRestorer
-        options = GuidanceOptions(
-            scale=guidance_scale, steps=steps, seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss
-        )
-        return GuidedRestorer("restore", guide=guide, prior=prior, options=options, reference=reference or (), **shared)
+        return Restorer.from_options(**parts)
 
     if stdin_mode:
         with interruptible():
@@ -182,10 +194,6 @@ def restore(
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
         return
-    options = OutputOptions(
-        outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality, overwrite=overwrite,
-        save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
-    )
     write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options, workers=workers)
 
 
@@ -206,73 +214,62 @@ def write_results(
     start: float,
     video_options: VideoOptions | None = None,
     workers: int = 0,
+    targets: Targets | None = None,
 ) -> None:
-    """What every image command does around its restorer: collect INPUTS (one report per bad one),
-    build the restorer, restore into ``options.outdir`` with progress, JSON lines, a summary and
-    the exit code; interruptible (SIGINT/SIGTERM leave nothing half-written). With
-    ``video_options`` folders and globs also yield video clips, restored by the video runner;
-    ``workers`` > 1 overlaps the image stages (:class:`~bfrboost.runners.overlap.OverlapRunner`)."""
-    from bfrboost.io.inputs import collect_inputs
+    """:func:`bfrboost.runners.paths.restore_paths` for the terminal: progress bars, JSON lines, a
+    summary and the exit code; interruptible (SIGINT/SIGTERM leave nothing half-written)."""
     from bfrboost.io.video import is_video
-    from bfrboost.reports import problem_report, summary
-    from bfrboost.runners.files import FileRunner
-    from bfrboost.runners.overlap import OverlapRunner
-    from bfrboost.runners.video import VideoRunner
+    from bfrboost.reports import summary
+    from bfrboost.runners.paths import restore_paths
 
-    with interruptible() as progress:
+    reports: list[FileReport] = []
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with interruptible() as progress, Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as bar:
+        task = bar.add_task("restoring", total=None, rate="")
+        clips = _ClipBars(bar)
+
+        def started(restorer: Restorer, count: int) -> None:
+            progress.total = count
+            bar.update(task, total=count, completed=len(reports))
+            _notes(restorer, as_json)
+            face_restorer = restorer.face_restorer
+            if face_restorer.reports_steps:  # guided restoration: a step-level bar across every face
+                steps = bar.add_task("denoising", total=None, rate="")
+                face_restorer.on_step = lambda done, total: bar.update(steps, completed=done, total=total)
+
+        run = restore_paths(inputs, make_restorer, options, video_options, recursive=recursive, workers=workers, targets=targets,
+                            on_start=started, clip_progress=clips.update)
         try:
-            paths, problems = collect_inputs(inputs, recursive=recursive, videos=video_options is not None)
-            progress.total = len(paths) + len(problems)
-            failed = [problem_report(problem) for problem in problems]
-            progress.finished = len(failed)  # reported: nothing more to do for them
-            for report in failed:
+            for report in run:
+                reports.append(report)
                 _emit(report, as_json)
-            if not paths:
-                _err("no input images found" + ("" if problems else "; check the paths"))
-                raise typer.Exit(1)
-            videos = [p for p in paths if is_video(p)] if video_options is not None else []
-            images = [p for p in paths if p not in videos]
-            restorer = make_restorer()
-            video_runner = VideoRunner(restorer, video_options) if videos else None  # refuses --aligned
+                progress.finished += 1
+                faces = sum(r.extra.get("face_count", len(r.faces)) for r in reports)
+                bar.update(task, advance=1, description=f"restoring ({faces} faces)")
         except BfrboostError as exc:
             raise _fail(exc) from None
-        _notes(restorer, as_json)
-        reports: list[FileReport] = list(failed)
-        console = Console(stderr=True)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-        runner = OverlapRunner(restorer, options, workers=workers) if workers > 1 else FileRunner(restorer, options)
-        with closing(runner) if isinstance(runner, OverlapRunner) else nullcontext(), \
-                Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as bar:
-            task = bar.add_task("restoring", total=len(paths), rate="")
-            if hasattr(restorer, "on_step"):  # guided restoration: a step-level bar across every face
-                steps = bar.add_task("denoising", total=None, rate="")
-                restorer.on_step = lambda done, total: bar.update(steps, completed=done, total=total)
-            clip: dict[str, Any] = {}
+    noun = "file" if any(is_video(r.input) for r in reports) and video_options is not None else "image"
+    sys.stderr.write(summary(reports, time.perf_counter() - start, noun=noun) + "\n")
+    if any(r.error for r in reports):
+        raise typer.Exit(1)
 
-            def clip_progress(name: str, frames: int, expected: int | None) -> None:
-                """One bar per clip: frames done of the expected count, frames/s and time left."""
-                if clip.get("name") != name:
-                    if "id" in clip:
-                        bar.remove_task(clip["id"])
-                    clip.update(name=name, since=time.perf_counter(), id=bar.add_task(Path(name).name, total=expected, rate=""))
-                fps = frames / max(time.perf_counter() - clip["since"], 1e-6)
-                bar.update(clip["id"], completed=frames, total=max(expected or 0, frames) or None, rate=f"{fps:.1f} frames/s")
 
-            runs = [runner.run(images)] if images else []
-            if video_runner is not None:
-                video_runner.progress = clip_progress
-                runs.append(video_runner.run(videos))
-            for run in runs:
-                for report in run:
-                    reports.append(report)
-                    _emit(report, as_json)
-                    progress.finished += 1
-                    faces = sum(r.extra.get("face_count", len(r.faces)) for r in reports)
-                    bar.update(task, advance=1, description=f"restoring ({faces} faces)")
-        noun = "file" if videos else "image"
-        sys.stderr.write(summary(reports, time.perf_counter() - start, noun=noun) + "\n")
-        if any(r.error for r in reports):
-            raise typer.Exit(1)
+class _ClipBars:
+    """One bar per clip: frames done of the expected count, frames/s and time left."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.clip: dict[str, Any] = {}
+
+    def update(self, name: str, frames: int, expected: int | None) -> None:
+        clip = self.clip
+        if clip.get("name") != name:
+            if "id" in clip:
+                self.bar.remove_task(clip["id"])
+            clip.update(name=name, since=time.perf_counter(), id=self.bar.add_task(Path(name).name, total=expected, rate=""))
+        fps = frames / max(time.perf_counter() - clip["since"], 1e-6)
+        self.bar.update(clip["id"], completed=frames, total=max(expected or 0, frames) or None, rate=f"{fps:.1f} frames/s")
 
 
 def _emit(report: FileReport, as_json: bool) -> None:

@@ -53,9 +53,9 @@ def restore_dataset(
     ray_address: str | None = None,
     *,
     output: OutputOptions | None = None,
-    detect: DetectOptions | None = None,
-    restore: RestoreOptions | None = None,
-    paste: PasteOptions | None = None,
+    detect_options: DetectOptions | None = None,
+    restore_options: RestoreOptions | None = None,
+    paste_options: PasteOptions | None = None,
     images_per_batch: int = 4,
     gpus: int | None = None,
     **settings: Any,
@@ -71,7 +71,7 @@ def restore_dataset(
     """
     output_settings = {k: settings.pop(k) for k in list(settings) if k in OutputOptions.__dataclass_fields__}
     output = dataclasses.replace(output or OutputOptions(), **output_settings)
-    parts = restorer_options(None, detect, restore, paste, **settings)
+    parts = restorer_options(None, detect_options, restore_options, paste_options, **settings)
     overwrite, ext = output.overwrite, output.ext
     ray = _ray()
     items = ds.list_items(src)
