@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _OPTIONS = ("DetectOptions", "GuidanceOptions", "OutputOptions", "PasteOptions", "RestoreOptions", "VideoOptions")
 __all__ = [
     "Face", "FileReport", "FileRunner", "Restorer", "Result", "VideoRunner", *_OPTIONS,
-    "restore_files", "restore_videos", "__version__",
+    "restore_files", "restore_paths", "restore_videos", "__version__",
 ]
 
 
@@ -24,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from bfrboost import options
 
         return getattr(options, name)
+    if name == "restore_paths":
+        from bfrboost.runners.paths import restore_paths
+
+        return restore_paths
     if name in ("FileRunner", "restore_files"):
         from bfrboost.runners import files
 

@@ -14,7 +14,7 @@ import typer
 from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
-from bfrboost.cli.restore import ExtChoice, _parse_knobs
+from bfrboost.cli.restore import ExtChoice
 from bfrboost.errors import BfrboostError
 from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions
 
@@ -61,7 +61,7 @@ def restore_dataset(
                 output=OutputOptions(ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels),
                 detect_options=DetectOptions(detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face),
                 restore_options=RestoreOptions(
-                    base=base, weights=weights, fidelity=fidelity, knobs=_parse_knobs(knob or []), batch_size=batch_size,
+                    base=base, weights=weights, fidelity=fidelity, knobs=opt.parse_knobs(knob or []), batch_size=batch_size,
                     refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model,
                 ),
                 paste_options=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler),

@@ -16,7 +16,7 @@ from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail
-from bfrboost.cli.restore import ExtChoice, _parse_knobs, write_results
+from bfrboost.cli.restore import ExtChoice, write_results
 from bfrboost.errors import BfrboostError, UsageError
 from bfrboost.options import DetectOptions, GuidanceOptions, OutputOptions, PasteOptions, RestoreOptions
 
@@ -167,7 +167,7 @@ def old_photo(
 ) -> None:
     """Restore old photos in one guided pass: restoration, colourisation and inpainting of scratches."""
     try:
-        knobs = _parse_knobs(knob or [])
+        knobs = opt.parse_knobs(knob or [])
     except BfrboostError as exc:
         raise fail(exc) from None
     _run(

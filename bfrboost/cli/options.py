@@ -4,6 +4,7 @@ default or a bound is written once, in ``bfrboost/options.py``."""
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from bfrboost.errors import UsageError
 from bfrboost.options import (
     X264_PRESETS,
     DetectOptions,
@@ -89,3 +91,17 @@ Repeats = option(int, GuidanceOptions, "repeats")
 RepeatFrom = option(float, GuidanceOptions, "repeat_from")
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
+
+
+def parse_knobs(knob: list[str]) -> dict[str, Any]:
+    """``--knob NAME=VALUE`` items → a knobs mapping (values read as JSON when they parse, else strings)."""
+    knobs: dict[str, Any] = {}
+    for item in knob:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--knob expects NAME=VALUE, got '{item}'")
+        try:
+            knobs[name] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[name] = value
+    return knobs

@@ -68,19 +68,6 @@ def _flag(ctx: typer.Context, name: str) -> str:
     return max(next(p for p in ctx.command.params if p.name == name).opts, key=len)
 
 
-def _parse_knobs(knob: list[str]) -> dict[str, Any]:
-    knobs: dict[str, Any] = {}
-    for item in knob:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--knob expects NAME=VALUE, got '{item}'")
-        try:
-            knobs[name] = json.loads(value)
-        except json.JSONDecodeError:
-            knobs[name] = value
-    return knobs
-
-
 @app.command()
 def restore(
     ctx: typer.Context,
@@ -154,7 +141,7 @@ def restore(
         given = [_flag(ctx, name) for name in guided if _given(ctx, name)]
         if base != "pgdiff" and given:
             raise UsageError(f"{', '.join(given)} guide the diffusion prior: use them with --base pgdiff")
-        knobs = _parse_knobs(knob or [])
+        knobs = opt.parse_knobs(knob or [])
         video_options = VideoOptions(
             outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,
             crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch,
