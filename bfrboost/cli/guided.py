@@ -23,7 +23,8 @@ from bfrboost.options import DetectOptions, GuidanceOptions, OutputOptions, Past
 G, O = opt.GUIDANCE, opt.OUTPUT
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False)]
-Outdir = opt.option(Path, OutputOptions, "outdir", "-o", "--outdir", help="Output folder (restored_imgs/, and with --save-faces cropped_faces/, restored_faces/).")
+Outdir = opt.option(Path, OutputOptions, "outdir", "-o", "--outdir",
+                    help="Output folder (restored_imgs/, and with --save-faces cropped_faces/, restored_faces/).")
 Steps = opt.Steps
 Scale = opt.option(float | None, GuidanceOptions, "scale", show_default=False)
 Seed = opt.Seed
@@ -38,7 +39,7 @@ MinFace = opt.MinFace
 Detector = opt.Detector
 Paste = opt.Paste
 Device = opt.Device
-Batch = Annotated[int | None, typer.Option("--batch-size", min=1, help="Faces sampled together (default 1 on CPU, 4 on CUDA).")]
+Batch = opt.option(int | None, GuidanceOptions, "batch_size")
 SaveFaces = opt.SaveFaces
 SaveCmp = opt.SaveCmp
 Suffix = opt.Suffix
@@ -76,8 +77,8 @@ def _run(task: str, inputs: list[str], output: dict[str, Any], options: dict[str
         output_options = OutputOptions(ext=ext.value, **output)
     except BfrboostError as exc:
         raise fail(exc) from None
-    write_results(lambda: Restorer.from_options(**parts), inputs, output_options, recursive=recursive, as_json=as_json, start=start,
-                  targets=targets)
+    write_results(lambda: Restorer.from_options(**parts), inputs, output_options, recursive=recursive, as_json=as_json,
+                  start=start, targets=targets)
 
 
 def _photo(upscale: float, aligned: bool, only_center_face: bool, min_face: int, detector: str, paste: str, device: str, batch_size: int | None, prior: Path | None) -> dict[str, Any]:
@@ -101,10 +102,11 @@ def colorize(
     lightness_weight: opt.option(float, GuidanceOptions, "lightness_weight") = G.lightness_weight,
     color_weight: opt.option(float, GuidanceOptions, "color_weight") = G.color_weight,
     color_ref: ColorRef = None,
-    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats, repeat_from: RepeatFrom = G.repeat_from,
-    prior: Prior = None, upscale: Upscale = opt.PASTE.upscale, aligned: Aligned = opt.DETECT.aligned,
-    only_center_face: CenterFace = opt.DETECT.only_center_face, min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
-    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = None,
+    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats,
+    repeat_from: RepeatFrom = G.repeat_from, prior: Prior = G.prior, upscale: Upscale = opt.PASTE.upscale,
+    aligned: Aligned = opt.DETECT.aligned, only_center_face: CenterFace = opt.DETECT.only_center_face,
+    min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
+    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = G.batch_size,
     save_faces: SaveFaces = O.save_faces, save_cmp: SaveCmp = O.save_cmp, suffix: Suffix = O.suffix, ext: Ext = ExtChoice(O.ext),
     quality: Quality = O.quality, max_pixels: MaxPixels = O.max_pixels, as_json: Json = False, overwrite: Overwrite = O.overwrite,
     recursive: Recursive = False,
@@ -122,13 +124,21 @@ def colorize(
 def inpaint(
     inputs: Inputs,
     outdir: Outdir = O.outdir,
-    mask: Annotated[Path | None, typer.Option("--mask", help="Mask image (white = fill) for every input, or a folder of masks named like the inputs; photo-sized (photo coordinates) or 512×512 (crop coordinates).")] = None,
-    mask_color: Annotated[str | None, typer.Option("--mask-color", help="Fill the regions painted in this colour instead: white or black.")] = None,
+    mask: Annotated[Path | None, typer.Option(
+        "--mask",
+        help="Mask image (white = fill) for every input, or a folder of masks named like the inputs; photo-sized (photo "
+             "coordinates) or 512×512 (crop coordinates).",
+    )] = None,
+    mask_color: Annotated[str | None, typer.Option(
+        "--mask-color",
+        help="Fill the regions painted in this colour instead: white or black.",
+    )] = None,
     unmasked_weight: opt.option(float, GuidanceOptions, "unmasked_weight") = G.unmasked_weight,
-    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats, repeat_from: RepeatFrom = G.repeat_from,
-    prior: Prior = None, upscale: Upscale = opt.PASTE.upscale, aligned: Aligned = opt.DETECT.aligned,
-    only_center_face: CenterFace = opt.DETECT.only_center_face, min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
-    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = None,
+    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats,
+    repeat_from: RepeatFrom = G.repeat_from, prior: Prior = G.prior, upscale: Upscale = opt.PASTE.upscale,
+    aligned: Aligned = opt.DETECT.aligned, only_center_face: CenterFace = opt.DETECT.only_center_face,
+    min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
+    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = G.batch_size,
     save_faces: SaveFaces = O.save_faces, save_cmp: SaveCmp = O.save_cmp, suffix: Suffix = O.suffix, ext: Ext = ExtChoice(O.ext),
     quality: Quality = O.quality, max_pixels: MaxPixels = O.max_pixels, as_json: Json = False, overwrite: Overwrite = O.overwrite,
     recursive: Recursive = False,
@@ -149,18 +159,29 @@ def inpaint(
 def old_photo(
     inputs: Inputs,
     outdir: Outdir = O.outdir,
-    scratch_mask: Annotated[str | None, typer.Option("--scratch-mask", help="Scratch mask (white = scratch) file or folder of masks named like the inputs, or auto (thin-bright-line detector on each face).")] = None,
-    guide: Annotated[str, typer.Option("--guide", help="Smooth-semantics restorer: rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …).")] = "rrdb",
+    scratch_mask: Annotated[str | None, typer.Option(
+        "--scratch-mask",
+        help="Scratch mask (white = scratch) file or folder of masks named like the inputs, or auto (thin-bright-line "
+             "detector on each face).",
+    )] = None,
+    guide: Annotated[str, typer.Option(
+        "--guide",
+        help="Smooth-semantics restorer: rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …).",
+    )] = G.guide,
     weights: opt.option(Path | None, RestoreOptions, "weights", help="Checkpoint of the guide.") = opt.RESTORE.weights,
-    fidelity: opt.option(float | None, RestoreOptions, "fidelity", help="Fidelity of the guide (CodeFormer w, VQFR fidelity_ratio).") = opt.RESTORE.fidelity,
+    fidelity: opt.option(
+        float | None, RestoreOptions, "fidelity",
+        help="Fidelity of the guide (CodeFormer w, VQFR fidelity_ratio).",
+    ) = opt.RESTORE.fidelity,
     knob: Annotated[list[str] | None, typer.Option("--knob", help="Guide knob NAME=VALUE; repeatable.")] = None,
     op_lightness_weight: opt.option(float, GuidanceOptions, "op_lightness_weight") = G.op_lightness_weight,
     op_color_weight: opt.option(float, GuidanceOptions, "op_color_weight") = G.op_color_weight,
     color_ref: ColorRef = None,
-    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats, repeat_from: RepeatFrom = G.repeat_from,
-    prior: Prior = None, upscale: Upscale = opt.PASTE.upscale, aligned: Aligned = opt.DETECT.aligned,
-    only_center_face: CenterFace = opt.DETECT.only_center_face, min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
-    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = None,
+    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats,
+    repeat_from: RepeatFrom = G.repeat_from, prior: Prior = G.prior, upscale: Upscale = opt.PASTE.upscale,
+    aligned: Aligned = opt.DETECT.aligned, only_center_face: CenterFace = opt.DETECT.only_center_face,
+    min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
+    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = G.batch_size,
     save_faces: SaveFaces = O.save_faces, save_cmp: SaveCmp = O.save_cmp, suffix: Suffix = O.suffix, ext: Ext = ExtChoice(O.ext),
     quality: Quality = O.quality, max_pixels: MaxPixels = O.max_pixels, as_json: Json = False, overwrite: Overwrite = O.overwrite,
     recursive: Recursive = False,

@@ -71,7 +71,11 @@ def _flag(ctx: typer.Context, name: str) -> str:
 @app.command()
 def restore(
     ctx: typer.Context,
-    inputs: Annotated[list[str], typer.Argument(help="Image or video files (.mp4 .mov .mkv .webm .avi), folders or globs; '-' reads one image from stdin and writes the result to stdout.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Image or video files (.mp4 .mov .mkv .webm .avi), folders or globs; '-' reads one image from stdin and writes "
+             "the result to stdout.",
+        show_default=False,
+    )],
     outdir: opt.Outdir = opt.OUTPUT.outdir,
     base: opt.Base = opt.RESTORE.base,
     refine: opt.Refine = opt.RESTORE.refine,
@@ -97,7 +101,10 @@ def restore(
     save_cmp: opt.SaveCmp = opt.OUTPUT.save_cmp,
     draw_boxes: opt.DrawBoxes = opt.OUTPUT.draw_boxes,
     suffix: opt.Suffix = opt.OUTPUT.suffix,
-    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).")] = ExtChoice(opt.OUTPUT.ext),
+    ext: Annotated[ExtChoice, typer.Option(
+        "--ext",
+        help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).",
+    )] = ExtChoice(opt.OUTPUT.ext),
     quality: opt.Quality = opt.OUTPUT.quality,
     device: opt.Device = opt.RESTORE.device,
     max_pixels: opt.MaxPixels = opt.OUTPUT.max_pixels,
@@ -110,17 +117,50 @@ def restore(
     clip_start: opt.Start = opt.VIDEO.start,
     duration: opt.Duration = opt.VIDEO.duration,
     frames_per_batch: opt.FramesPerBatch = opt.VIDEO.frames_per_batch,
-    guide: Annotated[str, typer.Option("--guide", help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); --weights/--fidelity/--knob apply to it.")] = "rrdb",
-    reference: Annotated[list[Path] | None, typer.Option("--reference", help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.")] = None,
-    prior: Annotated[Path | None, typer.Option("--prior", help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")] = None,
-    steps: opt.option(int, GuidanceOptions, "steps", help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).") = opt.GUIDANCE.steps,
-    guidance_scale: opt.option(float, GuidanceOptions, "scale", "--guidance-scale", help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).", show_default="0.1") = opt.GUIDANCE.scale,
+    guide: Annotated[str, typer.Option(
+        "--guide",
+        help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
+             "--weights/--fidelity/--knob apply to it.",
+    )] = opt.GUIDANCE.guide,
+    reference: Annotated[list[Path] | None, typer.Option(
+        "--reference",
+        help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.",
+    )] = None,
+    prior: Annotated[Path | None, typer.Option(
+        "--prior",
+        help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).",
+    )] = opt.GUIDANCE.prior,
+    steps: opt.option(
+        int, GuidanceOptions, "steps",
+        help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).",
+    ) = opt.GUIDANCE.steps,
+    guidance_scale: opt.option(
+        float, GuidanceOptions, "scale", "--guidance-scale",
+        help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).",
+        show_default="0.1",
+    ) = opt.GUIDANCE.scale,
     seed: opt.option(int, GuidanceOptions, "seed", help="--base pgdiff: seed of the diffusion noise.") = opt.GUIDANCE.seed,
-    ss_weight: opt.option(float, GuidanceOptions, "ss_weight", help="--base pgdiff: weight of the smooth-semantics property.") = opt.GUIDANCE.ss_weight,
-    ref_weight: opt.option(float, GuidanceOptions, "ref_weight", help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).") = opt.GUIDANCE.ref_weight,
-    ref_loss: opt.option(str, GuidanceOptions, "ref_loss", help="--base pgdiff: identity distance, mse or cos.") = opt.GUIDANCE.ref_loss,
-    repeats: opt.option(int, GuidanceOptions, "repeats", help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].") = opt.GUIDANCE.repeats,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or 1: one stage at a time).")] = 0,
+    ss_weight: opt.option(
+        float, GuidanceOptions, "ss_weight",
+        help="--base pgdiff: weight of the smooth-semantics property.",
+    ) = opt.GUIDANCE.ss_weight,
+    ref_weight: opt.option(
+        float, GuidanceOptions, "ref_weight",
+        help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).",
+    ) = opt.GUIDANCE.ref_weight,
+    ref_loss: opt.option(
+        str, GuidanceOptions, "ref_loss",
+        help="--base pgdiff: identity distance, mse or cos.",
+    ) = opt.GUIDANCE.ref_loss,
+    repeats: opt.option(
+        int, GuidanceOptions, "repeats",
+        help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].",
+    ) = opt.GUIDANCE.repeats,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0,
+        help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or"
+             " 1: one stage at a time).",
+    )] = 0,
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
     from bfrboost.pipeline import Restorer
@@ -137,7 +177,8 @@ def restore(
             raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
         if stdin_mode and sys.stdout.isatty():
             raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
-        guided = ("reference", "prior", "guide", "steps", "guidance_scale", "seed", "ss_weight", "ref_weight", "ref_loss", "repeats")
+        guided = ("reference", "prior", "guide", "steps", "guidance_scale", "seed", "ss_weight", "ref_weight", "ref_loss",
+                  "repeats")
         given = [_flag(ctx, name) for name in guided if _given(ctx, name)]
         if base != "pgdiff" and given:
             raise UsageError(f"{', '.join(given)} guide the diffusion prior: use them with --base pgdiff")
@@ -147,8 +188,8 @@ def restore(
             crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch,
         )
         options = OutputOptions(
-            outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality, overwrite=overwrite,
-            save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
+            outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality,
+            overwrite=overwrite, save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
         )
         parts = dict(
             detect=DetectOptions(detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face),
@@ -159,8 +200,8 @@ def restore(
             paste=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
                                face_upsample=face_upsample),
             guidance=GuidanceOptions(
-                task="restore", guide=guide, prior=prior, reference=tuple(reference or ()), scale=guidance_scale, steps=steps, seed=seed,
-                repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss,
+                task="restore", guide=guide, prior=prior, reference=tuple(reference or ()), scale=guidance_scale, steps=steps,
+                seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss,
             ) if base == "pgdiff" else None,
         )
     except BfrboostError as exc:
@@ -181,7 +222,8 @@ def restore(
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
         return
-    write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options, workers=workers)
+    write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options,
+                  workers=workers)
 
 
 def _notes(restorer: Restorer, as_json: bool) -> None:
@@ -211,7 +253,10 @@ def write_results(
 
     reports: list[FileReport] = []
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
     with interruptible() as progress, Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as bar:
         task = bar.add_task("restoring", total=None, rate="")
         clips = _ClipBars(bar)

@@ -103,14 +103,23 @@ def train_command(
 def cache_command(
     data: Annotated[Path, typer.Option("--data", help="Folder of HQ aligned 512 faces.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder.")],
-    base: Annotated[str, typer.Option("--base", help="Base model(s), comma-separated; every degraded face goes through each.")] = ",".join(T.bases),
+    base: Annotated[str, typer.Option(
+        "--base",
+        help="Base model(s), comma-separated; every degraded face goes through each.",
+    )] = ",".join(T.bases),
     repeats: opt.option(int, TrainConfig, "repeats", help="Degradations per face (K).") = T.repeats,
     size: Annotated[int, typer.Option("--size", help="Training face size the outputs are stored at.")] = TRAIN_SIZE,
     seed: opt.option(int, TrainConfig, "seed", help="Seed of the split and the degradations.") = T.seed,
     val_count: opt.option(int, TrainConfig, "val_count", help="Faces held out for validation.") = T.val_count,
     shard_faces: Annotated[int, typer.Option("--shard-faces", help="Faces per shard file.")] = 256,
-    moments: opt.option(bool, TrainConfig, "moments", help="Also store the SD VAE moments of the base outputs (fp16).") = T.moments,
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder (for --moments).")] = None,
+    moments: opt.option(
+        bool, TrainConfig, "moments",
+        help="Also store the SD VAE moments of the base outputs (fp16).",
+    ) = T.moments,
+    sd_model: Annotated[Path | None, typer.Option(
+        "--sd-model",
+        help="Local SD 2.1-base diffusers folder (for --moments).",
+    )] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild an existing cache.")] = False,
 ) -> None:

@@ -77,7 +77,9 @@ class FileRunner:
     ``images_per_batch`` images go through the base model together.
     """
 
-    def __init__(self, restorer: Restorer, options: OutputOptions, images_per_batch: int = 4, targets: Targets | None = None) -> None:
+    def __init__(
+        self, restorer: Restorer, options: OutputOptions, images_per_batch: int = 4, targets: Targets | None = None
+    ) -> None:
         self.restorer = restorer
         self.options = options
         self.images_per_batch = images_per_batch

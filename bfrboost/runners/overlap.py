@@ -150,7 +150,9 @@ class OverlapRunner:
         loaded, targets = decoded
         return report, loaded, self.restorer.prepare(loaded.rgb, loaded.alpha, targets)
 
-    def _finish(self, report: FileReport, loaded: LoadedImage, prepared: Prepared, plan: OutputPlan, claims: Claims) -> FileReport:
+    def _finish(
+        self, report: FileReport, loaded: LoadedImage, prepared: Prepared, plan: OutputPlan, claims: Claims
+    ) -> FileReport:
         """Stage 3: paste back, encode and write (in a worker thread)."""
         return self.files.deliver(report, loaded, plan, self.restorer.finish(prepared), claims)
 

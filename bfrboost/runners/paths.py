@@ -54,7 +54,10 @@ def restore_paths(
     video_runner = VideoRunner(restorer, video, progress=clip_progress) if videos else None  # refuses --aligned
     if on_start is not None:
         on_start(restorer, len(paths) + len(problems))
-    runner = OverlapRunner(restorer, output, workers=workers, targets=targets) if workers > 1 else FileRunner(restorer, output, targets=targets)
+    if workers > 1:
+        runner: FileRunner | OverlapRunner = OverlapRunner(restorer, output, workers=workers, targets=targets)
+    else:
+        runner = FileRunner(restorer, output, targets=targets)
     with closing(runner) if isinstance(runner, OverlapRunner) else nullcontext():
         if images:
             yield from runner.run(images)

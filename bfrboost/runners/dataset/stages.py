@@ -235,9 +235,12 @@ def finish_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, 
             image = gray(result.image) if job.loaded.gray else result.image
             if is_uri(report.output):
                 ext = PurePosixPath(report.output).suffix.lstrip(".")
-                write_remote(report.output, encode_image(image, result.alpha, fmt=ext, quality=output.quality, icc=job.loaded.icc))
+                encoded = encode_image(image, result.alpha, fmt=ext, quality=output.quality, icc=job.loaded.icc)
+                write_remote(report.output, encoded)
             else:
-                write_image(report.output, image, result.alpha, quality=output.quality, overwrite=output.overwrite, icc=job.loaded.icc)
+                write_image(
+                    report.output, image, result.alpha, quality=output.quality, overwrite=output.overwrite, icc=job.loaded.icc
+                )
             report.seconds["encode"] = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - a failure is a manifest row, never a crashed job
             report.error, report.output = _failure(exc, report.input), None
