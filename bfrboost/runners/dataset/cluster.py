@@ -71,7 +71,7 @@ def restore_dataset(
     """
     output_settings = {k: settings.pop(k) for k in list(settings) if k in OutputOptions.__dataclass_fields__}
     output = dataclasses.replace(output or OutputOptions(), **output_settings)
-    parts = restorer_options(None, detect_options, restore_options, paste_options, **settings)
+    parts = restorer_options(settings.pop("base", None), detect_options, restore_options, paste_options, **settings)
     overwrite, ext = output.overwrite, output.ext
     ray = _ray()
     items = ds.list_items(src)
