@@ -211,7 +211,7 @@ def test_face_upsample_on_the_cli(testdata: Path, tmp_path: Path, monkeypatch: p
     uses a plain resize, as CodeFormer) and pastes them directly; the background is untouched."""
     from PIL import Image
 
-    import bfrboost.pipeline as pipeline
+    import bfrboost.faces.paster as pipeline
 
     fake = InvertingUpsampler()
     asked = []

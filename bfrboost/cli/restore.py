@@ -59,7 +59,7 @@ _VIDEO_EXTS = tuple(VIDEO_FORMATS)
 
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user gave parameter ``name`` (on the command line or from the environment), not its default."""
-    source = ctx.get_parameter_source(name)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
     return source is not None and source.name != "DEFAULT"
 
 
@@ -70,7 +70,6 @@ def _flag(ctx: typer.Context, name: str) -> str:
 
 @app.command()
 def restore(
-    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(
         help="Image or video files (.mp4 .mov .mkv .webm .avi), folders or globs; '-' reads one image from stdin and writes "
              "the result to stdout.",
@@ -161,6 +160,7 @@ def restore(
         help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or"
              " 1: one stage at a time).",
     )] = 0,
+    ctx: typer.Context = None,  # type: ignore[assignment]  # Typer passes it; a direct call has none
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
     from bfrboost.pipeline import Restorer

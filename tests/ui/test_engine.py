@@ -153,7 +153,7 @@ def test_background_enhance_is_the_clis_realesrgan(engine: Engine, cached, testd
 
 def test_face_upsample_is_the_clis_face_upsample(engine: Engine, testdata: Path, tmp_path: Path, cli, monkeypatch):
     """The checkbox is ``--face-upsample``: the same upsampler call on the restored face, the same bytes."""
-    import bfrboost.pipeline as pipeline
+    import bfrboost.faces.paster as pipeline
     from tests.test_video import InvertingUpsampler
 
     fake = InvertingUpsampler()
