@@ -211,5 +211,5 @@ def test_runtime_options_are_checked_before_any_export(tmp_path: Path) -> None:
     assert runtime.choose_providers(None, "cpu") == ["CPUExecutionProvider"]
     with pytest.raises(UsageError, match="randomize_noise is fixed in the ONNX graph at False; use --runtime torch"):
         Restorer("gfpgan", runtime="onnx", knobs={"randomize_noise": True}, aligned=True)
-    with pytest.raises(UsageError, match="unknown runtime 'tf'; use torch or onnx"):
+    with pytest.raises(UsageError, match="unknown runtime 'tf'; use one of: torch, onnx"):
         Restorer("none", runtime="tf", aligned=True)
