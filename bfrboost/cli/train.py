@@ -178,7 +178,7 @@ def tiny_sd_command(
     unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet optimiser steps.")] = 100,
 ) -> None:
     """Fit the tiny SD of the CPU-scale configuration (minutes on a CPU, seeded) on the training split of --data."""
-    from bfrboost.refiner.stats import load_rgb
+    from bfrboost.io.read import read_face
     from bfrboost.train.data import list_hq_faces, split_faces
     from bfrboost.train.tiny import TinyFit, fit_tiny_sd
 
@@ -186,7 +186,7 @@ def tiny_sd_command(
         import torch
 
         train_faces, _ = split_faces(list_hq_faces(data), val_count, seed)
-        faces = torch.stack([torch.from_numpy(load_rgb(p, size)).permute(2, 0, 1) for p in train_faces])
+        faces = torch.stack([torch.from_numpy(read_face(p, size)).permute(2, 0, 1) for p in train_faces])
         with _progress("tiny-sd") as progress:
             task = progress.add_task("fit", total=vae_steps + unet_steps, info="")
             report = fit_tiny_sd(faces, out, TinyFit(size=size, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps),

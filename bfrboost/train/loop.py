@@ -155,12 +155,12 @@ def write_tiny_sd(config: TrainConfig, run: Path, note: Callable[[str], None]) -
 
 def _tiny_fit_faces(config: TrainConfig) -> torch.Tensor:
     """Clean faces of the training split (never the validation split), (N, 3, S, S) uint8."""
-    from bfrboost.refiner.stats import load_rgb
+    from bfrboost.io.read import read_face
     from bfrboost.train.data import list_hq_faces, split_faces
 
     if config.data is not None:
         train_faces, _ = split_faces(list_hq_faces(config.data), config.val_count, config.seed)
-        return torch.stack([torch.from_numpy(load_rgb(p, config.size)).permute(2, 0, 1) for p in train_faces])
+        return torch.stack([torch.from_numpy(read_face(p, config.size)).permute(2, 0, 1) for p in train_faces])
     cache = CachedFaces(config.cache or config.out / "cache", "train")
     return torch.cat([cache.clean_faces(i) for i in range(len(cache.shards))])
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from bfrboost.refiner.stats import load_rgb
+from bfrboost.io.read import read_face
 from bfrboost.train import tiny
 from bfrboost.train.data import list_hq_faces, split_faces
 
@@ -37,6 +37,6 @@ def tiny_sd(faces_dir, request) -> Path:
     folder = Path(request.config.cache.mkdir("bfrboost-tiny-sd")) / key
     with FileLock(str(folder) + ".lock"):
         if not tiny.is_tiny_sd(folder):
-            faces = torch.stack([torch.from_numpy(load_rgb(p, SIZE)).permute(2, 0, 1) for p in train_faces])
+            faces = torch.stack([torch.from_numpy(read_face(p, SIZE)).permute(2, 0, 1) for p in train_faces])
             tiny.fit_tiny_sd(faces, folder, FIT)
     return folder

@@ -125,7 +125,7 @@ def test_images_are_stored_compressed_and_lossless(testdata, tmp_path):
     config = CacheConfig(bases=["none"], size=64, repeats=1, seed=0, val_count=2, shard_faces=8)
     build_cache(testdata / "aligned", tmp_path, config, [lambda x: x], base_input_size=64)
     cached = CachedFaces(tmp_path, "train")
-    gt = to_uint8(resize01(torch.from_numpy(load_rgb(split_faces(list_hq_faces(testdata / "aligned"), 2, 0)[0][0], 64))
+    gt = to_uint8(resize01(torch.from_numpy(read_face(split_faces(list_hq_faces(testdata / "aligned"), 2, 0)[0][0], 64))
                            .permute(2, 0, 1)[None].float() / 255, 64))[0]
     assert torch.equal(cached.clean_faces(0)[0], gt)  # PNG: bit-exact
     raw = sum(t.numel() for t in (cached.clean_faces(0),)) * 2  # gt + one base per face, uint8
