@@ -391,13 +391,13 @@ class Trainer:
             raise InputError(f"{cache_dir}: the cache has no training entries; add faces to --data")
         if train_set.config.size != config.size:
             raise UsageError(f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {config.size}; rebuild the cache or pass --size {train_set.config.size}")
+        if config.stats_from is not None:
+            copy_stats(model, config.stats_from)  # first: a --stats-from without statistics is refused before any work
         r_clean = None
         if config.stats_from is None or config.stats_every:
             note = self.warn if accelerator.is_main_process else (lambda message: None)
             r_clean = clean_manifold(model, train_set, config.stats_faces, note)
-        if config.stats_from is not None:
-            copy_stats(model, config.stats_from)
-        elif not config.resume:
+        if config.stats_from is None and not config.resume:
             set_manifold_stats(model, r_clean)
         self.r_clean = r_clean
         with torch.random.fork_rng(devices=[]):  # --tiny's random loss nets: the same on every (resumed) run
