@@ -20,8 +20,15 @@ $(VENV)/.torch-installed:
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	touch $@
 
+# What `make demo` imports (python -m bfrboost.demo, then bfrboost restore with dlib and one base through
+# spandrel): a subset of pyproject's dependencies, by name (their bounds are pyproject's; a test checks
+# that every name here is one of them). The refiner, training, evaluation, video and guided extras'
+# packages (diffusers, peft, av, facexlib, ...) come with `make test`, or `pip install .`.
+DEMO_NEEDS := numpy opencv-python pillow typer rich platformdirs safetensors tomli dlib-bin \
+	face-recognition-models spandrel spandrel-extra-arches scikit-image
 $(VENV)/.demo-installed: pyproject.toml $(VENV)/.torch-installed
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q $(DEMO_NEEDS)
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-installed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import site
 import subprocess
 import sys
@@ -23,6 +24,23 @@ REPO = Path(__file__).resolve().parents[1]
 CARDS = sorted(path.name for path in (REPO / "backbones").glob("*.toml"))
 
 pytestmark = pytest.mark.packaging
+
+
+def _name(requirement: str) -> str:
+    """The normalised distribution name of a requirement string (``dlib-bin>=19.24`` → ``dlib-bin``)."""
+    return re.split(r"[\s;<>=!~\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_make_demo_installs_only_declared_dependencies():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    declared = {_name(dep) for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    demo = re.search(r"^DEMO_NEEDS := (.+)$", makefile, re.MULTILINE).group(1).split()
+    undeclared = {_name(name) for name in demo} - declared
+    assert demo and not undeclared, f"Makefile DEMO_NEEDS names packages pyproject does not declare: {sorted(undeclared)}"
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
