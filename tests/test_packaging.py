@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CARDS = sorted(path.name for path in (REPO / "backbones").glob("*.toml"))
@@ -84,3 +85,11 @@ def test_the_installed_wheel_lists_the_weights_from_its_cards(wheel, tmp_path):
     assert {row["card"] for row in listed} == {name.removesuffix(".toml") for name in CARDS}
     gfpgan = next(row for row in listed if row["file"] == "GFPGANv1.4.pth")
     assert gfpgan["license"] == "Apache-2.0" and len(gfpgan["sha256"]) == 64 and not gfpgan["cached"]
+
+    # and the installed tool restores a photo end to end: the demo's photo, base none, twice the size
+    _run([str(python), "-m", "bfrboost.demo", "examples"], tmp_path, env)
+    restore = [str(env_dir / "bin" / "bfrboost"), "restore", "examples/astronaut_degraded.jpg", "-o", "out", "--base", "none"]
+    (line,) = _run([*restore, "--json"], tmp_path, env).stdout.splitlines()
+    assert json.loads(line)["error"] is None and len(json.loads(line)["faces"]) == 1
+    with Image.open(tmp_path / "out" / "restored_imgs" / "astronaut_degraded.jpg") as restored:
+        assert restored.size == (512, 512)  # the 256×256 demo photo at the default upscale of 2
