@@ -349,7 +349,9 @@ SPECS = [
         forward=forward,
         knobs={
             # Below 10 steps the one-grid-step start offset (see the module docstring) dominates.
-            "steps": Knob(100, "denoising steps from t=400 (100 = upstream DifFace: ddim250 started at 100)", low=10, high=START_TIMESTEP),
+            "steps": Knob(
+                100, "denoising steps from t=400 (100 = upstream DifFace: ddim250 started at 100)", low=10, high=START_TIMESTEP
+            ),
             "seed": Knob(12345, "seed of the diffusion noise (upstream's default 12345)", low=0),
         },
     )
