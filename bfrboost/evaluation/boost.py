@@ -284,19 +284,7 @@ def run_boost(
     from bfrboost.pipeline import Restorer, resolve_device
 
     out = Path(out)
-    bases = [b.strip() for b in bases if b.strip()]
-    if not bases:
-        raise UsageError("no base given; pass --base NAME[,NAME…] (e.g. gfpgan,codeformer)")
-    if len(set(bases)) != len(bases):
-        raise UsageError(f"a base is listed twice in {','.join(bases)}")
-    if not Path(refiner).is_dir():
-        raise UsageError(
-            f"{one_line(refiner)}: no such refiner folder; "
-            "train one or make a tiny test one with `bfrboost refiner init --tiny DIR`"
-        )
-    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise UsageError(f"{one_line(out / existing[0])}: already exists; pass --overwrite or choose another -o")
+    bases = _checked_bases(bases, refiner, out, overwrite)
     names = parse_metrics(metrics)
     torch_device = resolve_device(device)
     models = models or MetricModels(torch_device)
@@ -307,11 +295,7 @@ def run_boost(
     problems: list[str] = []
     stats = stats_for(reference_stats, reference, names, models, size, problems)
 
-    faces: list[tuple[str, np.ndarray, np.ndarray | None]] = []  # (stem, LQ, HQ) — aligned crops are small
-    for path, rgb in read_rgb(lq_paths, problems):
-        faces.append((path.stem, rgb, read_reference(index, path.stem, problems)))
-    if not faces:
-        raise InputError(f"{one_line(data)}: none of its images could be read")
+    faces = _read_faces(data, lq_paths, index, problems)
     shown = [stem for stem, _, _ in faces[:html_faces]]
     for stem, lq, hq in faces[:html_faces]:
         _save_face(out / "faces" / "input" / f"{stem}.png", lq, guard, overwrite)
@@ -326,40 +310,70 @@ def run_boost(
         for variant in VARIANTS:
             refine = variant == "with"
             restorer = factory(
-                base,
-                refine=refine,
-                refiner=refiner if refine else None,
-                aligned=True,
-                device=str(torch_device),
+                base, refine=refine, refiner=refiner if refine else None, aligned=True, device=str(torch_device),
                 sd_model=sd_model,
             )
             evaluator = Evaluator(names, models=models, reference_stats=stats, size=size)
+            label = f"{base} {'+ refiner' if refine else 'alone'}"
             for start in range(0, len(faces), batch_size):
                 chunk = faces[start : start + batch_size]
                 restored = [r.image for r in restorer.restore_batch([lq for _, lq, _ in chunk])]
-                references = []
-                for (stem, _, hq), img in zip(chunk, restored):
-                    if hq is not None and hq.shape != img.shape:
-                        mismatch = (
-                            f"{one_line(index[stem])}: {hq.shape[1]}×{hq.shape[0]} but the restored face is "
-                            f"{img.shape[1]}×{img.shape[0]}; left out of paired metrics"
-                        )
-                        if mismatch not in problems:
-                            problems.append(mismatch)
-                        hq = None
-                    references.append(hq)
-                evaluator.update(restored, references)
+                paired = [_paired(index, stem, hq, img, problems) for (stem, _, hq), img in zip(chunk, restored)]
+                evaluator.update(restored, paired)
                 for (stem, _, _), img in zip(chunk, restored):
                     if stem in shown:
                         _save_face(out / "faces" / base / variant / f"{stem}.png", img, guard, overwrite)
                 if on_progress is not None:
-                    on_progress(f"{base} {'+ refiner' if refine else 'alone'}", len(chunk))
+                    on_progress(label, len(chunk))
             results[base][variant] = evaluator.results()
             pairs = max(pairs, max((v.count for m, v in results[base][variant].items() if METRICS[m].kind == "pair"), default=0))
             del restorer
     report = BoostReport(bases, names, len(faces), pairs, results, problems)
     report.files = write_report(report, out, shown, any(hq is not None for _, _, hq in faces[:html_faces]), overwrite)
     return report
+
+
+def _read_faces(
+    data: Path | str, lq_paths: list[Path], index: dict[str, Path], problems: list[str]
+) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(stem, LQ, HQ or None) of every readable face, held in memory: aligned crops are small."""
+    faces = [(path.stem, rgb, read_reference(index, path.stem, problems)) for path, rgb in read_rgb(lq_paths, problems)]
+    if not faces:
+        raise InputError(f"{one_line(data)}: none of its images could be read")
+    return faces
+
+
+def _checked_bases(bases: Sequence[str], refiner: Path | str, out: Path, overwrite: bool) -> list[str]:
+    """The base names to compare, after the checks that need no model: one line for each mistake."""
+    bases = [b.strip() for b in bases if b.strip()]
+    if not bases:
+        raise UsageError("no base given; pass --base NAME[,NAME…] (e.g. gfpgan,codeformer)")
+    if len(set(bases)) != len(bases):
+        raise UsageError(f"a base is listed twice in {','.join(bases)}")
+    if not Path(refiner).is_dir():
+        raise UsageError(
+            f"{one_line(refiner)}: no such refiner folder; "
+            "train one or make a tiny test one with `bfrboost refiner init --tiny DIR`"
+        )
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{one_line(out / existing[0])}: already exists; pass --overwrite or choose another -o")
+    return bases
+
+
+def _paired(
+    index: dict[str, Path], stem: str, hq: np.ndarray | None, restored: np.ndarray, problems: list[str]
+) -> np.ndarray | None:
+    """The reference face to pair with ``restored``, or None (noted once in ``problems``) when the sizes differ."""
+    if hq is None or hq.shape == restored.shape:
+        return hq
+    mismatch = (
+        f"{one_line(index[stem])}: {hq.shape[1]}×{hq.shape[0]} but the restored face is "
+        f"{restored.shape[1]}×{restored.shape[0]}; left out of paired metrics"
+    )
+    if mismatch not in problems:
+        problems.append(mismatch)
+    return None
 
 
 def _save_face(path: Path, rgb: np.ndarray, guard: InputGuard, overwrite: bool) -> None:
