@@ -33,7 +33,10 @@ def _faces(folder: Path, size: int, count: int = 2) -> Path:
 
 @pytest.mark.parametrize(
     ("bases", "message"),
-    [([" ", ""], "no base given; pass --base NAME[,NAME…] (e.g. gfpgan,codeformer)"), (["a", "a"], "a base is listed twice in a,a")],
+    [
+        ([" ", ""], "no base given; pass --base NAME[,NAME…] (e.g. gfpgan,codeformer)"),
+        (["a", "a"], "a base is listed twice in a,a"),
+    ],
 )
 def test_boost_refuses_bad_base_lists(tmp_path, bases, message):
     with pytest.raises(UsageError) as info:
