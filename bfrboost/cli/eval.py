@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.table import Table
 from bfrboost.cli import app
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError, UsageError
+
+if TYPE_CHECKING:  # imported when a command runs: the metrics pull in torch
+    from bfrboost.evaluation.folders import FolderReport
 
 eval_app = typer.Typer(
     invoke_without_command=True,
@@ -124,24 +127,29 @@ def evaluate(
             + "\n"
         )
     else:
-        table = Table(title=f"{report.images} faces" + (f", {report.pairs} with references" if report.pairs else ""))
-        for column in ("metric", "value", "better", "faces", "seconds"):
-            table.add_column(column, justify="left" if column == "metric" else "right")
-        from bfrboost.evaluation.boost import format_value
-
-        for name, value in report.results.items():
-            if value.skipped:
-                continue
-            table.add_row(
-                value.info.label,
-                format_value(name, value.value),
-                "higher" if value.info.higher_is_better else "lower",
-                str(value.count),
-                f"{value.seconds:.2f}",
-            )
-        Console().print(table)
+        _print_table(report)
     if report.problems:
         raise typer.Exit(1)
+
+
+def _print_table(report: FolderReport) -> None:
+    """The scores as a table on stdout: one row per metric computed (skipped ones were said on stderr)."""
+    from bfrboost.evaluation.boost import format_value
+
+    table = Table(title=f"{report.images} faces" + (f", {report.pairs} with references" if report.pairs else ""))
+    for column in ("metric", "value", "better", "faces", "seconds"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, value in report.results.items():
+        if value.skipped:
+            continue
+        table.add_row(
+            value.info.label,
+            format_value(name, value.value),
+            "higher" if value.info.higher_is_better else "lower",
+            str(value.count),
+            f"{value.seconds:.2f}",
+        )
+    Console().print(table)
 
 
 @eval_app.command("stats")
