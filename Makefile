@@ -12,7 +12,7 @@ export BFRBOOST_HOME ?= $(CURDIR)/weights
 
 # Three install markers over one venv: torch first (pinned, so pip takes the release this project is
 # tested with), then either the package alone (.demo-installed: what `make demo` needs) or the package
-# with every extra (.installed: tests, web app, Ray, docs). `make test` after `make demo` still installs
+# with every extra (.installed: tests, web app, Ray, docs, ONNX Runtime). `make test` after `make demo` still installs
 # every extra, because the two markers are separate.
 $(VENV)/.torch-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ $(VENV)/.demo-installed: pyproject.toml $(VENV)/.torch-installed
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-installed
-	$(PY) -m pip install -q -e '.[dev,ui,cluster,docs]'
+	$(PY) -m pip install -q -e '.[dev,ui,cluster,docs,onnx]'
 	# Test-only references, without their dependency trees: basicsr-fixed ships the NIQE parameter
 	# file the NIQE test compares with; pyiqa (non-commercial, the optional eval-nc extra) runs MUSIQ.
 	$(PY) -m pip install -q --no-deps basicsr-fixed==1.4.2 pyiqa==0.1.16
@@ -63,6 +63,7 @@ bench: setup
 	$(PY) bench/bench_video.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_throughput.py
+	$(PY) bench/bench_onnx.py
 
 # ruff with pyproject's rules: 130-character lines (E501), McCabe complexity 10 per function (C901)
 lint: setup

@@ -17,6 +17,7 @@ from bfrboost.cli import (  # noqa: E402  (each module adds its commands to ``ap
     dataset,
     degrade,
     eval,
+    export,
     guided,
     refiner,
     restore,
@@ -25,7 +26,7 @@ from bfrboost.cli import (  # noqa: E402  (each module adds its commands to ``ap
     weights,
 )
 
-__all__ = ["app", "dataset", "degrade", "eval", "guided", "main", "refiner", "restore", "train", "ui", "weights"]
+__all__ = ["app", "dataset", "degrade", "eval", "export", "guided", "main", "refiner", "restore", "train", "ui", "weights"]
 
 
 def main() -> None:
