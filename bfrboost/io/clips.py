@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bfrboost.io.colour import Colour
 from bfrboost.io.images import VIDEO_FORMATS
 from bfrboost.safety import atomic_path
 
@@ -44,6 +45,8 @@ def make_pan_clip(
     timestamps_ms: Sequence[int] | None = None,
     rotation: int = 0,
     crf: int = 18,
+    colour: Colour | None = None,
+    tagged: bool = True,
     overwrite: bool = True,
 ) -> Path:
     """Write an H.264 clip (``size`` = (w, h), even) of ``frames`` frames panning ``pan`` px per frame.
@@ -51,7 +54,9 @@ def make_pan_clip(
     ``period``: pan back and forth (see :func:`pan_offset`) so long clips stay inside the photo.
     ``timestamps_ms``: each frame's time in ms (variable frame rate; the time base is then 1/1000).
     ``audio``: a 440 Hz mono AAC track as long as the clip. ``rotation``: display rotation in degrees
-    counter-clockwise (stored as metadata, pixels untouched).
+    counter-clockwise (stored as metadata, pixels untouched). ``colour``: convert RGB→YUV with its
+    matrix and range, tagged unless ``tagged`` is false (an untagged clip players must guess); without
+    it FFmpeg's default (BT.601, limited range), untagged.
     """
     import av
 
@@ -66,10 +71,13 @@ def make_pan_clip(
             video.options = {"crf": str(crf), "preset": "veryfast"}
             if rotation:
                 video.set_display_rotation(rotation)
+            if colour is not None and tagged:
+                colour.tag(video.codec_context)
             sound = out.add_stream("aac", rate=48000, layout="mono") if audio else None
             for index in range(frames):
                 offset = pan_offset(index, pan, origin, period)
-                frame = av.VideoFrame.from_ndarray(pan_frame(photo, size, tuple(offset)), format="rgb24")
+                picture = pan_frame(photo, size, tuple(offset))
+                frame = colour.from_rgb(picture) if colour is not None else av.VideoFrame.from_ndarray(picture, format="rgb24")
                 frame.pts, frame.time_base = pts[index], tb
                 for packet in video.encode(frame):
                     out.mux(packet)

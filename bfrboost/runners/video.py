@@ -31,6 +31,7 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.track import FaceTracker
+from bfrboost.io.colour import Colour
 from bfrboost.io.images import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
@@ -163,6 +164,7 @@ class _Clip:
         self.batch: list[tuple[int, Prepared]] = []
         self.frames = self.faces = 0
         self.last_pts: int | None = None
+        self.colour: Colour | None = None  # the input's, from its first frame; the output gets the same
         self.seconds = report.seconds
         self.start = self.options.start or 0.0
         self.end = self.start + self.options.duration if self.options.duration is not None else math.inf
@@ -240,7 +242,9 @@ class _Clip:
 
     def _picture(self, frame: Any) -> tuple[np.ndarray, int]:
         """The frame upright as RGB uint8, and its output timestamp (in the input's time base)."""
-        rgb = frame.to_ndarray(format="rgb24")
+        if self.colour is None:
+            self.colour = Colour.of_frame(frame)
+        rgb = self.colour.to_rgb(frame)
         turns = round((frame.rotation or 0) / 90) % 4  # display rotation, counter-clockwise degrees
         if turns:
             rgb = np.ascontiguousarray(np.rot90(rgb, turns))
@@ -286,6 +290,8 @@ class _Clip:
         stream.time_base = self.video.time_base
         stream.codec_context.time_base = self.video.time_base
         stream.options = options
+        if self.colour is not None:
+            self.colour.tag(stream.codec_context)
         self.out_video = stream
         self.report.extra["encoder"] = codec
         supported = self.output.supported_codecs
@@ -310,7 +316,8 @@ class _Clip:
             rgb = rgb[: h - h % 2, : w - w % 2]
         if self.out_video is None:
             self._open_output(rgb.shape[1], rgb.shape[0])
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        assert self.colour is not None  # set from the first decoded frame, before any frame is encoded
+        frame = self.colour.from_rgb(rgb)
         frame.pts, frame.time_base = pts, self.video.time_base
         try:
             for packet in self.out_video.encode(frame):
