@@ -20,7 +20,7 @@ from bfrboost.backbones.registry import LoadedBase, fidelity_knob, load_base
 from bfrboost.background import load_upsampler
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
-from bfrboost.faces.detect import get_detector, select_faces
+from bfrboost.faces.detect import Detector, get_detector, select_faces
 from bfrboost.faces.paste import paste_faces
 from bfrboost.faces.types import Face
 
@@ -190,7 +190,7 @@ class Restorer:
 
     # ---- stages -----------------------------------------------------------------------------
 
-    def _find_faces(self, image: np.ndarray) -> list[Face]:
+    def _find_faces(self, image: np.ndarray, detector: Detector | None = None) -> list[Face]:
         if self.aligned:
             crop = image
             if crop.shape[:2] != (FACE_SIZE, FACE_SIZE):
@@ -199,7 +199,7 @@ class Restorer:
             affine = np.array([[FACE_SIZE / w, 0, 0], [0, FACE_SIZE / h, 0]], dtype=np.float64)
             landmarks = FFHQ_TEMPLATE_512 * np.array([w / FACE_SIZE, h / FACE_SIZE])
             return [Face(box=np.array([0, 0, w, h], float), score=1.0, landmarks=landmarks, affine=affine, crop=crop)]
-        faces = self.detector.detect(image)
+        faces = (detector or self.detector).detect(image)
         return select_faces(faces, image.shape, only_center=self.only_center_face, min_face=self.min_face)
 
     def input_targets(self, path: Path, image: np.ndarray) -> dict[str, Any] | None:
@@ -306,12 +306,15 @@ class Restorer:
         alpha: np.ndarray | None = None,
         extras: Mapping[str, Any] | None = None,
         landmark_filter: Callable[[list[Face]], list[Face]] | None = None,
+        detector: Detector | None = None,
     ) -> Prepared:
         """Stage 1 (CPU, per image): detect and align; ``image`` is RGB uint8 H×W×3.
 
         ``extras`` (e.g. a guidance mask in photo coordinates) are copied into each face's ``extras``.
         ``landmark_filter`` sees the detected faces before alignment and may move their landmarks
         (video: :class:`bfrboost.faces.track.FaceTracker` smooths them over time so crops don't jitter).
+        ``detector`` replaces the restorer's own for this image (video: a
+        :class:`bfrboost.faces.keyframes.KeyframeDetector` that detects on key frames and follows faces between).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise UsageError(f"images must be RGB uint8 H×W×3 arrays, got {image.dtype} {image.shape}")
@@ -321,7 +324,7 @@ class Restorer:
                 faces = self._find_faces(image)
         else:
             with timer("detect"):
-                faces = self._find_faces(image)
+                faces = self._find_faces(image, detector)
             if landmark_filter is not None:
                 with timer("smooth"):
                     faces = landmark_filter(faces)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
+from bfrboost.faces.keyframes import KeyframeDetector
 from bfrboost.faces.track import FaceTracker
 from bfrboost.io.colour import Colour
 from bfrboost.io.images import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
@@ -44,6 +45,8 @@ _X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium
 _NVENC_PRESETS = dict(zip(_X264_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p7", "p7")))
 # x264 preset → libvpx-vp9 cpu-used (0 best … 8 fastest)
 _VP9_SPEED = dict(zip(_X264_PRESETS, ("8", "7", "6", "5", "4", "3", "2", "1", "0", "0")))
+#: default and upper bound of ``--detect-every``: frames per detector run, faces followed by optical flow between
+DETECT_EVERY, DETECT_EVERY_MAX = 8, 60
 _AFTER_END_S = 1.0  # demuxing continues this long past --duration's end for audio interleaved late
 
 
@@ -59,6 +62,8 @@ class VideoOptions:
     ``cpu-used``). ``start`` / ``duration`` (seconds) restore a part; timestamps then start at
     ``start`` = 0. ``smooth``: One-Euro landmark smoothing per tracked face. ``hardware``: try
     NVDEC/NVENC (``None`` = when CUDA is available); any failure to open them falls back to the CPU.
+    ``detect_every``: run the detector on every N-th frame and follow the faces by optical flow in
+    between (sooner on a scene cut or a lost face; :class:`~bfrboost.faces.keyframes.KeyframeDetector`); 1 = every frame.
     """
 
     outdir: Path
@@ -72,6 +77,7 @@ class VideoOptions:
     smooth: bool = True
     frames_per_batch: int = 8
     hardware: bool | None = None
+    detect_every: int = DETECT_EVERY
 
     def __post_init__(self) -> None:
         self.ext = self.ext.lower().lstrip(".")
@@ -85,6 +91,8 @@ class VideoOptions:
             raise UsageError("--start must be >= 0 and --duration > 0 (seconds)")
         if self.frames_per_batch < 1:
             raise UsageError(f"frames per batch must be >= 1, got {self.frames_per_batch}")
+        if not 1 <= self.detect_every <= DETECT_EVERY_MAX:
+            raise UsageError(f"--detect-every must be in [1, {DETECT_EVERY_MAX}] (1 = detect on every frame), got {self.detect_every}")
 
 
 #: ``progress(input, frames_done, frames_expected_or_None)`` after every encoded batch.
@@ -157,6 +165,8 @@ class _Clip:
         self.audio = list(container.streams.audio)
         self.rate = self.video.average_rate or self.video.guessed_rate or Fraction(25)
         self.tracker = FaceTracker() if self.options.smooth else None
+        every = self.options.detect_every
+        self.keyframes = KeyframeDetector(self.restorer.detector, interval=every) if every > 1 else None
         self.output: Any = None
         self.out_video: Any = None
         self.out_audio: dict[int, Any] = {}
@@ -200,7 +210,8 @@ class _Clip:
         finally:
             self.output.close()
         tracks = self.tracker.count if self.tracker is not None else None
-        self.report.extra.update(frames=self.frames, face_count=self.faces, tracks=tracks)
+        key_frames = self.keyframes.key_frames if self.keyframes is not None else self.frames
+        self.report.extra.update(frames=self.frames, face_count=self.faces, tracks=tracks, key_frames=key_frames)
 
     def _stream(self) -> None:
         av = _av()
@@ -259,7 +270,7 @@ class _Clip:
 
     def _frame(self, rgb: np.ndarray, pts: int, t: float) -> None:
         smooth = functools.partial(self.tracker.update, t=t) if self.tracker is not None else None
-        self.batch.append((pts, self.restorer.prepare(rgb, landmark_filter=smooth)))
+        self.batch.append((pts, self.restorer.prepare(rgb, landmark_filter=smooth, detector=self.keyframes)))
         if len(self.batch) >= self.options.frames_per_batch:
             self._flush()
 
