@@ -13,10 +13,10 @@ import av
 import numpy as np
 import pytest
 
-from bfrboost.io.clips import make_pan_clip
 from bfrboost.io.colour import Colour
 from bfrboost.pipeline import Restorer
 from bfrboost.runners.video import VideoOptions, VideoRunner
+from tests.support.clips import make_pan_clip
 
 PATCHES = [(200, 160, 40), (30, 200, 90), (60, 70, 210), (235, 235, 235), (20, 20, 20), (128, 128, 128)]
 BT709, BT601 = Colour(1, False, 1, 1), Colour(6, False, 6, 6)

@@ -33,7 +33,7 @@ from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.keyframes import KeyframeDetector
 from bfrboost.faces.track import FaceTracker
 from bfrboost.io.colour import Colour
-from bfrboost.io.images import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
+from bfrboost.io.read import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
 from bfrboost.safety import InputGuard, atomic_path, one_line

@@ -10,8 +10,8 @@ import pytest
 
 from bfrboost.faces import get_detector
 from bfrboost.faces.keyframes import KeyframeDetector
-from bfrboost.io.clips import pan_frame
-from bfrboost.io.images import read_image
+from bfrboost.io.read import read_image
+from tests.support.clips import pan_frame
 
 SIZE, ORIGIN, PAN = (640, 360), np.array([40.0, 130.0]), np.array([1.0, 0.5])
 
