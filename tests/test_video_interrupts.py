@@ -34,7 +34,8 @@ def _wait_for(predicate, timeout: float = 180.0) -> None:
 @pytest.fixture(scope="module")
 def clip(testdata: Path, tmp_path_factory) -> Path:
     photo = read_image(testdata / "whole" / "06.png").rgb
-    return make_pan_clip(photo, tmp_path_factory.mktemp("clip") / "long.mp4", (640, 360), 40, pan=(0.5, 0.2), origin=(40, 130), period=120)
+    folder = tmp_path_factory.mktemp("clip")
+    return make_pan_clip(photo, folder / "long.mp4", (640, 360), 40, pan=(0.5, 0.2), origin=(40, 130), period=120)
 
 
 @pytest.fixture
