@@ -222,7 +222,11 @@ class _Clip:
         if damaged is not None:
             damage = self.damage
             self.report.extra["damaged"] = {"errors": damage.errors, "missing_frames": damage.missing, "spans": damage.spans}
-            self.report.extra.setdefault("warnings", []).append(damaged)
+            self._warn(damaged)
+
+    def _warn(self, line: str) -> None:
+        """One line for the user about a clip that is restored all the same (printed by the CLI)."""
+        self.report.extra.setdefault("warnings", []).append(line)
 
     def _plan_copies(self) -> None:
         """Which streams besides the video go into the output, checked against the container first:
@@ -238,8 +242,8 @@ class _Clip:
         kept = [source for source in self.others if _codec_name(source) in supported]
         dropped = [f"{source.type} stream {source.index} ({_codec_name(source)})" for source in self.others if source not in kept]
         if dropped:
-            warning = f"{self.name}: .{self.options.ext} cannot hold its {', '.join(dropped)}: dropped; choose --ext mkv to keep"
-            self.report.extra.setdefault("warnings", []).append(warning)
+            ext = self.options.ext
+            self._warn(f"{self.name}: .{ext} cannot hold its {', '.join(dropped)}: dropped; choose --ext mkv to keep")
         self.copies = [*self.audio, *kept]
         self.report.extra["copied_streams"] = len(kept)
         self.output.metadata.update({k: v for k, v in self.input.metadata.items() if k.lower() not in _OWN_METADATA})
@@ -362,7 +366,13 @@ class _Clip:
         self.out_video = stream
         self.report.extra["encoder"] = codec
         for source in self.copies:
-            self.out_copies[source.index] = self.output.add_stream_from_template(source)
+            try:
+                self.out_copies[source.index] = self.output.add_stream_from_template(source)
+            except (ValueError, av.FFmpegError) as exc:
+                if source in self.audio:
+                    raise OutputError(f"{self.name}: cannot copy audio stream {source.index} ({exc}); try --ext mkv") from None
+                self._warn(f"{self.name}: cannot copy its {source.type} stream {source.index} ({exc}): dropped")
+                continue
             _copy_metadata(source, self.out_copies[source.index])
         try:
             for packet in self.queued:
@@ -401,8 +411,10 @@ class _Clip:
         if shift:
             packet.pts = packet.pts - shift if packet.pts is not None else None
             packet.dts = packet.dts - shift if packet.dts is not None else None
-        packet.stream = self.out_copies[packet.stream.index]
-        self.output.mux(packet)
+        target = self.out_copies.get(packet.stream.index)
+        if target is not None:  # None: a stream that could not be added after all (warned)
+            packet.stream = target
+            self.output.mux(packet)
 
 
 @dataclass
