@@ -40,10 +40,11 @@ import numpy as np
 import torch
 
 from bfrboost.faces import get_detector
+from bfrboost.faces.keyframes import DETECT_EVERY
 from bfrboost.faces.types import Face
 from bfrboost.io.read import read_image
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.video import DETECT_EVERY, VideoOptions, VideoRunner
+from bfrboost.runners.video import VideoOptions, VideoRunner
 from bfrboost.safety import write_bytes
 from tests.support.clips import make_pan_clip, pan_offset
 
@@ -151,9 +152,40 @@ def stability(work: Path, frames: int) -> dict:
             first = restorer.prepare(image)
             restorer.base = TemplateBase(max(first.faces, key=lambda f: f.box[2] - f.box[0]).crop)
             name = f"{'smoothed' if smooth else 'per_frame'}_detect_every_{every}"
+            placed = record_landmarks(restorer)
             out = restore(clip, work / name, restorer, smooth=smooth, detect_every=every)
-            result[name] = flicker(Path(out["output"]), faces, 1)
+            result[name] = {**flicker(Path(out["output"]), faces, 1), "jitter_px": jitter(placed, faces, 1)}
     return result
+
+
+def record_landmarks(restorer: Restorer) -> list[list[np.ndarray]]:
+    """The landmarks each frame's faces were aligned with, appended as the clip is restored."""
+    placed: list[list[np.ndarray]] = []
+    prepare = restorer.prepare
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        prepared = prepare(*args, **kwargs)
+        placed.append([face.landmarks.copy() for face in prepared.faces])
+        return prepared
+
+    restorer.prepare = recording  # type: ignore[method-assign]
+    return placed
+
+
+def jitter(placed: list[list[np.ndarray]], faces: list[Face], pan: int) -> float:
+    """Mean frame-to-frame change (px per point) of each face's landmark error against the true
+    motion (the photo's landmarks moved by the pan): what shakes the crop, the pan itself excluded."""
+    changes = []
+    for t in range(1, len(placed)):
+        for now in placed[t]:
+            true_now = [f.landmarks - (np.array(STABLE_ORIGIN) + [t * pan, 0]) for f in faces]
+            i = int(np.argmin([np.abs(now - tr).mean() for tr in true_now]))
+            before = min(placed[t - 1], key=lambda lm: np.abs(lm - now).mean(), default=None)
+            if before is None:
+                continue
+            true_before = faces[i].landmarks - (np.array(STABLE_ORIGIN) + [(t - 1) * pan, 0])
+            changes.append(np.linalg.norm((now - true_now[i]) - (before - true_before), axis=1).mean())
+    return round(float(np.mean(changes)), 3)
 
 
 def speed(clip: Path, work: Path, repeats: int) -> dict:

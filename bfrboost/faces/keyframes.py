@@ -36,6 +36,8 @@ from bfrboost.faces.detect import Detector
 from bfrboost.faces.track import iou
 from bfrboost.faces.types import Face
 
+#: default frames per detector run (``--detect-every``) and the largest accepted (2.4 s at 25 fps)
+DETECT_EVERY, DETECT_EVERY_MAX = 10, 60
 _LK = {"winSize": (21, 21), "maxLevel": 3, "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)}
 
 
@@ -70,7 +72,7 @@ class KeyframeDetector:
     """
 
     detector: Detector
-    interval: int = 8
+    interval: int = DETECT_EVERY
     cut_threshold: float = 20.0
     min_points: int = 8
     max_zoom: float = 1.3

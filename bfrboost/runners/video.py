@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
-from bfrboost.faces.keyframes import KeyframeDetector
+from bfrboost.faces.keyframes import DETECT_EVERY, DETECT_EVERY_MAX, KeyframeDetector
 from bfrboost.faces.track import FaceTracker
 from bfrboost.io.colour import Colour
 from bfrboost.io.read import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
@@ -45,8 +45,6 @@ _X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium
 _NVENC_PRESETS = dict(zip(_X264_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p7", "p7")))
 # x264 preset → libvpx-vp9 cpu-used (0 best … 8 fastest)
 _VP9_SPEED = dict(zip(_X264_PRESETS, ("8", "7", "6", "5", "4", "3", "2", "1", "0", "0")))
-#: default and upper bound of ``--detect-every``: frames per detector run, faces followed by optical flow between
-DETECT_EVERY, DETECT_EVERY_MAX = 8, 60
 _AFTER_END_S = 1.0  # demuxing continues this long past --duration's end for audio interleaved late
 
 
