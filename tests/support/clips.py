@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from bfrboost.io.colour import Colour
-from bfrboost.io.read import VIDEO_FORMATS
+from bfrboost.io.video import VIDEO_FORMATS
 from bfrboost.safety import atomic_path
 
 
