@@ -66,7 +66,7 @@ def test_round_trip_keeps_frames_timestamps_fps_audio(clip: Path, tmp_path: Path
     assert line["output"] == str(out) and out.is_file()
     assert (line["kind"], line["frames"], line["face_count"], line["tracks"], line["audio_streams"]) == ("video", 10, 10, 1, 1)
     assert (line["width"], line["height"], line["fps"]) == (320, 180, 25.0)
-    assert line["key_frames"] == 1  # detector on frame 0 (--detect-every 10), the face followed on the 9 others
+    assert line["key_frames"] == 1  # detector on frame 0 (--detect-every 12), the face followed on the 9 others
     assert {"decode", "detect", "smooth", "align", "paste", "encode"} <= set(line["seconds"])
     assert "1 file(s) restored, 10 face(s), 0 failed" in result.stderr
 

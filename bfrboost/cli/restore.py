@@ -116,7 +116,7 @@ def restore(
     clip_start: Annotated[float | None, typer.Option("--start", min=0.0, help="Video: restore from this time on (seconds).")] = None,
     duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="Video: restore this many seconds.")] = None,
     frames_per_batch: Annotated[int, typer.Option("--frames-per-batch", min=1, help="Video: frames whose faces go through the base model together.")] = 8,
-    detect_every: Annotated[int | None, typer.Option("--detect-every", help="Video: run the face detector on every N-th frame (default 10, 1–60) and follow faces by optical flow between (sooner on a scene cut or a lost face); 1 = every frame.")] = None,
+    detect_every: Annotated[int | None, typer.Option("--detect-every", help="Video: run the face detector on every N-th frame (default 12, 1–60) and follow faces by optical flow between (sooner on a scene cut or a lost face); 1 = every frame.")] = None,
     guide: Annotated[str, typer.Option("--guide", help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); --weights/--fidelity/--knob apply to it.")] = "rrdb",
     reference: Annotated[list[Path] | None, typer.Option("--reference", help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.")] = None,
     prior: Annotated[Path | None, typer.Option("--prior", help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")] = None,

@@ -37,7 +37,7 @@ from bfrboost.faces.track import iou
 from bfrboost.faces.types import Face
 
 #: default frames per detector run (``--detect-every``) and the largest accepted (2.4 s at 25 fps)
-DETECT_EVERY, DETECT_EVERY_MAX = 10, 60
+DETECT_EVERY, DETECT_EVERY_MAX = 12, 60
 _LK = {"winSize": (21, 21), "maxLevel": 3, "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)}
 
 
