@@ -124,6 +124,8 @@ class KeyframeDetector:
         if not self._followed:
             return []
         start = np.concatenate([f.points for f in self._followed]).reshape(-1, 1, 2)
+        if len(start) == 0:  # no corners to follow (flat faces): detect
+            return None
         ahead, ok, _ = cv2.calcOpticalFlowPyrLK(self._gray, gray, start, None, **_LK)
         back, ok_back, _ = cv2.calcOpticalFlowPyrLK(gray, self._gray, ahead, None, **_LK)
         good = (ok[:, 0] == 1) & (ok_back[:, 0] == 1) & (np.linalg.norm((back - start)[:, 0], axis=1) < 1.0)
