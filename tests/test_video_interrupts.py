@@ -78,9 +78,8 @@ import signal, sys, time
 from pathlib import Path
 from bfrboost.cli import stop
 from bfrboost.safety import atomic_path
-stop.watch_signals()
 signal.signal(signal.SIGTERM, lambda *args: None)
-with atomic_path(Path({str(tmp_path / 'out.bin')!r})) as temp:
+with stop.watching(), atomic_path(Path({str(tmp_path / 'out.bin')!r})) as temp:
     temp.write_bytes(b"partial")
     print("ready", flush=True)
     while True:

@@ -40,17 +40,18 @@ def main() -> None:
     _reopen_closed_std_streams()
     from bfrboost.cli import stop
 
-    stop.watch_signals()
-    try:
-        app()
-    except SystemExit as exc:
-        if exc.code in stop.INTERRUPTED_CODES:
-            stop.exit_now(int(exc.code))
-        # Click (vendored by Typer) swaps stdout for a PacifyFlushWrapper when a write hit EPIPE
-        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
-            _silence_stdout()
-            raise SystemExit(141) from None
-        raise
+    # the web app's server stops in its own orderly way (closing connections, removing its work folder)
+    with stop.watching(enabled=sys.argv[1:2] != ["ui"]):
+        try:
+            app()
+        except SystemExit as exc:
+            if exc.code in stop.INTERRUPTED_CODES:
+                stop.exit_now(int(exc.code))
+            # Click (vendored by Typer) swaps stdout for a PacifyFlushWrapper when a write hit EPIPE
+            if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+                _silence_stdout()
+                raise SystemExit(141) from None
+            raise
 
 
 def _reopen_closed_std_streams() -> None:

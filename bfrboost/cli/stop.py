@@ -19,7 +19,8 @@ import signal
 import socket
 import sys
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from bfrboost.safety import remove_live_temps
 
@@ -30,23 +31,37 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 INTERRUPTED_CODES = frozenset(128 + int(sig) for sig in STOP_SIGNALS)
 
 
-def watch_signals() -> None:
-    """Start the watcher thread (main thread only; once per process)."""
-    if threading.current_thread() is not threading.main_thread():
+@contextmanager
+def watching(enabled: bool = True) -> Iterator[None]:
+    """Within the block, a watcher thread ends the process :data:`GRACE_S` after a stop signal unless
+    the block has ended by then (main thread only; elsewhere, or not ``enabled``, nothing changes)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
         return
     receive, send = socket.socketpair()
     send.setblocking(False)
-    signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
-    threading.Thread(target=_watch, args=(receive, send), name="bfrboost-stop", daemon=True).start()
+    previous = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    finished = threading.Event()
+    threading.Thread(target=_watch, args=(receive, finished), name="bfrboost-stop", daemon=True).start()
+    try:
+        yield
+    finally:
+        finished.set()
+        signal.set_wakeup_fd(previous)
+        send.close()  # the watcher's recv returns b"": it ends
 
 
-def _watch(receive: socket.socket, send: socket.socket) -> None:
-    while True:
-        data = receive.recv(64)
-        signums = [n for n in data if n in STOP_SIGNALS]
-        if signums:
-            break
-    time.sleep(GRACE_S)
+def _watch(receive: socket.socket, finished: threading.Event) -> None:
+    with receive:
+        while True:
+            data = receive.recv(64)
+            if not data:
+                return
+            signums = [n for n in data if n in STOP_SIGNALS]
+            if signums:
+                break
+    if finished.wait(GRACE_S):
+        return  # the command unwound in time
     remove_live_temps()
     name = signal.Signals(signums[0]).name
     os.write(2, f"bfrboost: interrupted by {name}: stopped the step in flight; re-run the same command to resume\n".encode())
