@@ -87,7 +87,8 @@ with stop.watching(), atomic_path(Path({str(tmp_path / 'out.bin')!r})) as temp:
 """
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     try:
-        assert process.stdout.readline().strip() == b"ready"
+        ready = process.stdout.readline().strip()
+        assert ready == b"ready", process.communicate(timeout=30)[1].decode()[-2000:]
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
