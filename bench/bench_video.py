@@ -41,11 +41,11 @@ import numpy as np
 import torch
 
 from bfrboost.faces import get_detector
-from bfrboost.faces.keyframes import DETECT_EVERY
 from bfrboost.faces.types import Face
 from bfrboost.io.read import read_image
+from bfrboost.options import VideoOptions
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.video import VideoOptions, VideoRunner
+from bfrboost.runners.video import VideoRunner
 from bfrboost.safety import write_bytes
 from tests.support.clips import make_pan_clip, pan_offset
 
@@ -54,6 +54,7 @@ SIZE = (640, 360)
 ORIGIN = (40.0, 130.0)  # both faces of 06.png inside the window
 STABLE_ORIGIN = (20.0, 130.0)  # the stability pan (1 px/frame to the right) stays inside the 726 px photo
 PAN, PERIOD = (0.5, 0.2), 120  # px per frame, back and forth every 120 frames
+DETECT_EVERY = VideoOptions().detect_every  # the default key-frame interval
 STAGES = ("decode", "detect", "smooth", "align", "base", "paste", "encode")
 
 
@@ -100,7 +101,7 @@ def rss_child(clip: str, outdir: str) -> None:
     """Restore ``clip`` with the stub detector, then print this process's peak RSS in MiB."""
     torch.set_num_threads(1)
     restorer = Restorer("none", device="cpu", detector="dlib", upscale=1)
-    restorer.detector = StubDetector(get_detector("dlib").detect(photo()))
+    restorer.finder.detector = StubDetector(get_detector("dlib").detect(photo()))
     restore(Path(clip), Path(outdir), restorer, detect_every=1)  # the stub counts its calls as frames
     with open("/proc/self/status") as status:
         hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
@@ -153,7 +154,7 @@ def stability(work: Path, frames: int) -> dict:
         for smooth in (False, True):
             restorer = Restorer("none", device="cpu", detector="dlib", upscale=1)
             first = restorer.prepare(image)
-            restorer.base = TemplateBase(max(first.faces, key=lambda f: f.box[2] - f.box[0]).crop)
+            restorer.face_restorer.base = TemplateBase(max(first.faces, key=lambda f: f.box[2] - f.box[0]).crop)
             name = f"{'smoothed' if smooth else 'per_frame'}_detect_every_{every}"
             placed = record_landmarks(restorer)
             out = restore(clip, work / name, restorer, smooth=smooth, detect_every=every)

@@ -91,7 +91,7 @@ def clips(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
             patch_image(*size), folder / f"{name}.mp4", size, 2, pan=(0, 0), audio=False, colour=colour, tagged=tagged, crf=12
         )
         restorer = Restorer("none", device="cpu", detector="dlib", upscale=upscale)
-        restorer.detector = NoFaces()
+        restorer.finder.detector = NoFaces()
         report = next(VideoRunner(restorer, VideoOptions(folder / name, crf=12, preset="veryfast")).run([clip]))
         assert report.error is None, report.error
         made[name] = (clip, Path(report.output))

@@ -36,8 +36,6 @@ from bfrboost.faces.detect import Detector
 from bfrboost.faces.track import iou
 from bfrboost.faces.types import Face
 
-#: default frames per detector run (``--detect-every``) and the largest accepted (2.4 s at 25 fps)
-DETECT_EVERY, DETECT_EVERY_MAX = 12, 60
 _LK = {"winSize": (21, 21), "maxLevel": 3, "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)}
 
 
@@ -72,7 +70,7 @@ class KeyframeDetector:
     """
 
     detector: Detector
-    interval: int = DETECT_EVERY
+    interval: int  # frames per detector run (``--detect-every``; default in bfrboost.options.VideoOptions)
     cut_threshold: float = 20.0
     min_points: int = 8
     max_zoom: float = 1.3

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from bfrboost.io.colour import Colour
-from bfrboost.io.video import VIDEO_FORMATS
+from bfrboost.options import VIDEO_FORMATS
 from bfrboost.safety import atomic_path
 
 
