@@ -282,7 +282,7 @@ class VideoOptions:
         flag="--detect-every",
         min=1,
         max=60,
-        hint=" (1 = detect on every frame)",
+        hint="(1 = detect on every frame)",
     )
 
     def __post_init__(self) -> None:

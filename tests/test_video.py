@@ -191,9 +191,10 @@ def test_usage_errors(clip: Path, tmp_path: Path) -> None:
         VideoOptions(tmp_path, preset="fastest")
     with pytest.raises(Exception, match=r"--crf must be in \[0, 51\]"):
         VideoOptions(tmp_path, crf=60)
-    result = run(clip, "-o", tmp_path, "--base", "none", "--detect-every", "0")
-    assert result.exit_code == 2
-    assert "--detect-every must be in [1, 60] (1 = detect on every frame), got 0" in result.stderr
+    result = run(clip, "-o", tmp_path, "--base", "none", "--detect-every", "61")
+    assert result.exit_code == 2 and "--detect-every" in result.stderr
+    with pytest.raises(Exception, match=r"--detect-every must be in \[1, 60\] \(1 = detect on every frame\), got 0"):
+        VideoOptions(tmp_path, detect_every=0)
 
 
 class InvertingUpsampler:

@@ -143,8 +143,12 @@ _DRAW = """async ([src, points]) => {
   const canvas = document.createElement('canvas');
   canvas.width = video.videoWidth; canvas.height = video.videoHeight;
   const context = canvas.getContext('2d');
-  context.drawImage(video, 0, 0);
-  return points.map(([x, y]) => Array.from(context.getImageData(x, y, 1, 1).data.slice(0, 3)));
+  for (let tries = 0; ; tries++) {  // a loaded machine may hand over the first frame late (black)
+    context.drawImage(video, 0, 0);
+    const seen = points.map(([x, y]) => Array.from(context.getImageData(x, y, 1, 1).data.slice(0, 3)));
+    if (seen.flat().some((v) => v > 0) || tries >= 50) return seen;
+    await new Promise((ok) => setTimeout(ok, 100));
+  }
 }"""
 
 

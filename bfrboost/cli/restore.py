@@ -317,6 +317,8 @@ def _emit(report: FileReport, as_json: bool) -> None:
         _err(report.error if report.error.startswith(one_line(report.input)) else f"{report.input}: {report.error}")
     elif report.skipped:
         _err(f"skipped {report.input}: {reason(report)}")
+    for warning in report.extra.get("warnings", []):  # done, with something the user should know
+        _err(f"warning: {warning}")
     if as_json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
         sys.stdout.flush()
