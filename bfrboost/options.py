@@ -243,6 +243,8 @@ class VideoOptions:
     ``cpu-used``). ``start`` / ``duration`` (seconds) restore a part; timestamps then start at
     ``start`` = 0. ``smooth``: One-Euro landmark smoothing per tracked face. ``hardware``: try
     NVDEC/NVENC (``None`` = when CUDA is available); any failure to open them falls back to the CPU.
+    ``detect_every``: run the detector on every N-th frame and follow the faces by optical flow in
+    between (:class:`~bfrboost.faces.keyframes.KeyframeDetector`); 1 = every frame.
     """
 
     outdir: Path = setting(Path("results"), "Output folder (restored_videos/).", flag="--outdir")
@@ -273,6 +275,15 @@ class VideoOptions:
         8, "Video: frames whose faces go through the base model together.", flag="--frames-per-batch", min=1
     )
     hardware: bool | None = setting(None, "Try NVDEC/NVENC (default: when CUDA is available).")
+    detect_every: int = setting(
+        12,
+        "Video: run the face detector on every N-th frame and follow the faces by optical flow between "
+        "(sooner on a scene cut or a lost face); 1 = every frame.",
+        flag="--detect-every",
+        min=1,
+        max=60,
+        hint="(1 = detect on every frame)",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outdir", Path(self.outdir))

@@ -67,6 +67,7 @@ def test_round_trip_keeps_frames_timestamps_fps_audio(clip: Path, tmp_path: Path
     assert line["output"] == str(out) and out.is_file()
     assert (line["kind"], line["frames"], line["face_count"], line["tracks"], line["audio_streams"]) == ("video", 10, 10, 1, 1)
     assert (line["width"], line["height"], line["fps"]) == (320, 180, 25.0)
+    assert line["key_frames"] == 1  # detector on frame 0 (--detect-every 12), the face followed on the 9 others
     assert {"decode", "detect", "smooth", "align", "paste", "encode"} <= set(line["seconds"])
     assert "1 file(s) restored, 10 face(s), 0 failed" in result.stderr
 
@@ -217,6 +218,10 @@ def test_usage_errors(clip: Path, tmp_path: Path) -> None:
         VideoOptions(tmp_path, preset="fastest")
     with pytest.raises(Exception, match=r"--crf must be in \[0, 51\]"):
         VideoOptions(tmp_path, crf=60)
+    result = run(clip, "-o", tmp_path, "--base", "none", "--detect-every", "61")
+    assert result.exit_code == 2 and "--detect-every" in result.stderr
+    with pytest.raises(Exception, match=r"--detect-every must be in \[1, 60\] \(1 = detect on every frame\), got 0"):
+        VideoOptions(tmp_path, detect_every=0)
 
 
 class InvertingUpsampler:
