@@ -267,7 +267,9 @@ def main() -> None:
             print("no CUDA here: GPU decode/encode path not measured")
         print("speed:", json.dumps(results["speed"]))
         for seconds in args.lengths:
-            long_clip = make_pan_clip(image, work / f"len{seconds:g}.mp4", SIZE, int(seconds * 25), pan=PAN, origin=ORIGIN, period=PERIOD)
+            long_clip = make_pan_clip(
+                image, work / f"len{seconds:g}.mp4", SIZE, int(seconds * 25), pan=PAN, origin=ORIGIN, period=PERIOD
+            )
             child = subprocess.run(
                 [sys.executable, __file__, "--rss-child", str(long_clip), str(work / "rss")], capture_output=True, text=True
             )

@@ -9,7 +9,9 @@ import warnings
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="bfrboost: restore faces, then boost them with the InfoBFR refiner.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="bfrboost: restore faces, then boost them with the InfoBFR refiner."
+)
 
 from bfrboost.cli import (  # noqa: E402  (each module adds its commands to ``app``)
     dataset,
