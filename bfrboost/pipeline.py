@@ -20,8 +20,9 @@ from bfrboost.backbones.registry import LoadedBase, fidelity_knob, load_base
 from bfrboost.background import load_upsampler
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
-from bfrboost.faces.detect import get_detector, select_faces
+from bfrboost.faces.detect import get_detector
 from bfrboost.faces.paste import paste_faces
+from bfrboost.faces.select import FaceSelector, PersonMatcher, Selection, blend_faces, load_embedder, read_references
 from bfrboost.faces.types import Face
 
 #: The base model ``base="auto"`` uses when its weights can be had; otherwise faces pass through.
@@ -101,6 +102,11 @@ class Restorer:
     ``face_upsample`` (with ``upscale`` > 1) also runs each restored face through that upsampler
     (Real-ESRGAN even when the background uses a plain resize) and pastes it directly, as CodeFormer
     does, so faces are as sharp as an upsampled background.
+
+    Which faces (:mod:`bfrboost.faces.select`): ``min_face``, then one of ``face_index`` (0 = the
+    leftmost face), ``largest`` or ``only_center_face``; ``person`` (reference photos) keeps only
+    faces of that person (``person_model`` dlib or arcface, ``person_threshold`` its cosine
+    similarity). ``blend`` mixes each restored face with the original (1 = restored, 0 = original).
     """
 
     #: A gray input is written gray (bases may tint it); colourising subclasses turn this off.
@@ -131,6 +137,12 @@ class Restorer:
         bg_upsampler: str = "none",
         bg_tile: int = 400,
         face_upsample: bool = False,
+        face_index: int | None = None,
+        largest: bool = False,
+        person: Sequence[str | Path] = (),
+        person_model: str = "dlib",
+        person_threshold: float | None = None,
+        blend: float = 1.0,
     ) -> None:
         if paste not in ("residual", "direct"):
             raise UsageError(f"unknown paste mode '{paste}'; use residual or direct")
@@ -146,8 +158,9 @@ class Restorer:
         self.device = resolve_device(device)
         self.upscale = float(upscale)
         self.aligned = aligned
-        self.only_center_face = only_center_face
-        self.min_face = int(min_face)
+        selection = Selection(face_index=face_index, largest=largest, only_center=only_center_face, min_face=int(min_face))
+        blend_faces([], blend)  # checks the range before any model loads
+        self.blend = float(blend)
         self.refiner_strength = float(refiner_strength)
         self.notes: list[str] = []
         knobs = dict(knobs or {})
@@ -163,6 +176,7 @@ class Restorer:
             if self.device.type == "cpu":
                 self.notes.append("the refiner runs on the CPU: about 40 s per face with SD 2.1 on 2 cores; a GPU is far faster")
         self.detector = None if aligned else get_detector(detector, device=str(self.device))
+        self.selector = FaceSelector(selection, self._person(person, person_model, person_threshold))
         self.background = None if aligned else load_upsampler(bg_upsampler, self.upscale, device=self.device, tile=bg_tile)
         self.face_upsampler = None
         if face_upsample and not aligned:
@@ -177,6 +191,14 @@ class Restorer:
             from bfrboost.faces.parse import load_parser
 
             self.parser = load_parser(device=self.device)
+
+    def _person(self, person: Sequence[str | Path], model: str, threshold: float | None) -> PersonMatcher | None:
+        if not person:
+            return None
+        if self.aligned:
+            raise UsageError("restoring one person needs face detection: drop --aligned (an aligned crop is one face)")
+        embedder = load_embedder(model, device=str(self.device))
+        return PersonMatcher.from_photos(read_references(person), embedder, self.detector, threshold)
 
     def _load_base(self, base: str, weights: Any, batch_size: int | None, knobs: dict) -> LoadedBase:
         kwargs = dict(device=self.device, weights=weights, batch_size=batch_size, **knobs)
@@ -199,8 +221,7 @@ class Restorer:
             affine = np.array([[FACE_SIZE / w, 0, 0], [0, FACE_SIZE / h, 0]], dtype=np.float64)
             landmarks = FFHQ_TEMPLATE_512 * np.array([w / FACE_SIZE, h / FACE_SIZE])
             return [Face(box=np.array([0, 0, w, h], float), score=1.0, landmarks=landmarks, affine=affine, crop=crop)]
-        faces = self.detector.detect(image)
-        return select_faces(faces, image.shape, only_center=self.only_center_face, min_face=self.min_face)
+        return self.selector.by_position(self.detector.detect(image), image.shape)
 
     def input_targets(self, path: Path, image: np.ndarray) -> dict[str, Any] | None:
         """Per-input extras beside the pixels, for runners to pass to :meth:`restore_batch` as ``targets``.
@@ -306,12 +327,14 @@ class Restorer:
         alpha: np.ndarray | None = None,
         extras: Mapping[str, Any] | None = None,
         landmark_filter: Callable[[list[Face]], list[Face]] | None = None,
+        person_memo: dict[Any, np.ndarray] | None = None,
     ) -> Prepared:
         """Stage 1 (CPU, per image): detect and align; ``image`` is RGB uint8 H×W×3.
 
         ``extras`` (e.g. a guidance mask in photo coordinates) are copied into each face's ``extras``.
         ``landmark_filter`` sees the detected faces before alignment and may move their landmarks
         (video: :class:`bfrboost.faces.track.FaceTracker` smooths them over time so crops don't jitter).
+        ``person_memo``: see :meth:`FaceSelector.by_person` (video: one identity match per track).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise UsageError(f"images must be RGB uint8 H×W×3 arrays, got {image.dtype} {image.shape}")
@@ -327,6 +350,9 @@ class Restorer:
                     faces = landmark_filter(faces)
             with timer("align"):
                 warp_faces(image, faces, size=FACE_SIZE)
+            if self.selector.person is not None:
+                with timer("identify"):
+                    faces = self.selector.by_person(faces, person_memo)
         for face in faces:
             face.extras.update(extras or {})
         return Prepared(image=image, alpha=alpha, faces=faces, seconds=timer.seconds)
@@ -342,6 +368,7 @@ class Restorer:
         for item in prepared:
             for face in item.faces:
                 face.restored = next(restored)
+            blend_faces(item.faces, self.blend)
             for stage, secs in shared.seconds.items():
                 item.seconds[stage] = item.seconds.get(stage, 0.0) + secs * len(item.faces) / max(len(faces), 1)
 

@@ -92,6 +92,12 @@ def restore(
     aligned: opt.Aligned = False,
     only_center_face: opt.OnlyCenterFace = False,
     min_face: opt.MinFace = 0,
+    face_index: opt.FaceIndex = None,
+    largest: opt.Largest = False,
+    person: opt.Person = None,
+    person_model: opt.PersonModel = "dlib",
+    person_threshold: opt.PersonThreshold = None,
+    blend: opt.Blend = 1.0,
     paste: opt.Paste = "residual",
     color_match: opt.ColorMatch = False,
     detector: opt.Detector = "auto",
@@ -164,7 +170,8 @@ def restore(
         device=device, detector=detector, upscale=upscale, aligned=aligned,
         only_center_face=only_center_face, min_face=min_face, weights=weights,
         batch_size=batch_size, knobs=knobs, fidelity=fidelity, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
-        face_upsample=face_upsample,
+        face_upsample=face_upsample, face_index=face_index, largest=largest, person=person or (), person_model=person_model,
+        person_threshold=person_threshold, blend=blend,
     )
 
     def make_restorer() -> Restorer:

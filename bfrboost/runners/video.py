@@ -156,6 +156,7 @@ class _Clip:
         self.audio = list(container.streams.audio)
         self.rate = self.video.average_rate or self.video.guessed_rate or Fraction(25)
         self.tracker = FaceTracker() if self.options.smooth else None
+        self.person_memo: dict[int, np.ndarray] = {}  # track id → identity similarities: one match per track
         self.output: Any = None
         self.out_video: Any = None
         self.out_audio: dict[int, Any] = {}
@@ -255,7 +256,7 @@ class _Clip:
 
     def _frame(self, rgb: np.ndarray, pts: int, t: float) -> None:
         smooth = functools.partial(self.tracker.update, t=t) if self.tracker is not None else None
-        self.batch.append((pts, self.restorer.prepare(rgb, landmark_filter=smooth)))
+        self.batch.append((pts, self.restorer.prepare(rgb, landmark_filter=smooth, person_memo=self.person_memo)))
         if len(self.batch) >= self.options.frames_per_batch:
             self._flush()
 
