@@ -23,9 +23,16 @@ BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Face
 Quality = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")]
 MaxPixels = Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels (decompression-bomb guard).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
-FaceIndex = Annotated[int | None, typer.Option("--face-index", min=0, help="Restore only the N-th face counted left to right (0 = leftmost), after --min-face.", show_default=False)]
+FaceIndex = Annotated[int | None, typer.Option(
+    "--face-index", min=0, show_default=False,
+    help="Restore only the N-th face counted left to right (0 = leftmost), after --min-face.")]
 Largest = Annotated[bool, typer.Option("--largest", help="Restore only the face with the largest box.")]
-Person = Annotated[list[Path] | None, typer.Option("--person", help="Restore only faces of the person in these reference photos (their largest face each); repeatable.", show_default=False)]
-PersonModel = Annotated[str, typer.Option("--person-model", help="Identity model for --person: dlib (no download) or arcface (bfrboost weights download arcface).")]
-PersonThreshold = Annotated[float | None, typer.Option("--person-threshold", min=-1.0, max=1.0, help="Cosine similarity a face needs to match --person (default: dlib 0.91, arcface 0.40; see docs/faces.md).", show_default=False)]
+Person = Annotated[list[Path] | None, typer.Option(
+    "--person", show_default=False,
+    help="Restore only the person in this reference photo (its largest face); repeatable, one person per photo.")]
+PersonModel = Annotated[str, typer.Option(
+    "--person-model", help="Identity model for --person: dlib (no download) or arcface (bfrboost weights download arcface).")]
+PersonThreshold = Annotated[float | None, typer.Option(
+    "--person-threshold", min=-1.0, max=1.0, show_default=False,
+    help="Cosine similarity a face needs to match --person (default: dlib 0.91, arcface 0.40; see docs/faces.md).")]
 Blend = Annotated[float, typer.Option("--blend", min=0.0, max=1.0, help="Mix of restored and original face: 1 = restored, 0 = original.")]

@@ -104,7 +104,8 @@ def test_person_restores_only_the_reference_person(testdata: Path, monkeypatch: 
     """Three people side by side (LFW photos from dlib's examples); the reference is a different photo
     of the middle one. A reference of someone absent restores nobody."""
     folder = testdata / "faces" / "whole"
-    people = ["dlib_John_Savage_000264_01099001.jpg", "dlib_John_Simm_000288_00470387.jpg", "dlib_John_Shimkus_000373_03228153.jpg"]
+    people = ["dlib_John_Savage_000264_01099001.jpg", "dlib_John_Simm_000288_00470387.jpg",
+              "dlib_John_Shimkus_000373_03228153.jpg"]
     group = np.concatenate([rgb(folder / name) for name in people], axis=1)
     restorer = inverting(Restorer(
         "none", upscale=1, device="cpu", detector="dlib", person=[folder / "dlib_John_Simm_000300_00470148.jpg"]
@@ -113,7 +114,8 @@ def test_person_restores_only_the_reference_person(testdata: Path, monkeypatch: 
     result = restorer.restore(group)
     assert restored_centres(group, result.image, everyone) == [False, True, False]
     assert result.faces[0].extras["person_score"] >= PERSON_THRESHOLDS["dlib"]
-    stranger = PersonMatcher.from_photos([("salley", rgb(folder / "dlib_John_Salley_000179_02159509.jpg"))], DlibEmbedder(), detector)
+    salley = rgb(folder / "dlib_John_Salley_000179_02159509.jpg")
+    stranger = PersonMatcher.from_photos([("salley", salley)], DlibEmbedder(), detector)
     restorer.selector = FaceSelector(person=stranger)
     assert restorer.restore(group).faces == []
 
@@ -169,7 +171,8 @@ def test_video_matches_each_track_once(testdata: Path, tmp_path: Path) -> None:
     from bfrboost.io.clips import make_pan_clip
     from bfrboost.runners.video import VideoOptions, VideoRunner
 
-    clip = make_pan_clip(rgb(testdata / "whole" / "03.jpg"), tmp_path / "pan.mp4", (320, 180), 6, pan=(1.0, 0.5), origin=(30, 20), audio=False)
+    photo = rgb(testdata / "whole" / "03.jpg")
+    clip = make_pan_clip(photo, tmp_path / "pan.mp4", (320, 180), 6, pan=(1.0, 0.5), origin=(30, 20), audio=False)
     for smooth, embedded in ((True, 1), (False, 6)):  # no tracker (no --smooth): no track ids, every frame
         restorer = Restorer("none", upscale=1, device="cpu", detector="dlib")
         counting = Counting()
