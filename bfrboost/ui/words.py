@@ -19,7 +19,7 @@ REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"face upsampling does nothing at upscale ([\d.]+); pass -s 2 \(up to 4\) to use it",
          r"face upsample does nothing at rescaling factor \g<1>; set the rescaling factor above 1 to use it"),
         (r"^(\S+): not in the cache and offline mode is on; download .*$",
-         r"the model file \g<1> is not installed on this server; install it there (see the bfrboost docs on weights), "
+         r"the model file \g<1> is not installed on this server; install it there (see the weights page of the docs), "
          r"or choose another base model"),
         (r"^(\S+): download (failed|from).*$",
          r"the model file \g<1> could not be downloaded by this server; install it there by hand, or choose another base model"),
