@@ -88,7 +88,15 @@ def _failed(text: str, kind: str = "error") -> tuple[Any, ...]:
     """The run's outputs for a failure (or a cancel): one line in the status, no stale result."""
     gr = _gradio()
     hidden = gr.update(value=None, visible=False)
-    return _status(text, kind), hidden, hidden, hidden, hidden, hidden, gr.update(value=[], visible=False)
+    return _status(text, kind), gr.update(value=None), gr.update(value=None), hidden, hidden, hidden, gr.update(value=[])
+
+
+def _cleared() -> tuple[Any, ...]:
+    """The run's outputs the moment Restore is pressed: the last result and message go, the image
+    outputs show (empty) so the progress bar has a place."""
+    gr = _gradio()
+    empty, hidden = gr.update(value=None, visible=True), gr.update(value=None, visible=False)
+    return _status("starting…"), empty, empty, hidden, hidden, hidden, gr.update(value=[], visible=True)
 
 
 def _shown(outcome: Outcome | ClipOutcome) -> tuple[Any, ...]:
@@ -209,16 +217,17 @@ def build_app(
         upload.change(lambda path: _on_upload(engine, path), upload, [preview, status], queue=False)
         names = list(_CONTROLS)
 
-        def on_run(path, *values, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio injects both
-            return _run(engine, path, dict(zip(names, values, strict=True)), request.session_hash or "", progress)
+        def on_run(data: dict, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio injects both
+            values = {name: data[controls[name]] for name in names}
+            return _run(engine, data[upload], values, request.session_hash or "", progress)
 
         def on_cancel(request: gr.Request) -> None:
             engine.jobs.cancel(request.session_hash or "")
 
         for handler in (on_run, on_cancel):  # the real class: Gradio finds the request by its annotation
             handler.__annotations__["request"] = gr.Request
-        clear = run.click(lambda: _failed("starting…", "")[: len(outputs)], None, outputs, queue=False)
-        clear.then(on_run, [upload, *(controls[n] for n in names)], outputs, concurrency_limit=16)
+        clear = run.click(_cleared, None, outputs, queue=False)
+        clear.then(on_run, {upload, *(controls[n] for n in names)}, outputs, concurrency_limit=16)
         cancel.click(on_cancel, None, None, queue=False)
         app.unload(on_cancel)  # a closed or reloaded tab cancels its jobs
     return app

@@ -146,7 +146,10 @@ def test_a_text_file_shows_one_line_in_the_page(served, tmp_path: Path):
     if page.locator("#upload button[aria-label='Clear']").count():
         page.locator("#upload button[aria-label='Clear']").first.click()
     upload(page, text)
+    page.wait_for_selector("#status.error")  # the preview already says so, before Restore
+    assert page.locator("#status").inner_text().strip().startswith("⚠ notes.txt: not an image")
     page.locator("#run").click()
+    page.wait_for_function("() => !document.querySelector('#status').classList.contains('error')")  # cleared at once
     page.wait_for_selector("#status.error")
     screenshot(page, tmp_path, "ui_error")
     message = page.locator("#status").inner_text().strip()
