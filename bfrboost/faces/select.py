@@ -117,7 +117,7 @@ class DlibEmbedder:
 
 
 class ArcFaceEmbedder:
-    """ArcFace IR-SE50 (:mod:`bfrboost.identity`) on the whole crop, as the ``ids`` metric uses it."""
+    """ArcFace IR-SE50 (:mod:`bfrboost.nets.arcface`) on the whole crop, as the ``ids`` metric uses it."""
 
     name = "arcface"
 
@@ -141,7 +141,7 @@ def load_embedder(name: str, device: str = "cpu") -> Embedder:
     if name == "dlib":
         return DlibEmbedder()
     if name == "arcface":
-        from bfrboost.identity import load_arcface
+        from bfrboost.nets.arcface import load_arcface
 
         return ArcFaceEmbedder(load_arcface(device))
     raise UsageError(f"unknown identity model {name!r}; choose one of: {', '.join(PERSON_MODELS)}")
@@ -220,7 +220,7 @@ class FaceSelector:
 
 def read_references(paths: Sequence[Path | str], max_pixels: int | None = None) -> list[tuple[str, np.ndarray]]:
     """Decode reference photos as inputs are decoded (EXIF rotation, gray, 16-bit); one line per bad file."""
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
 
     kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
     return [(str(path), read_image(Path(path), **kwargs).rgb) for path in paths]

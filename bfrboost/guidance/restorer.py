@@ -41,7 +41,7 @@ def read_mask(source: ImageLike) -> np.ndarray:
     if isinstance(source, np.ndarray):
         array = source if source.ndim == 2 else source.max(axis=2)
         return (array > (127 if array.dtype == np.uint8 else 0.5)).astype(np.float32)
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
 
     return read_mask(read_image(Path(source)).rgb)
 
@@ -139,7 +139,7 @@ class GuidedRestorer(Restorer):
             if not self.mask_source.exists():
                 raise InputError(f"{self.mask_source}: no such scratch-mask file or folder")
 
-        from bfrboost.guidance import rrdb as rrdb_module
+        from bfrboost.nets import rrdb as rrdb_module
 
         prior_net = prior if isinstance(prior, torch.nn.Module) else load_prior(prior)
         rrdb_net = None
@@ -149,7 +149,7 @@ class GuidedRestorer(Restorer):
         arcface_net = None
         if reference:
             if arcface is None or isinstance(arcface, (str, Path)):
-                from bfrboost.identity import load_arcface
+                from bfrboost.nets.arcface import load_arcface
 
                 arcface = load_arcface(device=self.device, weights=arcface)
             arcface_net = arcface.to(self.device)
@@ -168,7 +168,7 @@ class GuidedRestorer(Restorer):
 
     def _reference_crop(self, source: ImageLike, what: str) -> np.ndarray:
         """An aligned crop of a reference: a square image is taken as aligned, else its largest face."""
-        from bfrboost.io.images import read_image
+        from bfrboost.io.read import read_image
 
         name = str(source) if not isinstance(source, np.ndarray) else f"{what} image"
         image = source if isinstance(source, np.ndarray) else read_image(Path(source)).rgb

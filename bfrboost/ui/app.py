@@ -69,7 +69,7 @@ def _status(text: str, kind: str = "") -> Any:
 
 def _first_frame(path: Path, max_pixels: int) -> np.ndarray:
     """The upload as the page previews it: a photo decoded as the restorer decodes it, a clip's first frame."""
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
     from bfrboost.runners.video import is_video
 
     if not is_video(path):

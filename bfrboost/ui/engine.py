@@ -250,7 +250,7 @@ class Engine:
     def _loaded(self, settings: Settings, progress: Progress) -> Any:
         """The cached restorer for ``settings``, with this run's strength, face selection and blend."""
         from bfrboost.faces.select import FaceSelector, PersonMatcher, Selection, load_embedder
-        from bfrboost.io.images import read_image
+        from bfrboost.io.read import read_image
 
         strength = _strength(settings.refiner_strength)
         selection = Selection(face_index=settings.face_index, largest=settings.largest)
@@ -288,7 +288,7 @@ class Engine:
         return dataclasses.replace(settings, upscale=scale), [note]
 
     def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress, job: Job) -> Outcome:
-        from bfrboost.io.images import read_image
+        from bfrboost.io.read import read_image
         from bfrboost.runners.files import FileRunner, OutputOptions
 
         settings, notes = self._fit(upload, settings)

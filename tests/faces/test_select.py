@@ -31,8 +31,8 @@ from bfrboost.faces.select import (
     left_to_right,
 )
 from bfrboost.faces.types import Face
-from bfrboost.identity import random_arcface
-from bfrboost.io.images import read_image
+from bfrboost.nets.arcface import random_arcface
+from bfrboost.io.read import read_image
 from bfrboost.pipeline import Restorer
 
 
@@ -168,7 +168,7 @@ class Counting:
 
 
 def test_video_matches_each_track_once(testdata: Path, tmp_path: Path) -> None:
-    from bfrboost.io.clips import make_pan_clip
+    from tests.support.clips import make_pan_clip
     from bfrboost.runners.video import VideoOptions, VideoRunner
 
     photo = rgb(testdata / "whole" / "03.jpg")
