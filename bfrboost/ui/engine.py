@@ -284,7 +284,7 @@ class Engine:
             return settings, []
         result = width * height * settings.upscale**2 / 1e6
         note = (f"rescaling factor lowered from {settings.upscale:g} to {scale:g}: a {settings.upscale:g}× result of this "
-                f"{width}×{height} photo would be {result:.0f} MP, over this app's {self.max_output_pixels / 1e6:g} MP limit")
+                f"{width}×{height} photo would be {result:.3g} MP, over this app's {self.max_output_pixels / 1e6:g} MP limit")
         return dataclasses.replace(settings, upscale=scale), [note]
 
     def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress, job: Job) -> Outcome:

@@ -31,8 +31,8 @@ from bfrboost.faces.select import (
     left_to_right,
 )
 from bfrboost.faces.types import Face
-from bfrboost.nets.arcface import random_arcface
 from bfrboost.io.read import read_image
+from bfrboost.nets.arcface import random_arcface
 from bfrboost.pipeline import Restorer
 
 
@@ -168,8 +168,8 @@ class Counting:
 
 
 def test_video_matches_each_track_once(testdata: Path, tmp_path: Path) -> None:
-    from tests.support.clips import make_pan_clip
     from bfrboost.runners.video import VideoOptions, VideoRunner
+    from tests.support.clips import make_pan_clip
 
     photo = rgb(testdata / "whole" / "03.jpg")
     clip = make_pan_clip(photo, tmp_path / "pan.mp4", (320, 180), 6, pan=(1.0, 0.5), origin=(30, 20), audio=False)

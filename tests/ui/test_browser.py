@@ -220,3 +220,122 @@ def test_an_upload_over_the_cap_is_refused_with_a_clear_message(served, tmp_path
     assert app.engine.max_upload_bytes == 5 * 1024 * 1024
     assert not list(Path(app.engine.root).rglob("big.png"))  # never reached the restorer
     assert elsewhere == []
+
+
+def _second_tab(page, elsewhere: list[str]):
+    """Another tab of the same browser: a session of its own, held to the app like the first."""
+    url = page.url
+    other = page.context.new_page()
+    other.set_default_timeout(TIMEOUT_MS)
+
+    def only_loopback(route):
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    other.route("**/*", only_loopback)
+    other.goto(url)
+    other.wait_for_selector("#run")
+    return other
+
+
+def _running(engine, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while engine.jobs.running() is None:
+        assert time.monotonic() < deadline, "no job started"
+        time.sleep(0.02)
+    return engine.jobs.running()
+
+
+def _ended(job, timeout: float = 30.0) -> float:
+    deadline = time.monotonic() + timeout
+    while job.ended is None:
+        assert time.monotonic() < deadline, "the job did not stop"
+        time.sleep(0.02)
+    return job.ended
+
+
+def test_cancel_queue_and_closed_tab(served, testdata: Path, tmp_path: Path, monkeypatch):
+    """A long clip runs in tab 1; tab 2's photo waits and says what runs ahead (a clip, its frame
+    progress); Cancel stops the clip within 2 s and tab 2's photo runs; closing a tab stops its clip."""
+    from bfrboost.io.read import read_image
+    from bfrboost.pipeline import Restorer
+    from tests.support.clips import make_pan_clip
+
+    app, page, elsewhere = served
+    clip = make_pan_clip(read_image(testdata / "whole" / "03.jpg").rgb, tmp_path / "long.mp4", (320, 180), 60, audio=False)
+    finish = Restorer.finish
+    monkeypatch.setattr(Restorer, "finish", lambda self, prepared: (time.sleep(0.1), finish(self, prepared))[1])
+    if page.locator("#upload button[aria-label='Clear']").count():
+        page.locator("#upload button[aria-label='Clear']").first.click()
+    upload(page, clip)
+    choose_base(page, "none")
+    page.locator("#run").click()
+    job = _running(app.engine)
+    other = _second_tab(page, elsewhere)
+    upload(other, testdata / "whole" / "04.jpg")
+    choose_base(other, "none")
+    other.locator("#run").click()
+    other.wait_for_function("() => /waiting: 1 job ahead — a clip, restoring frames: \\d+ of 60/.test(document.body.innerText)")
+    screenshot(other, tmp_path, "ui_queue")
+
+    start = time.monotonic()
+    page.locator("#cancel").click()
+    cancel_s = _ended(job) - start
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('cancelled: nothing was kept')")
+    screenshot(page, tmp_path, "ui_cancelled")
+    assert cancel_s < 2.0, f"cancel took {cancel_s:.2f} s"
+    other.wait_for_selector("#result img")
+    assert other.locator("#status").inner_text().strip().startswith("1 face(s) restored, ")
+    assert not list(Path(app.engine.root).rglob("long.mp4"))  # nothing of the cancelled clip is kept
+
+    upload(other, clip)
+    other.locator("#run").click()
+    second = _running(app.engine)
+    while "restoring frames" not in second.progress:
+        time.sleep(0.02)
+    start = time.monotonic()
+    other.close()
+    closed_s = _ended(second) - start
+    assert second.cancelled.is_set() and closed_s < 5.0, f"closing the tab stopped the clip after {closed_s:.2f} s"
+    print(f"cancel button: {cancel_s:.2f} s, closed tab: {closed_s:.2f} s")
+    assert elsewhere == []
+
+
+def test_examples_preview_web_words_and_face_selection(served, testdata: Path, tmp_path: Path):
+    """An example photo with base auto and no weights: a preview, then a warning in web words. A group
+    photo with face number 2 and a lowered rescaling factor: one face, and a note saying why."""
+    from bfrboost.ui.words import has_cli_words
+
+    app, page, elsewhere = served
+    if page.locator("#upload button[aria-label='Clear']").count():
+        page.locator("#upload button[aria-label='Clear']").first.click()
+    page.locator("#examples").get_by_text("astronaut_degraded.jpg").click()
+    page.wait_for_selector("#upload :text('astronaut_degraded.jpg')")
+    page.wait_for_selector("#preview img")
+    choose_base(page, "auto")
+    page.locator("#run").click()
+    page.wait_for_selector("#status.warning")
+    status = page.locator("#status").inner_text().strip()
+    assert status.startswith("⚠ no base model is installed on this server (the gfpgan weights are missing)")
+    assert "face(s) found, none restored" in status and not has_cli_words(status)
+    screenshot(page, tmp_path, "ui_fallback")
+
+    page.locator("#upload button[aria-label='Clear']").first.click()
+    upload(page, testdata / "whole" / "01.jpg")  # 4 faces, 248×189
+    choose_base(page, "none")
+    page.get_by_text("faces to restore").click()
+    page.locator("#face-index input").fill("2")
+    app.engine.max_output_pixels = 100_000  # 2× would be 187 500 pixels
+    try:
+        page.locator("#run").click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('1 face(s) restored')")
+    finally:
+        app.engine.max_output_pixels = app.engine.max_pixels
+    status = page.locator("#status").inner_text()
+    assert "note: rescaling factor lowered from 2 to 1: a 2× result of this 248×189 photo would be 0.187 MP" in status
+    assert page.locator("#faces img").count() == 1
+    screenshot(page, tmp_path, "ui_face_index")
+    assert elsewhere == []
