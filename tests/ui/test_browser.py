@@ -225,7 +225,7 @@ def test_an_upload_over_the_cap_is_refused_with_a_clear_message(served, tmp_path
 def _second_tab(page, elsewhere: list[str]):
     """Another tab of the same browser: a session of its own, held to the app like the first."""
     url = page.url
-    other = page.context.new_page()
+    other = page.context.browser.new_page(viewport={"width": 1280, "height": 900})
     other.set_default_timeout(TIMEOUT_MS)
 
     def only_loopback(route):
@@ -241,20 +241,14 @@ def _second_tab(page, elsewhere: list[str]):
     return other
 
 
-def _running(engine, timeout: float = 60.0):
+def _until(page, done, what: str, timeout: float = 60.0):
+    """Poll ``done()`` through Playwright's own wait: a plain sleep would hold the page's routed
+    requests (sync Playwright answers them only while the test is inside a Playwright call)."""
     deadline = time.monotonic() + timeout
-    while engine.jobs.running() is None:
-        assert time.monotonic() < deadline, "no job started"
-        time.sleep(0.02)
-    return engine.jobs.running()
-
-
-def _ended(job, timeout: float = 30.0) -> float:
-    deadline = time.monotonic() + timeout
-    while job.ended is None:
-        assert time.monotonic() < deadline, "the job did not stop"
-        time.sleep(0.02)
-    return job.ended
+    while not (value := done()):
+        assert time.monotonic() < deadline, what
+        page.wait_for_timeout(20)
+    return value
 
 
 def test_cancel_queue_and_closed_tab(served, testdata: Path, tmp_path: Path, monkeypatch):
@@ -273,7 +267,7 @@ def test_cancel_queue_and_closed_tab(served, testdata: Path, tmp_path: Path, mon
     upload(page, clip)
     choose_base(page, "none")
     page.locator("#run").click()
-    job = _running(app.engine)
+    job = _until(page, app.engine.jobs.running, "no job started")
     other = _second_tab(page, elsewhere)
     upload(other, testdata / "whole" / "04.jpg")
     choose_base(other, "none")
@@ -283,7 +277,7 @@ def test_cancel_queue_and_closed_tab(served, testdata: Path, tmp_path: Path, mon
 
     start = time.monotonic()
     page.locator("#cancel").click()
-    cancel_s = _ended(job) - start
+    cancel_s = _until(page, lambda: job.ended, "the clip did not stop") - start
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('cancelled: nothing was kept')")
     screenshot(page, tmp_path, "ui_cancelled")
     assert cancel_s < 2.0, f"cancel took {cancel_s:.2f} s"
@@ -291,14 +285,13 @@ def test_cancel_queue_and_closed_tab(served, testdata: Path, tmp_path: Path, mon
     assert other.locator("#status").inner_text().strip().startswith("1 face(s) restored, ")
     assert not list(Path(app.engine.root).rglob("long.mp4"))  # nothing of the cancelled clip is kept
 
+    other.locator("#upload button[aria-label='Clear']").first.click()
     upload(other, clip)
     other.locator("#run").click()
-    second = _running(app.engine)
-    while "restoring frames" not in second.progress:
-        time.sleep(0.02)
+    second = _until(other, lambda: (job := app.engine.jobs.running()) and "restoring frames:" in job.progress and job, "no clip")
     start = time.monotonic()
     other.close()
-    closed_s = _ended(second) - start
+    closed_s = _until(page, lambda: second.ended, "closing the tab did not stop the clip") - start
     assert second.cancelled.is_set() and closed_s < 5.0, f"closing the tab stopped the clip after {closed_s:.2f} s"
     print(f"cancel button: {cancel_s:.2f} s, closed tab: {closed_s:.2f} s")
     assert elsewhere == []
