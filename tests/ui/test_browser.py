@@ -306,7 +306,7 @@ def test_examples_preview_web_words_and_face_selection(served, testdata: Path, t
     if page.locator("#upload button[aria-label='Clear']").count():
         page.locator("#upload button[aria-label='Clear']").first.click()
     page.locator("#examples").get_by_text("astronaut_degraded.jpg").click()
-    page.wait_for_selector("#upload :text('astronaut_degraded.jpg')")
+    page.wait_for_selector("#upload :text('astronaut_degraded')")  # the page shows the name and extension apart
     page.wait_for_selector("#preview img")
     choose_base(page, "auto")
     page.locator("#run").click()
@@ -331,4 +331,22 @@ def test_examples_preview_web_words_and_face_selection(served, testdata: Path, t
     assert "note: rescaling factor lowered from 2 to 1: a 2× result of this 248×189 photo would be 0.187 MP" in status
     assert page.locator("#faces img").count() == 1
     screenshot(page, tmp_path, "ui_face_index")
+
+    folder = testdata / "faces" / "whole"  # two people side by side; the reference: another photo of the right one
+    pair = [np.asarray(Image.open(folder / n).convert("RGB")) for n in ("dlib_John_Savage_000264_01099001.jpg",
+                                                                         "dlib_John_Simm_000288_00470387.jpg")]
+    Image.fromarray(np.concatenate(pair, axis=1)).save(tmp_path / "two.png")
+    page.locator("#upload button[aria-label='Clear']").first.click()
+    upload(page, tmp_path / "two.png")
+    page.locator("#face-index input").fill("")
+    page.locator("#person input[type=file]").set_input_files(str(folder / "dlib_John_Simm_000300_00470148.jpg"))
+    page.wait_for_selector("#person :text('dlib_John_Simm_000300_00470148')")
+    page.locator("#blend input[type=number]").fill("0.5")
+    page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('1 face(s) restored')")
+    with page.expect_download() as download:
+        page.locator("#get-report").click()
+    (face,) = json.loads(Path(download.value.path()).read_text())["faces"]
+    assert face["box"][0] > 150  # the right-hand person (each photo is 150 px wide)
+    screenshot(page, tmp_path, "ui_person")
     assert elsewhere == []
