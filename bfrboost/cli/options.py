@@ -35,4 +35,5 @@ PersonModel = Annotated[str, typer.Option(
 PersonThreshold = Annotated[float | None, typer.Option(
     "--person-threshold", min=-1.0, max=1.0, show_default=False,
     help="Cosine similarity a face needs to match --person (default: dlib 0.91, arcface 0.40; see docs/faces.md).")]
-Blend = Annotated[float, typer.Option("--blend", min=0.0, max=1.0, help="Mix of restored and original face: 1 = restored, 0 = original.")]
+Blend = Annotated[float, typer.Option(
+    "--blend", min=0.0, max=1.0, help="Mix of restored and original face: 1 = restored, 0 = original.")]

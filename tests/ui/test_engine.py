@@ -79,7 +79,8 @@ def test_bad_uploads_get_one_line_naming_the_file(engine: Engine, tmp_path: Path
         engine.restore(big, Settings(base="none"), name="holiday.png")
     assert str(caught.value) == "holiday.png: 2.0 MB is over this app's upload limit of 1 MB; use a smaller image"
     tiny = Engine(device="cpu", max_pixels=1000, workdir=tmp_path / "tiny")
-    with pytest.raises(InputError, match=r"^04\.jpg: image is 225x225 \(.* MP\), above this app's .* MP limit; use a smaller image$"):
+    too_big = r"^04\.jpg: image is 225x225 \(.* MP\), above this app's .* MP limit; use a smaller image$"
+    with pytest.raises(InputError, match=too_big):
         tiny.restore(shutil.copy(testdata / "whole" / "04.jpg", tmp_path / "04.jpg"), Settings(base="none"))
     with pytest.raises(WeightsError) as caught:  # offline, no CodeFormer checkpoint in the cache
         engine.restore(testdata / "whole" / "04.jpg", Settings(base="codeformer"))
