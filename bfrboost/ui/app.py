@@ -70,7 +70,7 @@ def _status(text: str, kind: str = "") -> Any:
 def _first_frame(path: Path, max_pixels: int) -> np.ndarray:
     """The upload as the page previews it: a photo decoded as the restorer decodes it, a clip's first frame."""
     from bfrboost.io.read import read_image
-    from bfrboost.runners.video import is_video
+    from bfrboost.io.video import is_video
 
     if not is_video(path):
         return read_image(path, name=path.name, max_pixels=max_pixels).rgb

@@ -191,7 +191,7 @@ class Engine:
 
     def check_upload(self, path: Path, name: str) -> None:
         """One line when the upload is over its kind's size cap (the web server caps it too)."""
-        from bfrboost.runners.video import is_video
+        from bfrboost.io.video import is_video
 
         size = path.stat().st_size
         if is_video(name) and size > self.max_video_bytes:
@@ -207,7 +207,7 @@ class Engine:
 
     def submit(self, name: str, session: str = "") -> Job:
         """Queue a job for the upload called ``name`` (its kind shows to the jobs behind it)."""
-        from bfrboost.runners.video import is_video
+        from bfrboost.io.video import is_video
 
         return self.jobs.submit("clip" if is_video(name) else "photo", session)
 
@@ -220,7 +220,7 @@ class Engine:
         :class:`BfrboostError` with one line naming the file (``name``: what the user called it), in
         web words, and :class:`~bfrboost.ui.jobs.Cancelled` when ``job`` is cancelled. ``job``: from
         :meth:`submit`, its turn already come (:meth:`JobQueue.wait`); without one, this call waits its turn."""
-        from bfrboost.runners.video import is_video
+        from bfrboost.io.video import is_video
 
         upload = Path(upload)
         name = one_line(name or upload.name)
