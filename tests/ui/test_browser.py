@@ -222,6 +222,12 @@ def test_an_upload_over_the_cap_is_refused_with_a_clear_message(served, tmp_path
     assert elsewhere == []
 
 
+def fresh(page) -> None:
+    """The page as a new visitor sees it (a reload: a new session, every control at its default)."""
+    page.reload()
+    page.wait_for_selector("#run")
+
+
 def _second_tab(page, elsewhere: list[str]):
     """Another tab of the same browser: a session of its own, held to the app like the first."""
     url = page.url
@@ -262,8 +268,7 @@ def test_cancel_queue_and_closed_tab(served, testdata: Path, tmp_path: Path, mon
     clip = make_pan_clip(read_image(testdata / "whole" / "03.jpg").rgb, tmp_path / "long.mp4", (320, 180), 60, audio=False)
     finish = Restorer.finish
     monkeypatch.setattr(Restorer, "finish", lambda self, prepared: (time.sleep(0.1), finish(self, prepared))[1])
-    if page.locator("#upload button[aria-label='Clear']").count():
-        page.locator("#upload button[aria-label='Clear']").first.click()
+    fresh(page)
     upload(page, clip)
     choose_base(page, "none")
     page.locator("#run").click()
@@ -303,8 +308,7 @@ def test_examples_preview_web_words_and_face_selection(served, testdata: Path, t
     from bfrboost.ui.words import has_cli_words
 
     app, page, elsewhere = served
-    if page.locator("#upload button[aria-label='Clear']").count():
-        page.locator("#upload button[aria-label='Clear']").first.click()
+    fresh(page)
     page.locator("#examples").get_by_text("astronaut_degraded.jpg").click()
     page.wait_for_selector("#upload :text('astronaut_degraded')")  # the page shows the name and extension apart
     page.wait_for_selector("#preview img")
