@@ -267,7 +267,7 @@ def test_cancel_queue_and_closed_tab(served, testdata: Path, tmp_path: Path, mon
     app, page, elsewhere = served
     clip = make_pan_clip(read_image(testdata / "whole" / "03.jpg").rgb, tmp_path / "long.mp4", (320, 180), 60, audio=False)
     finish = Restorer.finish
-    monkeypatch.setattr(Restorer, "finish", lambda self, prepared: (time.sleep(0.1), finish(self, prepared))[1])
+    monkeypatch.setattr(Restorer, "finish", lambda self, prepared: (time.sleep(0.2), finish(self, prepared))[1])  # 12 s or more
     fresh(page)
     upload(page, clip)
     choose_base(page, "none")
