@@ -175,10 +175,6 @@ def _examples(engine: Engine) -> list[Path]:
         return []
 
 
-_CONTROLS = ("base", "fidelity", "refine", "refiner", "strength", "bg", "face_upsample", "boxes", "smooth", "upscale",
-             "face_index", "largest", "person", "blend")
-
-
 def build_app(
     device: str = "auto",
     cache_size: int = 2,
@@ -215,7 +211,7 @@ def build_app(
         status = outputs[0]
         preview = controls.pop("preview")
         upload.change(lambda path: _on_upload(engine, path), upload, [preview, status], queue=False)
-        names = list(_CONTROLS)
+        names = list(controls)  # the settings' inputs, by the names _settings reads
 
         def on_run(data: dict, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio injects both
             values = {name: data[controls[name]] for name in names}
