@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, UsageError
+from bfrboost.options import PasteOptions
 from bfrboost.ui.engine import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -243,38 +244,40 @@ def _controls(gr: Any, engine: Engine, refiner: str | Path | None) -> tuple[Any,
     """The left column: upload, preview, examples, the restore options, face selection, Restore and Cancel."""
     from bfrboost.backbones.registry import names
 
+    defaults = Settings()  # every default and bound comes from bfrboost.options, through Settings
     upload = gr.File(label="input image or video", file_count="single", type="filepath", elem_id="upload")
     c: dict[str, Any] = {"preview": gr.Image(label="preview", type="numpy", interactive=False, visible=False, height=220,
                                              elem_id="preview")}
     examples = _examples(engine)
     if examples:
         gr.Examples([[str(p)] for p in examples], inputs=[upload], label="example photos", elem_id="examples")
-    c["base"] = gr.Dropdown(["auto", *names()], value="auto", label="base model", elem_id="base")
+    c["base"] = gr.Dropdown(["auto", *names()], value=defaults.base, label="base model", elem_id="base")
     c["fidelity"] = gr.Slider(
-        0, 1, value=0.5, step=0.01, label="fidelity (0 = better quality, 1 = closer to the input)",
+        0, 1, value=defaults.fidelity, step=0.01, label="fidelity (0 = better quality, 1 = closer to the input)",
         info="CodeFormer w / VQFR fidelity ratio", interactive=has_fidelity("auto"), elem_id="fidelity",
     )
     c["base"].change(lambda name: gr.update(interactive=has_fidelity(name)), c["base"], c["fidelity"])
     with gr.Row():
-        c["refine"] = gr.Checkbox(False, label="InfoBFR refiner", elem_id="refine")
-        c["strength"] = gr.Slider(0, 1, value=1.0, step=0.05, label="refiner strength", elem_id="strength")
+        c["refine"] = gr.Checkbox(defaults.refine, label="InfoBFR refiner", elem_id="refine")
+        c["strength"] = gr.Slider(0, 1, value=defaults.refiner_strength, step=0.05, label="refiner strength", elem_id="strength")
     c["refiner"] = gr.Textbox(str(refiner or ""), label="refiner folder", elem_id="refiner",
                               placeholder="path to a refiner folder (save_pretrained layout)")
     with gr.Row():
-        c["bg"] = gr.Checkbox(False, label="background enhance (Real-ESRGAN)", elem_id="bg")
-        c["face_upsample"] = gr.Checkbox(False, label="face upsample (with rescaling > 1)", elem_id="face-upsample")
+        c["bg"] = gr.Checkbox(defaults.bg_enhance, label="background enhance (Real-ESRGAN)", elem_id="bg")
+        c["face_upsample"] = gr.Checkbox(defaults.face_upsample, label="face upsample (with rescaling > 1)", elem_id="face-upsample")
     with gr.Row():
-        c["boxes"] = gr.Checkbox(False, label="draw boxes (images)", elem_id="boxes")
-        c["smooth"] = gr.Checkbox(True, label="steady faces (video: landmark smoothing)", elem_id="smooth")
-    c["upscale"] = gr.Slider(1, 4, value=2, step=0.5, label="rescaling factor (up to 4)", elem_id="upscale")
+        c["boxes"] = gr.Checkbox(defaults.draw_boxes, label="draw boxes (images)", elem_id="boxes")
+        c["smooth"] = gr.Checkbox(defaults.smooth, label="steady faces (video: landmark smoothing)", elem_id="smooth")
+    low, high = (PasteOptions.__dataclass_fields__["upscale"].metadata[k] for k in ("min", "max"))
+    c["upscale"] = gr.Slider(low, high, value=defaults.upscale, step=0.5, label=f"rescaling factor (up to {high:g})", elem_id="upscale")
     with gr.Accordion("faces to restore", open=False, elem_id="faces-to-restore"):
         with gr.Row():
-            c["face_index"] = gr.Number(None, label="only face number (0 = leftmost; empty = all)", precision=0, minimum=0,
+            c["face_index"] = gr.Number(defaults.face_index, label="only face number (0 = leftmost; empty = all)", precision=0, minimum=0,
                                         elem_id="face-index")
-            c["largest"] = gr.Checkbox(False, label="only the largest face", elem_id="largest")
+            c["largest"] = gr.Checkbox(defaults.largest, label="only the largest face", elem_id="largest")
         c["person"] = gr.File(label="only this person: reference photo(s), one person each", file_count="multiple",
                               type="filepath", elem_id="person")
-        c["blend"] = gr.Slider(0, 1, value=1.0, step=0.05, label="blend (1 = restored face, 0 = original face)", elem_id="blend")
+        c["blend"] = gr.Slider(0, 1, value=defaults.blend, step=0.05, label="blend (1 = restored face, 0 = original face)", elem_id="blend")
     with gr.Row():
         run = gr.Button("Restore", variant="primary", elem_id="run")
         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, UsageError
+from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions, VideoOptions, default_of
 from bfrboost.safety import one_line, write_bytes
 from bfrboost.ui.jobs import Checked, Job, JobQueue
 from bfrboost.ui.words import web_words
@@ -44,25 +45,26 @@ class Settings:
     (images), ``smooth`` (``--smooth/--no-smooth``, clips), and face selection: ``face_index``
     (0 = leftmost), ``largest``, ``person`` (reference photo paths, one person each), ``blend``."""
 
-    base: str = "auto"
-    fidelity: float = 0.5
+    base: str = default_of(RestoreOptions, "base")
+    fidelity: float = 0.5  # where the slider starts: CodeFormer's own w (the CLI leaves the base's default)
     refine: bool = False
     refiner: str = ""
-    refiner_strength: float = 1.0
+    refiner_strength: float = default_of(RestoreOptions, "refiner_strength")
     bg_enhance: bool = False
-    face_upsample: bool = False
-    upscale: float = 2.0
-    draw_boxes: bool = False
-    smooth: bool = True
-    face_index: int | None = None
-    largest: bool = False
-    person: tuple[str, ...] = ()
-    blend: float = 1.0
+    face_upsample: bool = default_of(PasteOptions, "face_upsample")
+    upscale: float = default_of(PasteOptions, "upscale")
+    draw_boxes: bool = default_of(OutputOptions, "draw_boxes")
+    smooth: bool = default_of(VideoOptions, "smooth")
+    face_index: int | None = default_of(DetectOptions, "face_index")
+    largest: bool = default_of(DetectOptions, "largest")
+    person: tuple[str, ...] = default_of(DetectOptions, "person")
+    blend: float = default_of(PasteOptions, "blend")
 
     def restorer_kwargs(self, device: str) -> dict[str, Any]:
-        """Keyword arguments of :class:`Restorer`, as ``bfrboost restore`` would build them."""
-        if not 1 <= self.upscale <= 4:
-            raise UsageError(f"rescaling factor must be between 1 and 4, got {self.upscale:g}")
+        """Keyword arguments of :class:`Restorer`, as ``bfrboost restore`` would build them.
+
+        The bounds are :mod:`bfrboost.options`' (the CLI's), checked here so a bad value fails before any model loads."""
+        PasteOptions(upscale=float(self.upscale))
         if self.refine and not self.refiner.strip():
             raise UsageError("the refiner is on but no refiner folder is given: enter its path, or turn the refiner off")
         kwargs: dict[str, Any] = dict(base=self.base, upscale=float(self.upscale), device=device)
@@ -257,12 +259,12 @@ class Engine:
         references = [(Path(p).name, read_image(p, name=Path(p).name, max_pixels=self.max_pixels).rgb) for p in settings.person]
         restorer = self.cache.get(settings, progress)
         restorer.refiner_strength = strength
-        restorer.blend = _blend(settings.blend)
+        restorer.paster.blend = _blend(settings.blend)
         person = None
         if references:
             self._embedder = self._embedder or load_embedder("dlib")
-            person = PersonMatcher.from_photos(references, self._embedder, restorer.detector)
-        restorer.selector = FaceSelector(selection, person)
+            person = PersonMatcher.from_photos(references, self._embedder, restorer.finder.detector)
+        restorer.finder.selector = FaceSelector(selection, person)
         return restorer
 
     def _fit(self, upload: Path, settings: Settings) -> tuple[Settings, list[str]]:
@@ -289,7 +291,7 @@ class Engine:
 
     def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress, job: Job) -> Outcome:
         from bfrboost.io.read import read_image
-        from bfrboost.runners.files import FileRunner, OutputOptions
+        from bfrboost.runners.files import FileRunner
 
         settings, notes = self._fit(upload, settings)
         run = self._new_run()
@@ -314,7 +316,7 @@ class Engine:
 
     def _restore_clip(self, upload: Path, settings: Settings, name: str, progress: Progress, job: Job) -> ClipOutcome:
         """``bfrboost restore CLIP`` with the CLI's video defaults (mp4, crf 18, preset medium)."""
-        from bfrboost.runners.video import VideoOptions, VideoRunner
+        from bfrboost.runners.video import VideoRunner
 
         run = self._new_run()
         options = VideoOptions(outdir=run, smooth=settings.smooth)
@@ -388,9 +390,7 @@ def _blend(value: float) -> float:
 
 
 def _strength(value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise UsageError(f"refiner strength must be in [0, 1], got {value:g}")
-    return float(value)
+    return RestoreOptions(refiner_strength=float(value)).refiner_strength
 
 
 def _named(message: str, path: Path, name: str) -> str:

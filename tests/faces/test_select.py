@@ -116,7 +116,7 @@ def test_person_restores_only_the_reference_person(testdata: Path, monkeypatch: 
     assert result.faces[0].extras["person_score"] >= PERSON_THRESHOLDS["dlib"]
     salley = rgb(folder / "dlib_John_Salley_000179_02159509.jpg")
     stranger = PersonMatcher.from_photos([("salley", salley)], DlibEmbedder(), detector)
-    restorer.selector = FaceSelector(person=stranger)
+    restorer.finder.selector = FaceSelector(person=stranger)
     assert restorer.restore(group).faces == []
 
 
@@ -176,7 +176,7 @@ def test_video_matches_each_track_once(testdata: Path, tmp_path: Path) -> None:
     for smooth, embedded in ((True, 1), (False, 6)):  # no tracker (no --smooth): no track ids, every frame
         restorer = Restorer("none", upscale=1, device="cpu", detector="dlib")
         counting = Counting()
-        restorer.selector = FaceSelector(person=PersonMatcher(np.ones((1, 2)), counting, threshold=0.5))
+        restorer.finder.selector = FaceSelector(person=PersonMatcher(np.ones((1, 2)), counting, threshold=0.5))
         (report,) = VideoRunner(restorer, VideoOptions(outdir=tmp_path / str(smooth), smooth=smooth)).run([clip])
         assert report.error is None and report.extra["face_count"] == 6
         assert counting.crops == embedded
