@@ -208,7 +208,9 @@ class PasteOptions:
         "before pasting, as CodeFormer does.",
         flag="--face-upsample",
     )
-    blend: float = setting(1.0, "Mix of restored and original face: 1 = restored, 0 = original.", flag="--blend", min=0.0, max=1.0)
+    blend: float = setting(
+        1.0, "Mix of restored and original face: 1 = restored, 0 = original.", flag="--blend", min=0.0, max=1.0
+    )
 
     def __post_init__(self) -> None:
         validate(self)

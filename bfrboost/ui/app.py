@@ -264,16 +264,22 @@ def _controls(gr: Any, engine: Engine, refiner: str | Path | None) -> tuple[Any,
                               placeholder="path to a refiner folder (save_pretrained layout)")
     with gr.Row():
         c["bg"] = gr.Checkbox(defaults.bg_enhance, label="background enhance (Real-ESRGAN)", elem_id="bg")
-        c["face_upsample"] = gr.Checkbox(defaults.face_upsample, label="face upsample (with rescaling > 1)", elem_id="face-upsample")
+        c["face_upsample"] = gr.Checkbox(
+            defaults.face_upsample, label="face upsample (with rescaling > 1)", elem_id="face-upsample"
+        )
     with gr.Row():
         c["boxes"] = gr.Checkbox(defaults.draw_boxes, label="draw boxes (images)", elem_id="boxes")
         c["smooth"] = gr.Checkbox(defaults.smooth, label="steady faces (video: landmark smoothing)", elem_id="smooth")
     low, high = (PasteOptions.__dataclass_fields__["upscale"].metadata[k] for k in ("min", "max"))
-    c["upscale"] = gr.Slider(low, high, value=defaults.upscale, step=0.5, label=f"rescaling factor (up to {high:g})", elem_id="upscale")
+    c["upscale"] = gr.Slider(
+        low, high, value=defaults.upscale, step=0.5, label=f"rescaling factor (up to {high:g})", elem_id="upscale"
+    )
     with gr.Accordion("faces to restore", open=False, elem_id="faces-to-restore"):
         with gr.Row():
-            c["face_index"] = gr.Number(defaults.face_index, label="only face number (0 = leftmost; empty = all)", precision=0, minimum=0,
-                                        elem_id="face-index")
+            c["face_index"] = gr.Number(
+                defaults.face_index, label="only face number (0 = leftmost; empty = all)", precision=0, minimum=0,
+                elem_id="face-index",
+            )
             c["largest"] = gr.Checkbox(defaults.largest, label="only the largest face", elem_id="largest")
         c["person"] = gr.File(label="only this person: reference photo(s), one person each", file_count="multiple",
                               type="filepath", elem_id="person")

@@ -188,7 +188,7 @@ def test_blend_mixes_restored_and_original(testdata: Path, monkeypatch: pytest.M
     assert np.array_equal(original.image, image)
     half = inverting(Restorer("none", upscale=1, device="cpu", detector="dlib", blend=0.5), monkeypatch).restore(image)
     assert np.all(half.faces[0].restored == 128)  # crop + 0.5 · ((255 − crop) − crop) = 127.5 → 128
-    with pytest.raises(UsageError, match=r"^blend must be between 0 \(original face\) and 1 \(restored face\), got 1.5$"):
+    with pytest.raises(UsageError, match=r"^--blend must be in \[0, 1\], got 1.5$"):
         Restorer("none", device="cpu", blend=1.5)
 
 
