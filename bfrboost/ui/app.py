@@ -283,7 +283,9 @@ def _controls(gr: Any, engine: Engine, refiner: str | Path | None) -> tuple[Any,
             c["largest"] = gr.Checkbox(defaults.largest, label="only the largest face", elem_id="largest")
         c["person"] = gr.File(label="only this person: reference photo(s), one person each", file_count="multiple",
                               type="filepath", elem_id="person")
-        c["blend"] = gr.Slider(0, 1, value=defaults.blend, step=0.05, label="blend (1 = restored face, 0 = original face)", elem_id="blend")
+        c["blend"] = gr.Slider(
+            0, 1, value=defaults.blend, step=0.05, label="blend (1 = restored face, 0 = original face)", elem_id="blend"
+        )
     with gr.Row():
         run = gr.Button("Restore", variant="primary", elem_id="run")
         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
