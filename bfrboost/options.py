@@ -23,6 +23,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 VIDEO_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
 """Video extensions we can write → FFmpeg muxer (named explicitly: temp files end in ``.partial``)."""
 PASTE_MODES = ("residual", "direct")
+RUNTIMES = ("torch", "onnx")
 BG_UPSAMPLERS = ("none", "realesrgan")
 REF_LOSSES = ("mse", "cos")
 #: Per-channel mean/std of x̂₀ in [-1, 1] that colourisation aims for: PGDiff's default "style 0",
@@ -163,6 +164,18 @@ class RestoreOptions:
         False, "torch.compile the refiner (worth it on CUDA for long batches; slow first batch).", flag="--compile"
     )
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", flag="--device")
+    runtime: str = setting(
+        "torch", "Run the base model on torch or onnx (ONNX Runtime; the graph is exported into the weights cache on first use).",
+        flag="--runtime", choices=RUNTIMES, what="runtime",
+    )
+    providers: tuple[str, ...] | None = setting(
+        None, "--runtime onnx: execution providers, best first, comma-separated: cpu, cuda, tensorrt, coreml, directml, "
+        "openvino (default: by --device).", flag="--providers",
+    )
+    threads: int | None = setting(
+        None, "CPU threads of the base model (ONNX Runtime intra-op; the CLI also sets torch's; default: one per core).",
+        flag="--threads", min=1,
+    )
 
     def __post_init__(self) -> None:
         validate(self)

@@ -112,6 +112,9 @@ def restore(
     )] = ExtChoice(opt.OUTPUT.ext),
     quality: opt.Quality = opt.OUTPUT.quality,
     device: opt.Device = opt.RESTORE.device,
+    runtime: opt.Runtime = opt.RESTORE.runtime,
+    providers: opt.Providers = opt.RESTORE.providers,
+    threads: opt.Threads = opt.RESTORE.threads,
     max_pixels: opt.MaxPixels = opt.OUTPUT.max_pixels,
     as_json: opt.AsJson = False,
     overwrite: opt.Overwrite = opt.OUTPUT.overwrite,
@@ -206,6 +209,7 @@ def restore(
             restore=RestoreOptions(
                 base=base, weights=weights, fidelity=fidelity, knobs=knobs, batch_size=batch_size, refine=refine, refiner=refiner,
                 refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner, device=device,
+                **opt.runtime_options(runtime, providers, threads),
             ),
             paste=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
                                blend=blend,
