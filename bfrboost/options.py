@@ -32,7 +32,7 @@ CELEBA_HQ_COLOR_MEAN = (0.03202754, -0.16308397, -0.26475719)
 CELEBA_HQ_COLOR_STD = (0.53549316, 0.47539538, 0.46814889)
 GUIDED_TASKS = ("restore", "colorize", "inpaint", "old-photo")
 DEFAULT_SCALE = {"restore": 0.1, "colorize": 0.01, "inpaint": 0.01, "old-photo": 0.002}  # guidance scale per task
-TRAIN_SIZE = 512  # training face size (``--tiny``: 64)
+TRAIN_SIZE = 512  # training face size (``--tiny``: 32)
 PAPER_STATS_FACES = 3000  # faces behind the manifold statistics μ_R, σ_R in the paper
 
 
@@ -376,6 +376,9 @@ class GuidanceOptions:
         return DEFAULT_SCALE[task] if self.scale is None else self.scale
 
 
+TINY_LR = 1e-2  # --tiny: hundreds of steps, not a million
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every option of ``bfrboost train`` (saved in each checkpoint's state.json)."""
@@ -395,9 +398,9 @@ class TrainConfig:
     steps: int = setting(10000, "Optimizer steps.", flag="--steps", min=1)
     batch_size: int = setting(1, "Faces per step and process (the paper: 1).", flag="--batch-size", min=1)
     accumulate: int = setting(1, "Gradient accumulation micro-batches per step.", flag="--accumulate", min=1)
-    lr: float = setting(5e-5, "AdamW learning rate.", flag="--lr")
+    lr: float | None = setting(None, "AdamW learning rate (default 5e-5; --tiny: 1e-2).", flag="--lr")
     weight_decay: float = setting(1e-2, "AdamW weight decay (not on biases, norms, λ head).", flag="--weight-decay")
-    warmup: int = setting(100, "Linear warmup steps.", flag="--warmup")
+    warmup: int | None = setting(None, "Linear warmup steps (default 100; --tiny: 5).", flag="--warmup")
     schedule: str = setting(
         "constant", "constant or cosine after warmup.", flag="--schedule", choices=("constant", "cosine"), what="--schedule"
     )
@@ -412,8 +415,13 @@ class TrainConfig:
     keep_last: int = setting(3, "Checkpoints kept.", flag="--keep-last", min=1)
     val_every: int = setting(1000, "Steps between validations.", flag="--val-every", min=1)
     seed: int = setting(0, "Seed of the split, the data order, flips and noise.", flag="--seed")
-    tiny: bool = setting(False, "Tiny random SD and random loss networks (tests, demos; no downloads).", flag="--tiny")
-    size: int | None = setting(None, "Training face size (default 512; --tiny: 64); a multiple of 8.", flag="--size", min=1)
+    tiny: bool = setting(
+        False, "CPU-scale configuration: a tiny SD fitted to the training faces, random loss networks.", flag="--tiny"
+    )
+    tiny_sd: Path | None = setting(
+        None, "--tiny: reuse a tiny SD from `bfrboost train tiny-sd` (else fitted on the training split).", flag="--tiny-sd"
+    )
+    size: int | None = setting(None, "Training face size (default 512; --tiny: 32); a multiple of 8.", flag="--size", min=1)
     rank: int = setting(4, "LoRA rank (the paper: 4; 2 and 8 studied).", flag="--rank", min=1)
     timestep: int = setting(
         499,
@@ -421,7 +429,17 @@ class TrainConfig:
         flag="--timestep",
     )
     beta: float | None = setting(
-        None, "Weight of the information loss (default: the refiner config's, 20 as the paper's Table III).", flag="--beta"
+        None, "Weight of L_info in nats per image pixel against the per-pixel image losses (default 0.01; docs/training.md; "
+        "`train pilot` sweeps it).", flag="--beta"
+    )
+    stats_every: int = setting(
+        100, "Refresh μ_R, σ_R on the Transformer output h every N steps (0: never).", flag="--stats-every", min=0
+    )
+    no_transformer: bool = setting(False, "Ablation: no Transformer block (h = r).", flag="--no-transformer")
+    no_mib: bool = setting(False, "Ablation: no information bottleneck (z = h, no L_info).", flag="--no-mib")
+    no_lora: bool = setting(False, "Ablation: no UNet LoRA (the UNet stays frozen).", flag="--no-lora")
+    degrade_size: int | None = setting(
+        None, "Cache: size faces are degraded at (default: the base's input size; --tiny: 2 × size).", flag="--degrade-size"
     )
     lpips_net: str = setting("alex", "LPIPS network: alex or vgg.", flag="--lpips-net")
     sd_model: Path | None = setting(None, "Local SD 2.1-base diffusers folder instead of the weights cache.", flag="--sd-model")
@@ -448,11 +466,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.out is None:
             raise UsageError("missing --out RUN_DIR (where checkpoints, logs and the trained refiner go)")
-        for name in ("out", "data", "cache", "sd_model", "stats_from"):
+        for name in ("out", "data", "cache", "sd_model", "stats_from", "tiny_sd"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
-        if self.size is None:
-            object.__setattr__(self, "size", 64 if self.tiny else TRAIN_SIZE)
+        tiny_defaults = {"size": (32, TRAIN_SIZE), "lr": (TINY_LR, 5e-5), "warmup": (5, 100)}  # the CPU-scale runs are short
+        for name, (tiny, full) in tiny_defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, tiny if self.tiny else full)
         validate(self)
         if self.size % 8:
             raise UsageError(f"--size must be a multiple of 8, got {self.size}")

@@ -88,7 +88,7 @@ def test_validation_names_the_flag_once() -> None:
         o.VideoOptions(duration=0)
     with pytest.raises(UsageError, match=r"^--steps must be >= 1, got 0$"):
         o.TrainConfig(out=Path("run"), steps=0)
-    assert o.TrainConfig(out="run", tiny=True).size == 64 and o.TrainConfig(out="run").size == o.TRAIN_SIZE
+    assert o.TrainConfig(out="run", tiny=True).size == 32 and o.TrainConfig(out="run").size == o.TRAIN_SIZE
 
 
 def test_restorer_settings_go_to_the_object_holding_the_field() -> None:

@@ -46,9 +46,9 @@ def train_command(
     steps: opt.option(int, TrainConfig, "steps") = T.steps,
     batch_size: opt.option(int, TrainConfig, "batch_size") = T.batch_size,
     accumulate: opt.option(int, TrainConfig, "accumulate") = T.accumulate,
-    lr: opt.option(float, TrainConfig, "lr") = T.lr,
+    lr: opt.option(float | None, TrainConfig, "lr") = T.lr,
     weight_decay: opt.option(float, TrainConfig, "weight_decay") = T.weight_decay,
-    warmup: opt.option(int, TrainConfig, "warmup") = T.warmup,
+    warmup: opt.option(int | None, TrainConfig, "warmup") = T.warmup,
     schedule: opt.option(str, TrainConfig, "schedule") = T.schedule,
     grad_clip: opt.option(float, TrainConfig, "grad_clip") = T.grad_clip,
     ema: opt.option(float, TrainConfig, "ema") = T.ema,
@@ -64,6 +64,11 @@ def train_command(
     rank: opt.option(int, TrainConfig, "rank") = T.rank,
     timestep: opt.option(int, TrainConfig, "timestep") = T.timestep,
     beta: opt.option(float | None, TrainConfig, "beta") = T.beta,
+    stats_every: opt.option(int, TrainConfig, "stats_every") = T.stats_every,
+    no_transformer: opt.option(bool, TrainConfig, "no_transformer") = T.no_transformer,
+    no_mib: opt.option(bool, TrainConfig, "no_mib") = T.no_mib,
+    no_lora: opt.option(bool, TrainConfig, "no_lora") = T.no_lora,
+    tiny_sd: opt.option(Path | None, TrainConfig, "tiny_sd") = T.tiny_sd,
     lpips_net: opt.option(str, TrainConfig, "lpips_net") = T.lpips_net,
     sd_model: opt.option(Path | None, TrainConfig, "sd_model") = T.sd_model,
     stats_from: opt.option(Path | None, TrainConfig, "stats_from") = T.stats_from,
@@ -123,6 +128,8 @@ def cache_command(
     )] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild an existing cache.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Threads that load, degrade and compress faces (0: min(8, cores)).")] = 0,
+    degrade_size: Annotated[int, typer.Option("--degrade-size", help="Size faces are degraded at (0: the base's input size).")] = 0,
 ) -> None:
     """Degrade each HQ face K times, run the frozen base(s) once and store the outputs in sharded safetensors."""
     import torch
@@ -134,18 +141,130 @@ def cache_command(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces, moments=moments)
+        config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces,
+                             moments=moments, degrade_size=degrade_size or None)
         total = len(list_hq_faces(data))
-        with interruptible(total=total, noun="face", resume="re-run the same command (a cache counts only once its cache.json is written)") as done, _progress("cache") as progress:
+        resume = "re-run the same command: finished shards are kept and the build continues"
+        with interruptible(total=total, noun="face", resume=resume) as done, _progress("cache") as progress:
             task = progress.add_task("cache", total=total, info="")
 
             def advance(faces: int) -> None:
                 done.finished += faces
                 progress.advance(task, faces)
 
-            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device, progress=advance, overwrite=overwrite)
+            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device, progress=advance,
+                                            overwrite=overwrite, workers=workers or None)
     except BfrboostError as exc:
         raise fail(exc) from None
     entries = {split: sum(s["entries"] for s in shards) for split, shards in manifest["shards"].items()}
     sys.stdout.write(f"{out}: cache of {total} faces × {repeats} degradations × {len(config.bases)} base(s): "
                      f"{entries['train']} train and {entries['val']} val entries\n")
+    build = manifest["build"]
+    per_face = build["seconds"] / max(1, build["faces_built"])
+    sys.stdout.write(f"{out}: built {build['faces_built']} faces in {build['seconds']:.1f} s ({per_face:.2f} s per face); "
+                     f"{build['bytes'] / 1e9:.3f} GB, {build['bytes'] / 1e9 / total * 1000:.2f} GB per 1000 faces\n")
+
+
+@train_app.command("tiny-sd")
+def tiny_sd_command(
+    data: Annotated[Path, typer.Option("--data", help="Folder of aligned faces to fit on (never the faces you evaluate on).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the tiny SD (vae/, unet/, prompt.pt, fit.json).")],
+    size: Annotated[int, typer.Option("--size", help="Face size (the --size of the runs that use it).")] = 32,
+    val_count: Annotated[int, typer.Option(
+        "--val-count",
+        help="Leave out the validation split a run with this --val-count and --seed uses.",
+    )] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fit and of the split it leaves out.")] = 0,
+    vae_steps: Annotated[int, typer.Option("--vae-steps", help="VAE optimiser steps.")] = 300,
+    unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet optimiser steps.")] = 100,
+) -> None:
+    """Fit the tiny SD of the CPU-scale configuration (minutes on a CPU, seeded) on the training split of --data."""
+    from bfrboost.io.read import read_face
+    from bfrboost.train.data import list_hq_faces, split_faces
+    from bfrboost.train.tiny import TinyFit, fit_tiny_sd
+
+    try:
+        import torch
+
+        train_faces, _ = split_faces(list_hq_faces(data), val_count, seed)
+        faces = torch.stack([torch.from_numpy(read_face(p, size)).permute(2, 0, 1) for p in train_faces])
+        with _progress("tiny-sd") as progress:
+            task = progress.add_task("fit", total=vae_steps + unet_steps, info="")
+            report = fit_tiny_sd(faces, out, TinyFit(size=size, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps),
+                                 progress=lambda stage, step, total: progress.update(task, advance=1, info=stage))
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    sys.stdout.write(f"{out}: tiny SD fitted on {report['faces']} faces in {report['seconds']:.0f} s; "
+                     f"VAE encode→decode {report['psnr_fit_faces']:.2f} dB on them\n")
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated numbers, e.g. 0.001,0.01,0.1; got {text!r}") from None
+
+
+@train_app.command("pilot")
+def pilot_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs, pilot.json, pilot.md and pilot.png.")],
+    data: Annotated[Path | None, typer.Option("--data", help="HQ aligned faces (a cache is built once in OUT/cache).")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache",
+        help="A cache from `bfrboost train cache` (use a subset of FFHQ: K steps need few faces).",
+    )] = None,
+    base: Annotated[str, typer.Option("--base", help="Base model(s), comma-separated.")] = "gfpgan",
+    betas: Annotated[str, typer.Option("--betas", help="β values to try, comma-separated.")] = "0.001,0.01,0.1,1,20",
+    timesteps: Annotated[str, typer.Option(
+        "--timesteps",
+        help="Timesteps to try as well, comma-separated (default: --timestep only).",
+    )] = "",
+    lrs: Annotated[str, typer.Option(
+        "--lrs",
+        help="Learning rates to try as well, comma-separated (default: the --lr of train).",
+    )] = "",
+    steps: Annotated[int, typer.Option("--steps", help="Steps per value (K).")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per step.")] = 4,
+    timestep: Annotated[int, typer.Option("--timestep", help="The timestep when --timesteps is not given.")] = 499,
+    ablations: Annotated[bool, typer.Option(
+        "--ablations",
+        help="Instead of a sweep: the paper's Table III (full, no Transformer, no MIB, no LoRA) at --betas' first value.",
+    )] = False,
+    val_count: Annotated[int, typer.Option("--val-count", help="Held-out validation faces.")] = 16,
+    repeats: Annotated[int, typer.Option("--repeats", help="Degradations per face.")] = 2,
+    size: Annotated[int, typer.Option("--size", help="Face size (512; --tiny: 32).")] = 0,
+    tiny: Annotated[bool, typer.Option(
+        "--tiny",
+        help="The CPU-scale configuration (tiny SD fitted once, shared by every value).",
+    )] = False,
+    tiny_sd: Annotated[Path | None, typer.Option("--tiny-sd", help="--tiny: a tiny SD from `bfrboost train tiny-sd`.")] = None,
+    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder.")] = None,
+    stats_from: Annotated[Path | None, typer.Option(
+        "--stats-from",
+        help="μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.",
+    )] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every run.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto or cpu.")] = "auto",
+) -> None:
+    """A short sweep over β (and optionally timestep, lr) that ranks the values and recommends one; --ablations: Table III."""
+    from bfrboost.train.loop import TrainConfig
+    from bfrboost.train.pilot import ablate, pilot
+
+    try:
+        beta_values = _floats(betas, "--betas")
+        config = TrainConfig(out=out, data=data, cache=cache, bases=_bases(base), steps=steps, batch_size=batch_size,
+                             timestep=timestep, val_count=val_count, repeats=repeats, size=size or (32 if tiny else 512), tiny=tiny,
+                             tiny_sd=tiny_sd, sd_model=sd_model, stats_from=stats_from, seed=seed, device=device,
+                             beta=beta_values[0] if beta_values else None)
+        if ablations:
+            ablate(config, note=err)
+            sys.stdout.write(f"{out / 'ablation.md'}: ablation table written\n")
+            return
+        swept_t = [int(v) for v in _floats(timesteps, "--timesteps")] or None
+        result = pilot(config, beta_values, swept_t, _floats(lrs, "--lrs") or None, note=err)
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    pick = result["recommended"]
+    sys.stdout.write(f"{out / 'pilot.md'}: recommended --beta {pick['beta']:g} --timestep {pick['timestep']} --lr {pick['lr']:g} "
+                     f"(mean λ {pick['lambda_mean']:.3f}, PSNR {pick['psnr']:.2f} dB vs base {pick['psnr_base']:.2f}); "
+                     f"{len(result['ranked'])} values in {result['seconds'] / 60:.1f} min\n")

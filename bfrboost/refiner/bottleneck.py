@@ -79,7 +79,8 @@ class ManifoldTransformer(nn.Module):
 
 
 def information_loss(r: torch.Tensor, lam_logits: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """mean KL( N(λ·r̃, (1−λ)²) ‖ N(0, 1) ) with r̃ = (r − μ_R)/σ_R (design/method.md).
+    """KL( N(λ·r̃, (1−λ)²) ‖ N(0, 1) ) with r̃ = (r − μ_R)/σ_R (design/method.md), in nats, averaged over
+    every element of the manifold (the refiner rescales it to nats per image pixel, see docs/training.md).
 
     −log(1−λ) is written as softplus(logit) so λ → 1 stays finite in float32.
     """
@@ -92,9 +93,9 @@ def information_loss(r: torch.Tensor, lam_logits: torch.Tensor, mean: torch.Tens
 @dataclass
 class BottleneckOutput:
     z: torch.Tensor  # λ·h + (1−λ)·ε, same shape as r, float32
-    lam: torch.Tensor  # λ in (0, 1), same shape as r, float32
-    h: torch.Tensor  # Transformer output: the manifold the bottleneck filters (== r at init)
-    info_loss: torch.Tensor  # scalar, unweighted (the trainer multiplies by β)
+    lam: torch.Tensor  # λ in (0, 1), same shape as r, float32 (all ones without the MIB)
+    h: torch.Tensor  # Transformer output: the manifold the bottleneck filters (== r at init; == r without the Transformer)
+    info_loss: torch.Tensor  # scalar mean KL per manifold element, unweighted (0 without the MIB)
 
 
 class ManifoldBottleneck(nn.Module):
@@ -109,27 +110,33 @@ class ManifoldBottleneck(nn.Module):
         lambda_init: float = 0.99,
         sigma_min: float = 0.01,
         stats_mode: str = "element",
+        transformer: bool = True,
+        mib: bool = True,
     ) -> None:
         super().__init__()
         if stats_mode not in STATS_MODES:
             raise UsageError(f"stats_mode must be one of {STATS_MODES}, got {stats_mode!r}")
         self.stats_mode = stats_mode
         self.sigma_min = sigma_min
-        self.transformer = ManifoldTransformer(channels, width, heads, mlp_ratio)
-        self.lambda_head = nn.Conv2d(channels, channels, kernel_size=1)
+        # ablations (the paper's Table III): without the Transformer h = r; without the MIB z = h
+        self.transformer = ManifoldTransformer(channels, width, heads, mlp_ratio) if transformer else None
+        self.lambda_head = nn.Conv2d(channels, channels, kernel_size=1) if mib else None
+        self.channels = channels
+        self.register_buffer("stats_mean", torch.zeros(channels, 1, 1))
+        self.register_buffer("stats_std", torch.ones(channels, 1, 1))
+        if self.lambda_head is None:
+            return
         # λ starts at lambda_init everywhere: the bottleneck then keeps almost all of the manifold
         # (z ≈ r), so training starts from the base output's own latent instead of heavy noise and
         # learns where noise may replace information. (The UNet step after it is not the identity.)
         # A zero weight still receives gradients (∂/∂W = δ·h), so the head trains from step 1.
         nn.init.zeros_(self.lambda_head.weight)
         nn.init.constant_(self.lambda_head.bias, math.log(lambda_init / (1 - lambda_init)))
-        self.register_buffer("stats_mean", torch.zeros(channels, 1, 1))
-        self.register_buffer("stats_std", torch.ones(channels, 1, 1))
 
     def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Store μ_R, σ_R: (C, 1, 1) in "channel" mode, (C, H, W) in "element" mode (where (C, 1, 1) is the
         placeholder of a refiner whose statistics were not computed yet)."""
-        channels = self.lambda_head.in_channels
+        channels = self.channels
         if mean.shape != std.shape or mean.dim() != 3 or mean.shape[0] != channels:
             raise UsageError(f"manifold statistics must have shape ({channels}, H, W), got {tuple(mean.shape)} and {tuple(std.shape)}")
         if self.stats_mode == "channel" and mean.shape[1:] != (1, 1):
@@ -145,7 +152,10 @@ class ManifoldBottleneck(nn.Module):
         mean, std = self.stats_mean.float(), self.noise_std().float()
         if mean.shape[1:] != (1, 1) and mean.shape[1:] != r.shape[2:]:
             raise UsageError(f"per-element statistics are {tuple(mean.shape[1:])} but the manifold is {tuple(r.shape[2:])}; recompute stats at this face size")
-        h = self.transformer(r)
+        h = self.transformer(r) if self.transformer is not None else r
+        if self.lambda_head is None:
+            ones = torch.ones_like(h, dtype=torch.float32)
+            return BottleneckOutput(z=h.float(), lam=ones, h=h, info_loss=h.new_zeros((), dtype=torch.float32))
         float32 = torch.autocast(r.device.type, enabled=False) if torch.amp.is_autocast_available(r.device.type) else nullcontext()
         with float32:  # autocast off: λ near 1 must not round (bf16 λ=0.99 → 0.988)
             h32 = h.float()

@@ -128,7 +128,7 @@ class InfoBFRConfig:
     scaling_factor: float = 0.18215  # SD VAE latent scale
     stats_mode: str = "element"  # μ_R, σ_R per "element" (IBA's estimator) or per "channel"
     sigma_min: float = 0.01  # clamp of σ_R
-    beta: float = 20.0  # weight of the information loss in training (the paper's Table III: β = 20)
+    beta: float = 0.01  # weight of L_info (nats per image pixel) against the per-pixel image losses; docs/training.md
     lambda_init: float = 0.99  # (ours) λ at init: the bottleneck keeps ≈ all of the manifold
     manifold_channels: int = 8  # VAE mean + logvar
     transformer_width: int = 64  # (ours) token width of the bottleneck Transformer (rank 2/4/8 → 8.3/16.4/32.6 MB trainable)
@@ -138,6 +138,10 @@ class InfoBFRConfig:
     noise_seed: int = 0  # seed of the inference noise when no generator is given: same face → same output
     stats_faces: int = 0  # how many faces μ_R, σ_R were computed on (0 = not yet: μ=0, σ=1)
     sd_model: str = SD21_BASE_REPO  # which frozen SD the LoRA belongs to (informational)
+    # ablations of the paper's Table III (every one True in the method)
+    transformer: bool = True  # False: no Transformer block, h = r
+    mib: bool = True  # False: no information bottleneck, z = h (no λ, no noise, L_info = 0)
+    lora: bool = True  # False: the UNet stays frozen, no LoRA
 
     def __post_init__(self) -> None:
         if self.lora_alpha is None:
@@ -182,7 +186,7 @@ class RefinerAux:
     r: torch.Tensor  # VAE moments (B, 8, h, w)
     z: torch.Tensor  # bottleneck output, same shape
     lam: torch.Tensor  # λ, same shape
-    info_loss: torch.Tensor  # scalar KL information loss (unweighted)
+    info_loss: torch.Tensor  # scalar L_info (unweighted): the KL summed over the manifold, in nats per image pixel (3·H·W)
 
 
 def vae_moments(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
@@ -201,6 +205,23 @@ def alpha_bar(config: InfoBFRConfig) -> float:
     return float(scheduler.alphas_cumprod[config.timestep])
 
 
+def one_step_x0(unet: UNet2DConditionModel, latent: torch.Tensor, timestep: int, prompt_embeds: torch.Tensor, alpha_bar_t: float,
+                prediction_type: str) -> torch.Tensor:
+    """x0 read from one UNet call on ``latent`` at ``timestep`` (ᾱ_t = ``alpha_bar_t``), by the prediction type's formula.
+
+    The refiner's denoising step, and what the CPU-scale UNet is fitted with (:mod:`bfrboost.train.tiny`).
+    """
+    t = torch.full((latent.shape[0],), timestep, device=latent.device, dtype=torch.long)
+    cond = prompt_embeds.expand(latent.shape[0], -1, -1).to(latent.dtype)
+    pred = unet(latent, t, encoder_hidden_states=cond).sample
+    a, s = math.sqrt(alpha_bar_t), math.sqrt(1.0 - alpha_bar_t)
+    if prediction_type == "epsilon":
+        return (latent - s * pred) / a
+    if prediction_type == "v_prediction":
+        return a * latent - s * pred
+    return pred
+
+
 class InfoBFR(nn.Module):
     """The refiner. ``forward`` (training and inference) maps images in [-1, 1] to images in [-1, 1]."""
 
@@ -209,8 +230,12 @@ class InfoBFR(nn.Module):
         self.config = config
         self.vae = vae.requires_grad_(False).eval()
         self.unet = unet.requires_grad_(False).eval()
-        add_lora(self.unet, config.rank, config.lora_alpha)
+        if config.lora:
+            add_lora(self.unet, config.rank, config.lora_alpha)
         device = next(self.unet.parameters()).device
+        # L_info per image pixel = mean KL per manifold element × elements / pixels = × C / (3·f²), f the VAE's down-sampling
+        down = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.info_per_pixel = config.manifold_channels / (3 * down * down)
         self.bottleneck = ManifoldBottleneck(
             channels=config.manifold_channels,
             width=config.transformer_width,
@@ -219,6 +244,8 @@ class InfoBFR(nn.Module):
             lambda_init=config.lambda_init,
             sigma_min=config.sigma_min,
             stats_mode=config.stats_mode,
+            transformer=config.transformer,
+            mib=config.mib,
         ).to(device)
         self.register_buffer("prompt_embeds", prompt_embeds.detach().to(device))
         self.alpha_bar_t = alpha_bar(config)
@@ -250,15 +277,8 @@ class InfoBFR(nn.Module):
 
     def denoise(self, latent: torch.Tensor) -> torch.Tensor:
         """One UNet step at the fixed t, read as x0 with the scheduler formula for the prediction type."""
-        t = torch.full((latent.shape[0],), self.config.timestep, device=latent.device, dtype=torch.long)
-        cond = self.prompt_embeds.expand(latent.shape[0], -1, -1).to(latent.dtype)
-        pred = self.unet(latent, t, encoder_hidden_states=cond).sample
-        a, s = math.sqrt(self.alpha_bar_t), math.sqrt(1.0 - self.alpha_bar_t)
-        if self.config.prediction_type == "epsilon":
-            return (latent - s * pred) / a
-        if self.config.prediction_type == "v_prediction":
-            return a * latent - s * pred
-        return pred
+        config = self.config
+        return one_step_x0(self.unet, latent, config.timestep, self.prompt_embeds, self.alpha_bar_t, config.prediction_type)
 
     def inference_noise(self, like: torch.Tensor, stream: int = 0) -> torch.Tensor:
         """Standard-normal noise for inference (``stream`` 0: the bottleneck's ε, 1: the posterior
@@ -298,7 +318,7 @@ class InfoBFR(nn.Module):
         dtype = r.dtype if autocast else next(self.unet.parameters()).dtype  # without autocast: the (bf16) UNet's own type
         x0 = self.denoise(self.to_latent(out.z, generator, latent_noise).to(dtype))
         x_hat = self.decode(x0)
-        return x_hat, RefinerAux(r=r, z=out.z, lam=out.lam, info_loss=out.info_loss)
+        return x_hat, RefinerAux(r=r, z=out.z, lam=out.lam, info_loss=out.info_loss * self.info_per_pixel)
 
     @torch.inference_mode()
     def refine(self, x01: torch.Tensor) -> torch.Tensor:
@@ -329,7 +349,7 @@ class InfoBFR(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What ``refiner.safetensors`` holds: bottleneck (+ statistics), LoRA, empty-prompt embedding."""
-        if not has_lora(self.unet):
+        if self.config.lora and not has_lora(self.unet):
             raise UsageError("this refiner's LoRA is fused into the UNet; load it with fuse_lora=False to save or train it")
         state = {f"bottleneck.{k}": v for k, v in self.bottleneck.state_dict().items()}
         state |= {f"lora.{k}": v for k, v in lora_state_dict(self.unet).items()}
@@ -354,12 +374,14 @@ class InfoBFR(nn.Module):
 
     def fuse_lora(self) -> None:
         """Merge LoRA into the UNet (inference): same outputs, plain-UNet speed."""
-        fuse_lora(self.unet)
+        if has_lora(self.unet):
+            fuse_lora(self.unet)
 
     def compile_stages(self) -> None:
         """torch.compile the heavy parts in place (keeps state-dict names, unlike wrapping the model)."""
         for module in (self.vae.encoder, self.vae.decoder, self.unet, self.bottleneck.transformer):
-            module.compile()
+            if module is not None:
+                module.compile()
 
     # ---- save / load ---------------------------------------------------------------------
 
@@ -426,8 +448,8 @@ class InfoBFR(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters by part (LoRA, Transformer, λ head) and the frozen SD parts."""
         lora = sum(p.numel() for n, p in self.unet.named_parameters() if is_lora_key(n))
-        transformer = sum(p.numel() for p in self.bottleneck.transformer.parameters())
-        head = sum(p.numel() for p in self.bottleneck.lambda_head.parameters())
+        parts = self.bottleneck.transformer, self.bottleneck.lambda_head
+        transformer, head = (sum(p.numel() for p in part.parameters()) if part is not None else 0 for part in parts)
         return {
             "lora": lora,
             "transformer": transformer,
@@ -452,7 +474,7 @@ class InfoBFR(nn.Module):
             counts[name] = counter.get_total_flops()
             return result
 
-        lora_active = has_lora(self.unet)
+        lora_active = self.config.lora and has_lora(self.unet)
         if lora_active:
             self.unet.disable_adapters()
         try:

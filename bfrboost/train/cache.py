@@ -3,23 +3,34 @@
 Training then reads base outputs (and, optionally, their VAE moments) from disk instead of running the
 base restorer and the VAE encoder every step. Layout of CACHE_DIR:
 
-- ``cache.json``: settings (size, bases, repeats, seed, degradation ranges) and the shard list; written
-  last, so a folder without it is an unfinished cache.
-- ``train-NNNNN.safetensors`` / ``val-NNNNN.safetensors``: one shard per ``shard_faces`` faces with
-  ``gt`` (F, 3, S, S) uint8 once per face, and per entry (face × repeat × base) ``base`` (E, 3, S, S)
-  uint8, ``face`` (E,) index into ``gt``, ``base_id`` (E,), ``lq`` (val shards only, for the image grid),
-  and with ``moments`` the fp16 VAE moments of ``base`` and of its mirror image (``moments_flip``).
+- ``cache.plan.json``: settings and the shard list, written first; a killed build re-run with the same
+  settings keeps every finished shard (each is written atomically) and builds only the rest, so its
+  result equals an uninterrupted build byte for byte.
+- ``cache.json``: the manifest, written last: a folder without it is an unfinished cache.
+- ``train-NNNNN.safetensors`` / ``val-NNNNN.safetensors``: one shard per ``shard_faces`` faces. Images are
+  stored compressed, one encoded file per image, concatenated in a uint8 tensor with an offsets tensor:
+  ``gt`` (once per face) and ``base`` (per entry = face × repeat × base) as lossless PNG (the target and
+  the refiner's input must not carry codec artefacts), ``lq`` (val shards only, for the image grid) as
+  JPEG q95. ``face`` (E,) indexes ``gt``, ``base_id`` (E,) the base; with ``moments`` the fp16 VAE
+  moments of ``base`` and of its mirror image (``moments_flip``).
+
+Faces are loaded, degraded and encoded by ``workers`` threads (OpenCV and numpy release the GIL); the
+base restorer runs in the calling thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,7 +45,9 @@ from bfrboost.train.data import list_hq_faces, split_faces
 from bfrboost.train.degrade import DegradeConfig, degrade, file_seed
 
 MANIFEST = "cache.json"
-VERSION = 1
+PLAN = "cache.plan.json"
+VERSION = 2
+IMAGE_KEYS = ("gt", "base", "lq")
 
 
 @dataclass
@@ -48,6 +61,8 @@ class CacheConfig:
     val_count: int = default_of(TrainConfig, "val_count")  # faces held out for validation (fixed by the seed)
     shard_faces: int = 256
     moments: bool = default_of(TrainConfig, "moments")  # also store the VAE moments of the base outputs (fp16)
+    degrade_size: int | None = None  # size the HQ face is degraded at (None: the base's input size; --tiny: 2 × size)
+
     degrade: DegradeConfig = dataclasses.field(default_factory=DegradeConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +86,51 @@ def resize01(x01: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x01, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
+def encode_image(chw: torch.Tensor, lossless: bool = True) -> np.ndarray:
+    """(3, H, W) uint8 RGB → PNG (lossless) or JPEG q95 bytes as a uint8 array."""
+    bgr = np.ascontiguousarray(chw.permute(1, 2, 0).numpy()[..., ::-1])
+    if lossless:
+        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    else:
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise UsageError("train cache: image encoding failed")
+    return data.reshape(-1)
+
+
+def decode_image(data: np.ndarray) -> torch.Tensor:
+    """Encoded bytes → (3, H, W) uint8 RGB."""
+    bgr = cv2.imdecode(np.asarray(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    return torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).permute(2, 0, 1)
+
+
+def pack_images(images: torch.Tensor, pool: ThreadPoolExecutor, lossless: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) uint8 → (concatenated encoded bytes, offsets (N + 1,) int64)."""
+    blobs = list(pool.map(lambda im: encode_image(im, lossless), list(images)))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    return torch.from_numpy(np.concatenate(blobs)), torch.from_numpy(offsets)
+
+
+def _plan(data: Path, config: CacheConfig) -> tuple[dict[str, Any], dict[str, list[list[Path]]]]:
+    train_faces, val_faces = split_faces(list_hq_faces(data), config.val_count, config.seed)
+    chunks = {split: [faces[i : i + config.shard_faces] for i in range(0, len(faces), config.shard_faces)]
+              for split, faces in (("train", train_faces), ("val", val_faces))}
+    plan = {"version": VERSION, "config": config.to_dict(), "data": str(data),
+            "shards": {split: [[str(p.relative_to(data)) for p in chunk] for chunk in parts] for split, parts in chunks.items()}}
+    return json.loads(json.dumps(plan)), chunks  # as read back from cache.plan.json (tuples → lists)
+
+
+def _start(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an unfinished cache of other settings (unless ``overwrite``); write the plan."""
+    old = json.loads((out / PLAN).read_text()) if (out / PLAN).is_file() else None
+    if overwrite or (old is not None and old != plan):
+        if old is not None and old != plan and not overwrite:
+            raise UsageError(f"{out}: holds an unfinished cache of other settings ({PLAN}); pass --overwrite to start it again")
+        for stale in [*out.glob("train-*.safetensors"), *out.glob("val-*.safetensors"), out / MANIFEST]:
+            stale.unlink(missing_ok=True)
+    write_bytes(out / PLAN, (json.dumps(plan, indent=1) + "\n").encode(), overwrite=True)
+
+
 def build_cache(
     data: Path,
     out: Path,
@@ -80,8 +140,10 @@ def build_cache(
     encode_moments: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Write the cache of ``data`` into ``out``; returns the manifest.
+    """Write (or finish) the cache of ``data`` in ``out``; returns the manifest plus ``build``: seconds,
+    faces built now, bytes of the shards.
 
     ``restorers[i]`` runs base ``config.bases[i]`` on (B, 3, s, s) [0, 1] crops (s = ``base_input_size``);
     ``encode_moments`` maps (B, 3, S, S) [-1, 1] images to VAE moments (needed when ``config.moments``).
@@ -90,45 +152,63 @@ def build_cache(
         raise UsageError("train cache: give one restorer per base name (at least one)")
     if config.moments and encode_moments is None:
         raise UsageError("train cache: moments requested but no VAE encoder given")
+    started = time.perf_counter()
     if (out / MANIFEST).exists() and not overwrite:
-        raise UsageError(f"{out}: already holds a cache ({MANIFEST}); pass --overwrite to rebuild it or use it with `bfrboost train --cache {out}`")
-    train_faces, val_faces = split_faces(list_hq_faces(data), config.val_count, config.seed)
+        raise UsageError(f"{out}: already holds a cache ({MANIFEST}); pass --overwrite to rebuild it "
+                         f"or use it with `bfrboost train --cache {out}`")
+    plan, chunks = _plan(data, config)
+    _start(out, plan, overwrite)
     shards: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
-    for split, faces in (("train", train_faces), ("val", val_faces)):
-        for start in range(0, len(faces), config.shard_faces):
-            chunk = faces[start : start + config.shard_faces]
-            tensors = _shard(chunk, config, restorers, base_input_size, encode_moments, keep_lq=split == "val")
-            name = f"{split}-{len(shards[split]):05d}.safetensors"
-            with atomic_path(out / name, overwrite=True) as temp:
-                save_file(tensors, str(temp), metadata={"bfrboost": "train-cache", "version": str(VERSION)})
-            shards[split].append({"file": name, "faces": len(chunk), "entries": int(tensors["base"].shape[0])})
-            if progress is not None:
-                progress(len(chunk))
+    built = 0
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        for split, parts in chunks.items():
+            for index, chunk in enumerate(parts):
+                name = f"{split}-{index:05d}.safetensors"
+                if not (out / name).is_file():  # a finished shard of the same plan is kept as it is
+                    tensors = _shard(chunk, config, restorers, base_input_size, encode_moments, split == "val", pool)
+                    with atomic_path(out / name, overwrite=True) as temp:
+                        # one metadata key: safetensors writes several in no fixed order (a resumed build must equal a whole one)
+                        save_file(tensors, str(temp), metadata={"bfrboost": f"train-cache-v{VERSION}"})
+                    built += len(chunk)
+                with safe_open(str(out / name), framework="pt") as f:
+                    entries = int(f.get_slice("face").get_shape()[0])
+                shards[split].append({"file": name, "faces": len(chunk), "entries": entries})
+                if progress is not None:
+                    progress(len(chunk))
     manifest = {"version": VERSION, "config": config.to_dict(), "shards": shards,
-                "val_faces": [str(p.relative_to(data)) for p in val_faces], "data": str(data)}
+                "val_faces": [name for part in plan["shards"]["val"] for name in part], "data": str(data)}
     write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), overwrite=True)
-    return manifest
+    size = sum((out / s["file"]).stat().st_size for parts in shards.values() for s in parts)
+    return manifest | {"build": {"seconds": time.perf_counter() - started, "faces_built": built, "bytes": size}}
 
 
-def _shard(faces, config, restorers, base_input_size, encode_moments, keep_lq):
-    gts, bases, lqs, face_ids, base_ids = [], [], [], [], []
-    for local, path in enumerate(faces):
-        hq = read_face(path, base_input_size)
-        gts.append(torch.from_numpy(hq).permute(2, 0, 1))
-        lq = np.stack([degrade(hq, file_seed(config.seed, f"{path.name}#{k}"), config.degrade) for k in range(config.repeats)])
-        lq01 = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255
+def _degraded(path: Path, config: CacheConfig, base_input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One face: (HQ (3, S, S) uint8 at the training size, K degradations (K, 3, s, s) [0, 1] at the base's input size)."""
+    hq = read_face(path, config.degrade_size or base_input_size)
+    lq = np.stack([degrade(hq, file_seed(config.seed, f"{path.name}#{k}"), config.degrade) for k in range(config.repeats)])
+    lq01 = resize01(torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255, base_input_size)
+    gt = to_uint8(resize01(torch.from_numpy(hq).permute(2, 0, 1)[None].float() / 255, config.size))[0]
+    return gt, lq01
+
+
+def _shard(faces, config, restorers, base_input_size, encode_moments, keep_lq, pool):
+    bases, lqs, face_ids, base_ids, gts = [], [], [], [], []
+    for local, (gt, lq01) in enumerate(pool.map(lambda p: _degraded(p, config, base_input_size), faces)):
+        gts.append(gt)
+
         for b, restore in enumerate(restorers):
             bases.append(to_uint8(resize01(restore(lq01).float().cpu(), config.size)))
             lqs.append(to_uint8(resize01(lq01, config.size)))
             face_ids += [local] * config.repeats
             base_ids += [b] * config.repeats
-    gt = to_uint8(resize01(torch.stack(gts).float() / 255, config.size))
-    tensors = {"gt": gt.contiguous(), "base": torch.cat(bases).contiguous(),
-               "face": torch.tensor(face_ids, dtype=torch.int64), "base_id": torch.tensor(base_ids, dtype=torch.int64)}
+    base = torch.cat(bases)
+    tensors = {"face": torch.tensor(face_ids, dtype=torch.int64), "base_id": torch.tensor(base_ids, dtype=torch.int64)}
+    tensors["gt"], tensors["gt_offsets"] = pack_images(torch.stack(gts), pool)
+    tensors["base"], tensors["base_offsets"] = pack_images(base, pool)
     if keep_lq:
-        tensors["lq"] = torch.cat(lqs).contiguous()
+        tensors["lq"], tensors["lq_offsets"] = pack_images(torch.cat(lqs), pool, lossless=False)
     if config.moments:
-        x = tensors["base"].float() / 127.5 - 1
+        x = base.float() / 127.5 - 1
         with torch.no_grad():
             tensors["moments"] = torch.cat([encode_moments(c).half().cpu() for c in x.split(8)]).contiguous()
             tensors["moments_flip"] = torch.cat([encode_moments(c.flip(-1)).half().cpu() for c in x.split(8)]).contiguous()
@@ -173,9 +253,15 @@ class CachedFaces:
                 raise InputError(f"{path}: cannot read cache shard ({exc}); rebuild the cache") from None
         return self._open[shard]
 
+    def _image(self, f, key: str, i: int) -> torch.Tensor:
+        """Image ``i`` of ``key``: reads and decodes only its own bytes."""
+        start, stop = f.get_slice(f"{key}_offsets")[i : i + 2].tolist()
+        return decode_image(f.get_slice(key)[start:stop].numpy())
+
     def clean_faces(self, shard: int) -> torch.Tensor:
         """All ground-truth faces of one shard (F, 3, S, S) uint8: e.g. for the manifold statistics."""
-        return self._handle(shard).get_tensor("gt")
+        f = self._handle(shard)
+        return torch.stack([self._image(f, "gt", i) for i in range(self.shards[shard]["faces"])])
 
     def entry(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
@@ -184,9 +270,12 @@ class CachedFaces:
         f, local = self._handle(shard), index - int(self.offsets[shard])
         row = lambda key, i: f.get_slice(key)[i : i + 1][0]  # noqa: E731
         face = int(row("face", local))
-        item = {"gt": row("gt", face), "base": row("base", local), "base_id": row("base_id", local)}
-        for key in ("lq", "moments", "moments_flip"):
-            if key in f.keys():
+        item = {"gt": self._image(f, "gt", face), "base": self._image(f, "base", local), "base_id": row("base_id", local)}
+        keys = f.keys()
+        if "lq" in keys:
+            item["lq"] = self._image(f, "lq", local)
+        for key in ("moments", "moments_flip"):
+            if key in keys:
                 item[key] = row(key, local)
         return item
 

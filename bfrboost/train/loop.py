@@ -44,6 +44,8 @@ CURVES_NAME = "curves.png"
 REFINER_DIR = "refiner"
 TINY_SD_DIR = "sd-tiny"
 TERMS = ("loss", "mse", "perceptual", "lpips", "info")
+LAMBDA_LOW, LAMBDA_HIGH = 0.05, 0.995  # mean λ outside these at two validations in a row: a warning names --beta
+
 
 
 # ---- pieces --------------------------------------------------------------------------------------
@@ -129,61 +131,115 @@ def _truncate_log(path: Path, last_step: int) -> None:
 # ---- model ---------------------------------------------------------------------------------------
 
 
-def write_tiny_sd(config: TrainConfig, run: Path) -> None:
-    """Save a tiny random SD (vae, unet, prompt) to RUN_DIR/sd-tiny unless there: all parts or none,
-    written by one process before the others read it; a resumed run reloads the same one."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from bfrboost.refiner.model import TINY_PROMPT_SHAPE, TINY_UNET_CONFIG, TINY_VAE_CONFIG
+def write_tiny_sd(config: TrainConfig, run: Path, note: Callable[[str], None]) -> None:
+    """RUN_DIR/sd-tiny: the tiny SD of the CPU-scale configuration, unless there. Copied from ``--tiny-sd``,
+    or fitted (seeded, minutes) on the training split of ``--data`` (else of the cache): the validation
+    faces are never fitted on. Written by one process before the others read it; a resumed run reuses it."""
+    from bfrboost.train.tiny import TinyFit, fit_tiny_sd, is_tiny_sd
 
     sd = run / TINY_SD_DIR
-    if not (sd / "unet" / "config.json").is_file():
-        torch.manual_seed(config.seed)
+    if is_tiny_sd(sd):
+        return
+    if config.tiny_sd is not None:
+        if not is_tiny_sd(config.tiny_sd):
+            raise UsageError(f"{config.tiny_sd}: not a tiny SD (needs vae/, unet/, prompt.pt, fit.json); "
+                             "make one with `bfrboost train tiny-sd`")
         with atomic_dir(sd) as temp:
-            AutoencoderKL.from_config(TINY_VAE_CONFIG).save_pretrained(temp / "vae")
-            UNet2DConditionModel.from_config(TINY_UNET_CONFIG).save_pretrained(temp / "unet")
-            torch.save(torch.randn(TINY_PROMPT_SHAPE, generator=torch.Generator().manual_seed(config.seed)), temp / "prompt.pt")
+            shutil.copytree(config.tiny_sd, temp, dirs_exist_ok=True)
+        return
+    faces = _tiny_fit_faces(config)
+    note(f"fitting the tiny SD (VAE + UNet) on {faces.shape[0]} training faces, once per run; "
+         "`bfrboost train tiny-sd` makes one to reuse with --tiny-sd")
+    fit_tiny_sd(faces, sd, TinyFit(size=config.size, seed=config.seed, timestep=config.timestep))
+
+
+def _tiny_fit_faces(config: TrainConfig) -> torch.Tensor:
+    """Clean faces of the training split (never the validation split), (N, 3, S, S) uint8."""
+    from bfrboost.io.read import read_face
+    from bfrboost.train.data import list_hq_faces, split_faces
+
+    if config.data is not None:
+        train_faces, _ = split_faces(list_hq_faces(config.data), config.val_count, config.seed)
+        return torch.stack([torch.from_numpy(read_face(p, config.size)).permute(2, 0, 1) for p in train_faces])
+    cache = CachedFaces(config.cache or config.out / "cache", "train")
+    return torch.cat([cache.clean_faces(i) for i in range(len(cache.shards))])
 
 
 def make_model(config: TrainConfig, run: Path):
-    """A fresh refiner: the tiny random SD of :func:`write_tiny_sd`, or SD 2.1."""
+    """A fresh refiner: the tiny SD of :func:`write_tiny_sd`, or SD 2.1."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from bfrboost.refiner.model import InfoBFR, InfoBFRConfig
 
     stats_mode = "channel" if config.per_channel_stats or config.tiny else "element"
-    refiner_config = InfoBFRConfig(rank=config.rank, stats_mode=stats_mode, timestep=config.timestep)
+    refiner_config = InfoBFRConfig(rank=config.rank, stats_mode=stats_mode, timestep=config.timestep,
+                                   transformer=not config.no_transformer, mib=not config.no_mib, lora=not config.no_lora)
     if config.beta is not None:
         refiner_config.beta = config.beta
     if not config.tiny:
         return InfoBFR.create(refiner_config, sd_model=config.sd_model)
+    from bfrboost.train.tiny import read_fit
+
     sd = run / TINY_SD_DIR
     vae = AutoencoderKL.from_pretrained(sd / "vae")
     unet = UNet2DConditionModel.from_pretrained(sd / "unet")
     prompt = torch.load(sd / "prompt.pt", weights_only=True)
-    tiny_config = dataclasses.replace(refiner_config, transformer_width=16, transformer_heads=2, sd_model="tiny-random")
+    fit = read_fit(sd)["fit"]
+    if fit["size"] != config.size:
+        raise UsageError(f"{sd}: the tiny SD was fitted at {fit['size']} px but --size is {config.size}; "
+                         f"pass --size {fit['size']} or fit another")
+    tiny_config = dataclasses.replace(refiner_config, transformer_width=16, transformer_heads=2, sd_model="tiny-fitted",
+                                      timestep=fit["timestep"], scaling_factor=fit["scaling_factor"])
     return InfoBFR(tiny_config, vae, unet, prompt)
 
 
-def compute_stats(model, cache: CachedFaces, limit: int, per_element: bool, warn: Callable[[str], None]) -> None:
-    """μ_R, σ_R over up to ``limit`` clean faces of the cache (the paper: 3000 FFHQ faces)."""
-    from bfrboost.refiner.stats import RunningMoments
-
-    moments = RunningMoments(per_element)
-    seen = 0
+def clean_manifold(model, cache: CachedFaces, limit: int, warn: Callable[[str], None]) -> torch.Tensor:
+    """VAE moments r of up to ``limit`` clean faces of the cache (the paper: 3000 FFHQ faces), float16 on the CPU:
+    what μ_R, σ_R describe, kept for refreshing them as the Transformer moves h away from r."""
+    chunks, seen = [], 0
     for shard in range(len(cache.shards)):
         gt = cache.clean_faces(shard)
         for chunk in gt[: max(0, limit - seen)].split(8):
             with torch.no_grad():
-                moments.update(model.encode_manifold(chunk.to(model.device).float() / 127.5 - 1))
+                chunks.append(model.encode_manifold(chunk.to(model.device).float() / 127.5 - 1).half().cpu())
             seen += chunk.shape[0]
         if seen >= limit:
             break
     if seen < PAPER_STATS_FACES:
         warn(f"manifold statistics from {seen} faces (the paper uses {PAPER_STATS_FACES}); add faces to --data for better ones")
+    return torch.cat(chunks)
+
+
+def _manifold_h(model, r_clean: torch.Tensor):
+    """h = r + T(r) of the clean faces in batches (float32, no grad): the tensor the KL and the noise act on."""
+    transformer = model.bottleneck.transformer
+    with torch.no_grad():
+        for chunk in r_clean.split(16):
+            r = chunk.to(model.device).float()
+            yield (transformer(r) if transformer is not None else r).float()
+
+
+def set_manifold_stats(model, r_clean: torch.Tensor) -> None:
+    """μ_R, σ_R of h over the clean faces (at init h == r, so this is the paper's statistic of r)."""
+    from bfrboost.refiner.stats import RunningMoments
+
+    moments = RunningMoments(model.config.stats_mode == "element")
+    for h in _manifold_h(model, r_clean):
+        moments.update(h)
     stats = moments.result()
     model.bottleneck.set_stats(stats.mean, stats.std)
     model.config.stats_faces = stats.faces
+
+
+def normalised_h_moments(model, r_clean: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation of (h − μ_R)/σ_R over the clean faces: ≈ (0, 1) while the statistics fit h."""
+    mean, std = model.bottleneck.stats_mean.float(), model.bottleneck.noise_std().float()
+    total = total_sq = count = 0.0
+    for h in _manifold_h(model, r_clean):
+        u = ((h - mean) / std).double()
+        total, total_sq, count = total + u.sum().item(), total_sq + u.square().sum().item(), count + u.numel()
+    m = total / count
+    return m, math.sqrt(max(0.0, total_sq / count - m * m))
 
 
 def copy_stats(model, source: Path) -> None:
@@ -272,6 +328,9 @@ class Trainer:
         self.warn = warn
         self.progress = progress
         self.arcface = arcface
+        self.r_clean: torch.Tensor | None = None  # VAE moments of the clean statistics faces
+        self.lambdas: list[float] = []  # mean λ of the last two validations
+        self.lambda_warned = False
 
     # -- setup
     def _accelerator(self):
@@ -296,8 +355,10 @@ class Trainer:
         if config.data is None:
             raise UsageError(f"{cache}: no cache there; pass --data HQ_DIR to build it (or --cache a folder built by `bfrboost train cache`)")
         if accelerator.is_main_process:
-            build_training_cache(config.data, cache, CacheConfig(bases=config.bases, size=config.size, repeats=config.repeats, seed=config.seed,
-                                                                 val_count=config.val_count, moments=config.moments),
+            degrade_size = config.degrade_size or (2 * config.size if config.tiny else None)
+            cache_config = CacheConfig(bases=config.bases, size=config.size, repeats=config.repeats, seed=config.seed,
+                                       val_count=config.val_count, moments=config.moments, degrade_size=degrade_size)
+            build_training_cache(config.data, cache, cache_config,
                                  tiny=config.tiny, sd_model=config.sd_model, device=accelerator.device)
         accelerator.wait_for_everyone()
         return cache
@@ -313,8 +374,15 @@ class Trainer:
         if not config.resume and (found or log_path.is_file()):
             raise UsageError(f"{run}: already holds a training run; pass --resume to continue it or choose another --out")
         run.mkdir(parents=True, exist_ok=True)
+        missing = config.cache or run / "cache"
+        if accelerator.num_processes > 1 and config.data is not None and not (missing / "cache.json").is_file():
+            # building takes hours on FFHQ, far beyond the process group's timeout: build it first, in one process
+            raise UsageError(f"{missing}: no cache yet, and {accelerator.num_processes} processes cannot wait for one to be "
+                             f"built; run `bfrboost train cache --data {config.data} --base {','.join(config.bases)} "
+                             f"--size {config.size} --repeats {config.repeats} --val-count {config.val_count} -o CACHE_DIR` first, "
+                             "then launch with --cache CACHE_DIR")
         if config.tiny and accelerator.is_main_process:
-            write_tiny_sd(config, run)
+            write_tiny_sd(config, run, self.warn)
         accelerator.wait_for_everyone()
         model = make_model(config, run).to(device)  # before the cache: a tiny run's cached moments need its tiny VAE
         cache_dir = self._cache(accelerator)
@@ -324,14 +392,18 @@ class Trainer:
         if train_set.config.size != config.size:
             raise UsageError(f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {config.size}; rebuild the cache or pass --size {train_set.config.size}")
         if config.stats_from is not None:
-            copy_stats(model, config.stats_from)
-        elif not config.resume:
-            compute_stats(model, train_set, config.stats_faces, model.config.stats_mode == "element",
-                          self.warn if accelerator.is_main_process else (lambda message: None))
+            copy_stats(model, config.stats_from)  # first: a --stats-from without statistics is refused before any work
+        r_clean = None
+        if config.stats_from is None or config.stats_every:
+            note = self.warn if accelerator.is_main_process else (lambda message: None)
+            r_clean = clean_manifold(model, train_set, config.stats_faces, note)
+        if config.stats_from is None and not config.resume:
+            set_manifold_stats(model, r_clean)
+        self.r_clean = r_clean
         with torch.random.fork_rng(devices=[]):  # --tiny's random loss nets: the same on every (resumed) run
             torch.manual_seed(config.seed)
             loss_fn = InfoBFRLoss(build_vgg19(pretrained=not config.tiny), build_lpips(config.lpips_net, pretrained=not config.tiny),
-                                  LossWeights(beta=model.config.beta)).to(device)
+                                  LossWeights(beta=model.config.beta if model.config.mib else 0.0)).to(device)
         if accelerator.mixed_precision in ("bf16", "fp16"):
             frozen = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16
             model.vae.to(frozen)
@@ -413,6 +485,8 @@ class Trainer:
                     self.progress(step, config.steps, record)
                 if step % config.val_every == 0 or step == config.steps:
                     self._validate(model, loss_fn, val_set, step, run, identity, accelerator)
+                if config.stats_every and step % config.stats_every == 0 and r_clean is not None:
+                    set_manifold_stats(model, r_clean)  # h drifts from r as the Transformer trains: the KL and ε follow it
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     if accelerator.is_main_process:
                         save_checkpoint(run, step, position, model, optimizer, scheduler, ema, config, train_set.manifest["config"])
@@ -439,7 +513,9 @@ class Trainer:
                 terms = loss_fn(x_hat, gt, aux.info_loss)
                 n = base.shape[0]
                 values = {**{k: terms[k].item() * n for k in TERMS}, "lambda_mean": aux.lam.mean().item() * n,
-                          "psnr": psnr((x_hat + 1) / 2, (gt + 1) / 2).sum().item(), "psnr_base": psnr((base + 1) / 2, (gt + 1) / 2).sum().item()}
+                          "psnr": psnr((x_hat + 1) / 2, (gt + 1) / 2).sum().item(),
+                          "psnr_base": psnr((base + 1) / 2, (gt + 1) / 2).sum().item(),
+                          "lpips_base": loss_fn.lpips(base, gt).float().sum().item()}
                 if identity is not None:  # float32 whatever the autocast: a cosine near 1 needs the precision
                     with torch.autocast(model.device.type, enabled=False):
                         values["ids"] = identity.similarity((x_hat.float() + 1) / 2, (gt.float() + 1) / 2).sum().item()
@@ -447,13 +523,35 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 if not grid:
                     grid = [batch.get("lq", batch["base"]), batch["base"], x_hat.float().cpu(), batch["gt"]]
-        model.train()
         record = {"step": step, **{k: v / len(val_set) for k, v in sums.items()}}
+        if self.r_clean is not None and model.config.mib:
+            record["h_mean"], record["h_std"] = normalised_h_moments(model, self.r_clean)
+        model.train()
         _append_line(run / VAL_LOG_NAME, record)
+        if model.config.mib:
+            self._check_lambda(record["lambda_mean"], model.config.beta)
         from bfrboost.io.write import write_image
 
         write_image(run / "val" / f"step-{step:08d}.png", image_grid(grid), overwrite=True)
         return record
+
+    def _check_lambda(self, lam: float, beta: float) -> None:
+        """One line when mean λ stayed outside (LAMBDA_LOW, LAMBDA_HIGH) at two validations in a row."""
+        self.lambdas = [*self.lambdas, lam][-2:]
+        if len(self.lambdas) < 2 or self.lambda_warned:
+            return
+        if max(self.lambdas) < LAMBDA_LOW:
+            first, second = self.lambdas
+            self.warn(f"mean λ {first:.3f}, {second:.3f} < {LAMBDA_LOW} at two validations: the bottleneck replaces "
+                      f"the face by noise (the output no longer depends on the base face); lower --beta (now {beta:g}), "
+                      "e.g. with `bfrboost train pilot`")
+        elif min(self.lambdas) > LAMBDA_HIGH:
+            first, second = self.lambdas
+            self.warn(f"mean λ {first:.3f}, {second:.3f} > {LAMBDA_HIGH} at two validations: the bottleneck keeps "
+                      f"everything (nothing is cleaned); raise --beta (now {beta:g}), e.g. with `bfrboost train pilot`")
+        else:
+            return
+        self.lambda_warned = True
 
     def _save_result(self, model, ema, run: Path, accelerator) -> Path:
         out = run / REFINER_DIR
@@ -474,7 +572,8 @@ class Trainer:
 
 
 def build_training_cache(data: Path, out: Path, cache_config: CacheConfig, tiny: bool = False, sd_model: Path | None = None,
-                         device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None, overwrite: bool = False):
+                         device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+                         overwrite: bool = False, workers: int | None = None):
     """Load the frozen base model(s) (and the VAE when moments are cached) and write the cache."""
     from bfrboost.backbones.registry import get_spec, load_base
 
@@ -489,7 +588,7 @@ def build_training_cache(data: Path, out: Path, cache_config: CacheConfig, tiny:
         vae = _frozen_vae(tiny, out.parent, sd_model).to(device).eval()
         encode = lambda x: vae_moments(vae, x.to(device))  # noqa: E731
     restorers = [lambda x, b=b: b.restore(x.to(device)) for b in bases]
-    return build_cache(data, out, cache_config, restorers, sizes.pop(), encode, progress, overwrite)
+    return build_cache(data, out, cache_config, restorers, sizes.pop(), encode, progress, overwrite, workers)
 
 
 def _frozen_vae(tiny: bool, run: Path, sd_model: Path | None):

@@ -238,7 +238,7 @@ def test_markdown_marks_the_better_value_in_bold():
     md = markdown_table(report)
     assert "| gfpgan | FID ↓ | 47.86 | **37.97** | -9.89 | with refiner |" in md
     assert "| gfpgan | PSNR ↑ | 25.21 | **26.20** | +0.99 | with refiner |" in md
-    assert csv_table(report).splitlines()[1] == "gfpgan,fid,lower,47.86,37.97,-9.89,with"
+    assert csv_table(report).splitlines()[1] == "gfpgan,fid,lower,47.86,37.97,-9.89,with,"  # last column: disagrees (empty)
 
 
 class _FakeRestorer:
@@ -291,3 +291,23 @@ def test_boost_with_several_bases_keeps_their_order_and_directions(paired, tiny_
     page = (tmp_path / "b" / "index.html").read_text()
     assert page.count("faces/input/") == 2 and "faces/blurry/with/0001.png" in page
     assert json.loads((tmp_path / "b" / "boost.json").read_text())["rows"][0]["without"] == "inf"
+
+
+def test_boost_flags_paired_and_no_reference_metrics_that_disagree():
+    from bfrboost.evaluation.boost import BoostReport, csv_table, markdown_table
+    from bfrboost.metrics import MetricValue
+
+    def values(**kw):
+        return {m: MetricValue(m, v, 3, 0.0) for m, v in kw.items()}
+
+    # a pure-texture refiner: far from the truth (PSNR 12.5 dB) but a lower NIQE
+    results = {"texture": {"without": values(psnr=27.0, lpips=0.20, niqe=6.0), "with": values(psnr=12.5, lpips=0.45, niqe=4.0)},
+               "honest": {"without": values(psnr=27.0, lpips=0.20, niqe=6.0), "with": values(psnr=28.0, lpips=0.18, niqe=5.5)}}
+    report = BoostReport(bases=["texture", "honest"], metrics=["psnr", "lpips", "niqe"], faces=3, pairs=3, results=results)
+    assert report.disagreements() == {"texture": ("without", "with")}
+    assert [(r.base, r.metric) for r in report.rows if r.disagrees] == [("texture", "psnr"), ("texture", "lpips"), ("texture", "niqe")]
+    md = markdown_table(report)
+    assert md.count("⚠ paired vs no-reference disagree") == 3
+    assert ("- ⚠ texture: the paired metrics (PSNR/SSIM/LPIPS) say base alone is better, the no-reference metrics (NIQE/MUSIQ) "
+            "say with refiner") in md
+    assert [line.endswith(",yes") for line in csv_table(report).splitlines()[1:]] == [True, True, True, False, False, False]

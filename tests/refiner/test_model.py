@@ -291,3 +291,16 @@ def test_a_mismatching_text_encoder_is_refused(tmp_path):
         WeightsError, match=r"text-encoder weights do not match .*\(1 missing, e.g. '(text_model\.)?final_layer_norm.weight'\)"
     ):
         encode_empty_prompt(sd)
+
+
+def test_info_loss_is_the_kl_summed_over_the_manifold_per_image_pixel(tiny, faces):
+    """L_info = Σ_manifold KL / (3·H·W): the scale of the per-pixel image losses (docs/training.md)."""
+    r = tiny.encode_manifold(faces)
+    h = r  # untrained Transformer: h == r
+    lam = torch.full_like(r, 0.99)
+    h_tilde = (h - tiny.bottleneck.stats_mean) / tiny.bottleneck.noise_std()
+    kl = -torch.log(1 - lam) + ((1 - lam) ** 2 + (lam * h_tilde) ** 2) / 2 - 0.5
+    _, aux = tiny(faces)
+    expected = kl.sum((1, 2, 3)).mean() / (3 * faces.shape[2] * faces.shape[3])
+    torch.testing.assert_close(aux.info_loss, expected, rtol=1e-4, atol=1e-6)
+    assert tiny.info_per_pixel == 8 / (3 * 8 * 8)  # 8 manifold channels, VAE down-sampling 8

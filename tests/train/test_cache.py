@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_cache_round_trips(testdata, tmp_path):
     with pytest.raises(UsageError, match="already holds a cache"):
         build_cache(data, tmp_path, config, [lambda x: x, darken], base_input_size=128, encode_moments=encode)
     (tmp_path / "cache.json").write_text(json.dumps({"version": 99}))
-    with pytest.raises(InputError, match="cache version 99 is not 1; rebuild the cache"):
+    with pytest.raises(InputError, match="cache version 99 is not 2; rebuild the cache"):
         CachedFaces(tmp_path)
 
 
@@ -81,9 +82,51 @@ def test_train_cache_command(testdata, tmp_path):
     result = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none",
                                       "--size", "32", "--repeats", "1", "--val-count", "2", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{tmp_path / 'c'}: cache of 6 faces × 1 degradations × 1 base(s): 4 train and 2 val entries\n"
+    first, second = result.stdout.splitlines()
+    assert first == f"{tmp_path / 'c'}: cache of 6 faces × 1 degradations × 1 base(s): 4 train and 2 val entries"
+    assert re.fullmatch(rf"{tmp_path / 'c'}: built 6 faces in [0-9.]+ s \([0-9.]+ s per face\); [0-9.]+ GB, [0-9.]+ GB per 1000 faces", second)
     assert len(CachedFaces(tmp_path / "c", "train")) == 4
     again = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none"])
     assert again.exit_code == 2 and "already holds a cache (cache.json); pass --overwrite" in again.stderr
     unknown = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "d"), "--base", "nosuch"])
     assert unknown.exit_code != 0 and unknown.stderr.count("\n") == 1
+
+
+def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(testdata, tmp_path):
+    data = testdata / "aligned"
+    config = CacheConfig(bases=["none"], size=32, repeats=2, seed=1, val_count=2, shard_faces=1, degrade_size=64)
+    whole = build_cache(data, tmp_path / "whole", config, [lambda x: x], base_input_size=64, workers=2)
+    assert whole["build"]["faces_built"] == 6 and whole["build"]["bytes"] > 0
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(faces: int, seen=[]):  # noqa: B006 - counts calls of this one build
+        seen.append(faces)
+        if len(seen) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        build_cache(data, tmp_path / "resumed", config, [lambda x: x], base_input_size=64, progress=kill_after_two)
+    assert not (tmp_path / "resumed" / "cache.json").exists() and len(list((tmp_path / "resumed").glob("*.safetensors"))) == 2
+    again = build_cache(data, tmp_path / "resumed", config, [lambda x: x], base_input_size=64)
+    assert again["build"]["faces_built"] == 4  # the two finished shards were kept
+    files = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "resumed").iterdir())
+    for name in files:
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes(), name
+    other = CacheConfig(bases=["none"], size=32, repeats=1, seed=1, val_count=2, shard_faces=1, degrade_size=64)
+    (tmp_path / "resumed" / "cache.json").unlink()
+    with pytest.raises(UsageError, match="holds an unfinished cache of other settings"):
+        build_cache(data, tmp_path / "resumed", other, [lambda x: x], base_input_size=64)
+
+
+def test_images_are_stored_compressed_and_lossless(testdata, tmp_path):
+    config = CacheConfig(bases=["none"], size=64, repeats=1, seed=0, val_count=2, shard_faces=8)
+    build_cache(testdata / "aligned", tmp_path, config, [lambda x: x], base_input_size=64)
+    cached = CachedFaces(tmp_path, "train")
+    gt = to_uint8(resize01(torch.from_numpy(read_face(split_faces(list_hq_faces(testdata / "aligned"), 2, 0)[0][0], 64))
+                           .permute(2, 0, 1)[None].float() / 255, 64))[0]
+    assert torch.equal(cached.clean_faces(0)[0], gt)  # PNG: bit-exact
+    raw = sum(t.numel() for t in (cached.clean_faces(0),)) * 2  # gt + one base per face, uint8
+    assert (tmp_path / "train-00000.safetensors").stat().st_size < 0.8 * raw
