@@ -81,8 +81,7 @@ def test_eval_missing_weights_is_one_line_naming_the_command(paired):
     result = runner.invoke(app, ["eval", "--restored", str(lq), "--reference", str(hq), "--metrics", "ids", "--device", "cpu"])
     assert result.exit_code == 1
     assert (
-        result.stderr
-        == "bfrboost: recognition_arcface_ir_se50.pth: the IDS weights are not in the cache; "
+        result.stderr == "bfrboost: recognition_arcface_ir_se50.pth: the IDS weights are not in the cache; "
         "run `bfrboost weights download arcface`\n"
     )
 
@@ -301,13 +300,21 @@ def test_boost_flags_paired_and_no_reference_metrics_that_disagree():
         return {m: MetricValue(m, v, 3, 0.0) for m, v in kw.items()}
 
     # a pure-texture refiner: far from the truth (PSNR 12.5 dB) but a lower NIQE
-    results = {"texture": {"without": values(psnr=27.0, lpips=0.20, niqe=6.0), "with": values(psnr=12.5, lpips=0.45, niqe=4.0)},
-               "honest": {"without": values(psnr=27.0, lpips=0.20, niqe=6.0), "with": values(psnr=28.0, lpips=0.18, niqe=5.5)}}
+    results = {
+        "texture": {"without": values(psnr=27.0, lpips=0.20, niqe=6.0), "with": values(psnr=12.5, lpips=0.45, niqe=4.0)},
+        "honest": {"without": values(psnr=27.0, lpips=0.20, niqe=6.0), "with": values(psnr=28.0, lpips=0.18, niqe=5.5)},
+    }
     report = BoostReport(bases=["texture", "honest"], metrics=["psnr", "lpips", "niqe"], faces=3, pairs=3, results=results)
     assert report.disagreements() == {"texture": ("without", "with")}
-    assert [(r.base, r.metric) for r in report.rows if r.disagrees] == [("texture", "psnr"), ("texture", "lpips"), ("texture", "niqe")]
+    assert [(r.base, r.metric) for r in report.rows if r.disagrees] == [
+        ("texture", "psnr"),
+        ("texture", "lpips"),
+        ("texture", "niqe"),
+    ]
     md = markdown_table(report)
     assert md.count("⚠ paired vs no-reference disagree") == 3
-    assert ("- ⚠ texture: the paired metrics (PSNR/SSIM/LPIPS) say base alone is better, the no-reference metrics (NIQE/MUSIQ) "
-            "say with refiner") in md
+    assert (
+        "- ⚠ texture: the paired metrics (PSNR/SSIM/LPIPS) say base alone is better, the no-reference metrics (NIQE/MUSIQ) "
+        "say with refiner"
+    ) in md
     assert [line.endswith(",yes") for line in csv_table(report).splitlines()[1:]] == [True, True, True, False, False, False]

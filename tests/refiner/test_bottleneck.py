@@ -123,7 +123,9 @@ def test_defaults_follow_the_paper():
     from bfrboost.refiner import InfoBFRConfig
 
     config = InfoBFRConfig()
-    assert config.beta == 0.01  # per image pixel (docs/training.md); the paper's β = 20 belongs to a reduction its text does not show
+    assert (
+        config.beta == 0.01
+    )  # per image pixel (docs/training.md); the paper's β = 20 belongs to a reduction its text does not show
     assert config.stats_mode == "element" and config.sigma_min == 0.01  # IBA's per-element estimator
     assert config.latent_choice == "sample"
     assert ManifoldBottleneck().stats_mode == "element"
