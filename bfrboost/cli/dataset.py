@@ -46,6 +46,8 @@ def restore_dataset(
     quality: opt.Quality = 95,
     max_pixels: opt.MaxPixels = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose output exists (default: skip them, so a killed job resumes).")] = False,
+    rebuild_manifest: Annotated[bool, typer.Option(
+        "--rebuild-manifest", help="Ignore DST/manifest.parquet (a damaged one) and rebuild it from the outputs.")] = False,
     as_json: opt.AsJson = False,
 ) -> None:
     """Restore every image of SRC into DST on Ray Data (local Ray, or a cluster with --ray)."""
@@ -57,7 +59,7 @@ def restore_dataset(
         try:
             reports = run(
                 src, dst, ray_address, ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels,
-                images_per_batch=images_per_batch, gpus=gpus,
+                images_per_batch=images_per_batch, gpus=gpus, rebuild_manifest=rebuild_manifest,
                 base=base, refine=refine, refiner=str(refiner) if refiner else None, refiner_strength=refiner_strength,
                 sd_model=str(sd_model) if sd_model else None, upscale=upscale, bg_upsampler=bg_upsampler, aligned=aligned,
                 only_center_face=only_center_face, min_face=min_face, paste=paste, color_match=color_match, detector=detector,
