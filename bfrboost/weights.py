@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from platformdirs import user_cache_dir
 
 from bfrboost.errors import UsageError, WeightsError
-from bfrboost.safety import atomic_open, write_bytes
+from bfrboost.safety import atomic_open, describe_missing, write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -304,13 +304,19 @@ def status(entry: WeightFile) -> str:
 def import_file(src: str | os.PathLike) -> Path:
     """Copy a manually downloaded file into the cache after checking it matches a card entry."""
     src = Path(src)
+    if src.is_dir():
+        raise WeightsError(f"{src}: is a folder, not a checkpoint file; give the downloaded file itself (e.g. {src}/NAME.pth)")
     if not src.is_file():
-        raise WeightsError(f"{src}: no such file; give the path of a downloaded checkpoint")
+        raise WeightsError(f"{src}: {describe_missing(src).split(';')[0]}; give the path of a downloaded checkpoint")
     entry = _match_import(src)
     dest = entry.path
     size = src.stat().st_size
     if entry.size is not None and size != entry.size:
         raise WeightsError(f"{src}: {size} bytes but {entry.file} has {entry.size}; not imported (get it from {entry.url})")
+    if entry.sha256 is None:  # nothing to compare with: the hash about to be pinned must be that of a real checkpoint
+        from bfrboost.weights_check import check_import
+
+        check_import(entry, src)
     hasher = hashlib.sha256()
     with atomic_open(dest, overwrite=True) as out, src.open("rb") as inp:  # a bad copy never reaches the cache
         while chunk := inp.read(_CHUNK):
@@ -322,6 +328,8 @@ def import_file(src: str | os.PathLike) -> Path:
     _remember_hash(dest, digest)
     if entry.sha256 is None:
         _pin(entry, digest)
+        _err(f"{entry.file}: pinned SHA-256 {digest} in {home() / LOCK_FILE} (its card lists no hash); "
+             "later downloads and imports must match it")
     return dest
 
 
