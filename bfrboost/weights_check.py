@@ -87,9 +87,10 @@ def _header_only(src: Path) -> dict[str, torch.Tensor]:
 
     try:
         with safe_open(str(src), framework="pt") as file:
-            return {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}  # noqa: SIM118
+            return {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"{one_line(src)}: damaged or not a safetensors file ({one_line(str(exc).splitlines()[0])}); not imported") from None
+        reason = one_line(str(exc).splitlines()[0])
+        raise WeightsError(f"{one_line(src)}: damaged or not a safetensors file ({reason}); not imported") from None
 
 
 def _mismatch(entry: WeightFile, state: dict[str, torch.Tensor]) -> str | None:

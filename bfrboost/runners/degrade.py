@@ -41,7 +41,8 @@ def degrade_files(paths: Sequence[Path], out: Path, seed: int = 0, config: Degra
         try:
             guard.check(target, "choose another -o")
             if target in claimed:
-                raise OutputError(f"{one_line(path)}: its output {one_line(target)} is already taken by {one_line(claimed[target])}; "
+                owner = one_line(claimed[target])
+                raise OutputError(f"{one_line(path)}: its output {one_line(target)} is already taken by {owner}; "
                                   "degrade it separately into another -o, or rename it")
             claimed[target] = Path(path)
             if os.path.lexists(target) and not overwrite:
