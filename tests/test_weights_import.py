@@ -63,5 +63,6 @@ def test_a_folder_or_a_missing_path_says_what_to_give(tmp_path):
     folder.mkdir()
     result = runner.invoke(app, ["weights", "import", str(folder), str(tmp_path / "gone.pth")])
     assert result.exit_code == 1
-    assert result.stderr == (f"bfrboost: {folder}: is a folder, not a checkpoint file; give the downloaded file itself (e.g. {folder}/NAME.pth)\n"
+    assert result.stderr == (f"bfrboost: {folder}: is a folder, not a checkpoint file; give the downloaded file itself "
+                             f"(e.g. {folder}/NAME.pth)\n"
                              f"bfrboost: {tmp_path / 'gone.pth'}: no such file or folder; give the path of a downloaded checkpoint\n")
