@@ -129,7 +129,8 @@ class GuidedRestorer(Restorer):
         self.on_step = on_step
         self.mask_source = Path(masks) if masks is not None else None
         if self.mask_source is not None and not self.mask_source.exists():
-            raise InputError(f"{self.mask_source}: no such mask file or folder")
+            raise InputError(f"{self.mask_source}: no such mask file or folder; give --mask an image (white = fill) or a folder "
+                             "of masks named like the inputs, or use --mask-color")
         self.mask_color = mask_color
         if mask_color is not None:
             color_mask(np.zeros((1, 1, 3), np.uint8), mask_color)  # validates the name now
@@ -137,7 +138,8 @@ class GuidedRestorer(Restorer):
         if isinstance(scratches, (str, Path)) and str(scratches) != "auto":
             self.mask_source = Path(scratches)
             if not self.mask_source.exists():
-                raise InputError(f"{self.mask_source}: no such scratch-mask file or folder")
+                raise InputError(f"{self.mask_source}: no such scratch-mask file or folder; give --scratch-mask an image "
+                                 "(white = scratch), a folder of masks named like the inputs, or auto")
 
         from bfrboost.guidance import rrdb as rrdb_module
 

@@ -6,6 +6,7 @@ cannot be read is reported in one line and skipped; the rest of the folder is st
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,12 @@ Progress = Callable[[int], None]  # called with the number of images just proces
 
 
 def list_images(folder: Path | str, what: str) -> list[Path]:
-    """Images of a folder (sorted); a missing or empty folder is a one-line usage error."""
+    """Images of a folder (sorted); a missing or empty folder is a one-line :class:`InputError` (exit 1:
+    no input image found, like ``restore``)."""
     paths, problems = collect_inputs([str(folder)])
     if problems or not paths:
-        raise UsageError(f"{problems[0] if problems else f'{one_line(folder)}: no images'}; give the folder of {what}")
+        reason = problems[0] if problems else f"{one_line(folder)}: no images"
+        raise InputError(f"{reason.split(';')[0]}; give the folder of {what}")
     return paths
 
 
@@ -144,7 +147,9 @@ def evaluate_folder(
     for path, rgb in read_rgb(restored, problems):
         reference = read_reference(index, path.stem, problems) if needs_pairs else None
         if reference is not None and reference.shape != rgb.shape:
-            problems.append(f"{one_line(path)}: {rgb.shape[1]}×{rgb.shape[0]} but its reference {one_line(index[path.stem])} is {reference.shape[1]}×{reference.shape[0]}; left out of paired metrics")
+            problems.append(f"{one_line(path)}: {rgb.shape[1]}×{rgb.shape[0]} but its reference {one_line(index[path.stem])} is "
+                            f"{reference.shape[1]}×{reference.shape[0]}; left out of paired metrics (resize the references, or "
+                            "restore at the references' size)")
             reference = None
         batch.append(rgb)
         refs.append(reference)
@@ -154,7 +159,14 @@ def evaluate_folder(
             flush()
     if batch:
         flush()
-    return FolderReport(evaluator.results(), images, pairs, problems)
+    results = evaluator.results()
+    if reference_dir is not None and pairs == 0:  # a reference was given: say why it did not help, not to pass one
+        for name, value in results.items():
+            if value.value is None and METRICS[name].kind == "pair":
+                results[name] = dataclasses.replace(value, skipped=(
+                    f"{name}: skipped, no restored face has a same-named reference of its size in {one_line(reference_dir)} "
+                    "(see the lines above); fix the names or sizes"))
+    return FolderReport(results, images, pairs, problems)
 
 
 def compute_stats_folder(

@@ -70,11 +70,12 @@ class RunningMoments:
 
 def list_faces(folder: Path, limit: int | None = None) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted: the same faces on every run), at most ``limit``."""
+    action = "give --faces a folder of aligned 512 face crops (e.g. cropped_faces/ of `bfrboost restore --save-faces`)"
     if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder of aligned faces")
+        raise InputError(f"{folder}: not a folder of aligned faces; {action}")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise InputError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+        raise InputError(f"{folder}: no faces found (no {', '.join(sorted(IMAGE_SUFFIXES))} files); {action}")
     return paths[:limit] if limit else paths
 
 
