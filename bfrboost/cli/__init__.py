@@ -39,6 +39,8 @@ def main() -> None:
     _reopen_closed_std_streams()
     try:
         app()
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (startup, a second Ctrl-C): still 130
+        raise SystemExit(130) from None
     except SystemExit:
         # Click (vendored by Typer) swaps stdout for a PacifyFlushWrapper when a write hit EPIPE
         if type(sys.stdout).__name__ == "PacifyFlushWrapper":

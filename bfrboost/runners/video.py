@@ -71,6 +71,7 @@ class VideoOptions:
     smooth: bool = True
     frames_per_batch: int = 8
     hardware: bool | None = None
+    max_pixels: int | None = None  # frame size limit, like images' --max-pixels (None: the 200 MP default)
 
     def __post_init__(self) -> None:
         self.ext = self.ext.lower().lstrip(".")
@@ -152,6 +153,7 @@ class _Clip:
         if not container.streams.video:
             raise InputError(f"{self.name}: has no video stream; pass a video file (or an image)")
         self.video = container.streams.video[0]
+        _check_pixels(self.name, self.video.width or 0, self.video.height or 0, self.options.max_pixels)
         self.video.thread_type = "AUTO"
         self.audio = list(container.streams.audio)
         self.rate = self.video.average_rate or self.video.guessed_rate or Fraction(25)
@@ -337,6 +339,16 @@ class _Clip:
 
 
 # ---- PyAV plumbing -------------------------------------------------------------------------------
+
+
+def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse frames above the pixel limit before any is decoded (the images' decompression-bomb guard)."""
+    from bfrboost.io.images import DEFAULT_MAX_PIXELS
+
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    if width * height > limit:
+        raise InputError(f"{name}: video frames are {width}x{height} ({width * height / 1e6:.1f} MP), above the "
+                         f"{limit / 1e6:g} MP safety limit; pass --max-pixels {width * height} to allow it")
 
 
 def _av() -> Any:
