@@ -33,7 +33,7 @@ _SD21_KEYS = {
 def _architectures() -> dict[str, Callable[[], nn.Module]]:
     """The network each unhashed ``.pth`` file must fit, by card file name."""
     from bfrboost.backbones import difface, vqfr
-    from bfrboost.guidance import rrdb
+    from bfrboost.nets import rrdb
 
     def musiq() -> nn.Module:
         from pyiqa.archs.musiq_arch import MUSIQ

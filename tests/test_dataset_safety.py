@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bfrboost.cli import app
-from bfrboost.runners import dataset as ds
+from bfrboost.runners.dataset import stages as ds
 
 runner = CliRunner()
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow comes with ray[data]")
@@ -78,8 +78,8 @@ def test_a_damaged_manifest_is_one_line_and_rebuildable(tree: Path) -> None:
 
 
 def test_a_killed_job_keeps_the_manifest_rows_of_what_it_finished(tree: Path, monkeypatch) -> None:
-    from bfrboost import distributed
     from bfrboost.reports import FileReport
+    from bfrboost.runners.dataset import cluster as distributed
 
     def stopped_after_one(ray, todo, *args):
         first = todo[0]

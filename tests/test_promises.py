@@ -143,15 +143,15 @@ def _interrupt(*args, **kwargs):
 
 INTERRUPT = {
     "restore": ("bfrboost.runners.files.read_image", lambda p, t, r: ["restore", p, "-o", t / "o", "--base", "none"]),
-    "restore-dataset": ("bfrboost.runners.dataset.plan_dataset", lambda p, t, r: ["restore-dataset", p.parent, t / "o", "--base", "none"]),
+    "restore-dataset": ("bfrboost.runners.dataset.stages.plan_dataset", lambda p, t, r: ["restore-dataset", p.parent, t / "o", "--base", "none"]),
     "degrade": ("bfrboost.runners.degrade.read_image", lambda p, t, r: ["degrade", p, "-o", t / "o"]),
     "refiner stats": ("bfrboost.refiner.list_faces", lambda p, t, r: ["refiner", "stats", "--faces", p.parent, "--refiner", r]),
     "refiner init": ("bfrboost.refiner.init_tiny", lambda p, t, r: ["refiner", "init", "--tiny", t / "new"]),
     "train": ("bfrboost.train.loop.Trainer.run", lambda p, t, r: ["train", "--out", t / "run", "--data", p.parent, "--tiny"]),
     "train cache": ("bfrboost.train.loop.build_training_cache", lambda p, t, r: ["train", "cache", "--data", p.parent, "-o", t / "c"]),
-    "eval": ("bfrboost.metrics.folders.read_image", lambda p, t, r: ["eval", "--restored", p.parent, "--metrics", "psnr"]),
-    "eval stats": ("bfrboost.metrics.folders.compute_stats_folder", lambda p, t, r: ["eval", "stats", p.parent, "-o", t / "s.npz"]),
-    "eval boost": ("bfrboost.boost.run_boost", lambda p, t, r: ["eval", "boost", "--base", "none", "--refiner", r, "--data", p.parent,
+    "eval": ("bfrboost.evaluation.folders.read_image", lambda p, t, r: ["eval", "--restored", p.parent, "--metrics", "psnr"]),
+    "eval stats": ("bfrboost.evaluation.folders.compute_stats_folder", lambda p, t, r: ["eval", "stats", p.parent, "-o", t / "s.npz"]),
+    "eval boost": ("bfrboost.evaluation.boost.run_boost", lambda p, t, r: ["eval", "boost", "--base", "none", "--refiner", r, "--data", p.parent,
                                                                   "-o", t / "b", "--device", "cpu"]),
     "weights import": ("bfrboost.weights.import_file", lambda p, t, r: ["weights", "import", p]),
     "weights download": ("bfrboost.weights.ensure", lambda p, t, r: ["weights", "download", "arcface"]),
@@ -183,8 +183,8 @@ def test_a_second_ctrl_c_during_the_cleanup_still_exits_130(photo: Path, tmp_pat
 # ---- limits ----------------------------------------------------------------------------------------------------------------
 
 def test_video_frames_honour_max_pixels(testdata: Path, tmp_path: Path) -> None:
-    from bfrboost.io.clips import make_pan_clip
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
+    from tests.support.clips import make_pan_clip
 
     clip = make_pan_clip(read_image(testdata / "whole" / "03.jpg").rgb, tmp_path / "clip.mp4", (96, 64), 2, pan=(1.0, 0.0),
                          origin=(30, 20))
@@ -196,7 +196,7 @@ def test_video_frames_honour_max_pixels(testdata: Path, tmp_path: Path) -> None:
 
 
 def test_dataset_rows_honour_max_pixels(photo: Path) -> None:
-    from bfrboost.runners import dataset as ds
+    from bfrboost.runners.dataset import stages as ds
 
     row = ds.prepare_row({"source": str(photo), "rel": "04.jpg", "output": "/nowhere/04.jpg"}, {"base": "none"}, max_pixels=1000)
     job = ds._unpack(row)

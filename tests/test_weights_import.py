@@ -15,7 +15,7 @@ RRDB = "rrdb_iter_100000.pth"
 
 def rrdb_state(drop: int = 0) -> dict[str, torch.Tensor]:
     """The key names and shapes of PGDiff's RRDB (zeros, half precision: only names and shapes matter here)."""
-    from bfrboost.guidance import rrdb
+    from bfrboost.nets import rrdb
 
     with torch.device("meta"):
         net = rrdb.TimeRRDB(rrdb.RRDB_CONFIG)

@@ -41,7 +41,7 @@ def read_mask(source: ImageLike) -> np.ndarray:
     if isinstance(source, np.ndarray):
         array = source if source.ndim == 2 else source.max(axis=2)
         return (array > (127 if array.dtype == np.uint8 else 0.5)).astype(np.float32)
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
 
     return read_mask(read_image(Path(source)).rgb)
 
@@ -141,7 +141,7 @@ class GuidedRestorer(Restorer):
                 raise InputError(f"{self.mask_source}: no such scratch-mask file or folder; give --scratch-mask an image "
                                  "(white = scratch), a folder of masks named like the inputs, or auto")
 
-        from bfrboost.guidance import rrdb as rrdb_module
+        from bfrboost.nets import rrdb as rrdb_module
 
         prior_net = prior if isinstance(prior, torch.nn.Module) else load_prior(prior)
         rrdb_net = None
@@ -151,7 +151,7 @@ class GuidedRestorer(Restorer):
         arcface_net = None
         if reference:
             if arcface is None or isinstance(arcface, (str, Path)):
-                from bfrboost.identity import load_arcface
+                from bfrboost.nets.arcface import load_arcface
 
                 arcface = load_arcface(device=self.device, weights=arcface)
             arcface_net = arcface.to(self.device)
@@ -170,7 +170,7 @@ class GuidedRestorer(Restorer):
 
     def _reference_crop(self, source: ImageLike, what: str) -> np.ndarray:
         """An aligned crop of a reference: a square image is taken as aligned, else its largest face."""
-        from bfrboost.io.images import read_image
+        from bfrboost.io.read import read_image
 
         name = str(source) if not isinstance(source, np.ndarray) else f"{what} image"
         image = source if isinstance(source, np.ndarray) else read_image(Path(source)).rgb

@@ -31,7 +31,7 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.track import FaceTracker
-from bfrboost.io.images import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
+from bfrboost.io.read import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
 from bfrboost.safety import InputGuard, atomic_path, one_line
@@ -343,7 +343,7 @@ class _Clip:
 
 def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
     """Refuse frames above the pixel limit before any is decoded (the images' decompression-bomb guard)."""
-    from bfrboost.io.images import DEFAULT_MAX_PIXELS
+    from bfrboost.io.read import DEFAULT_MAX_PIXELS
 
     limit = max_pixels or DEFAULT_MAX_PIXELS
     if width * height > limit:
