@@ -116,7 +116,7 @@ def test_uri_paths_list_read_write_through_pyarrow(tmp_path: Path, monkeypatch) 
 
 
 def test_a_list_never_writes_over_an_input_and_same_names_keep_their_own_rows(local_ray, testdata: Path, tmp_path: Path) -> None:
-    """The data-loss cases end to end on Ray: `../src/q.png` with DST = the inputs' folder and --overwrite, `/A/p.png` + `/B/p.png`."""
+    """The data-loss cases on Ray: `../src/q.png` with DST = the inputs' folder and --overwrite; `/A/p.png`, `/B/p.png`."""
     photo = (testdata / "aligned" / "0143.png").read_bytes()
     for rel in ("src/q.png", "A/p.png", "B/p.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +124,9 @@ def test_a_list_never_writes_over_an_input_and_same_names_keep_their_own_rows(lo
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "list.txt").write_text(f"../src/q.png\n{tmp_path / 'A' / 'p.png'}\n{tmp_path / 'B' / 'p.png'}\n")
     dst = tmp_path / "src"
-    result = CliRunner().invoke(app, ["restore-dataset", str(tmp_path / "lists" / "list.txt"), str(dst), "--base", "none", "--aligned",
-                                      "--overwrite", "--json"], catch_exceptions=False)
+    listing = str(tmp_path / "lists" / "list.txt")
+    args = ["restore-dataset", listing, str(dst), "--base", "none", "--aligned", "--overwrite", "--json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 1
     assert (tmp_path / "src" / "q.png").read_bytes() == photo  # the input is untouched
     assert (dst / "p.png").is_file() and (dst / "p.png").read_bytes() != photo  # A's restored face

@@ -46,7 +46,9 @@ def invoke(args: list) -> object:
 
 def one_line_each(stderr: str) -> None:
     assert stderr and "Traceback" not in stderr
-    assert all(line.startswith(("bfrboost: ", "  ")) or " restored" in line or "faces" in line for line in stderr.splitlines()), stderr
+    assert all(line.startswith(("bfrboost: ", "  ")) or " restored" in line or "faces" in line for line in stderr.splitlines()), (
+        stderr
+    )
 
 
 # ---- no input found: one line naming it, exit 1 -------------------------------------------------------------------------
@@ -63,7 +65,20 @@ NO_INPUT = {
     "train cache": lambda p, t, r: ["train", "cache", "--data", p, "-o", t / "cache", "--base", "none", "--device", "cpu"],
     "eval": lambda p, t, r: ["eval", "--restored", p, "--metrics", "psnr"],
     "eval stats": lambda p, t, r: ["eval", "stats", p, "-o", t / "s.npz"],
-    "eval boost": lambda p, t, r: ["eval", "boost", "--base", "none", "--refiner", r, "--data", p, "-o", t / "b", "--device", "cpu"],
+    "eval boost": lambda p, t, r: [
+        "eval",
+        "boost",
+        "--base",
+        "none",
+        "--refiner",
+        r,
+        "--data",
+        p,
+        "-o",
+        t / "b",
+        "--device",
+        "cpu",
+    ],
     "weights import": lambda p, t, r: ["weights", "import", p],
 }
 
@@ -89,9 +104,14 @@ USAGE = {
     "restore": (lambda p, t: ["restore", p, "-o", t / "o", "--base", "nosuch"], "unknown base"),
     "restore-dataset": (lambda p, t: ["restore-dataset", p.parent, p.parent, "--base", "none"], "choose a DST outside SRC"),
     "degrade": (lambda p, t: ["degrade", p, "-o", t / "o", "--kernel-size", "40"], "kernel size must be odd"),
-    "train": (lambda p, t: ["train", "--out", t / "o", "--data", p.parent, "--schedule", "linear"], "--schedule must be constant or cosine"),
-    "train --allow-changes": (lambda p, t: ["train", "--out", t / "o", "--data", p.parent, "--allow-changes", "colour"],
-                              "--allow-changes: unknown setting(s) colour"),
+    "train": (
+        lambda p, t: ["train", "--out", t / "o", "--data", p.parent, "--schedule", "linear"],
+        "--schedule must be constant or cosine",
+    ),
+    "train --allow-changes": (
+        lambda p, t: ["train", "--out", t / "o", "--data", p.parent, "--allow-changes", "colour"],
+        "--allow-changes: unknown setting(s) colour",
+    ),
     "eval": (lambda p, t: ["eval", "--restored", p.parent, "--metrics", "sharpness"], "unknown metric 'sharpness'"),
     "weights download": (lambda p, t: ["weights", "download", "nosuch"], "unknown weights name 'nosuch'"),
 }
@@ -137,22 +157,34 @@ def test_an_input_is_never_overwritten(command: str, photo: Path) -> None:
 
 # ---- Ctrl-C: one line, exit 130 ------------------------------------------------------------------------------------------
 
+
 def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
 INTERRUPT = {
     "restore": ("bfrboost.runners.files.read_image", lambda p, t, r: ["restore", p, "-o", t / "o", "--base", "none"]),
-    "restore-dataset": ("bfrboost.runners.dataset.stages.plan_dataset", lambda p, t, r: ["restore-dataset", p.parent, t / "o", "--base", "none"]),
+    "restore-dataset": (
+        "bfrboost.runners.dataset.stages.plan_dataset",
+        lambda p, t, r: ["restore-dataset", p.parent, t / "o", "--base", "none"],
+    ),
     "degrade": ("bfrboost.runners.degrade.read_image", lambda p, t, r: ["degrade", p, "-o", t / "o"]),
     "refiner stats": ("bfrboost.refiner.list_faces", lambda p, t, r: ["refiner", "stats", "--faces", p.parent, "--refiner", r]),
     "refiner init": ("bfrboost.refiner.init_tiny", lambda p, t, r: ["refiner", "init", "--tiny", t / "new"]),
     "train": ("bfrboost.train.loop.Trainer.run", lambda p, t, r: ["train", "--out", t / "run", "--data", p.parent, "--tiny"]),
-    "train cache": ("bfrboost.train.loop.build_training_cache", lambda p, t, r: ["train", "cache", "--data", p.parent, "-o", t / "c"]),
+    "train cache": (
+        "bfrboost.train.loop.build_training_cache",
+        lambda p, t, r: ["train", "cache", "--data", p.parent, "-o", t / "c"],
+    ),
     "eval": ("bfrboost.evaluation.folders.read_image", lambda p, t, r: ["eval", "--restored", p.parent, "--metrics", "psnr"]),
-    "eval stats": ("bfrboost.evaluation.folders.compute_stats_folder", lambda p, t, r: ["eval", "stats", p.parent, "-o", t / "s.npz"]),
-    "eval boost": ("bfrboost.evaluation.boost.run_boost", lambda p, t, r: ["eval", "boost", "--base", "none", "--refiner", r, "--data", p.parent,
-                                                                  "-o", t / "b", "--device", "cpu"]),
+    "eval stats": (
+        "bfrboost.evaluation.folders.compute_stats_folder",
+        lambda p, t, r: ["eval", "stats", p.parent, "-o", t / "s.npz"],
+    ),
+    "eval boost": (
+        "bfrboost.evaluation.boost.run_boost",
+        lambda p, t, r: ["eval", "boost", "--base", "none", "--refiner", r, "--data", p.parent, "-o", t / "b", "--device", "cpu"],
+    ),
     "weights import": ("bfrboost.weights.import_file", lambda p, t, r: ["weights", "import", p]),
     "weights download": ("bfrboost.weights.ensure", lambda p, t, r: ["weights", "download", "arcface"]),
 }
@@ -182,16 +214,20 @@ def test_a_second_ctrl_c_during_the_cleanup_still_exits_130(photo: Path, tmp_pat
 
 # ---- limits ----------------------------------------------------------------------------------------------------------------
 
+
 def test_video_frames_honour_max_pixels(testdata: Path, tmp_path: Path) -> None:
     from bfrboost.io.read import read_image
     from tests.support.clips import make_pan_clip
 
-    clip = make_pan_clip(read_image(testdata / "whole" / "03.jpg").rgb, tmp_path / "clip.mp4", (96, 64), 2, pan=(1.0, 0.0),
-                         origin=(30, 20))
+    clip = make_pan_clip(
+        read_image(testdata / "whole" / "03.jpg").rgb, tmp_path / "clip.mp4", (96, 64), 2, pan=(1.0, 0.0), origin=(30, 20)
+    )
     refused = invoke(["restore", clip, "-o", tmp_path / "o", "--base", "none", "--detector", "dlib", "--max-pixels", "1000"])
     assert refused.exit_code == 1
-    assert f"bfrboost: {clip}: video frames are 96x64 (0.0 MP), above the 0.001 MP safety limit; pass --max-pixels 6144 to allow it" \
+    assert (
+        f"bfrboost: {clip}: video frames are 96x64 (0.0 MP), above the 0.001 MP safety limit; pass --max-pixels 6144 to allow it"
         in refused.stderr.splitlines()
+    )
     assert not (tmp_path / "o" / "restored_videos" / "clip.mp4").exists()
 
 
@@ -200,17 +236,29 @@ def test_dataset_rows_honour_max_pixels(photo: Path) -> None:
 
     row = ds.prepare_row({"source": str(photo), "rel": "04.jpg", "output": "/nowhere/04.jpg"}, {"base": "none"}, max_pixels=1000)
     job = ds._unpack(row)
-    assert job.report.error.startswith(f"{photo}: image is 225x225") and job.report.error.endswith("pass --max-pixels 50625 to allow it")
+    assert job.report.error.startswith(f"{photo}: image is 225x225") and job.report.error.endswith(
+        "pass --max-pixels 50625 to allow it"
+    )
 
 
 # ---- messages with the action that fits ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("option", "expected"), [
-    ("--mask", "no such mask file or folder; give --mask an image (white = fill) or a folder of masks named like the inputs, "
-               "or use --mask-color"),
-    ("--scratch-mask", "no such scratch-mask file or folder; give --scratch-mask an image (white = scratch), a folder of masks named "
-                       "like the inputs, or auto"),
-])
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (
+            "--mask",
+            "no such mask file or folder; give --mask an image (white = fill) or a folder of masks named like the inputs, "
+            "or use --mask-color",
+        ),
+        (
+            "--scratch-mask",
+            "no such scratch-mask file or folder; give --scratch-mask an image (white = scratch), a folder of masks named "
+            "like the inputs, or auto",
+        ),
+    ],
+)
 def test_a_missing_mask_says_what_to_give(option: str, expected: str, photo: Path, tmp_path: Path) -> None:
     command = "inpaint" if option == "--mask" else "old-photo"
     result = invoke([command, photo, "-o", tmp_path / "o", option, tmp_path / "gone.png"])
@@ -239,6 +287,7 @@ def test_eval_against_references_of_another_size_names_the_sizes_not_the_option(
 
 # ---- the reader of stdout gone, Ctrl-C at startup: real processes -----------------------------------------------------------
 
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "BFRBOOST_OFFLINE": "1"}
 
@@ -246,8 +295,13 @@ def _env() -> dict[str, str]:
 def test_restore_to_a_pipe_whose_reader_leaves_exits_141(photo: Path) -> None:
     """`bfrboost restore - < photo | head -c 100`: the PNG is larger than the pipe, the reader leaves after 100 bytes."""
     with photo.open("rb") as stdin:
-        process = subprocess.Popen([sys.executable, "-m", "bfrboost", "restore", "-", "--base", "none"], stdin=stdin,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bfrboost", "restore", "-", "--base", "none"],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(),
+        )
         assert len(process.stdout.read(100)) == 100
         process.stdout.close()
         stderr = process.stderr.read().decode()
@@ -256,8 +310,10 @@ def test_restore_to_a_pipe_whose_reader_leaves_exits_141(photo: Path) -> None:
 
 
 def test_ctrl_c_while_starting_up_exits_130() -> None:
-    script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              "sys.argv = ['bfrboost', 'weights', 'list']; import runpy; runpy.run_module('bfrboost', run_name='__main__')")
+    script = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['bfrboost', 'weights', 'list']; import runpy; runpy.run_module('bfrboost', run_name='__main__')"
+    )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     time.sleep(0.5)  # importing bfrboost.cli (torch, typer …) takes longer than this
     process.send_signal(signal.SIGINT)

@@ -39,8 +39,10 @@ def test_an_unhashed_card_pins_only_a_checkpoint_of_its_architecture(tmp_path):
     assert imported.exit_code == 0, imported.output
     digest = weights._sha256_of(good).hexdigest()
     assert imported.stdout == f"{cache / RRDB}\n"
-    assert imported.stderr == (f"{RRDB}: pinned SHA-256 {digest} in {cache / weights.LOCK_FILE} (its card lists no hash); "
-                               "later downloads and imports must match it\n")
+    assert imported.stderr == (
+        f"{RRDB}: pinned SHA-256 {digest} in {cache / weights.LOCK_FILE} (its card lists no hash); "
+        "later downloads and imports must match it\n"
+    )
     assert weights.manifest()[RRDB].sha256 == digest and weights.verify("pgdiff") == []
 
 
@@ -53,8 +55,10 @@ def test_a_pickle_that_would_run_code_is_refused_in_one_line(tmp_path):
     torch.save({"params": Payload()}, hostile)
     result = runner.invoke(app, ["weights", "import", str(hostile)])
     assert result.exit_code == 1 and "this ran code" not in result.output
-    assert result.stderr == (f"bfrboost: {hostile}: refused: this checkpoint needs code execution to load (it references print); "
-                             "only tensor-only .pth or .safetensors files are accepted; not imported\n")
+    assert result.stderr == (
+        f"bfrboost: {hostile}: refused: this checkpoint needs code execution to load (it references print); "
+        "only tensor-only .pth or .safetensors files are accepted; not imported\n"
+    )
     assert not (weights.home() / RRDB).exists() and not weights.manifest()[RRDB].pinned
 
 
@@ -63,6 +67,8 @@ def test_a_folder_or_a_missing_path_says_what_to_give(tmp_path):
     folder.mkdir()
     result = runner.invoke(app, ["weights", "import", str(folder), str(tmp_path / "gone.pth")])
     assert result.exit_code == 1
-    assert result.stderr == (f"bfrboost: {folder}: is a folder, not a checkpoint file; give the downloaded file itself "
-                             f"(e.g. {folder}/NAME.pth)\n"
-                             f"bfrboost: {tmp_path / 'gone.pth'}: no such file or folder; give the path of a downloaded checkpoint\n")
+    assert result.stderr == (
+        f"bfrboost: {folder}: is a folder, not a checkpoint file; give the downloaded file itself "
+        f"(e.g. {folder}/NAME.pth)\n"
+        f"bfrboost: {tmp_path / 'gone.pth'}: no such file or folder; give the path of a downloaded checkpoint\n"
+    )

@@ -30,7 +30,7 @@ def degrade_command(
     skip_prob: Annotated[float, typer.Option("--skip-prob", help="Each operation is skipped with this probability.")] = 0.1,
     shuffle_prob: Annotated[float, typer.Option("--shuffle-prob", help="Probability of a random operation order.")] = 0.0,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into subfolders.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them, so a re-run resumes).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")] = False,
     log: Annotated[bool, typer.Option("--log/--no-log", help="Write degrade.jsonl (parameters per file) into OUT.")] = True,
     max_pixels: opt.MaxPixels = None,
 ) -> None:

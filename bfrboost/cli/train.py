@@ -67,7 +67,7 @@ def train_command(
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random SD and random loss networks (tests, demos; no downloads).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue RUN_DIR from its latest checkpoint, exactly.")] = False,
     allow_changes: Annotated[str, typer.Option("--allow-changes", metavar="KEY[,KEY]",
-                                               help="Settings --resume may change although the run continues differently (e.g. lr,batch_size).")] = "",
+                                               help="Settings --resume may change (e.g. lr,batch_size).")] = "",
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present) or cpu.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, float32 on CPU), no, bf16 or fp16.")] = "auto",
 ) -> None:
@@ -87,7 +87,8 @@ def train_command(
                              grad_checkpoint=grad_checkpoint, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every,
                              seed=seed, tiny=tiny, size=size or (64 if tiny else 512), rank=rank, timestep=timestep, beta=beta, lpips_net=lpips_net,
                              sd_model=sd_model, stats_from=stats_from, stats_faces=stats_faces, per_channel_stats=per_channel_stats,
-                             repeats=repeats, val_count=val_count, moments=moments, resume=resume, device=device, precision=precision,
+                             repeats=repeats, val_count=val_count, moments=moments, resume=resume, device=device,
+                             precision=precision,
                              allow_changes=[k.strip().replace("-", "_") for k in allow_changes.split(",") if k.strip()])
         resume = f"re-run with --resume to continue from the last checkpoint in {out}/checkpoints"
         with interruptible(total=steps, noun="step", resume=resume) as done, _progress("train") as progress:

@@ -26,8 +26,14 @@ from bfrboost.train.degrade import DegradeConfig, apply_degradation, file_seed, 
 LOG_NAME = "degrade.jsonl"
 
 
-def degrade_files(paths: Sequence[Path], out: Path, seed: int = 0, config: DegradeConfig | None = None, overwrite: bool = False,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[FileReport]:
+def degrade_files(
+    paths: Sequence[Path],
+    out: Path,
+    seed: int = 0,
+    config: DegradeConfig | None = None,
+    overwrite: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Iterator[FileReport]:
     """One report per input, in order: ``OUT/STEM.png`` written (its parameters in ``extra["record"]``),
     skipped (it exists and not ``overwrite``) or failed (``error``: one line with what to do)."""
     config = config or DegradeConfig()
@@ -42,8 +48,10 @@ def degrade_files(paths: Sequence[Path], out: Path, seed: int = 0, config: Degra
             guard.check(target, "choose another -o")
             if target in claimed:
                 owner = one_line(claimed[target])
-                raise OutputError(f"{one_line(path)}: its output {one_line(target)} is already taken by {owner}; "
-                                  "degrade it separately into another -o, or rename it")
+                raise OutputError(
+                    f"{one_line(path)}: its output {one_line(target)} is already taken by {owner}; "
+                    "degrade it separately into another -o, or rename it"
+                )
             claimed[target] = Path(path)
             if os.path.lexists(target) and not overwrite:
                 report.output, report.skipped = str(target), f"{one_line(target)}: already exists; pass --overwrite to replace it"
@@ -54,8 +62,16 @@ def degrade_files(paths: Sequence[Path], out: Path, seed: int = 0, config: Degra
         yield report
 
 
-def _degrade_one(path: Path, target: Path, seed: int, config: DegradeConfig, overwrite: bool, max_pixels: int | None,
-                 guard: InputGuard, report: FileReport) -> dict[str, Any]:
+def _degrade_one(
+    path: Path,
+    target: Path,
+    seed: int,
+    config: DegradeConfig,
+    overwrite: bool,
+    max_pixels: int | None,
+    guard: InputGuard,
+    report: FileReport,
+) -> dict[str, Any]:
     image = read_image(path, max_pixels=max_pixels)
     report.width, report.height = image.width, image.height
     face_seed = file_seed(seed, path.name)

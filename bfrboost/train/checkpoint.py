@@ -31,8 +31,28 @@ STATE = "state.json"
 
 #: Run settings that change the numbers a resumed run computes: ``--resume`` refuses a change of any
 #: of them unless ``--allow-changes`` names it (``steps`` too when the schedule is cosine: it sets the decay).
-EXACT_KEYS = ("bases", "batch_size", "accumulate", "lr", "weight_decay", "warmup", "schedule", "grad_clip", "ema", "seed", "size",
-              "rank", "timestep", "beta", "lpips_net", "tiny", "per_channel_stats", "precision", "grad_checkpoint", "sd_model")
+EXACT_KEYS = (
+    "bases",
+    "batch_size",
+    "accumulate",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "schedule",
+    "grad_clip",
+    "ema",
+    "seed",
+    "size",
+    "rank",
+    "timestep",
+    "beta",
+    "lpips_net",
+    "tiny",
+    "per_channel_stats",
+    "precision",
+    "grad_checkpoint",
+    "sd_model",
+)
 
 
 class DamagedCheckpoint(BfrboostError):
@@ -66,8 +86,17 @@ def clean_stale(run: Path) -> None:
         clean_stale_temps(step)
 
 
-def save_checkpoint(run: Path, step: int, position: int, model, optimizer, scheduler, ema: dict[str, torch.Tensor] | None,
-                    config: Any, cache_config: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    run: Path,
+    step: int,
+    position: int,
+    model,
+    optimizer,
+    scheduler,
+    ema: dict[str, torch.Tensor] | None,
+    config: Any,
+    cache_config: dict[str, Any] | None = None,
+) -> Path:
     """Write ``checkpoints/step-NNNNNNNN/`` whole or not at all, then drop all but the last ``config.keep_last``.
 
     A failed write (full disk, quota, permissions) is one :class:`OutputError` line; the earlier
@@ -124,8 +153,14 @@ def _write_failure(folder: Path, exc: BaseException) -> str:
     inner = exc if isinstance(exc, OSError) else getattr(exc, "__cause__", None) or getattr(exc, "__context__", None)
     if isinstance(inner, OSError) and inner.errno is not None:
         return describe_write_error(folder, inner)
-    codes = {"os error 28": errno.ENOSPC, "No space left": errno.ENOSPC, "os error 122": errno.EDQUOT, "Disk quota": errno.EDQUOT,
-             "os error 13": errno.EACCES, "Permission denied": errno.EACCES}
+    codes = {
+        "os error 28": errno.ENOSPC,
+        "No space left": errno.ENOSPC,
+        "os error 122": errno.EDQUOT,
+        "Disk quota": errno.EDQUOT,
+        "os error 13": errno.EACCES,
+        "Permission denied": errno.EACCES,
+    }
     code = next((value for key, value in codes.items() if key in text), None)
     if code is not None:
         return describe_write_error(folder, OSError(code, text))
@@ -184,8 +219,10 @@ def latest_usable(run: Path, warn: Callable[[str], None]) -> Loaded | None:
             warn(f"{problem}; skipped, resuming from {folder.name} instead")
         return loaded
     if problems:
-        raise DamagedCheckpoint(f"{problems[0]}; no usable checkpoint in {one_line(Path(run) / FOLDER)}: remove that folder "
-                                "and re-run with --resume to start again from step 0, or choose another --out")
+        raise DamagedCheckpoint(
+            f"{problems[0]}; no usable checkpoint in {one_line(Path(run) / FOLDER)}: remove that folder "
+            "and re-run with --resume to start again from step 0, or choose another --out"
+        )
     return None
 
 
@@ -195,12 +232,15 @@ def check_changes(stored: Mapping[str, Any], current: Mapping[str, Any], allowed
     changed = [k for k in keys if k in stored and stored[k] != current.get(k) and k not in allowed]
     if changed:
         details = ", ".join(f"--{k.replace('_', '-')} {stored[k]} → {current.get(k)}" for k in changed)
-        raise UsageError(f"{one_line(source)}: --resume with other settings than the run ({details}) would not continue it "
-                         f"exactly; pass the run's values, or --allow-changes {','.join(changed)} to accept the change")
+        raise UsageError(
+            f"{one_line(source)}: --resume with other settings than the run ({details}) would not continue it "
+            f"exactly; pass the run's values, or --allow-changes {','.join(changed)} to accept the change"
+        )
 
 
-def resume_point(run: Path, config: Mapping[str, Any], allowed: set[str], logs: tuple[Path, ...],
-                 warn: Callable[[str], None]) -> Loaded | None:
+def resume_point(
+    run: Path, config: Mapping[str, Any], allowed: set[str], logs: tuple[Path, ...], warn: Callable[[str], None]
+) -> Loaded | None:
     """Where a run starts: ``None`` for step 0, or the checkpoint ``--resume`` continues from.
 
     Stale temp files go first. Without ``--resume`` a folder that already holds a run is refused; with
@@ -211,15 +251,17 @@ def resume_point(run: Path, config: Mapping[str, Any], allowed: set[str], logs: 
     started = bool(checkpoints(run)) or (run / FOLDER).is_dir() or any(log.is_file() for log in logs)
     if not config.get("resume"):
         if started:
-            raise UsageError(f"{one_line(run)}: already holds a training run; pass --resume to continue it "
-                             "or choose another --out")
+            raise UsageError(
+                f"{one_line(run)}: already holds a training run; pass --resume to continue it or choose another --out"
+            )
         return None
     if not started:
         raise UsageError(f"{one_line(run)}: no checkpoint to resume from (checkpoints/step-*/state.json); start without --resume")
     loaded = latest_usable(run, warn)
     if loaded is None:
-        warn(f"{one_line(run / FOLDER)}: no complete checkpoint (the run stopped before its first one); "
-             "starting again from step 0")
+        warn(
+            f"{one_line(run / FOLDER)}: no complete checkpoint (the run stopped before its first one); starting again from step 0"
+        )
         return None
     check_changes(loaded.state["config"], config, allowed, loaded.folder / STATE)
     return loaded

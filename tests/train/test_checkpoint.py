@@ -13,8 +13,27 @@ from typer.testing import CliRunner
 from bfrboost.cli import app
 
 runner = CliRunner()
-TINY = ["--tiny", "--base", "none", "--batch-size", "2", "--lr", "3e-2", "--warmup", "1", "--val-count", "2", "--repeats", "1",
-        "--checkpoint-every", "1", "--val-every", "100", "--device", "cpu"]
+TINY = [
+    "--tiny",
+    "--base",
+    "none",
+    "--batch-size",
+    "2",
+    "--lr",
+    "3e-2",
+    "--warmup",
+    "1",
+    "--val-count",
+    "2",
+    "--repeats",
+    "1",
+    "--checkpoint-every",
+    "1",
+    "--val-every",
+    "100",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +74,10 @@ def test_a_kill_during_the_first_checkpoint_leaves_a_run_that_resumes_from_step_
     assert fresh.exit_code == 2 and "already holds a training run; pass --resume to continue it" in fresh.stderr
     result = resume(run, total=2)
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines()[0] == (f"bfrboost: {run / 'checkpoints'}: no complete checkpoint (the run stopped before its "
-                                             "first one); starting again from step 0")
+    assert result.stderr.splitlines()[0] == (
+        f"bfrboost: {run / 'checkpoints'}: no complete checkpoint (the run stopped before its "
+        "first one); starting again from step 0"
+    )
     assert steps(run / "log.jsonl") == [1, 2] and steps(run / "val.jsonl") == [0, 2]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
     assert not [p for p in run.rglob("*") if p.name.endswith(".partial")]
@@ -85,6 +106,7 @@ def test_resume_on_the_only_damaged_checkpoint_is_one_line(run, tmp_path, damage
         (folder / "trainable.safetensors").write_bytes((folder / "trainable.safetensors").read_bytes()[:64])
         bad = folder / "trainable.safetensors"
     else:
+
         class Payload:
             def __reduce__(self):
                 return (print, ("this ran code",))
@@ -95,9 +117,15 @@ def test_resume_on_the_only_damaged_checkpoint_is_one_line(run, tmp_path, damage
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output and "weights_only=False" not in result.output
     assert result.stderr.startswith(f"bfrboost: {bad}: ")
-    assert "refused: this checkpoint needs code execution" in result.stderr if damage == "hostile optimizer" else "damaged" in result.stderr
-    assert result.stderr.endswith(f"no usable checkpoint in {run / 'checkpoints'}: remove that folder and re-run with --resume "
-                                  "to start again from step 0, or choose another --out\n")
+    assert (
+        "refused: this checkpoint needs code execution" in result.stderr
+        if damage == "hostile optimizer"
+        else "damaged" in result.stderr
+    )
+    assert result.stderr.endswith(
+        f"no usable checkpoint in {run / 'checkpoints'}: remove that folder and re-run with --resume "
+        "to start again from step 0, or choose another --out\n"
+    )
     assert "this ran code" not in result.output
 
 
@@ -105,15 +133,19 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
     from safetensors import SafetensorError
 
     def full(*args, **kwargs):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     monkeypatch.setattr("safetensors.torch.save_file", full)
     result = resume(run)
     assert result.exit_code == 1
     folder = run / "checkpoints" / "step-00000003"
     assert "Traceback" not in result.output
-    assert result.stderr.splitlines()[-1] + "\n" == (f"bfrboost: {folder}: no space left on the device holding {run / 'checkpoints'}; free space there or choose "
-                             "another -o (the checkpoint step-00000002 is kept; re-run with --resume to continue from it)\n")
+    assert result.stderr.splitlines()[-1] + "\n" == (
+        f"bfrboost: {folder}: no space left on the device holding {run / 'checkpoints'}; free space there or choose "
+        "another -o (the checkpoint step-00000002 is kept; re-run with --resume to continue from it)\n"
+    )
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]  # no .partial left
     monkeypatch.undo()
     again = resume(run)
@@ -125,10 +157,14 @@ def test_resume_refuses_settings_that_break_exact_resumption_unless_allowed(run)
     changed = resume(run, "--lr", "1e-3", "--batch-size", "1")
     assert changed.exit_code == 2
     state = run / "checkpoints" / "step-00000002" / "state.json"
-    assert changed.stderr == (f"bfrboost: {state}: --resume with other settings than the run (--batch-size 2 → 1, --lr 0.03 → 0.001) "
-                              "would not continue it exactly; pass the run's values, or --allow-changes batch_size,lr to accept the change\n")
+    assert changed.stderr == (
+        f"bfrboost: {state}: --resume with other settings than the run (--batch-size 2 → 1, --lr 0.03 → 0.001) "
+        "would not continue it exactly; pass the run's values, or --allow-changes batch_size,lr to accept the change\n"
+    )
     unknown = resume(run, "--allow-changes", "colour")
-    assert unknown.exit_code == 2 and "--allow-changes: unknown setting(s) colour; choose from bases, batch_size" in unknown.stderr
+    assert (
+        unknown.exit_code == 2 and "--allow-changes: unknown setting(s) colour; choose from bases, batch_size" in unknown.stderr
+    )
     allowed = resume(run, "--lr", "1e-3", "--allow-changes", "lr")
     assert allowed.exit_code == 0, allowed.output
     assert steps(run / "log.jsonl") == [1, 2, 3]

@@ -26,11 +26,24 @@ def records(folder):
 def test_same_stems_from_two_folders_never_replace_each_other(testdata, tmp_path):
     face(tmp_path / "a" / "x.png", testdata, "0143.png")
     face(tmp_path / "b" / "x.jpg", testdata, "0368.png")
-    result = runner.invoke(app, ["degrade", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.jpg"), "-o", str(tmp_path / "lq"),
-                                 "--overwrite", "--seed", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "degrade",
+            str(tmp_path / "a" / "x.png"),
+            str(tmp_path / "b" / "x.jpg"),
+            "-o",
+            str(tmp_path / "lq"),
+            "--overwrite",
+            "--seed",
+            "1",
+        ],
+    )
     assert result.exit_code == 1
-    assert result.stderr == (f"bfrboost: {tmp_path / 'b' / 'x.jpg'}: its output {tmp_path / 'lq' / 'x.png'} is already taken by "
-                             f"{tmp_path / 'a' / 'x.png'}; degrade it separately into another -o, or rename it\n")
+    assert result.stderr == (
+        f"bfrboost: {tmp_path / 'b' / 'x.jpg'}: its output {tmp_path / 'lq' / 'x.png'} is already taken by "
+        f"{tmp_path / 'a' / 'x.png'}; degrade it separately into another -o, or rename it\n"
+    )
     alone = runner.invoke(app, ["degrade", str(tmp_path / "a" / "x.png"), "-o", str(tmp_path / "alone"), "--seed", "1"])
     assert alone.exit_code == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "lq" / "x.png")), np.asarray(Image.open(tmp_path / "alone" / "x.png")))
@@ -42,14 +55,20 @@ def test_a_rerun_into_the_same_folder_skips_and_keeps_earlier_records(testdata, 
     face(tmp_path / "hq2" / "two.png", testdata, "0368.png")
     first = runner.invoke(app, ["degrade", str(tmp_path / "hq" / "one.png"), "-o", str(tmp_path / "lq")])
     assert first.exit_code == 0, first.output
-    second = runner.invoke(app, ["degrade", str(tmp_path / "hq" / "one.png"), str(tmp_path / "hq2" / "two.png"), "-o", str(tmp_path / "lq")])
+    second = runner.invoke(
+        app, ["degrade", str(tmp_path / "hq" / "one.png"), str(tmp_path / "hq2" / "two.png"), "-o", str(tmp_path / "lq")]
+    )
     assert second.exit_code == 0, second.output
     assert second.stdout == f"1 image(s) degraded into {tmp_path / 'lq'}, 1 skipped (already there), 0 failed (seed 0)\n"
     assert [r["output"] for r in records(tmp_path / "lq")] == ["one.png", "two.png"]
-    redo = runner.invoke(app, ["degrade", str(tmp_path / "hq" / "one.png"), "-o", str(tmp_path / "lq"), "--overwrite", "--seed", "3"])
+    redo = runner.invoke(
+        app, ["degrade", str(tmp_path / "hq" / "one.png"), "-o", str(tmp_path / "lq"), "--overwrite", "--seed", "3"]
+    )
     assert redo.exit_code == 0
     log = records(tmp_path / "lq")
-    assert [r["output"] for r in log] == ["two.png", "one.png"] and log[1]["seed"] != log[0]["seed"]  # one record per output, the newest
+    assert [r["output"] for r in log] == ["two.png", "one.png"] and log[1]["seed"] != log[0][
+        "seed"
+    ]  # one record per output, the newest
 
 
 def test_the_pixel_limit_message_names_an_option_degrade_has(testdata, tmp_path):

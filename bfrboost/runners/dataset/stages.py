@@ -165,8 +165,8 @@ def plan_dataset(src: str, dst: str, ext: str = "auto", overwrite: bool = False,
     check_locations(src, dst)
     items = list_items(src)
     if not items:
-        raise InputError(f"{one_line(src)}: no images found; give a folder of images (searched recursively), a text file with one "
-                         "path or URI per line, or a URI such as s3://bucket/photos")
+        raise InputError(f"{one_line(src)}: no images found; give a folder of images (searched recursively), a text file "
+                         "with one path or URI per line, or a URI such as s3://bucket/photos")
     previous = {} if overwrite or rebuild_manifest else {(row["rel"], row["input"]): row for row in read_manifest(dst)}
     guard = InputGuard(item.source for item in items if not is_uri(item.source))
     claimed: dict[str, str] = {}
