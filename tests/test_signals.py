@@ -137,7 +137,8 @@ def test_sigterm_during_degrade_leaves_no_partial_output_and_exits_143(tmp_path:
         "re-run the same command to resume (finished outputs are skipped)"
     ]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "degrade.jsonl"]  # no temp file, no half image
-    assert [json.loads(line)["output"] for line in (out / "degrade.jsonl").read_text().splitlines()] == ["a.png"]  # the finished one
+    log = (out / "degrade.jsonl").read_text().splitlines()
+    assert [json.loads(line)["output"] for line in log] == ["a.png"]  # the record of the finished one
     with Image.open(out / "a.png") as image:
         image.load()  # complete and decodable
 
