@@ -35,7 +35,8 @@ def degrade_command(
     max_pixels: opt.MaxPixels = None,
 ) -> None:
     """Degrade HQ faces: y = JPEG_q((x ⊛ k_σ)↓r + n_δ)↑r with random order/skips (bfrboost.train.degrade)."""
-    from bfrboost.io.read import DEFAULT_MAX_PIXELS, collect_inputs
+    from bfrboost.io.inputs import collect_inputs
+    from bfrboost.io.read import DEFAULT_MAX_PIXELS
     from bfrboost.runners.degrade import degrade_files, merge_log
     from bfrboost.safety import one_line
     from bfrboost.train.degrade import DegradeConfig

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from bfrboost import weights as weight_cache
+from bfrboost import weights
 from bfrboost.errors import InputError, UsageError
 from bfrboost.faces.align import warp_affine
 from bfrboost.faces.types import Face
@@ -146,7 +146,7 @@ class GuidedRestorer(Restorer):
         prior_net = prior if isinstance(prior, torch.nn.Module) else load_prior(prior)
         rrdb_net = None
         if uses_guide and guide == RRDB_GUIDE:
-            path = Path(rrdb_weights) if rrdb_weights is not None else weight_cache.ensure(rrdb_module.RRDB_FILE)
+            path = Path(rrdb_weights) if rrdb_weights is not None else weights.ensure(rrdb_module.RRDB_FILE)
             rrdb_net = rrdb_module.load(path)
         arcface_net = None
         if reference:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bfrboost.errors import BfrboostError, OutputError
-from bfrboost.io.read import DEFAULT_MAX_PIXELS, image_writer, read_image
+from bfrboost.io.read import DEFAULT_MAX_PIXELS, read_image
+from bfrboost.io.write import image_writer
 from bfrboost.reports import FileReport
 from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line, write_bytes
 from bfrboost.train.degrade import DegradeConfig, apply_degradation, file_seed, sample_params

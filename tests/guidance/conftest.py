@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bfrboost.backbones.difface import IDDPMUNet, UNetConfig
+from bfrboost.nets.iddpm import IDDPMUNet, UNetConfig
 from bfrboost.nets.rrdb import RRDBConfig
 
 TINY_PRIOR = UNetConfig(image_size=64, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_resolutions=(16,), num_head_channels=32)

@@ -27,7 +27,9 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.types import Face
-from bfrboost.io.read import IMAGE_EXTENSIONS, encode_image, image_writer, output_ext, read_image
+from bfrboost.io.inputs import IMAGE_EXTENSIONS
+from bfrboost.io.read import read_image
+from bfrboost.io.write import encode_image, image_writer, output_ext
 from bfrboost.reports import FileReport
 from bfrboost.runners.files import gray
 from bfrboost.safety import InputGuard, OutputSet, atomic_path, describe_missing, one_line, special_file
