@@ -17,10 +17,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bfrboost.errors import BfrboostError, OutputError
+from bfrboost.errors import BfrboostError
 from bfrboost.io.read import DEFAULT_MAX_PIXELS, read_image
 from bfrboost.io.write import image_writer
 from bfrboost.reports import FileReport
+from bfrboost.runners.outputs import Claims, OutputPlan
 from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line, write_bytes
 from bfrboost.train.degrade import DegradeConfig, apply_degradation, file_seed, sample_params
 
@@ -41,19 +42,12 @@ def degrade_files(
     out = Path(out)
     clean_stale_temps(out)
     guard = InputGuard(paths)
-    claimed: dict[Path, Path] = {}
+    claims = Claims(guard, "choose another -o", "degrade it separately into another -o, or rename it")
     for path in paths:
         report = FileReport(input=str(path))
         target = out / f"{Path(path).stem}.png"
         try:
-            guard.check(target, "choose another -o")
-            if target in claimed:
-                owner = one_line(claimed[target])
-                raise OutputError(
-                    f"{one_line(path)}: its output {one_line(target)} is already taken by {owner}; "
-                    "degrade it separately into another -o, or rename it"
-                )
-            claimed[target] = Path(path)
+            claims.claim(Path(path), OutputPlan(target, out, Path(path).stem))
             if os.path.lexists(target) and not overwrite:
                 report.output, report.skipped = str(target), f"{one_line(target)}: already exists; pass --overwrite to replace it"
             else:

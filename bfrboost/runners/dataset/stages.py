@@ -32,9 +32,11 @@ from bfrboost.io.read import read_image
 from bfrboost.io.write import encode_image, image_writer, output_ext
 from bfrboost.reports import FileReport
 from bfrboost.runners.files import gray
+from bfrboost.runners.outputs import Claims, OutputPlan
 from bfrboost.safety import InputGuard, OutputSet, atomic_path, describe_missing, one_line, special_file
 
 MANIFEST = "manifest.parquet"
+_INPUT_ACTION = "choose a DST outside the inputs' folders"  # what to do when an output would be an input
 #: Manifest columns: the fields of :class:`bfrboost.reports.FileReport` (faces and seconds as JSON) + ``rel``.
 MANIFEST_COLUMNS = ("rel", "input", "output", "width", "height", "faces", "seconds", "error", "skipped")
 #: Restorer options that only the device stage needs; the CPU stages build a Restorer without them.
@@ -170,12 +172,13 @@ def plan_dataset(src: str, dst: str, ext: str = "auto", overwrite: bool = False,
         raise InputError(f"{one_line(src)}: no images found; give a folder of images (searched recursively), a text file "
                          "with one path or URI per line, or a URI such as s3://bucket/photos")
     previous = {} if overwrite or rebuild_manifest else {(row["rel"], row["input"]): row for row in read_manifest(dst)}
-    guard = InputGuard(item.source for item in items if not is_uri(item.source))
-    claimed: dict[str, str] = {}
+    claims = Claims(InputGuard(item.source for item in items if not is_uri(item.source)), _INPUT_ACTION,
+                    "restore it separately or give it another name")
+    claimed: dict[str, str] = {}  # URI outputs (no local paths to guard)
     plan = DatasetPlan(items, [None] * len(items), [], set())
     for index, item in enumerate(items):
         out = output_location(dst, item.rel, ext)
-        problem = item.problem or _claim(item, out, guard, claimed)
+        problem = item.problem or _claim(item, out, claims, claimed)
         if problem is not None:
             plan.rows[index] = manifest_row(FileReport(input=item.source, error=problem), item.rel)
         elif not overwrite and exists(out):
@@ -191,20 +194,20 @@ def plan_dataset(src: str, dst: str, ext: str = "auto", overwrite: bool = False,
     return plan
 
 
-def _claim(item: Item, out: str, guard: InputGuard, claimed: dict[str, str]) -> str | None:
-    """Why ``item`` may not write ``out`` (an input, or another item's output), or ``None`` after claiming it."""
-    owner = claimed.get(out)
-    if owner is not None:
-        return (f"{one_line(item.source)}: its output {one_line(out)} is already taken by {one_line(owner)}; "
-                "restore it separately or give it another name")
-    action = "choose a DST outside the inputs' folders"
-    if out == item.source:
-        return f"{one_line(out)}: would overwrite the input {one_line(item.source)}; {action}"
+def _claim(item: Item, out: str, claims: Claims, claimed: dict[str, str]) -> str | None:
+    """Why ``item`` may not write ``out`` (an input, or another item's output), or ``None`` after claiming it:
+    local outputs through :class:`Claims` like ``restore``, URIs by name."""
     if not is_uri(out):
         try:
-            guard.check(out, action)
+            claims.claim(Path(item.source), OutputPlan(Path(out), Path(out).parent, Path(out).stem))
         except OutputError as exc:
             return str(exc)
+        return None
+    if out == item.source:
+        return f"{one_line(out)}: would overwrite the input {one_line(item.source)}; {_INPUT_ACTION}"
+    if out in claimed:
+        return (f"{one_line(item.source)}: its output {one_line(out)} is already taken by {one_line(claimed[out])}; "
+                "restore it separately or give it another name")
     claimed[out] = item.source
     return None
 
