@@ -2,8 +2,9 @@
 
 Import it as ``from bfrboost import weights`` and call ``weights.ensure(...)``,
 ``weights.load_state_dict(...)``; the parts live in ``catalog`` (model cards, cache folder, bookkeeping),
-``cache`` (verified paths, import), ``fetch`` (downloads) and ``checkpoints`` (the safe loader: a security
-boundary, the only place a checkpoint is unpickled).
+``cache`` (verified paths, import), ``fetch`` (downloads), ``checkpoints`` (the safe loader: a security
+boundary, the only place a checkpoint is unpickled) and ``import_check`` (what an import must hold before
+its hash is pinned).
 
 Upstream projects download without checks and users get silently truncated files, so here every
 file is size- and SHA-256-checked before use; hashes a card does not know are pinned on the first

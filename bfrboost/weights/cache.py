@@ -99,7 +99,7 @@ def import_file(src: str | os.PathLike) -> Path:
     if entry.size is not None and size != entry.size:
         raise WeightsError(f"{src}: {size} bytes but {entry.file} has {entry.size}; not imported (get it from {entry.url})")
     if entry.sha256 is None:  # nothing to compare with: the hash about to be pinned must be that of a real checkpoint
-        from bfrboost.weights_check import check_import
+        from bfrboost.weights.import_check import check_import
 
         check_import(entry, src)
     hasher = hashlib.sha256()
