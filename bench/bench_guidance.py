@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bfrboost.guidance import GuidanceOptions, PGDiff
+from bfrboost.guidance import PGDiff
 from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.nets.arcface import random_arcface
 from bfrboost.nets.iddpm import IDDPMUNet, UNetConfig
+from bfrboost.options import GuidanceOptions
 
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 TINY = UNetConfig(image_size=64, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_resolutions=(16,), num_head_channels=32)

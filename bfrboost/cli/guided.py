@@ -1,6 +1,6 @@
 """`bfrboost colorize | inpaint | old-photo`: PGDiff partial guidance on whole photos or aligned crops.
 
-Each command is :class:`bfrboost.guidance.GuidedRestorer` with one task; outputs, ``--json``,
+Each command is the ``pgdiff`` face restorer (:mod:`bfrboost.restorers.guided`) with one task; outputs, ``--json``,
 progress, errors and exit codes are ``restore``'s (``OUTDIR/restored_imgs/…``).
 """
 
@@ -16,57 +16,77 @@ from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail
-from bfrboost.cli.restore import ExtChoice, _parse_knobs, write_results
-from bfrboost.errors import BfrboostError
+from bfrboost.cli.restore import ExtChoice, write_results
+from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.options import DetectOptions, GuidanceOptions, OutputOptions, PasteOptions, RestoreOptions
+
+G, O = opt.GUIDANCE, opt.OUTPUT
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False)]
-Outdir = Annotated[Path, typer.Option("-o", "--outdir", help="Output folder (restored_imgs/, and with --save-faces cropped_faces/, restored_faces/).")]
-Steps = Annotated[int, typer.Option("--steps", min=1, max=1000, help="Denoising steps, respaced from 1000 (PGDiff recommends >= 100).")]
-Scale = Annotated[float | None, typer.Option("--scale", min=0.0, help="Guidance scale s (default: the task's, see the README table).", show_default=False)]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the diffusion noise (every face starts from the same noise).")]
-Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Gradient steps N per timestep for t in (--repeat-from·T, T].")]
-RepeatFrom = Annotated[float, typer.Option("--repeat-from", min=0.0, max=1.0, help="Start of the multiple-gradient-step window, as a fraction of T.")]
+Outdir = opt.option(Path, OutputOptions, "outdir", "-o", "--outdir",
+                    help="Output folder (restored_imgs/, and with --save-faces cropped_faces/, restored_faces/).")
+Steps = opt.Steps
+Scale = opt.option(float | None, GuidanceOptions, "scale", show_default=False)
+Seed = opt.Seed
+Repeats = opt.Repeats
+RepeatFrom = opt.RepeatFrom
 Prior = Annotated[Path | None, typer.Option("--prior", help="Diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")]
 ColorRef = Annotated[list[Path] | None, typer.Option("--color-ref", help="Photo(s) whose colour statistics the result aims for (default: PGDiff's CelebA-HQ average). Repeatable.")]
-Upscale = Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image.")]
+Upscale = opt.Upscale
 Aligned = opt.Aligned
 CenterFace = opt.OnlyCenterFace
 MinFace = opt.MinFace
 Detector = opt.Detector
-Paste = Annotated[str, typer.Option("--paste", help="Paste-back: residual or direct.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-Batch = Annotated[int | None, typer.Option("--batch-size", min=1, help="Faces sampled together (default 1 on CPU, 4 on CUDA).")]
-SaveFaces = Annotated[bool, typer.Option("--save-faces", help="Also write cropped_faces/ and restored_faces/.")]
-SaveCmp = Annotated[bool, typer.Option("--save-cmp", help="Also write cmp/: each crop beside its result.")]
-Suffix = Annotated[str | None, typer.Option("--suffix", help="Suffix added to output names (NAME_SUFFIX.ext).")]
+Paste = opt.Paste
+Device = opt.Device
+Batch = opt.option(int | None, GuidanceOptions, "batch_size")
+SaveFaces = opt.SaveFaces
+SaveCmp = opt.SaveCmp
+Suffix = opt.Suffix
 Ext = Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")]
 Quality = opt.Quality
 MaxPixels = opt.MaxPixels
 Json = opt.AsJson
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: keep them and skip).")]
-Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
+Overwrite = opt.Overwrite
+Recursive = opt.Recursive
 
 
 def _run(task: str, inputs: list[str], output: dict[str, Any], options: dict[str, Any], **guided: Any) -> None:
-    """Build the GuidedRestorer for ``task`` and write every input like `restore` does."""
-    from bfrboost.guidance import GuidanceOptions, GuidedRestorer
-    from bfrboost.runners.files import OutputOptions
+    """The ``pgdiff`` restorer for ``task``, every input written like `restore` does; a mask file or
+    folder (``--mask``, ``--scratch-mask DIR``) becomes the runner's per-input targets."""
+    from bfrboost.guidance.masks import mask_targets
+    from bfrboost.pipeline import Restorer
 
     start = time.perf_counter()
-    recursive = output.pop("recursive")
-    as_json = output.pop("as_json")
-    ext = output.pop("ext")
-    write_results(
-        lambda: GuidedRestorer(task, options=GuidanceOptions(**options), **guided),
-        inputs, OutputOptions(ext=ext.value, **output), recursive=recursive, as_json=as_json, start=start,
-    )
+    recursive, as_json, ext = output.pop("recursive"), output.pop("as_json"), output.pop("ext")
+    masks, scratches = guided.pop("masks", None), guided.pop("scratches", None)
+    if masks is not None and guided.get("mask_color") is not None:
+        raise fail(UsageError("give either --mask FILE|DIR or --mask-color, not both"))
+    mask_option = "--mask"
+    if scratches is not None and str(scratches) != "auto":
+        masks, scratches, mask_option = Path(scratches), None, "--scratch-mask"
+    photo = guided.pop("photo")
+    restore = {k: guided.pop(k) for k in ("weights", "fidelity", "knobs") if k in guided}
+    try:
+        parts = dict(
+            detect=DetectOptions(**{k: photo.pop(k) for k in ("aligned", "only_center_face", "min_face", "detector")}),
+            paste=PasteOptions(upscale=photo.pop("upscale"), paste=photo.pop("paste")),
+            restore=RestoreOptions(base="pgdiff", device=photo.pop("device"), **restore),
+            guidance=GuidanceOptions(task=task, scratches=scratches, **photo, **guided, **options),
+        )
+        targets = mask_targets(masks, mask_option) if masks is not None else None
+        output_options = OutputOptions(ext=ext.value, **output)
+    except BfrboostError as exc:
+        raise fail(exc) from None
+    write_results(lambda: Restorer.from_options(**parts), inputs, output_options, recursive=recursive, as_json=as_json,
+                  start=start, targets=targets)
 
 
 def _photo(upscale: float, aligned: bool, only_center_face: bool, min_face: int, detector: str, paste: str, device: str, batch_size: int | None, prior: Path | None) -> dict[str, Any]:
-    return dict(
+    return dict(photo=dict(
         upscale=upscale, aligned=aligned, only_center_face=only_center_face, min_face=min_face,
-        detector=detector, paste=paste, device=device, guided_batch=batch_size, prior=prior,
-    )
+        detector=detector, paste=paste, device=device, batch_size=batch_size, prior=prior,
+    ))
 
 
 def _files(outdir: Path, suffix: str | None, ext: ExtChoice, quality: int, overwrite: bool, save_faces: bool, save_cmp: bool, max_pixels: int | None, as_json: bool, recursive: bool) -> dict[str, Any]:
@@ -79,37 +99,50 @@ def _files(outdir: Path, suffix: str | None, ext: ExtChoice, quality: int, overw
 @app.command()
 def colorize(
     inputs: Inputs,
-    outdir: Outdir = Path("results"),
-    lightness_weight: Annotated[float, typer.Option("--lightness-weight", min=0.0, help="Weight of the lightness property (gray of the input).")] = 1.0,
-    color_weight: Annotated[float, typer.Option("--color-weight", min=0.0, help="Weight of the colour-statistics property.")] = 0.05,
+    outdir: Outdir = O.outdir,
+    lightness_weight: opt.option(float, GuidanceOptions, "lightness_weight") = G.lightness_weight,
+    color_weight: opt.option(float, GuidanceOptions, "color_weight") = G.color_weight,
     color_ref: ColorRef = None,
-    steps: Steps = 1000, scale: Scale = None, seed: Seed = 1234, repeats: Repeats = 1, repeat_from: RepeatFrom = 0.7, prior: Prior = None,
-    upscale: Upscale = 2.0, aligned: Aligned = False, only_center_face: CenterFace = False, min_face: MinFace = 0,
-    detector: Detector = "auto", paste: Paste = "residual", device: Device = "auto", batch_size: Batch = None,
-    save_faces: SaveFaces = False, save_cmp: SaveCmp = False, suffix: Suffix = None, ext: Ext = ExtChoice.auto,
-    quality: Quality = 95, max_pixels: MaxPixels = None, as_json: Json = False, overwrite: Overwrite = False, recursive: Recursive = False,
+    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats,
+    repeat_from: RepeatFrom = G.repeat_from, prior: Prior = G.prior, upscale: Upscale = opt.PASTE.upscale,
+    aligned: Aligned = opt.DETECT.aligned, only_center_face: CenterFace = opt.DETECT.only_center_face,
+    min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
+    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = G.batch_size,
+    save_faces: SaveFaces = O.save_faces, save_cmp: SaveCmp = O.save_cmp, suffix: Suffix = O.suffix, ext: Ext = ExtChoice(O.ext),
+    quality: Quality = O.quality, max_pixels: MaxPixels = O.max_pixels, as_json: Json = False, overwrite: Overwrite = O.overwrite,
+    recursive: Recursive = False,
 ) -> None:
     """Colourise gray or faded faces (the output keeps the input's lightness and is not forced back to gray)."""
     _run(
         "colorize", inputs,
         _files(outdir, suffix, ext, quality, overwrite, save_faces, save_cmp, max_pixels, as_json, recursive),
         dict(scale=scale, steps=steps, seed=seed, repeats=repeats, repeat_from=repeat_from, lightness_weight=lightness_weight, color_weight=color_weight),
-        color_refs=color_ref or (), **_photo(upscale, aligned, only_center_face, min_face, detector, paste, device, batch_size, prior),
+        color_refs=tuple(color_ref or ()), **_photo(upscale, aligned, only_center_face, min_face, detector, paste, device, batch_size, prior),
     )
 
 
 @app.command()
 def inpaint(
     inputs: Inputs,
-    outdir: Outdir = Path("results"),
-    mask: Annotated[Path | None, typer.Option("--mask", help="Mask image (white = fill) for every input, or a folder of masks named like the inputs; photo-sized (photo coordinates) or 512×512 (crop coordinates).")] = None,
-    mask_color: Annotated[str | None, typer.Option("--mask-color", help="Fill the regions painted in this colour instead: white or black.")] = None,
-    unmasked_weight: Annotated[float, typer.Option("--unmasked-weight", min=0.0, help="Weight of the unmasked-region property.")] = 1.0,
-    steps: Steps = 1000, scale: Scale = None, seed: Seed = 1234, repeats: Repeats = 1, repeat_from: RepeatFrom = 0.7, prior: Prior = None,
-    upscale: Upscale = 2.0, aligned: Aligned = False, only_center_face: CenterFace = False, min_face: MinFace = 0,
-    detector: Detector = "auto", paste: Paste = "residual", device: Device = "auto", batch_size: Batch = None,
-    save_faces: SaveFaces = False, save_cmp: SaveCmp = False, suffix: Suffix = None, ext: Ext = ExtChoice.auto,
-    quality: Quality = 95, max_pixels: MaxPixels = None, as_json: Json = False, overwrite: Overwrite = False, recursive: Recursive = False,
+    outdir: Outdir = O.outdir,
+    mask: Annotated[Path | None, typer.Option(
+        "--mask",
+        help="Mask image (white = fill) for every input, or a folder of masks named like the inputs; photo-sized (photo "
+             "coordinates) or 512×512 (crop coordinates).",
+    )] = None,
+    mask_color: Annotated[str | None, typer.Option(
+        "--mask-color",
+        help="Fill the regions painted in this colour instead: white or black.",
+    )] = None,
+    unmasked_weight: opt.option(float, GuidanceOptions, "unmasked_weight") = G.unmasked_weight,
+    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats,
+    repeat_from: RepeatFrom = G.repeat_from, prior: Prior = G.prior, upscale: Upscale = opt.PASTE.upscale,
+    aligned: Aligned = opt.DETECT.aligned, only_center_face: CenterFace = opt.DETECT.only_center_face,
+    min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
+    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = G.batch_size,
+    save_faces: SaveFaces = O.save_faces, save_cmp: SaveCmp = O.save_cmp, suffix: Suffix = O.suffix, ext: Ext = ExtChoice(O.ext),
+    quality: Quality = O.quality, max_pixels: MaxPixels = O.max_pixels, as_json: Json = False, overwrite: Overwrite = O.overwrite,
+    recursive: Recursive = False,
 ) -> None:
     """Fill masked regions of faces (drawn masks, or regions painted white)."""
     if mask is None and mask_color is None:
@@ -126,30 +159,43 @@ def inpaint(
 @app.command("old-photo")
 def old_photo(
     inputs: Inputs,
-    outdir: Outdir = Path("results"),
-    scratch_mask: Annotated[str | None, typer.Option("--scratch-mask", help="Scratch mask (white = scratch) file or folder of masks named like the inputs, or auto (thin-bright-line detector on each face).")] = None,
-    guide: Annotated[str, typer.Option("--guide", help="Smooth-semantics restorer: rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …).")] = "rrdb",
-    weights: Annotated[Path | None, typer.Option("--weights", help="Checkpoint of the guide.")] = None,
-    fidelity: Annotated[float | None, typer.Option("--fidelity", help="Fidelity of the guide (CodeFormer w, VQFR fidelity_ratio).")] = None,
+    outdir: Outdir = O.outdir,
+    scratch_mask: Annotated[str | None, typer.Option(
+        "--scratch-mask",
+        help="Scratch mask (white = scratch) file or folder of masks named like the inputs, or auto (thin-bright-line "
+             "detector on each face).",
+    )] = None,
+    guide: Annotated[str, typer.Option(
+        "--guide",
+        help="Smooth-semantics restorer: rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …).",
+    )] = G.guide,
+    weights: opt.option(Path | None, RestoreOptions, "weights", help="Checkpoint of the guide.") = opt.RESTORE.weights,
+    fidelity: opt.option(
+        float | None, RestoreOptions, "fidelity",
+        help="Fidelity of the guide (CodeFormer w, VQFR fidelity_ratio).",
+    ) = opt.RESTORE.fidelity,
     knob: Annotated[list[str] | None, typer.Option("--knob", help="Guide knob NAME=VALUE; repeatable.")] = None,
-    op_lightness_weight: Annotated[float, typer.Option("--lightness-weight", min=0.0, help="Weight of the restorer-lightness property.")] = 1.0,
-    op_color_weight: Annotated[float, typer.Option("--color-weight", min=0.0, help="Weight of the colour-statistics property.")] = 0.5,
+    op_lightness_weight: opt.option(float, GuidanceOptions, "op_lightness_weight") = G.op_lightness_weight,
+    op_color_weight: opt.option(float, GuidanceOptions, "op_color_weight") = G.op_color_weight,
     color_ref: ColorRef = None,
-    steps: Steps = 1000, scale: Scale = None, seed: Seed = 1234, repeats: Repeats = 1, repeat_from: RepeatFrom = 0.7, prior: Prior = None,
-    upscale: Upscale = 2.0, aligned: Aligned = False, only_center_face: CenterFace = False, min_face: MinFace = 0,
-    detector: Detector = "auto", paste: Paste = "residual", device: Device = "auto", batch_size: Batch = None,
-    save_faces: SaveFaces = False, save_cmp: SaveCmp = False, suffix: Suffix = None, ext: Ext = ExtChoice.auto,
-    quality: Quality = 95, max_pixels: MaxPixels = None, as_json: Json = False, overwrite: Overwrite = False, recursive: Recursive = False,
+    steps: Steps = G.steps, scale: Scale = G.scale, seed: Seed = G.seed, repeats: Repeats = G.repeats,
+    repeat_from: RepeatFrom = G.repeat_from, prior: Prior = G.prior, upscale: Upscale = opt.PASTE.upscale,
+    aligned: Aligned = opt.DETECT.aligned, only_center_face: CenterFace = opt.DETECT.only_center_face,
+    min_face: MinFace = opt.DETECT.min_face, detector: Detector = opt.DETECT.detector,
+    paste: Paste = opt.PASTE.paste, device: Device = opt.RESTORE.device, batch_size: Batch = G.batch_size,
+    save_faces: SaveFaces = O.save_faces, save_cmp: SaveCmp = O.save_cmp, suffix: Suffix = O.suffix, ext: Ext = ExtChoice(O.ext),
+    quality: Quality = O.quality, max_pixels: MaxPixels = O.max_pixels, as_json: Json = False, overwrite: Overwrite = O.overwrite,
+    recursive: Recursive = False,
 ) -> None:
     """Restore old photos in one guided pass: restoration, colourisation and inpainting of scratches."""
     try:
-        knobs = _parse_knobs(knob or [])
+        knobs = opt.parse_knobs(knob or [])
     except BfrboostError as exc:
         raise fail(exc) from None
     _run(
         "old-photo", inputs,
         _files(outdir, suffix, ext, quality, overwrite, save_faces, save_cmp, max_pixels, as_json, recursive),
         dict(scale=scale, steps=steps, seed=seed, repeats=repeats, repeat_from=repeat_from, op_lightness_weight=op_lightness_weight, op_color_weight=op_color_weight),
-        guide=guide, weights=weights, fidelity=fidelity, knobs=knobs, scratches=scratch_mask, color_refs=color_ref or (),
+        guide=guide, weights=weights, fidelity=fidelity, knobs=knobs, scratches=scratch_mask, color_refs=tuple(color_ref or ()),
         **_photo(upscale, aligned, only_center_face, min_face, detector, paste, device, batch_size, prior),
     )

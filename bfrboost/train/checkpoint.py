@@ -247,6 +247,10 @@ def resume_point(
     it, damaged checkpoints are skipped (one line each), a run stopped before its first checkpoint
     starts again from step 0 (one line), and settings that break exact resumption are refused."""
     run = Path(run)
+    unknown = sorted(set(allowed) - set(EXACT_KEYS) - {"steps"})
+    if unknown:
+        known = ", ".join((*EXACT_KEYS, "steps"))
+        raise UsageError(f"--allow-changes: unknown setting(s) {', '.join(unknown)}; choose from {known}")
     clean_stale(run)
     started = bool(checkpoints(run)) or (run / FOLDER).is_dir() or any(log.is_file() for log in logs)
     if not config.get("resume"):
