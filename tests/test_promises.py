@@ -58,7 +58,7 @@ NO_INPUT = {
     "restore-dataset": lambda p, t, r: ["restore-dataset", p, t / "o", "--base", "none"],
     "degrade": lambda p, t, r: ["degrade", p, "-o", t / "o"],
     "colorize": lambda p, t, r: ["colorize", p, "-o", t / "o"],
-    "inpaint": lambda p, t, r: ["inpaint", p, "-o", t / "o", "--mask-color", "red"],
+    "inpaint": lambda p, t, r: ["inpaint", p, "-o", t / "o", "--mask-color", "white"],
     "old-photo": lambda p, t, r: ["old-photo", p, "-o", t / "o"],
     "refiner stats": lambda p, t, r: ["refiner", "stats", "--faces", p, "--refiner", r],
     "train": lambda p, t, r: ["train", "--out", t / "run", "--data", p, "--tiny", "--base", "none", "--device", "cpu"],
@@ -106,7 +106,7 @@ USAGE = {
     "degrade": (lambda p, t: ["degrade", p, "-o", t / "o", "--kernel-size", "40"], "kernel size must be odd"),
     "train": (
         lambda p, t: ["train", "--out", t / "o", "--data", p.parent, "--schedule", "linear"],
-        "--schedule must be constant or cosine",
+        "unknown --schedule 'linear'; use one of: constant, cosine",
     ),
     "train --allow-changes": (
         lambda p, t: ["train", "--out", t / "o", "--data", p.parent, "--allow-changes", "colour"],
@@ -232,9 +232,11 @@ def test_video_frames_honour_max_pixels(testdata: Path, tmp_path: Path) -> None:
 
 
 def test_dataset_rows_honour_max_pixels(photo: Path) -> None:
+    from bfrboost.options import DetectOptions, PasteOptions
     from bfrboost.runners.dataset import stages as ds
 
-    row = ds.prepare_row({"source": str(photo), "rel": "04.jpg", "output": "/nowhere/04.jpg"}, {"base": "none"}, max_pixels=1000)
+    source = {"source": str(photo), "rel": "04.jpg", "output": "/nowhere/04.jpg"}
+    row = ds.prepare_row(source, DetectOptions(), PasteOptions(), max_pixels=1000)
     job = ds._unpack(row)
     assert job.report.error.startswith(f"{photo}: image is 225x225") and job.report.error.endswith(
         "pass --max-pixels 50625 to allow it"
