@@ -23,6 +23,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 VIDEO_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
 """Video extensions we can write → FFmpeg muxer (named explicitly: temp files end in ``.partial``)."""
 PASTE_MODES = ("residual", "direct")
+RUNTIMES = ("torch", "onnx")
 BG_UPSAMPLERS = ("none", "realesrgan")
 REF_LOSSES = ("mse", "cos")
 #: Per-channel mean/std of x̂₀ in [-1, 1] that colourisation aims for: PGDiff's default "style 0",
@@ -147,6 +148,18 @@ class RestoreOptions:
         False, "torch.compile the refiner (worth it on CUDA for long batches; slow first batch).", flag="--compile"
     )
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", flag="--device")
+    runtime: str = setting(
+        "torch", "Run the base model on torch or onnx (ONNX Runtime; the graph is exported into the weights cache on first use).",
+        flag="--runtime", choices=RUNTIMES, what="runtime",
+    )
+    providers: tuple[str, ...] | None = setting(
+        None, "--runtime onnx: execution providers, best first, comma-separated: cpu, cuda, tensorrt, coreml, directml, "
+        "openvino (default: by --device).", flag="--providers",
+    )
+    threads: int | None = setting(
+        None, "CPU threads of the base model (ONNX Runtime intra-op; the CLI also sets torch's; default: one per core).",
+        flag="--threads", min=1,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -230,6 +243,8 @@ class VideoOptions:
     ``cpu-used``). ``start`` / ``duration`` (seconds) restore a part; timestamps then start at
     ``start`` = 0. ``smooth``: One-Euro landmark smoothing per tracked face. ``hardware``: try
     NVDEC/NVENC (``None`` = when CUDA is available); any failure to open them falls back to the CPU.
+    ``detect_every``: run the detector on every N-th frame and follow the faces by optical flow in
+    between (:class:`~bfrboost.faces.keyframes.KeyframeDetector`); 1 = every frame.
     """
 
     outdir: Path = setting(Path("results"), "Output folder (restored_videos/).", flag="--outdir")
@@ -260,6 +275,15 @@ class VideoOptions:
         8, "Video: frames whose faces go through the base model together.", flag="--frames-per-batch", min=1
     )
     hardware: bool | None = setting(None, "Try NVDEC/NVENC (default: when CUDA is available).")
+    detect_every: int = setting(
+        12,
+        "Video: run the face detector on every N-th frame and follow the faces by optical flow between "
+        "(sooner on a scene cut or a lost face); 1 = every frame.",
+        flag="--detect-every",
+        min=1,
+        max=60,
+        hint="(1 = detect on every frame)",
+    )
     max_pixels: int | None = setting(None, "Refuse clips whose frames have more pixels (default: the images' 200 MP limit).", min=1)
 
     def __post_init__(self) -> None:

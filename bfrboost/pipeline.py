@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bfrboost.errors import UsageError
+from bfrboost.faces.detect import Detector
 from bfrboost.faces.finder import FaceFinder
 from bfrboost.faces.paster import Paster
 from bfrboost.faces.types import FACE_SIZE, Face
@@ -168,18 +169,21 @@ class Restorer:
         alpha: np.ndarray | None = None,
         extras: Mapping[str, Any] | None = None,
         landmark_filter: Callable[[list[Face]], list[Face]] | None = None,
+        detector: Detector | None = None,
     ) -> Prepared:
         """Stage 1 (CPU, per image): detect and align; ``image`` is RGB uint8 H×W×3.
 
         ``extras`` (e.g. a guidance mask in photo coordinates) are copied into each face's ``extras``.
         ``landmark_filter`` sees the detected faces before alignment and may move their landmarks
         (video: :class:`bfrboost.faces.track.FaceTracker` smooths them over time so crops don't jitter).
+        ``detector`` replaces the restorer's own for this image (video: a
+        :class:`bfrboost.faces.keyframes.KeyframeDetector` that detects on key frames and follows faces between).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise UsageError(f"images must be RGB uint8 H×W×3 arrays, got {image.dtype} {image.shape}")
         timer = Timer()
         with timer("align" if self.aligned else "detect"):
-            faces = self.finder.find(image)
+            faces = self.finder.find(image, detector)
         if landmark_filter is not None and not self.aligned:
             with timer("smooth"):
                 faces = landmark_filter(faces)

@@ -59,6 +59,9 @@ def restore_dataset(
     fidelity: opt.Fidelity = opt.RESTORE.fidelity,
     knob: opt.Knob = None,
     batch_size: opt.BatchSize = opt.RESTORE.batch_size,
+    runtime: opt.Runtime = opt.RESTORE.runtime,
+    providers: opt.Providers = opt.RESTORE.providers,
+    threads: opt.Threads = opt.RESTORE.threads,
     images_per_batch: Annotated[int, typer.Option(
         "--images-per-batch", min=1,
         help="Images whose faces go to a device actor together.",
@@ -94,6 +97,7 @@ def restore_dataset(
                 restore_options=RestoreOptions(
                     base=base, weights=weights, fidelity=fidelity, knobs=opt.parse_knobs(knob or []), batch_size=batch_size,
                     refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model,
+                    **opt.runtime_options(runtime, providers, threads),
                 ),
                 paste_options=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler),
             )

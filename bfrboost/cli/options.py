@@ -61,6 +61,19 @@ Fidelity = option(float | None, RestoreOptions, "fidelity")
 Knob = option(list[str] | None, RestoreOptions, "knobs")
 BatchSize = option(int | None, RestoreOptions, "batch_size")
 Device = option(str, RestoreOptions, "device")
+Runtime = option(str, RestoreOptions, "runtime")
+Providers = option(str | None, RestoreOptions, "providers")
+Threads = option(int | None, RestoreOptions, "threads")
+
+
+def runtime_options(runtime: str, providers: str | None, threads: int | None) -> dict[str, Any]:
+    """``RestoreOptions`` fields of ``--runtime/--providers/--threads``; ``--threads`` also sets torch's threads."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    names = tuple(p.strip().lower() for p in providers.split(",") if p.strip()) if providers else None
+    return {"runtime": runtime, "providers": names, "threads": threads}
 Upscale = option(float, PasteOptions, "upscale", "-s", "--upscale")
 BgUpsampler = option(str, PasteOptions, "bg_upsampler")
 BgTile = option(int, PasteOptions, "bg_tile")
@@ -85,6 +98,7 @@ VideoPreset = option(Preset, VideoOptions, "preset")
 Start = option(float | None, VideoOptions, "start")
 Duration = option(float | None, VideoOptions, "duration")
 FramesPerBatch = option(int, VideoOptions, "frames_per_batch")
+DetectEvery = option(int, VideoOptions, "detect_every")
 Steps = option(int, GuidanceOptions, "steps")
 Seed = option(int, GuidanceOptions, "seed")
 Repeats = option(int, GuidanceOptions, "repeats")

@@ -106,6 +106,9 @@ def restore(
     )] = ExtChoice(opt.OUTPUT.ext),
     quality: opt.Quality = opt.OUTPUT.quality,
     device: opt.Device = opt.RESTORE.device,
+    runtime: opt.Runtime = opt.RESTORE.runtime,
+    providers: opt.Providers = opt.RESTORE.providers,
+    threads: opt.Threads = opt.RESTORE.threads,
     max_pixels: opt.MaxPixels = opt.OUTPUT.max_pixels,
     as_json: opt.AsJson = False,
     overwrite: opt.Overwrite = opt.OUTPUT.overwrite,
@@ -116,6 +119,7 @@ def restore(
     clip_start: opt.Start = opt.VIDEO.start,
     duration: opt.Duration = opt.VIDEO.duration,
     frames_per_batch: opt.FramesPerBatch = opt.VIDEO.frames_per_batch,
+    detect_every: opt.DetectEvery = opt.VIDEO.detect_every,
     guide: Annotated[str, typer.Option(
         "--guide",
         help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
@@ -185,7 +189,7 @@ def restore(
         knobs = opt.parse_knobs(knob or [])
         video_options = VideoOptions(
             outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,
-            crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch,
+            crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch, detect_every=detect_every,
             max_pixels=max_pixels,
         )
         options = OutputOptions(
@@ -197,6 +201,7 @@ def restore(
             restore=RestoreOptions(
                 base=base, weights=weights, fidelity=fidelity, knobs=knobs, batch_size=batch_size, refine=refine, refiner=refiner,
                 refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner, device=device,
+                **opt.runtime_options(runtime, providers, threads),
             ),
             paste=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
                                face_upsample=face_upsample),
@@ -312,6 +317,8 @@ def _emit(report: FileReport, as_json: bool) -> None:
         _err(report.error if report.error.startswith(one_line(report.input)) else f"{report.input}: {report.error}")
     elif report.skipped:
         _err(f"skipped {report.input}: {reason(report)}")
+    for warning in report.extra.get("warnings", []):  # done, with something the user should know
+        _err(f"warning: {warning}")
     if as_json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
         sys.stdout.flush()

@@ -8,7 +8,7 @@ import torch
 
 from bfrboost.errors import InputError
 from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
-from bfrboost.faces.detect import get_detector, select_faces
+from bfrboost.faces.detect import Detector, get_detector, select_faces
 from bfrboost.faces.types import FACE_SIZE, Face
 from bfrboost.options import DetectOptions
 
@@ -22,11 +22,12 @@ class FaceFinder:
         self.min_face = int(options.min_face)
         self.detector = None if options.aligned else get_detector(options.detector, device=str(device))
 
-    def find(self, image: np.ndarray) -> list[Face]:
-        """Detected faces (boxes, landmarks), or the whole image as one face when ``aligned``."""
+    def find(self, image: np.ndarray, detector: Detector | None = None) -> list[Face]:
+        """Detected faces (boxes, landmarks), or the whole image as one face when ``aligned``;
+        ``detector`` replaces this finder's own for this image (video: key frames and optical flow)."""
         if self.aligned:
             return [_whole_crop(image)]
-        faces = self.detector.detect(image)
+        faces = (detector or self.detector).detect(image)
         return select_faces(faces, image.shape, only_center=self.only_center_face, min_face=self.min_face)
 
     def align(self, image: np.ndarray, faces: list[Face]) -> None:

@@ -3,7 +3,8 @@ InfoBFR refiner and blended with the base output by ``refiner_strength``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,15 @@ from bfrboost.restorers.protocol import StepCallback, Timer, to_tensor, to_uint8
 AUTO_BASE = "gfpgan"
 
 
+def base_loader(runtime: str, providers: Sequence[str] | None, threads: int | None) -> Callable[..., LoadedBase]:
+    """``load_base``, or its ONNX Runtime counterpart (:mod:`bfrboost.onnx.runtime`) for ``runtime="onnx"``."""
+    if runtime == "torch":
+        return load_base
+    from bfrboost.onnx.runtime import load_onnx_base
+
+    return functools.partial(load_onnx_base, providers=providers, threads=threads)
+
+
 class BaseRestorer:
     """Base model → (InfoBFR refiner) over batches of aligned crops."""
 
@@ -34,6 +44,7 @@ class BaseRestorer:
         knobs = dict(options.knobs or {})
         if options.fidelity is not None:
             knobs[fidelity_knob(AUTO_BASE if options.base == "auto" else options.base)] = options.fidelity
+        self._load = base_loader(options.runtime, options.providers, options.threads)
         self.base: LoadedBase = self._load_base(options.base, options.weights, options.batch_size, knobs)
         self.refiner = None
         if options.refine is not False and options.refiner is not None:
@@ -51,10 +62,11 @@ class BaseRestorer:
 
     def _load_base(self, base: str, weights: Any, batch_size: int | None, knobs: dict) -> LoadedBase:
         kwargs = dict(device=self.device, weights=weights, batch_size=batch_size, **knobs)
+        load = self._load if base != "none" else load_base  # base 'none' has no network to run elsewhere
         if base != "auto":
-            return load_base(base, **kwargs)
+            return load(base, **kwargs)
         try:
-            return load_base(AUTO_BASE, **kwargs)
+            return load(AUTO_BASE, **kwargs)
         except WeightsError as exc:
             self.notes.append(f"{exc} — restoring with base 'none' (faces aligned and pasted back only)")
             return load_base("none", device=self.device)

@@ -19,7 +19,14 @@ import pytest
 from PIL import Image
 
 CHROMIUM = Path(os.environ.get("BFRBOOST_CHROMIUM", "/usr/bin/chromium"))  # Debian's package: make browser
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 TIMEOUT_MS = 90_000
 
 
@@ -39,7 +46,9 @@ def served(tmp_path_factory):
     from bfrboost.ui import launch
 
     port = _free_port()
-    app = launch(port=port, block=False, device="cpu", max_upload_mb=5, max_video_mb=5, workdir=tmp_path_factory.mktemp("ui_work"))
+    app = launch(
+        port=port, block=False, device="cpu", max_upload_mb=5, max_video_mb=5, workdir=tmp_path_factory.mktemp("ui_work")
+    )
     url = f"http://127.0.0.1:{port}/"
     elsewhere: list[str] = []
 
@@ -127,7 +136,9 @@ def test_restore_in_the_browser_equals_the_cli(served, testdata: Path, tmp_path:
         page.locator("#get-report").click()
     report = json.loads(Path(download.value.path()).read_text())
     assert report.keys() == line.keys()
-    assert {k: report[k] for k in ("width", "height", "faces", "error")} == {k: line[k] for k in ("width", "height", "faces", "error")}
+    assert {k: report[k] for k in ("width", "height", "faces", "error")} == {
+        k: line[k] for k in ("width", "height", "faces", "error")
+    }
     assert (report["input"], report["output"]) == ("00.jpg", "00.jpg")
 
     status = page.locator("#status").inner_text().strip()
