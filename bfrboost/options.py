@@ -109,6 +109,22 @@ class DetectOptions:
     aligned: bool = setting(False, "Inputs are aligned 512×512 face crops: skip detection.", flag="--aligned")
     only_center_face: bool = setting(False, "Restore only the face nearest the image centre.", flag="--only-center-face")
     min_face: int = setting(0, "Ignore faces whose box is smaller than PX pixels.", flag="--min-face", min=0)
+    face_index: int | None = setting(
+        None, "Restore only the N-th face counted left to right (0 = leftmost), after --min-face.", flag="--face-index", min=0
+    )
+    largest: bool = setting(False, "Restore only the face with the largest box.", flag="--largest")
+    person: tuple[str, ...] = setting(
+        (), "Restore only the person in this reference photo (its largest face); repeatable, one person per photo.",
+        flag="--person",
+    )
+    person_model: str = setting(
+        "dlib", "Identity model for --person: dlib (no download) or arcface (bfrboost weights download arcface).",
+        flag="--person-model", choices=("dlib", "arcface"), what="identity model",
+    )
+    person_threshold: float | None = setting(
+        None, "Cosine similarity a face needs to match --person (default: dlib 0.91, arcface 0.40; see docs/faces.md).",
+        flag="--person-threshold", min=-1.0, max=1.0,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -204,6 +220,9 @@ class PasteOptions:
         "With -s > 1, also upsample the restored faces with the background upsampler (Real-ESRGAN) "
         "before pasting, as CodeFormer does.",
         flag="--face-upsample",
+    )
+    blend: float = setting(
+        1.0, "Mix of restored and original face: 1 = restored, 0 = original.", flag="--blend", min=0.0, max=1.0
     )
 
     def __post_init__(self) -> None:

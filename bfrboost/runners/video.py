@@ -121,6 +121,7 @@ class _Clip:
         self.tracker = FaceTracker() if self.options.smooth else None
         every = self.options.detect_every
         self.keyframes = KeyframeDetector(self.restorer.finder.detector, interval=every) if every > 1 else None
+        self.person_memo: dict[int, np.ndarray] = {}  # track id → identity similarities: one match per track
         self.output: Any = None
         self.out_video: Any = None
         self.out_copies: dict[int, Any] = {}
@@ -279,7 +280,8 @@ class _Clip:
 
     def _frame(self, rgb: np.ndarray, pts: int, t: float) -> None:
         smooth = functools.partial(self.tracker.update, t=t) if self.tracker is not None else None
-        self.batch.append((pts, self.restorer.prepare(rgb, landmark_filter=smooth, detector=self.keyframes)))
+        self.batch.append((pts, self.restorer.prepare(rgb, landmark_filter=smooth, detector=self.keyframes,
+                                                      person_memo=self.person_memo)))
         if len(self.batch) >= self.options.frames_per_batch:
             self._flush()
 
