@@ -314,10 +314,12 @@ def test_restore_to_a_pipe_whose_reader_leaves_exits_141(photo: Path) -> None:
 def test_ctrl_c_while_starting_up_exits_130() -> None:
     script = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.stderr.write('ready\\n'); sys.stderr.flush(); "
         "sys.argv = ['bfrboost', 'weights', 'list']; import runpy; runpy.run_module('bfrboost', run_name='__main__')"
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    time.sleep(0.5)  # importing bfrboost.cli (torch, typer …) takes longer than this
+    assert process.stderr.readline() == b"ready\n"  # the handler is set; importing bfrboost.cli (torch, typer …) follows
+    time.sleep(0.3)  # inside that import (it takes seconds)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr.decode()
