@@ -303,6 +303,9 @@ class VideoOptions:
         max=60,
         hint="(1 = detect on every frame)",
     )
+    max_pixels: int | None = setting(
+        None, "Refuse clips whose frames have more pixels (default: the images' 200 MP limit).", min=1
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outdir", Path(self.outdir))
@@ -454,6 +457,11 @@ class TrainConfig:
     val_count: int = setting(16, "Faces of the fixed validation split (when the cache is built).", flag="--val-count")
     moments: bool = setting(False, "Cache the VAE moments too (fp16): training skips the VAE encoder.", flag="--moments")
     resume: bool = setting(False, "Continue RUN_DIR from its latest checkpoint, exactly.", flag="--resume")
+    allow_changes: list[str] = setting(
+        help="Settings --resume may change (e.g. lr,batch_size) although the run then no longer continues exactly.",
+        flag="--allow-changes",
+        factory=list,
+    )
     device: str = setting("auto", "auto (CUDA when present) or cpu.", flag="--device")
     precision: str = setting(
         "auto",

@@ -425,13 +425,12 @@ class InputGuard:
         path = Path(item)
         self._by_name.setdefault(path.name, []).append(path)
 
-    def check(self, out: Path | str) -> None:
+    def check(self, out: Path | str, action: str = "choose another -o or --suffix") -> None:
+        """Raise :class:`OutputError` (ending in ``action``: what to do) if ``out`` is one of the inputs."""
         out = Path(out)
         for candidate in self._by_name.get(out.name, ()):
             if _same_file(candidate, out):
-                raise OutputError(
-                    f"{one_line(out)}: would overwrite the input {one_line(candidate)}; choose another -o or --suffix"
-                )
+                raise OutputError(f"{one_line(out)}: would overwrite the input {one_line(candidate)}; {action}")
 
 
 def _same_file(a: Path, b: Path) -> bool:

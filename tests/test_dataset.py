@@ -80,9 +80,11 @@ def test_list_file_entries_keep_their_relative_paths(tmp_path: Path) -> None:
 
     listing = tmp_path / "photos.txt"
     listing.write_text("# scans\nfamily/a.jpg\n\n/abs/where/b.png\ns3://bucket/x/c.tif\n")
+    (tmp_path / "family").mkdir()
+    (tmp_path / "family" / "a.jpg").write_bytes(b"jpeg")
     assert list_items(str(listing)) == [
         Item(str(tmp_path / "family" / "a.jpg"), "family/a.jpg"),
-        Item("/abs/where/b.png", "b.png"),
+        Item("/abs/where/b.png", "b.png", f"/abs/where/b.png: no such file or folder; fix or remove line 4 of {listing}"),
         Item("s3://bucket/x/c.tif", "c.tif"),
     ]
     assert output_location("s3://out/run1/", "family/a.gif") == "s3://out/run1/family/a.png"
@@ -111,3 +113,28 @@ def test_uri_paths_list_read_write_through_pyarrow(tmp_path: Path, monkeypatch) 
     assert [p.name for p in (tmp_path / "out" / "sub").iterdir()] == ["a.jpg"]  # the temp key was moved, not left
     dataset.write_manifest("s3://bucket/out", [dataset.manifest_row(FileReport(input=items[0].source, output=target), "sub/a.jpg")])
     assert [row["rel"] for row in dataset.read_manifest("s3://bucket/out")] == ["sub/a.jpg"]
+
+
+def test_a_list_never_writes_over_an_input_and_same_names_keep_their_own_rows(local_ray, testdata: Path, tmp_path: Path) -> None:
+    """The data-loss cases on Ray: `../src/q.png` with DST = the inputs' folder and --overwrite; `/A/p.png`, `/B/p.png`."""
+    photo = (testdata / "aligned" / "0143.png").read_bytes()
+    for rel in ("src/q.png", "A/p.png", "B/p.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(photo)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "list.txt").write_text(f"../src/q.png\n{tmp_path / 'A' / 'p.png'}\n{tmp_path / 'B' / 'p.png'}\n")
+    dst = tmp_path / "src"
+    listing = str(tmp_path / "lists" / "list.txt")
+    args = ["restore-dataset", listing, str(dst), "--base", "none", "--aligned", "--overwrite", "--json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert (tmp_path / "src" / "q.png").read_bytes() == photo  # the input is untouched
+    assert (dst / "p.png").is_file() and (dst / "p.png").read_bytes() != photo  # A's restored face
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["input"], line["output"], bool(line["error"])) for line in lines] == [
+        (str(tmp_path / "lists" / "../src/q.png"), None, True), (str(tmp_path / "A" / "p.png"), str(dst / "p.png"), False),
+        (str(tmp_path / "B" / "p.png"), None, True)]
+    assert "would overwrite the input" in lines[0]["error"] and "is already taken by" in lines[2]["error"]
+    rows = pq.read_table(dst / "manifest.parquet").to_pylist()
+    assert [(row["input"], row["output"]) for row in rows] == [(line["input"], line["output"]) for line in lines]
+    assert "2 failed" in result.stderr

@@ -3,6 +3,7 @@ leaves a recognisable temp file that the next run removes, a closed stdout is no
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -133,9 +134,11 @@ def test_sigterm_during_degrade_leaves_no_partial_output_and_exits_143(tmp_path:
     assert process.returncode == 143, stderr.decode()
     assert [line for line in stderr.decode().splitlines() if line.startswith("bfrboost: ")] == [
         "bfrboost: interrupted by SIGTERM: 1 of 3 input(s) finished, 2 not started or unfinished; "
-        "re-run with --overwrite (each file's degradation is reproducible from --seed)"
+        "re-run the same command to resume (finished outputs are skipped)"
     ]
-    assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # no temp file, no half image, no log of a partial run
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "degrade.jsonl"]  # no temp file, no half image
+    log = (out / "degrade.jsonl").read_text().splitlines()
+    assert [json.loads(line)["output"] for line in log] == ["a.png"]  # the record of the finished one
     with Image.open(out / "a.png") as image:
         image.load()  # complete and decodable
 

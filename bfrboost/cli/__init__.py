@@ -47,6 +47,8 @@ def main() -> None:
     with stop.watching(enabled=sys.argv[1:2] != ["ui"]):
         try:
             app()
+        except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (startup, a second Ctrl-C): still 130
+            raise SystemExit(130) from None
         except SystemExit as exc:
             if exc.code in stop.INTERRUPTED_CODES:
                 stop.exit_now(int(exc.code))

@@ -83,10 +83,35 @@ def interruptible(total: int | None = None, noun: str = "input", resume: str = R
         with handle_signals():
             yield progress
     except (KeyboardInterrupt, Interrupted) as exc:
-        remove_live_temps()
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        err(f"interrupted by {signal.Signals(signum).name}: {progress.describe()}; {progress.resume}")
+        with _ignoring_interrupts():  # a second Ctrl-C must not cut the cleanup short (or turn the exit code into -2)
+            remove_live_temps()
+            err(f"interrupted by {signal.Signals(signum).name}: {progress.describe()}; {progress.resume}")
         raise typer.Exit(128 + signum) from None
+
+
+@contextmanager
+def _ignoring_interrupts() -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP are dropped within the block (main thread only), then handled as before."""
+    wanted = [signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())]
+    try:
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in wanted}
+    except ValueError:  # not the main thread: nothing to hold off
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def write_stdout(data: bytes) -> None:
+    """Write all of ``data`` to stdout. A pipe whose reader went away can take part of a write without an
+    error; the next write then raises ``BrokenPipeError``, which :func:`bfrboost.cli.main` turns into 141."""
+    view = memoryview(data)
+    while view:
+        view = view[sys.stdout.buffer.write(view) or 0:]
+    sys.stdout.buffer.flush()
 
 
 def writes_files(command: F) -> F:

@@ -77,6 +77,8 @@ def restore_dataset(
         bool, OutputOptions, "overwrite",
         help="Redo images whose output exists (default: skip them, so a killed job resumes).",
     ) = opt.OUTPUT.overwrite,
+    rebuild_manifest: Annotated[bool, typer.Option(
+        "--rebuild-manifest", help="Ignore DST/manifest.parquet (a damaged one) and rebuild it from the outputs.")] = False,
     as_json: opt.AsJson = False,
 ) -> None:
     """Restore every image of SRC into DST on Ray Data (local Ray, or a cluster with --ray)."""
@@ -87,7 +89,7 @@ def restore_dataset(
     with interruptible(resume="re-run the same command: finished outputs are skipped"):
         try:
             reports = run(
-                src, dst, ray_address, images_per_batch=images_per_batch, gpus=gpus,
+                src, dst, ray_address, images_per_batch=images_per_batch, gpus=gpus, rebuild_manifest=rebuild_manifest,
                 output=OutputOptions(ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels),
                 detect_options=DetectOptions(
                     detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face,

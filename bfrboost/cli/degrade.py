@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bfrboost.cli import app
+from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError
 
@@ -30,15 +30,16 @@ def degrade_command(
     skip_prob: Annotated[float, typer.Option("--skip-prob", help="Each operation is skipped with this probability.")] = 0.1,
     shuffle_prob: Annotated[float, typer.Option("--shuffle-prob", help="Probability of a random operation order.")] = 0.0,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into subfolders.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")] = False,
     log: Annotated[bool, typer.Option("--log/--no-log", help="Write degrade.jsonl (parameters per file) into OUT.")] = True,
+    max_pixels: opt.MaxPixels = None,
 ) -> None:
     """Degrade HQ faces: y = JPEG_q((x ⊛ k_σ)↓r + n_δ)↑r with random order/skips (bfrboost.train.degrade)."""
     from bfrboost.io.inputs import collect_inputs
-    from bfrboost.io.read import read_image
-    from bfrboost.io.write import write_image
-    from bfrboost.safety import InputGuard, one_line, write_bytes
-    from bfrboost.train.degrade import DegradeConfig, apply_degradation, file_seed, sample_params
+    from bfrboost.io.read import DEFAULT_MAX_PIXELS
+    from bfrboost.runners.degrade import degrade_files, merge_log
+    from bfrboost.safety import one_line
+    from bfrboost.train.degrade import DegradeConfig
 
     try:
         config = DegradeConfig(blur_sigma, kernel_size, anisotropic_prob, scale, noise, jpeg_quality, skip_prob, shuffle_prob)
@@ -47,34 +48,29 @@ def degrade_command(
     paths, problems = collect_inputs(inputs, recursive)
     for problem in problems:
         err(problem)
-    guard = InputGuard(paths)
-    failed, records = len(problems), []
-    resume = "re-run with --overwrite (each file's degradation is reproducible from --seed)"
-    with interruptible(total=len(paths), resume=resume) as done, \
+    failed, skipped, records = len(problems), 0, []
+    with interruptible(total=len(paths)) as done, \
             Progress(TextColumn("degrade"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                      TimeRemainingColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("degrade", total=len(paths))
-        for path in paths:
-            target = out / f"{path.stem}.png"
-            try:
-                guard.check(target)
-                image = read_image(path)
-                face_seed = file_seed(seed, path.name)
-                params = sample_params(face_seed, config)
-                write_image(target, apply_degradation(image.rgb, params, config.kernel_size), overwrite=overwrite)
-                records.append({"file": path.name, "output": target.name, "seed": face_seed, **params.to_dict()})
-            except BfrboostError as exc:
-                err(str(exc))
-                failed += 1
-            progress.advance(task)
-            done.finished += 1
-        if log and records:
-            text = "".join(json.dumps(r) + "\n" for r in records)
-            try:
-                write_bytes(out / "degrade.jsonl", text.encode(), overwrite=True)
-            except BfrboostError as exc:
-                err(str(exc))
-                failed += 1
-    sys.stdout.write(f"{len(records)} image(s) degraded into {one_line(out)}, {failed} failed (seed {seed})\n")
+        try:
+            for report in degrade_files(paths, out, seed, config, overwrite, max_pixels or DEFAULT_MAX_PIXELS):
+                if report.error:
+                    err(report.error)
+                    failed += 1
+                skipped += report.skipped is not None
+                if report.done:
+                    records.append(report.extra["record"])
+                progress.advance(task)
+                done.finished += 1
+        finally:  # also when interrupted: the records of the finished files join the earlier ones
+            if log and records:
+                try:
+                    merge_log(out, records)
+                except BfrboostError as exc:
+                    err(str(exc))
+                    failed += 1
+    kept = f", {skipped} skipped (already there)" if skipped else ""
+    sys.stdout.write(f"{len(records)} image(s) degraded into {one_line(out)}{kept}, {failed} failed (seed {seed})\n")
     if failed:
         raise typer.Exit(1)

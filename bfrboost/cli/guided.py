@@ -62,8 +62,9 @@ def _run(task: str, inputs: list[str], output: dict[str, Any], options: dict[str
     masks, scratches = guided.pop("masks", None), guided.pop("scratches", None)
     if masks is not None and guided.get("mask_color") is not None:
         raise fail(UsageError("give either --mask FILE|DIR or --mask-color, not both"))
+    mask_option = "--mask"
     if scratches is not None and str(scratches) != "auto":
-        masks, scratches = Path(scratches), None
+        masks, scratches, mask_option = Path(scratches), None, "--scratch-mask"
     photo = guided.pop("photo")
     restore = {k: guided.pop(k) for k in ("weights", "fidelity", "knobs") if k in guided}
     try:
@@ -73,7 +74,7 @@ def _run(task: str, inputs: list[str], output: dict[str, Any], options: dict[str
             restore=RestoreOptions(base="pgdiff", device=photo.pop("device"), **restore),
             guidance=GuidanceOptions(task=task, scratches=scratches, **photo, **guided, **options),
         )
-        targets = mask_targets(masks) if masks is not None else None
+        targets = mask_targets(masks, mask_option) if masks is not None else None
         output_options = OutputOptions(ext=ext.value, **output)
     except BfrboostError as exc:
         raise fail(exc) from None

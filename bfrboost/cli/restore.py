@@ -21,7 +21,7 @@ from bfrboost.cli import app, common
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail as _fail
-from bfrboost.cli.common import interruptible
+from bfrboost.cli.common import interruptible, write_stdout
 from bfrboost.errors import BfrboostError, UsageError
 from bfrboost.options import (
     VIDEO_FORMATS,
@@ -196,6 +196,7 @@ def restore(
         video_options = VideoOptions(
             outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,
             crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch, detect_every=detect_every,
+            max_pixels=max_pixels,
         )
         options = OutputOptions(
             outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality,
@@ -235,8 +236,7 @@ def restore(
                 data, _ = restore_bytes(restorer, sys.stdin.buffer.read(), fmt=fmt, quality=quality, max_pixels=max_pixels)
             except BfrboostError as exc:
                 raise _fail(exc) from None
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            write_stdout(data)
         return
     write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options,
                   workers=workers)

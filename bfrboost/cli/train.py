@@ -76,6 +76,7 @@ def train_command(
     per_channel_stats: opt.option(bool, TrainConfig, "per_channel_stats") = T.per_channel_stats,
     tiny: opt.option(bool, TrainConfig, "tiny") = T.tiny,
     resume: opt.option(bool, TrainConfig, "resume") = T.resume,
+    allow_changes: opt.option(str, TrainConfig, "allow_changes", metavar="KEY[,KEY]") = "",
     device: opt.option(str, TrainConfig, "device") = T.device,
     precision: opt.option(str, TrainConfig, "precision") = T.precision,
 ) -> None:
@@ -89,7 +90,8 @@ def train_command(
 
     settings = {name: value for name, value in ctx.params.items() if name in TrainConfig.__dataclass_fields__}
     try:
-        config = TrainConfig(**settings, bases=_bases(base))
+        allowed = [key.strip().replace("-", "_") for key in allow_changes.split(",") if key.strip()]
+        config = TrainConfig(**settings | {"allow_changes": allowed}, bases=_bases(base))
         resume = f"re-run with --resume to continue from the last checkpoint in {out}/checkpoints"
         with interruptible(total=steps, noun="step", resume=resume) as done, _progress("train") as progress:
             task = progress.add_task("train", total=steps, info="")

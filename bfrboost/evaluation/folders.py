@@ -6,6 +6,7 @@ cannot be read is reported in one line and skipped; the rest of the folder is st
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,12 @@ Progress = Callable[[int], None]  # called with the number of images just proces
 
 
 def list_images(folder: Path | str, what: str) -> list[Path]:
-    """Images of a folder (sorted); a missing or empty folder is a one-line usage error."""
+    """Images of a folder (sorted); a missing or empty folder is a one-line :class:`InputError` (exit 1:
+    no input image found, like ``restore``)."""
     paths, problems = collect_inputs([str(folder)])
     if problems or not paths:
-        raise UsageError(f"{problems[0] if problems else f'{one_line(folder)}: no images'}; give the folder of {what}")
+        reason = problems[0] if problems else f"{one_line(folder)}: no images"
+        raise InputError(f"{reason.split(';')[0]}; give the folder of {what}")
     return paths
 
 
@@ -144,10 +147,7 @@ def evaluate_folder(
         refs.clear()
 
     for path, rgb in read_rgb(restored, problems):
-        reference = read_reference(index, path.stem, problems) if needs_pairs else None
-        if reference is not None and reference.shape != rgb.shape:
-            problems.append(f"{one_line(path)}: {rgb.shape[1]}×{rgb.shape[0]} but its reference {one_line(index[path.stem])} is {reference.shape[1]}×{reference.shape[0]}; left out of paired metrics")
-            reference = None
+        reference = _same_size_reference(index, path, rgb, problems) if needs_pairs else None
         batch.append(rgb)
         refs.append(reference)
         images += 1
@@ -156,7 +156,30 @@ def evaluate_folder(
             flush()
     if batch:
         flush()
-    return FolderReport(evaluator.results(), images, pairs, problems)
+    results = evaluator.results()
+    if reference_dir is not None and pairs == 0:
+        _explain_missing_pairs(results, reference_dir)
+    return FolderReport(results, images, pairs, problems)
+
+
+def _same_size_reference(index: dict[str, Path], path: Path, rgb: np.ndarray, problems: list[str]) -> np.ndarray | None:
+    """The same-named reference of ``path``, or None (with a line in ``problems``) when it is missing or of another size."""
+    reference = read_reference(index, path.stem, problems)
+    if reference is None or reference.shape == rgb.shape:
+        return reference
+    problems.append(f"{one_line(path)}: {rgb.shape[1]}×{rgb.shape[0]} but its reference {one_line(index[path.stem])} is "
+                    f"{reference.shape[1]}×{reference.shape[0]}; left out of paired metrics (resize the references, or "
+                    "restore at the references' size)")
+    return None
+
+
+def _explain_missing_pairs(results: dict[str, MetricValue], reference_dir: Path | str) -> None:
+    """A reference folder was given but paired nothing: say why it did not help, not to pass one."""
+    for name, value in results.items():
+        if value.value is None and METRICS[name].kind == "pair":
+            results[name] = dataclasses.replace(value, skipped=(
+                f"{name}: skipped, no restored face has a same-named reference of its size in {one_line(reference_dir)} "
+                "(see the lines above); fix the names or sizes"))
 
 
 def compute_stats_folder(

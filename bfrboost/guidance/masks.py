@@ -64,14 +64,21 @@ def mask_to_crop(mask: np.ndarray, face: Face, photo_shape: Sequence[int], name:
     return (warped > 0.25).astype(np.float32)  # thin strokes survive a shrinking warp
 
 
-def mask_targets(source: Path | str) -> Callable[[Path, np.ndarray], dict[str, Any]]:
+_MISSING_MASK = {
+    "--mask": "give --mask an image (white = fill) or a folder of masks named like the inputs, or use --mask-color",
+    "--scratch-mask": "give --scratch-mask an image (white = scratch), a folder of masks named like the inputs, or auto",
+}
+
+
+def mask_targets(source: Path | str, option: str = "--mask") -> Callable[[Path, np.ndarray], dict[str, Any]]:
     """Per-input targets for a runner: the mask of each input file, read from ``source`` (one mask file
     for every input, or a folder of masks named like the inputs), checked against the photo's size.
 
     Files stay with the runners: a :class:`~bfrboost.pipeline.Restorer` only sees the mask array."""
     source = Path(source)
     if not source.exists():
-        raise InputError(f"{source}: no such mask file or folder")
+        what = "scratch-mask" if option == "--scratch-mask" else "mask"
+        raise InputError(f"{source}: no such {what} file or folder; {_MISSING_MASK[option]}")
 
     def targets(path: Path, image: np.ndarray) -> dict[str, Any]:
         mask = read_mask(source) if source.is_file() else read_mask(_named_like(path, source))

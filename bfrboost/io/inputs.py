@@ -61,7 +61,7 @@ def collect_inputs(inputs: Iterable[str], recursive: bool = False, videos: bool 
                 continue
             problems += inside
             if not found and not inside:
-                problems.append(InputProblem(item, f"folder has no images{hint}"))
+                problems.append(InputProblem(item, _empty_folder(path, hint)))
         elif any(char in item for char in "*?[") and not os.path.lexists(path):
             found, inside = _scan((Path(p) for p in sorted(glob.glob(os.path.expanduser(item), recursive=True))), extensions)
             problems += inside
@@ -78,6 +78,13 @@ def collect_inputs(inputs: Iterable[str], recursive: bool = False, videos: bool 
                 seen.add(key)
                 paths.append(found_path)
     return paths, problems
+
+
+def _empty_folder(path: Path, hint: str) -> str:
+    """Why a folder given as an input yields nothing, and what to do."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        return "is a folder (named like an image), not an image file, and holds no images; give the image file's path"
+    return f"folder has no images{hint or '; give a folder holding JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF files'}"
 
 
 def _scan(candidates: Iterable[Path], extensions: frozenset[str] = IMAGE_EXTENSIONS) -> tuple[list[Path], list[InputProblem]]:

@@ -68,11 +68,12 @@ class RunningMoments:
 
 def list_faces(folder: Path, limit: int | None = None) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted: the same faces on every run), at most ``limit``."""
+    action = "give --faces a folder of aligned 512 face crops (e.g. cropped_faces/ of `bfrboost restore --save-faces`)"
     if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder of aligned faces")
+        raise InputError(f"{folder}: not a folder of aligned faces; {action}")
     paths = scan_folder(folder)
     if not paths:
-        raise InputError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+        raise InputError(f"{folder}: no faces found (no {', '.join(sorted(IMAGE_EXTENSIONS))} files); {action}")
     return paths[:limit] if limit else paths
 
 

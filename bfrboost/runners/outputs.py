@@ -58,18 +58,25 @@ class OutputPlan:
 
 
 class Claims:
-    """Outputs already promised to earlier inputs of this run, and the run's input guard."""
+    """Outputs already promised to earlier inputs of this run, and the run's input guard.
 
-    def __init__(self, guard: InputGuard) -> None:
+    ``guard_action`` and ``taken_action`` end the two refusals with what to do in the command at hand
+    (``restore``: another -o or --suffix; ``degrade``, ``restore-dataset``: their own options)."""
+
+    def __init__(self, guard: InputGuard, guard_action: str = "choose another -o or --suffix",
+                 taken_action: str = "restore it separately or with --suffix") -> None:
         self.guard = guard
+        self.guard_action = guard_action
+        self.taken_action = taken_action
         self._images: dict[Path, Path] = {}
         self._faces: dict[str, Path] = {}
 
     def claim(self, path: Path, plan: OutputPlan) -> None:
-        self.guard.check(plan.image)
+        self.guard.check(plan.image, self.guard_action)
         owner = self._images.get(plan.image)
         if owner is not None:
-            raise OutputError(f"{one_line(path)}: its output {one_line(plan.image)} is already taken by {one_line(owner)}; restore it separately or with --suffix")
+            raise OutputError(f"{one_line(path)}: its output {one_line(plan.image)} is already taken by {one_line(owner)}; "
+                              f"{self.taken_action}")
         key = plan.face_key
         if key is not None and key in self._faces:
             raise OutputError(

@@ -112,6 +112,7 @@ class _Clip:
         if not container.streams.video:
             raise InputError(f"{self.name}: has no video stream; pass a video file (or an image)")
         self.video = container.streams.video[0]
+        _check_pixels(self.name, self.video.width or 0, self.video.height or 0, self.options.max_pixels)
         self.video.thread_type = "AUTO"
         self.audio = list(container.streams.audio)
         self.others = [*container.streams.subtitles, *container.streams.data]  # copied when the container can hold them
@@ -416,6 +417,16 @@ def _codec_name(stream: Any) -> str:
 def _copy_metadata(source: Any, target: Any) -> None:
     """A stream's language, title and handler name (not the input's own duration or encoder)."""
     target.metadata.update({k: v for k, v in source.metadata.items() if k.lower() not in _OWN_METADATA})
+
+
+def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse frames above the pixel limit before any is decoded (the images' decompression-bomb guard)."""
+    from bfrboost.io.read import DEFAULT_MAX_PIXELS
+
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    if width * height > limit:
+        raise InputError(f"{name}: video frames are {width}x{height} ({width * height / 1e6:.1f} MP), above the "
+                         f"{limit / 1e6:g} MP safety limit; pass --max-pixels {width * height} to allow it")
 
 
 def restore_videos(restorer: Restorer, inputs: Sequence[Path], options: VideoOptions, progress: ProgressCallback | None = None) -> Iterator[FileReport]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -26,14 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from bfrboost.errors import InputError, UsageError
 from bfrboost.nets.arcface import ArcFace
 from bfrboost.options import PAPER_STATS_FACES, TrainConfig
 from bfrboost.plots import figure_png, pyplot
-from bfrboost.safety import append_line, atomic_dir, atomic_path, write_bytes
+from bfrboost.safety import append_line, atomic_dir, write_bytes
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache
+from bfrboost.train.checkpoint import apply_checkpoint, resume_point, save_checkpoint, truncate_log
 from bfrboost.train.data import apply_flips, batch_indices, flip_mask
 from bfrboost.train.degrade import file_seed
 from bfrboost.train.losses import InfoBFRLoss, LossWeights, build_lpips, build_vgg19
@@ -120,12 +119,6 @@ def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
 def _append_line(path: Path, record: dict[str, Any]) -> None:
     """One JSON line per step; a resumed run rewrites the log atomically up to its checkpoint."""
     append_line(path, json.dumps(record))
-
-
-def _truncate_log(path: Path, last_step: int) -> None:
-    if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-        write_bytes(path, "".join(line + "\n" for line in keep).encode(), overwrite=True)
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -257,64 +250,6 @@ def copy_stats(model, source: Path) -> None:
     model.config.stats_faces = other.stats_faces
 
 
-# ---- checkpoints ---------------------------------------------------------------------------------
-
-
-def checkpoints(run: Path) -> list[Path]:
-    """Complete checkpoints (state.json is written last), oldest first."""
-    folder = run / "checkpoints"
-    return sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file()) if folder.is_dir() else []
-
-
-def save_checkpoint(run: Path, step: int, position: int, model, optimizer, scheduler, ema: dict[str, torch.Tensor] | None,
-                    config: TrainConfig, cache_config: dict[str, Any] | None = None) -> Path:
-    folder = run / "checkpoints" / f"step-{step:08d}"
-    with atomic_path(folder / "trainable.safetensors", overwrite=True) as temp:
-        save_file(model.trainable_state_dict(), str(temp))
-    if ema is not None:
-        with atomic_path(folder / "ema.safetensors", overwrite=True) as temp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(temp))
-    rng = {"torch": torch.get_rng_state(), **({"cuda": torch.stack(torch.cuda.get_rng_state_all())} if torch.cuda.is_available() else {})}
-    for name, obj in (("optimizer.pt", optimizer.state_dict()), ("scheduler.pt", scheduler.state_dict()), ("rng.pt", rng)):
-        with atomic_path(folder / name, overwrite=True) as temp:
-            torch.save(obj, temp)
-    np_state = np.random.get_state()
-    state = {
-        "step": step,
-        "position": position,
-        "stats_faces": model.config.stats_faces,
-        "stats_mode": model.config.stats_mode,
-        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "config": config.to_dict(),
-        "cache": cache_config,
-    }
-    write_bytes(folder / "state.json", (json.dumps(state) + "\n").encode(), overwrite=True)
-    for old in checkpoints(run)[: -config.keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Restore weights, optimizer, scheduler and global RNG states; returns state.json and the EMA."""
-    state = json.loads((folder / "state.json").read_text())
-    model.config.stats_faces = state["stats_faces"]
-    model.config.stats_mode = model.bottleneck.stats_mode = state["stats_mode"]
-    model.load_trainable_state_dict(load_file(str(folder / "trainable.safetensors")), str(folder / "trainable.safetensors"))
-    # weights_only: tensors, numbers and containers only, no code from the file
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
-    rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(rng["cuda"]))
-    np_state = state["numpy_rng"]
-    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-    random.setstate((state["python_rng"][0], tuple(state["python_rng"][1]), state["python_rng"][2]))
-    ema_path = folder / "ema.safetensors"
-    return state, (load_file(str(ema_path)) if ema_path.is_file() else None)
-
-
 # ---- the run -------------------------------------------------------------------------------------
 
 
@@ -368,11 +303,8 @@ class Trainer:
         accelerator = self._accelerator()
         device = accelerator.device
         log_path, val_path = run / LOG_NAME, run / VAL_LOG_NAME
-        found = checkpoints(run)
-        if config.resume and not found:
-            raise UsageError(f"{run}: no checkpoint to resume from (checkpoints/step-*/state.json); start without --resume")
-        if not config.resume and (found or log_path.is_file()):
-            raise UsageError(f"{run}: already holds a training run; pass --resume to continue it or choose another --out")
+        loaded = resume_point(run, config.to_dict(), set(config.allow_changes), (log_path, val_path),
+                              self.warn if accelerator.is_main_process else (lambda message: None))
         run.mkdir(parents=True, exist_ok=True)
         missing = config.cache or run / "cache"
         if accelerator.num_processes > 1 and config.data is not None and not (missing / "cache.json").is_file():
@@ -397,7 +329,7 @@ class Trainer:
         if config.stats_from is None or config.stats_every:
             note = self.warn if accelerator.is_main_process else (lambda message: None)
             r_clean = clean_manifold(model, train_set, config.stats_faces, note)
-        if config.stats_from is None and not config.resume:
+        if config.stats_from is None and loaded is None:  # a resumed run keeps the statistics of its checkpoint
             set_manifold_stats(model, r_clean)
         self.r_clean = r_clean
         with torch.random.fork_rng(devices=[]):  # --tiny's random loss nets: the same on every (resumed) run
@@ -418,15 +350,16 @@ class Trainer:
         optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.warmup, config.steps, config.schedule))
         step, position, ema = 0, 0, None
-        if config.resume:
-            state, ema = load_checkpoint(found[-1], model, optimizer, scheduler)
+        if loaded is not None:
+            state, ema = apply_checkpoint(loaded, model, optimizer, scheduler)
             if state.get("cache") not in (None, train_set.manifest["config"]):
-                raise UsageError(f"{cache_dir}: not the cache this run was trained on (settings differ from {found[-1] / 'state.json'}); "
+                source = loaded.folder / "state.json"
+                raise UsageError(f"{cache_dir}: not the cache this run was trained on (settings differ from {source}); "
                                  "resume with the same --cache")
             step, position = state["step"], state["position"]
-            if accelerator.is_main_process:
-                _truncate_log(log_path, step)
-                _truncate_log(val_path, step)
+        if config.resume and accelerator.is_main_process:  # from a checkpoint, or again from step 0 (-1: no line kept)
+            truncate_log(log_path, step if loaded is not None else -1)
+            truncate_log(val_path, step if loaded is not None else -1)
         if config.ema > 0 and ema is None:
             ema = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
         ddp_model, optimizer = accelerator.prepare(model, optimizer)

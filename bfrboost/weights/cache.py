@@ -7,9 +7,10 @@ import os
 from pathlib import Path, PurePosixPath
 
 from bfrboost.errors import WeightsError
-from bfrboost.safety import atomic_open
+from bfrboost.safety import atomic_open, describe_missing
 from bfrboost.weights.catalog import (
     CHUNK,
+    LOCK_FILE,
     SD21_CARD,
     VERIFY_CACHE,
     WeightFile,
@@ -88,13 +89,19 @@ def status(entry: WeightFile) -> str:
 def import_file(src: str | os.PathLike) -> Path:
     """Copy a manually downloaded file into the cache after checking it matches a card entry."""
     src = Path(src)
+    if src.is_dir():
+        raise WeightsError(f"{src}: is a folder, not a checkpoint file; give the downloaded file itself (e.g. {src}/NAME.pth)")
     if not src.is_file():
-        raise WeightsError(f"{src}: no such file; give the path of a downloaded checkpoint")
+        raise WeightsError(f"{src}: {describe_missing(src).split(';')[0]}; give the path of a downloaded checkpoint")
     entry = _match_import(src)
     dest = entry.path
     size = src.stat().st_size
     if entry.size is not None and size != entry.size:
         raise WeightsError(f"{src}: {size} bytes but {entry.file} has {entry.size}; not imported (get it from {entry.url})")
+    if entry.sha256 is None:  # nothing to compare with: the hash about to be pinned must be that of a real checkpoint
+        from bfrboost.weights.import_check import check_import
+
+        check_import(entry, src)
     hasher = hashlib.sha256()
     with atomic_open(dest, overwrite=True) as out, src.open("rb") as inp:  # a bad copy never reaches the cache
         while chunk := inp.read(CHUNK):
@@ -106,6 +113,8 @@ def import_file(src: str | os.PathLike) -> Path:
     remember_hash(dest, digest)
     if entry.sha256 is None:
         pin(entry, digest)
+        say(f"{entry.file}: pinned SHA-256 {digest} in {home() / LOCK_FILE} (its card lists no hash); "
+            "later downloads and imports must match it")
     return dest
 
 

@@ -27,8 +27,6 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
     Training wrappers (``params_ema`` preferred, then ``params``, ``state_dict``, ``g_ema``) are
     unwrapped and a DataParallel ``module.`` prefix is stripped.
     """
-    import torch  # here, not at module level: `bfrboost weights ...` should not wait for torch
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint; run `bfrboost weights download NAME` or give the right path")
@@ -47,16 +45,37 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
             raise _damaged(path) from None
     else:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            # the weights-only unpickler refuses a GLOBAL it will not import (unsafe: code would run);
-            # any other complaint ("Unsupported operand", bad opcodes) means the bytes are no valid pickle
-            if _UNSAFE_GLOBAL.search(str(exc)) is None:
-                raise _damaged(path) from None
-            raise WeightsError(f"{path}: refused: {_refusal_reason(str(exc))}; only tensor-only .pth or .safetensors files are accepted") from None
-        except Exception:  # noqa: BLE001 - a damaged file raises RuntimeError, EOFError, KeyError, struct.error, ...
+            sd = torch_load_safely(path)
+        except DamagedFile:
             raise _damaged(path) from None
     return _unwrap(sd, path)
+
+
+class DamagedFile(WeightsError):
+    """The bytes are no checkpoint at all (cut short, overwritten, another file type)."""
+
+
+def torch_load_safely(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU (tensors, numbers, containers: no code from the file).
+
+    Raises :class:`WeightsError` ("refused: …") for a pickle that would run code and
+    :class:`DamagedFile` for anything that is no valid checkpoint; never torch's advice to load unsafely."""
+    import torch  # here, not at module level: `bfrboost weights ...` should not wait for torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DamagedFile(f"{path}: missing") from None
+    except pickle.UnpicklingError as exc:
+        # the weights-only unpickler refuses a GLOBAL it will not import (unsafe: code would run);
+        # any other complaint ("Unsupported operand", bad opcodes) means the bytes are no valid pickle
+        if _UNSAFE_GLOBAL.search(str(exc)) is None:
+            raise DamagedFile(f"{path}: damaged (not a valid checkpoint)") from None
+        reason = _refusal_reason(str(exc))
+        raise WeightsError(f"{path}: refused: {reason}; only tensor-only .pth or .safetensors files are accepted") from None
+    except Exception:  # noqa: BLE001 - a damaged file raises RuntimeError, EOFError, KeyError, struct.error, ...
+        raise DamagedFile(f"{path}: damaged (cut short or not a checkpoint)") from None
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL|allowlisted|add_safe_globals|reduce")  # torch's words for "would run code"
 
 

@@ -51,7 +51,7 @@ def test_problems_are_reported_and_the_rest_kept(tree: Path) -> None:
     assert paths == [Path("photos/a.jpg"), Path("photos/sub/deeper/d.tiff")]
     assert problems == [
         "missing.jpg: no such file or folder; check the path",
-        "empty: folder has no images",
+        "empty: folder has no images; give a folder holding JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF files",
         "nested: folder has no images (pass --recursive to look in subfolders)",
         "*.gif: pattern matches no images; check the pattern (quote it so the shell does not expand it)",
     ]

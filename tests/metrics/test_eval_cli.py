@@ -92,7 +92,7 @@ def test_eval_usage_errors(paired, tmp_path):
     result = runner.invoke(app, ["eval", "--restored", str(lq), "--metrics", "fid,sharpness"])
     assert result.exit_code == 2 and "unknown metric 'sharpness'" in result.stderr
     result = runner.invoke(app, ["eval", "--restored", str(tmp_path / "nope")])
-    assert result.exit_code == 2 and "no such file or folder" in result.stderr
+    assert result.exit_code == 1 and "no such file or folder" in result.stderr  # no input image found: exit 1, like restore
 
 
 def test_eval_stats_then_kid_against_them(paired, inception_file, tmp_path):

@@ -82,7 +82,8 @@ def test_stats_command_errors_are_one_line(tiny_dir, tmp_path, bad, testdata):
     refiner = tiny_dir if bad == "faces" else tmp_path
     result = runner.invoke(app, ["refiner", "stats", "--faces", str(faces), "--refiner", str(refiner)])
     expected = {
-        "faces": (1, f"bfrboost: {faces}: not a folder of aligned faces\n"),
+        "faces": (1, f"bfrboost: {faces}: not a folder of aligned faces; give --faces a folder of aligned 512 face crops "
+                     "(e.g. cropped_faces/ of `bfrboost restore --save-faces`)\n"),
         "refiner": (2, f"bfrboost: {tmp_path}: not a bfrboost refiner (no config.json); run `bfrboost refiner init` or train one first\n"),
     }[bad]
     assert (result.exit_code, result.stderr) == expected

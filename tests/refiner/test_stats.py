@@ -72,9 +72,9 @@ def test_per_element_stats_switch_the_refiner_mode(testdata, tiny_dir, tmp_path)
 
 
 def test_face_folder_errors(tmp_path):
-    with pytest.raises(InputError, match=rf"^{tmp_path / 'nope'}: not a folder of aligned faces$"):
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'nope'}: not a folder of aligned faces; give --faces a folder"):
         list_faces(tmp_path / "nope")
-    with pytest.raises(InputError, match=rf"^{tmp_path}: no images \("):
+    with pytest.raises(InputError, match=rf"^{tmp_path}: no faces found \(no .*\); give --faces a folder of aligned"):
         list_faces(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=rf"^{tmp_path / 'broken.png'}: not an image \(unrecognised file format\)"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from bfrboost.runners.dataset import stages as ds
 #: read/prepare/finish tasks and the pipeline hangs.
 CPU_ACTOR_CPUS = 0.5
 TASK_CPUS = 0.75
+MANIFEST_EVERY_S = 60.0
 
 
 @contextmanager
@@ -58,6 +60,7 @@ def restore_dataset(
     paste_options: PasteOptions | None = None,
     images_per_batch: int = 4,
     gpus: int | None = None,
+    rebuild_manifest: bool = False,
     **settings: Any,
 ) -> list[FileReport]:
     """Restore every image of ``src`` into ``dst`` (same relative paths) and write ``dst/manifest.parquet``.
@@ -67,6 +70,9 @@ def restore_dataset(
     ``output`` (``ext``, ``quality``, ``overwrite``, ``max_pixels``; ``outdir`` is ``dst``) and the
     restorer's option objects; ``settings``: any of their fields by name (``base="none"``, ``upscale=1``, ``quality=90`` …).
     ``gpus``: device actors (default: every GPU of the cluster; none → one CPU actor).
+    Planning is :func:`bfrboost.runners.dataset.plan_dataset` (input guard, name collisions, DST outside
+    SRC); the manifest is rewritten every ``MANIFEST_EVERY_S`` and when the job stops, so a killed job
+    resumes with its rows; ``rebuild_manifest`` ignores a damaged one.
     Returns one report per input, in ``src`` order; failures are reports (and manifest rows).
     """
     output_settings = {k: settings.pop(k) for k in list(settings) if k in OutputOptions.__dataclass_fields__}
@@ -74,35 +80,26 @@ def restore_dataset(
     parts = restorer_options(settings.pop("base", None), detect_options, restore_options, paste_options, **settings)
     overwrite, ext = output.overwrite, output.ext
     ray = _ray()
-    items = ds.list_items(src)
-    previous = {row["rel"]: row for row in ds.read_manifest(dst)} if not overwrite else {}
-    rows: dict[str, dict[str, Any]] = {}
-    earlier: set[str] = set()  # done by an earlier run: its manifest row is kept
-    todo = []
-    for item in items:
-        out = ds.output_location(dst, item.rel, ext)
-        if not overwrite and ds.exists(out):
-            kept = previous.get(item.rel)
-            if kept is not None and kept["error"] is None and kept["output"] == out:
-                rows[item.rel] = kept
-                earlier.add(item.rel)
-            else:
-                rows[item.rel] = ds.manifest_row(FileReport(input=item.source, output=out, skipped=f"{out}: already exists; pass --overwrite to replace it"), item.rel)
-            continue
-        todo.append({"source": item.source, "rel": item.rel, "output": out})
-
-    if todo:
+    plan = ds.plan_dataset(src, dst, ext, overwrite, rebuild_manifest)
+    rows = plan.rows
+    if plan.todo:
         if not ray.is_initialized():
             with keeping_signal_handlers():
                 ray.init(address=ray_address, include_dashboard=False) if ray_address else ray.init(include_dashboard=False)
-        for row in _run(ray, todo, parts, output, images_per_batch, gpus):
-            rows[row["rel"]] = row
-    ordered = [rows[item.rel] for item in items]
-    ds.write_manifest(dst, ordered)
-    reports = [ds.report_from_row(row) for row in ordered]
-    for item, report in zip(items, reports):
-        if item.rel in earlier:
-            report.skipped = f"{report.output}: done by an earlier run; pass --overwrite to redo it"
+        written = time.monotonic()
+        try:
+            for row in _run(ray, plan.todo, parts, output, images_per_batch, gpus):
+                rows[row["index"]] = row
+                if time.monotonic() - written >= MANIFEST_EVERY_S:  # a killed job keeps the rows of what it finished
+                    ds.write_manifest(dst, [r for r in rows if r is not None])
+                    written = time.monotonic()
+        except BaseException:
+            ds.write_manifest(dst, [r for r in rows if r is not None])
+            raise
+    ds.write_manifest(dst, rows)
+    reports = [ds.report_from_row(row) for row in rows]
+    for index in plan.earlier:
+        reports[index].skipped = f"{reports[index].output}: done by an earlier run; pass --overwrite to redo it"
     return reports
 
 

@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import pickle
+import posixpath
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,17 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from bfrboost.errors import BfrboostError, InputError, OutputError
+from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.types import Face
 from bfrboost.io.inputs import IMAGE_EXTENSIONS, scan_folder
 from bfrboost.io.read import read_image
-from bfrboost.io.write import encode_image, output_ext, write_image
+from bfrboost.io.write import encode_image, image_writer, output_ext
 from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions
 from bfrboost.reports import FileReport
 from bfrboost.runners.files import gray
-from bfrboost.safety import atomic_path, one_line
+from bfrboost.runners.outputs import Claims, OutputPlan
+from bfrboost.safety import InputGuard, OutputSet, atomic_path, describe_missing, one_line, special_file
 
 MANIFEST = "manifest.parquet"
+_INPUT_ACTION = "choose a DST outside the inputs' folders"  # what to do when an output would be an input
 #: Manifest columns: the fields of :class:`bfrboost.reports.FileReport` (faces and seconds as JSON) + ``rel``.
 MANIFEST_COLUMNS = ("rel", "input", "output", "width", "height", "faces", "seconds", "error", "skipped")
 
@@ -60,17 +63,21 @@ def filesystem(uri: str) -> tuple[Any, str]:
 
 @dataclass(frozen=True)
 class Item:
-    """One image of the dataset: where it is read from, and its path relative to the source root."""
+    """One image of the dataset: where it is read from, its path relative to the source root, and
+    why it cannot be restored when that is known from listing alone (a missing path in a list file)."""
 
     source: str
     rel: str
+    problem: str | None = None
 
 
 def list_items(src: str) -> list[Item]:
     """Images under a local folder or a URI (recursive, sorted), or listed one per line in a text file.
 
-    A list file's relative lines are relative to its folder and keep that relative path; absolute
-    paths and URIs keep their file name only.
+    A list file's relative lines are relative to its folder and keep that relative path unless it
+    leaves that folder (``../x.jpg``); those, absolute paths and URIs keep their file name only, so an
+    output always lands inside DST. A listed path that is missing, a folder or no regular file is an
+    item with its ``problem``.
     """
     if is_uri(src):
         from pyarrow import fs as pafs
@@ -88,17 +95,116 @@ def list_items(src: str) -> list[Item]:
         rels = sorted(p.relative_to(path).as_posix() for p in scan_folder(path))
         return [Item(source=str(path / rel), rel=rel) for rel in rels]
     if path.is_file():
-        items = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
-            if is_uri(entry) or os.path.isabs(_local(entry)):
-                items.append(Item(source=entry, rel=PurePosixPath(entry.rsplit("/", 1)[-1]).as_posix()))
-            else:
-                items.append(Item(source=str(path.parent / entry), rel=PurePosixPath(entry).as_posix()))
-        return items
+        return _list_file(path)
     raise InputError(f"{one_line(src)}: no such folder or list file; give a folder, a text file of paths, or a URI such as s3://bucket/photos")
+
+
+def _list_file(path: Path) -> list[Item]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{one_line(path)}: not a readable text file of paths ({one_line(exc)}); give a folder, "
+                         "a text file with one path or URI per line, or a URI") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if is_uri(entry):
+            items.append(Item(source=entry, rel=entry.rsplit("/", 1)[-1]))
+            continue
+        local = _local(entry)
+        source = Path(local) if os.path.isabs(local) else path.parent / local
+        rel = posixpath.normpath(PurePosixPath(local).as_posix())
+        if os.path.isabs(local) or rel == ".." or rel.startswith("../"):
+            rel = source.name  # outputs stay inside DST
+        items.append(Item(source=str(source), rel=rel, problem=_listed_problem(source, f"line {number} of {one_line(path)}")))
+    return items
+
+
+def _listed_problem(source: Path, where: str) -> str | None:
+    """Why a path from a list file cannot be an input, with what to do; ``None`` if it is a regular file."""
+    if source.is_dir():
+        return f"{one_line(source)}: is a folder, not an image file; list its images one per line, or give the folder as SRC"
+    if not source.exists():
+        return f"{one_line(source)}: {describe_missing(source).split(';')[0]}; fix or remove {where}"
+    special = special_file(source)
+    return f"{one_line(source)}: {special}" if special else None
+
+
+def check_locations(src: str, dst: str) -> None:
+    """Refuse a local DST that is SRC or inside it: the next run would read its outputs as inputs
+    (and ``--overwrite`` would replace the inputs)."""
+    if is_uri(src) or is_uri(dst) or not Path(_local(src)).is_dir():
+        return
+    source, target = Path(_local(src)).resolve(), Path(_local(dst)).resolve()
+    if target == source or source in target.parents:
+        where = "is SRC itself" if target == source else f"is inside SRC ({one_line(src)})"
+        raise UsageError(f"{one_line(dst)}: the output folder {where}: outputs would replace inputs or be read as inputs "
+                         "by the next run; choose a DST outside SRC")
+
+
+@dataclass
+class DatasetPlan:
+    """What a run does with each item, decided before any image is read: a manifest row for those
+    already settled (failed while planning, skipped, done by an earlier run), the rest ``todo``."""
+
+    items: list[Item]
+    rows: list[dict[str, Any] | None]
+    todo: list[dict[str, Any]]
+    earlier: set[int]
+
+
+def plan_dataset(src: str, dst: str, ext: str = "auto", overwrite: bool = False, rebuild_manifest: bool = False) -> DatasetPlan:
+    """List SRC and plan every output like ``restore`` does: no output may be an input (:class:`InputGuard`),
+    two items never share an output (the second fails), existing outputs are skipped unless ``overwrite``.
+
+    The rows an earlier run wrote to ``DST/manifest.parquet`` are kept for outputs it made (a damaged
+    manifest is an :class:`InputError` unless ``rebuild_manifest``, which rebuilds it from the outputs)."""
+    check_locations(src, dst)
+    items = list_items(src)
+    if not items:
+        raise InputError(f"{one_line(src)}: no images found; give a folder of images (searched recursively), a text file "
+                         "with one path or URI per line, or a URI such as s3://bucket/photos")
+    previous = {} if overwrite or rebuild_manifest else {(row["rel"], row["input"]): row for row in read_manifest(dst)}
+    claims = Claims(InputGuard(item.source for item in items if not is_uri(item.source)), _INPUT_ACTION,
+                    "restore it separately or give it another name")
+    claimed: dict[str, str] = {}  # URI outputs (no local paths to guard)
+    plan = DatasetPlan(items, [None] * len(items), [], set())
+    for index, item in enumerate(items):
+        out = output_location(dst, item.rel, ext)
+        problem = item.problem or _claim(item, out, claims, claimed)
+        if problem is not None:
+            plan.rows[index] = manifest_row(FileReport(input=item.source, error=problem), item.rel)
+        elif not overwrite and exists(out):
+            kept = previous.get((item.rel, item.source))
+            if kept is not None and kept["error"] is None and kept["output"] == out:
+                plan.rows[index] = kept
+                plan.earlier.add(index)
+            else:
+                skipped = f"{one_line(out)}: already exists; pass --overwrite to replace it"
+                plan.rows[index] = manifest_row(FileReport(input=item.source, output=out, skipped=skipped), item.rel)
+        else:
+            plan.todo.append({"index": index, "source": item.source, "rel": item.rel, "output": out})
+    return plan
+
+
+def _claim(item: Item, out: str, claims: Claims, claimed: dict[str, str]) -> str | None:
+    """Why ``item`` may not write ``out`` (an input, or another item's output), or ``None`` after claiming it:
+    local outputs through :class:`Claims` like ``restore``, URIs by name."""
+    if not is_uri(out):
+        try:
+            claims.claim(Path(item.source), OutputPlan(Path(out), Path(out).parent, Path(out).stem))
+        except OutputError as exc:
+            return str(exc)
+        return None
+    if out == item.source:
+        return f"{one_line(out)}: would overwrite the input {one_line(item.source)}; {_INPUT_ACTION}"
+    if out in claimed:
+        return (f"{one_line(item.source)}: its output {one_line(out)} is already taken by {one_line(claimed[out])}; "
+                "restore it separately or give it another name")
+    claimed[out] = item.source
+    return None
 
 
 def output_location(dst: str, rel: str, ext: str = "auto") -> str:
@@ -159,6 +265,7 @@ class Job:
 
     report: FileReport
     rel: str
+    index: int = -1  # position in the plan (rows come back from the engine in any order)
     loaded: Any = None  # bfrboost.io.read.LoadedImage
     prepared: Any = None  # bfrboost.pipeline.Prepared
 
@@ -180,7 +287,7 @@ def _unpack(row: dict[str, Any]) -> Job:
 def prepare_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, max_pixels: int | None = None) -> dict[str, Any]:
     """Stage 1 (CPU): ``{"source", "rel", "output"}`` → decoded, detected, aligned."""
     report = FileReport(input=row["source"], output=row["output"])
-    job = Job(report=report, rel=row["rel"])
+    job = Job(report=report, rel=row["rel"], index=row.get("index", -1))
     try:
         start = time.perf_counter()
         try:
@@ -237,14 +344,14 @@ def finish_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, 
                 ext = PurePosixPath(report.output).suffix.lstrip(".")
                 encoded = encode_image(image, result.alpha, fmt=ext, quality=output.quality, icc=job.loaded.icc)
                 write_remote(report.output, encoded)
-            else:
-                write_image(
-                    report.output, image, result.alpha, quality=output.quality, overwrite=output.overwrite, icc=job.loaded.icc
-                )
+            else:  # all or none, never over its input (planning checked every input; this is the last word)
+                out = Path(report.output)
+                writer = image_writer(out, image, result.alpha, quality=output.quality, icc=job.loaded.icc)
+                OutputSet(output.overwrite).add(out, writer).commit(InputGuard([report.input]))
             report.seconds["encode"] = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - a failure is a manifest row, never a crashed job
             report.error, report.output = _failure(exc, report.input), None
-    return manifest_row(report, job.rel)
+    return {**manifest_row(report, job.rel), "index": job.index}
 
 
 def manifest_row(report: FileReport, rel: str) -> dict[str, Any]:
@@ -277,10 +384,19 @@ def read_manifest(dst: str) -> list[dict[str, Any]]:
     location = f"{dst.rstrip('/')}/{MANIFEST}" if is_uri(dst) else str(Path(_local(dst)) / MANIFEST)
     if not exists(location):
         return []
-    if is_uri(location):
-        filesys, path = filesystem(location)
-        return pq.read_table(path, filesystem=filesys).to_pylist()
-    return pq.read_table(location).to_pylist()
+    try:
+        if is_uri(location):
+            filesys, path = filesystem(location)
+            rows = pq.read_table(path, filesystem=filesys).to_pylist()
+        else:
+            rows = pq.read_table(location).to_pylist()
+        if rows and not set(MANIFEST_COLUMNS) <= rows[0].keys():
+            raise ValueError(f"columns {', '.join(sorted(rows[0]))} instead of {', '.join(MANIFEST_COLUMNS)}")
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        reason = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise InputError(f"{one_line(location)}: damaged manifest ({reason}); pass --rebuild-manifest to rebuild it "
+                         "from the outputs in DST") from None
+    return rows
 
 
 def write_manifest(dst: str, rows: Iterable[dict[str, Any]]) -> str:
