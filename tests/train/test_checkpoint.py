@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from bfrboost.cli import app
+from tests.train.conftest import SIZE
 
 runner = CliRunner()
 TINY = [
@@ -34,6 +35,12 @@ TINY = [
     "--device",
     "cpu",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fitted_tiny_sd(tiny_sd) -> None:
+    """Every run here reuses the session's fitted tiny SD (a --tiny run would otherwise fit its own)."""
+    TINY.extend(["--tiny-sd", str(tiny_sd), "--size", str(SIZE)])
 
 
 @pytest.fixture(scope="module")
