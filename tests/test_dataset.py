@@ -39,10 +39,14 @@ def source(testdata: Path, tmp_path: Path) -> Path:
     return root
 
 
-def test_dataset_matches_cli_keeps_paths_lists_failures_and_resumes(local_ray, source: Path, testdata: Path, tmp_path: Path) -> None:
+def test_dataset_matches_cli_keeps_paths_lists_failures_and_resumes(
+    local_ray, source: Path, testdata: Path, tmp_path: Path
+) -> None:
     from bfrboost.runners.dataset.cluster import restore_dataset
 
-    cli = CliRunner().invoke(app, ["restore", str(testdata / "whole"), "-o", str(tmp_path / "cli"), "--base", "none"], catch_exceptions=False)
+    cli = CliRunner().invoke(
+        app, ["restore", str(testdata / "whole"), "-o", str(tmp_path / "cli"), "--base", "none"], catch_exceptions=False
+    )
     assert cli.exit_code == 0, cli.stderr
     dst = tmp_path / "dst"
     reports = restore_dataset(str(source), str(dst), base="none")
@@ -59,13 +63,17 @@ def test_dataset_matches_cli_keeps_paths_lists_failures_and_resumes(local_ray, s
     manifest = {row["rel"]: row for row in pq.read_table(dst / "manifest.parquet").to_pylist()}
     assert sorted(manifest) == rels
     bad = manifest["one/broken.png"]
-    assert bad["output"] is None and bad["error"].startswith(f"{source / 'one' / 'broken.png'}: damaged image data (unreadable PNG header)")
+    assert bad["output"] is None and bad["error"].startswith(
+        f"{source / 'one' / 'broken.png'}: damaged image data (unreadable PNG header)"
+    )
     solvay = manifest["one/Solvay_conference_1927.png"]
     assert solvay["error"] is None and len(json.loads(solvay["faces"])) >= 25 and solvay["width"] > 0
     assert set(json.loads(solvay["seconds"])) >= {"decode", "detect", "align", "base", "paste", "encode"}
 
     stamps = {rel: (dst / rel).stat().st_mtime_ns for rel in written}
-    again = CliRunner().invoke(app, ["restore-dataset", str(source), str(dst), "--base", "none", "--json"], catch_exceptions=False)
+    again = CliRunner().invoke(
+        app, ["restore-dataset", str(source), str(dst), "--base", "none", "--json"], catch_exceptions=False
+    )
     assert again.exit_code == 1  # the broken file still fails
     lines = [json.loads(line) for line in again.stdout.splitlines()]
     assert [bool(line["skipped"]) for line in lines] == [not rel.endswith("broken.png") for rel in rels]
@@ -99,7 +107,7 @@ def test_uri_paths_list_read_write_through_pyarrow(tmp_path: Path, monkeypatch) 
     from bfrboost.runners.dataset import stages as dataset
 
     local = fs.LocalFileSystem()
-    monkeypatch.setattr(dataset, "filesystem", lambda uri: (local, str(tmp_path) + uri.split("://", 1)[1][len("bucket"):]))
+    monkeypatch.setattr(dataset, "filesystem", lambda uri: (local, str(tmp_path) + uri.split("://", 1)[1][len("bucket") :]))
     (tmp_path / "in" / "sub").mkdir(parents=True)
     (tmp_path / "in" / "sub" / "a.jpg").write_bytes(b"jpeg bytes")
     (tmp_path / "in" / "notes.txt").write_text("not an image")
@@ -111,7 +119,9 @@ def test_uri_paths_list_read_write_through_pyarrow(tmp_path: Path, monkeypatch) 
     dataset.write_remote(target, b"restored")
     assert dataset.exists(target) and (tmp_path / "out" / "sub" / "a.jpg").read_bytes() == b"restored"
     assert [p.name for p in (tmp_path / "out" / "sub").iterdir()] == ["a.jpg"]  # the temp key was moved, not left
-    dataset.write_manifest("s3://bucket/out", [dataset.manifest_row(FileReport(input=items[0].source, output=target), "sub/a.jpg")])
+    dataset.write_manifest(
+        "s3://bucket/out", [dataset.manifest_row(FileReport(input=items[0].source, output=target), "sub/a.jpg")]
+    )
     assert [row["rel"] for row in dataset.read_manifest("s3://bucket/out")] == ["sub/a.jpg"]
 
 
@@ -132,8 +142,10 @@ def test_a_list_never_writes_over_an_input_and_same_names_keep_their_own_rows(lo
     assert (dst / "p.png").is_file() and (dst / "p.png").read_bytes() != photo  # A's restored face
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(line["input"], line["output"], bool(line["error"])) for line in lines] == [
-        (str(tmp_path / "lists" / "../src/q.png"), None, True), (str(tmp_path / "A" / "p.png"), str(dst / "p.png"), False),
-        (str(tmp_path / "B" / "p.png"), None, True)]
+        (str(tmp_path / "lists" / "../src/q.png"), None, True),
+        (str(tmp_path / "A" / "p.png"), str(dst / "p.png"), False),
+        (str(tmp_path / "B" / "p.png"), None, True),
+    ]
     assert "would overwrite the input" in lines[0]["error"] and "is already taken by" in lines[2]["error"]
     rows = pq.read_table(dst / "manifest.parquet").to_pylist()
     assert [(row["input"], row["output"]) for row in rows] == [(line["input"], line["output"]) for line in lines]

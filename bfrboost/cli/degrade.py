@@ -25,7 +25,10 @@ def degrade_command(
     kernel_size: Annotated[int, typer.Option("--kernel-size", help="Blur kernel size (odd).")] = 41,
     anisotropic_prob: Annotated[float, typer.Option("--anisotropic-prob", help="Probability of an anisotropic kernel.")] = 0.5,
     scale: Annotated[tuple[float, float], typer.Option("--scale", help="Down-sampling factor range LOW HIGH.")] = (0.8, 8.0),
-    noise: Annotated[tuple[float, float], typer.Option("--noise", help="Gaussian noise σ range LOW HIGH (0..255 scale).")] = (0.0, 20.0),
+    noise: Annotated[tuple[float, float], typer.Option("--noise", help="Gaussian noise σ range LOW HIGH (0..255 scale).")] = (
+        0.0,
+        20.0,
+    ),
     jpeg_quality: Annotated[tuple[int, int], typer.Option("--jpeg-quality", help="JPEG quality range LOW HIGH.")] = (60, 100),
     skip_prob: Annotated[float, typer.Option("--skip-prob", help="Each operation is skipped with this probability.")] = 0.1,
     shuffle_prob: Annotated[float, typer.Option("--shuffle-prob", help="Probability of a random operation order.")] = 0.0,
@@ -49,9 +52,17 @@ def degrade_command(
     for problem in problems:
         err(problem)
     failed, skipped, records = len(problems), 0, []
-    with interruptible(total=len(paths)) as done, \
-            Progress(TextColumn("degrade"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                     TimeRemainingColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
+    with (
+        interruptible(total=len(paths)) as done,
+        Progress(
+            TextColumn("degrade"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not sys.stderr.isatty(),
+        ) as progress,
+    ):
         task = progress.add_task("degrade", total=len(paths))
         try:
             for report in degrade_files(paths, out, seed, config, overwrite, max_pixels or DEFAULT_MAX_PIXELS):

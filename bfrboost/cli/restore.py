@@ -70,11 +70,14 @@ def _flag(ctx: typer.Context, name: str) -> str:
 
 @app.command()
 def restore(
-    inputs: Annotated[list[str], typer.Argument(
-        help="Image or video files (.mp4 .mov .mkv .webm .avi), folders or globs; '-' reads one image from stdin and writes "
-             "the result to stdout.",
-        show_default=False,
-    )],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image or video files (.mp4 .mov .mkv .webm .avi), folders or globs; '-' reads one image from stdin and writes "
+            "the result to stdout.",
+            show_default=False,
+        ),
+    ],
     outdir: opt.Outdir = opt.OUTPUT.outdir,
     base: opt.Base = opt.RESTORE.base,
     refine: opt.Refine = opt.RESTORE.refine,
@@ -106,10 +109,13 @@ def restore(
     save_cmp: opt.SaveCmp = opt.OUTPUT.save_cmp,
     draw_boxes: opt.DrawBoxes = opt.OUTPUT.draw_boxes,
     suffix: opt.Suffix = opt.OUTPUT.suffix,
-    ext: Annotated[ExtChoice, typer.Option(
-        "--ext",
-        help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).",
-    )] = ExtChoice(opt.OUTPUT.ext),
+    ext: Annotated[
+        ExtChoice,
+        typer.Option(
+            "--ext",
+            help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).",
+        ),
+    ] = ExtChoice(opt.OUTPUT.ext),
     quality: opt.Quality = opt.OUTPUT.quality,
     device: opt.Device = opt.RESTORE.device,
     runtime: opt.Runtime = opt.RESTORE.runtime,
@@ -126,50 +132,76 @@ def restore(
     duration: opt.Duration = opt.VIDEO.duration,
     frames_per_batch: opt.FramesPerBatch = opt.VIDEO.frames_per_batch,
     detect_every: opt.DetectEvery = opt.VIDEO.detect_every,
-    guide: Annotated[str, typer.Option(
-        "--guide",
-        help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
-             "--weights/--fidelity/--knob apply to it.",
-    )] = opt.GUIDANCE.guide,
-    reference: Annotated[list[Path] | None, typer.Option(
-        "--reference",
-        help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.",
-    )] = None,
-    prior: Annotated[Path | None, typer.Option(
-        "--prior",
-        help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).",
-    )] = opt.GUIDANCE.prior,
+    guide: Annotated[
+        str,
+        typer.Option(
+            "--guide",
+            help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
+            "--weights/--fidelity/--knob apply to it.",
+        ),
+    ] = opt.GUIDANCE.guide,
+    reference: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--reference",
+            help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.",
+        ),
+    ] = None,
+    prior: Annotated[
+        Path | None,
+        typer.Option(
+            "--prior",
+            help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).",
+        ),
+    ] = opt.GUIDANCE.prior,
     steps: opt.option(
-        int, GuidanceOptions, "steps",
+        int,
+        GuidanceOptions,
+        "steps",
         help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).",
     ) = opt.GUIDANCE.steps,
     guidance_scale: opt.option(
-        float, GuidanceOptions, "scale", "--guidance-scale",
+        float,
+        GuidanceOptions,
+        "scale",
+        "--guidance-scale",
         help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).",
         show_default="0.1",
     ) = opt.GUIDANCE.scale,
     seed: opt.option(int, GuidanceOptions, "seed", help="--base pgdiff: seed of the diffusion noise.") = opt.GUIDANCE.seed,
     ss_weight: opt.option(
-        float, GuidanceOptions, "ss_weight",
+        float,
+        GuidanceOptions,
+        "ss_weight",
         help="--base pgdiff: weight of the smooth-semantics property.",
     ) = opt.GUIDANCE.ss_weight,
     ref_weight: opt.option(
-        float, GuidanceOptions, "ref_weight",
+        float,
+        GuidanceOptions,
+        "ref_weight",
         help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).",
     ) = opt.GUIDANCE.ref_weight,
     ref_loss: opt.option(
-        str, GuidanceOptions, "ref_loss",
+        str,
+        GuidanceOptions,
+        "ref_loss",
         help="--base pgdiff: identity distance, mse or cos.",
     ) = opt.GUIDANCE.ref_loss,
     repeats: opt.option(
-        int, GuidanceOptions, "repeats",
+        int,
+        GuidanceOptions,
+        "repeats",
         help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].",
     ) = opt.GUIDANCE.repeats,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=0,
-        help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or"
-             " 1: one stage at a time).",
-    )] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or"
+            " 1: one stage at a time).",
+        ),
+    ] = 0,
     ctx: typer.Context = None,  # type: ignore[assignment]  # Typer passes it; a direct call has none
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
@@ -187,39 +219,97 @@ def restore(
             raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
         if stdin_mode and sys.stdout.isatty():
             raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
-        guided = ("reference", "prior", "guide", "steps", "guidance_scale", "seed", "ss_weight", "ref_weight", "ref_loss",
-                  "repeats")
+        guided = (
+            "reference",
+            "prior",
+            "guide",
+            "steps",
+            "guidance_scale",
+            "seed",
+            "ss_weight",
+            "ref_weight",
+            "ref_loss",
+            "repeats",
+        )
         given = [_flag(ctx, name) for name in guided if _given(ctx, name)]
         if base != "pgdiff" and given:
             raise UsageError(f"{', '.join(given)} guide the diffusion prior: use them with --base pgdiff")
         knobs = opt.parse_knobs(knob or [])
         video_options = VideoOptions(
-            outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,
-            crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch, detect_every=detect_every,
+            outdir=outdir,
+            suffix=suffix,
+            ext=ext.value if ext.value in _VIDEO_EXTS else "mp4",
+            overwrite=overwrite,
+            crf=crf,
+            preset=preset.value,
+            start=clip_start,
+            duration=duration,
+            smooth=smooth,
+            frames_per_batch=frames_per_batch,
+            detect_every=detect_every,
             max_pixels=max_pixels,
         )
         options = OutputOptions(
-            outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality,
-            overwrite=overwrite, save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
+            outdir=outdir,
+            suffix=suffix,
+            ext="auto" if ext.value in _VIDEO_EXTS else ext.value,
+            quality=quality,
+            overwrite=overwrite,
+            save_faces=save_faces,
+            save_cmp=save_cmp,
+            draw_boxes=draw_boxes,
+            max_pixels=max_pixels,
         )
         parts = dict(
             detect=DetectOptions(
-                detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face, face_index=face_index,
-                largest=largest, person=tuple(str(p) for p in person or ()), person_model=person_model,
+                detector=detector,
+                aligned=aligned,
+                only_center_face=only_center_face,
+                min_face=min_face,
+                face_index=face_index,
+                largest=largest,
+                person=tuple(str(p) for p in person or ()),
+                person_model=person_model,
                 person_threshold=person_threshold,
             ),
             restore=RestoreOptions(
-                base=base, weights=weights, fidelity=fidelity, knobs=knobs, batch_size=batch_size, refine=refine, refiner=refiner,
-                refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner, device=device,
+                base=base,
+                weights=weights,
+                fidelity=fidelity,
+                knobs=knobs,
+                batch_size=batch_size,
+                refine=refine,
+                refiner=refiner,
+                refiner_strength=refiner_strength,
+                sd_model=sd_model,
+                compile=compile_refiner,
+                device=device,
                 **opt.runtime_options(runtime, providers, threads),
             ),
-            paste=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
-                               blend=blend,
-                               face_upsample=face_upsample),
+            paste=PasteOptions(
+                upscale=upscale,
+                paste=paste,
+                color_match=color_match,
+                bg_upsampler=bg_upsampler,
+                bg_tile=bg_tile,
+                blend=blend,
+                face_upsample=face_upsample,
+            ),
             guidance=GuidanceOptions(
-                task="restore", guide=guide, prior=prior, reference=tuple(reference or ()), scale=guidance_scale, steps=steps,
-                seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss,
-            ) if base == "pgdiff" else None,
+                task="restore",
+                guide=guide,
+                prior=prior,
+                reference=tuple(reference or ()),
+                scale=guidance_scale,
+                steps=steps,
+                seed=seed,
+                repeats=repeats,
+                ss_weight=ss_weight,
+                ref_weight=ref_weight,
+                ref_loss=ref_loss,
+            )
+            if base == "pgdiff"
+            else None,
         )
     except BfrboostError as exc:
         raise _fail(exc) from None
@@ -238,8 +328,16 @@ def restore(
                 raise _fail(exc) from None
             write_stdout(data)
         return
-    write_results(make_restorer, inputs, options, recursive=recursive, as_json=as_json, start=start, video_options=video_options,
-                  workers=workers)
+    write_results(
+        make_restorer,
+        inputs,
+        options,
+        recursive=recursive,
+        as_json=as_json,
+        start=start,
+        video_options=video_options,
+        workers=workers,
+    )
 
 
 def _notes(restorer: Restorer, as_json: bool) -> None:
@@ -270,7 +368,10 @@ def write_results(
     reports: list[FileReport] = []
     console = Console(stderr=True)
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
     with interruptible() as progress, Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as bar:
@@ -286,8 +387,17 @@ def write_results(
                 steps = bar.add_task("denoising", total=None, rate="")
                 face_restorer.on_step = lambda done, total: bar.update(steps, completed=done, total=total)
 
-        run = restore_paths(inputs, make_restorer, options, video_options, recursive=recursive, workers=workers, targets=targets,
-                            on_start=started, clip_progress=clips.update)
+        run = restore_paths(
+            inputs,
+            make_restorer,
+            options,
+            video_options,
+            recursive=recursive,
+            workers=workers,
+            targets=targets,
+            on_start=started,
+            clip_progress=clips.update,
+        )
         try:
             for report in run:
                 reports.append(report)

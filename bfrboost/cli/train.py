@@ -20,7 +20,9 @@ from bfrboost.options import TRAIN_SIZE, TrainConfig
 T = opt.TRAIN
 T_BASES = ",".join(T.bases)  # the default --base, spelled as the option takes it
 
-train_app = typer.Typer(help="Train the InfoBFR refiner on HQ faces (`bfrboost train --help`), or precompute its cache (`train cache`).")
+train_app = typer.Typer(
+    help="Train the InfoBFR refiner on HQ faces (`bfrboost train --help`), or precompute its cache (`train cache`)."
+)
 app.add_typer(train_app, name="train")
 
 
@@ -32,8 +34,16 @@ def _bases(text: str) -> list[str]:
 
 
 def _progress(label: str) -> Progress:
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty())
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not sys.stderr.isatty(),
+    )
 
 
 @train_app.callback(invoke_without_command=True)
@@ -111,27 +121,39 @@ def train_command(
 def cache_command(
     data: Annotated[Path, typer.Option("--data", help="Folder of HQ aligned 512 faces.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder.")],
-    base: Annotated[str, typer.Option(
-        "--base",
-        help="Base model(s), comma-separated; every degraded face goes through each.",
-    )] = ",".join(T.bases),
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base",
+            help="Base model(s), comma-separated; every degraded face goes through each.",
+        ),
+    ] = ",".join(T.bases),
     repeats: opt.option(int, TrainConfig, "repeats", help="Degradations per face (K).") = T.repeats,
     size: Annotated[int, typer.Option("--size", help="Training face size the outputs are stored at.")] = TRAIN_SIZE,
     seed: opt.option(int, TrainConfig, "seed", help="Seed of the split and the degradations.") = T.seed,
     val_count: opt.option(int, TrainConfig, "val_count", help="Faces held out for validation.") = T.val_count,
     shard_faces: Annotated[int, typer.Option("--shard-faces", help="Faces per shard file.")] = 256,
     moments: opt.option(
-        bool, TrainConfig, "moments",
+        bool,
+        TrainConfig,
+        "moments",
         help="Also store the SD VAE moments of the base outputs (fp16).",
     ) = T.moments,
-    sd_model: Annotated[Path | None, typer.Option(
-        "--sd-model",
-        help="Local SD 2.1-base diffusers folder (for --moments).",
-    )] = None,
+    sd_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--sd-model",
+            help="Local SD 2.1-base diffusers folder (for --moments).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild an existing cache.")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Threads that load, degrade and compress faces (0: min(8, cores)).")] = 0,
-    degrade_size: Annotated[int, typer.Option("--degrade-size", help="Size faces are degraded at (0: the base's input size).")] = 0,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Threads that load, degrade and compress faces (0: min(8, cores)).")
+    ] = 0,
+    degrade_size: Annotated[
+        int, typer.Option("--degrade-size", help="Size faces are degraded at (0: the base's input size).")
+    ] = 0,
 ) -> None:
     """Degrade each HQ face K times, run the frozen base(s) once and store the outputs in sharded safetensors."""
     import torch
@@ -143,8 +165,16 @@ def cache_command(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        config = CacheConfig(bases=_bases(base), size=size, repeats=repeats, seed=seed, val_count=val_count, shard_faces=shard_faces,
-                             moments=moments, degrade_size=degrade_size or None)
+        config = CacheConfig(
+            bases=_bases(base),
+            size=size,
+            repeats=repeats,
+            seed=seed,
+            val_count=val_count,
+            shard_faces=shard_faces,
+            moments=moments,
+            degrade_size=degrade_size or None,
+        )
         total = len(list_hq_faces(data))
         resume = "re-run the same command: finished shards are kept and the build continues"
         with interruptible(total=total, noun="face", resume=resume) as done, _progress("cache") as progress:
@@ -154,17 +184,29 @@ def cache_command(
                 done.finished += faces
                 progress.advance(task, faces)
 
-            manifest = build_training_cache(data, out, config, sd_model=sd_model, device=device, progress=advance,
-                                            overwrite=overwrite, workers=workers or None)
+            manifest = build_training_cache(
+                data,
+                out,
+                config,
+                sd_model=sd_model,
+                device=device,
+                progress=advance,
+                overwrite=overwrite,
+                workers=workers or None,
+            )
     except BfrboostError as exc:
         raise fail(exc) from None
     entries = {split: sum(s["entries"] for s in shards) for split, shards in manifest["shards"].items()}
-    sys.stdout.write(f"{out}: cache of {total} faces × {repeats} degradations × {len(config.bases)} base(s): "
-                     f"{entries['train']} train and {entries['val']} val entries\n")
+    sys.stdout.write(
+        f"{out}: cache of {total} faces × {repeats} degradations × {len(config.bases)} base(s): "
+        f"{entries['train']} train and {entries['val']} val entries\n"
+    )
     build = manifest["build"]
     per_face = build["seconds"] / max(1, build["faces_built"])
-    sys.stdout.write(f"{out}: built {build['faces_built']} faces in {build['seconds']:.1f} s ({per_face:.2f} s per face); "
-                     f"{build['bytes'] / 1e9:.3f} GB, {build['bytes'] / 1e9 / total * 1000:.2f} GB per 1000 faces\n")
+    sys.stdout.write(
+        f"{out}: built {build['faces_built']} faces in {build['seconds']:.1f} s ({per_face:.2f} s per face); "
+        f"{build['bytes'] / 1e9:.3f} GB, {build['bytes'] / 1e9 / total * 1000:.2f} GB per 1000 faces\n"
+    )
 
 
 @train_app.command("tiny-sd")
@@ -172,10 +214,13 @@ def tiny_sd_command(
     data: Annotated[Path, typer.Option("--data", help="Folder of aligned faces to fit on (never the faces you evaluate on).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the tiny SD (vae/, unet/, prompt.pt, fit.json).")],
     size: Annotated[int, typer.Option("--size", help="Face size (the --size of the runs that use it).")] = 32,
-    val_count: Annotated[int, typer.Option(
-        "--val-count",
-        help="Leave out the validation split a run with this --val-count and --seed uses.",
-    )] = 16,
+    val_count: Annotated[
+        int,
+        typer.Option(
+            "--val-count",
+            help="Leave out the validation split a run with this --val-count and --seed uses.",
+        ),
+    ] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fit and of the split it leaves out.")] = 0,
     vae_steps: Annotated[int, typer.Option("--vae-steps", help="VAE optimiser steps.")] = 300,
     unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet optimiser steps.")] = 100,
@@ -192,12 +237,18 @@ def tiny_sd_command(
         faces = torch.stack([torch.from_numpy(read_face(p, size)).permute(2, 0, 1) for p in train_faces])
         with _progress("tiny-sd") as progress:
             task = progress.add_task("fit", total=vae_steps + unet_steps, info="")
-            report = fit_tiny_sd(faces, out, TinyFit(size=size, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps),
-                                 progress=lambda stage, step, total: progress.update(task, advance=1, info=stage))
+            report = fit_tiny_sd(
+                faces,
+                out,
+                TinyFit(size=size, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps),
+                progress=lambda stage, step, total: progress.update(task, advance=1, info=stage),
+            )
     except BfrboostError as exc:
         raise fail(exc) from None
-    sys.stdout.write(f"{out}: tiny SD fitted on {report['faces']} faces in {report['seconds']:.0f} s; "
-                     f"VAE encode→decode {report['psnr_fit_faces']:.2f} dB on them\n")
+    sys.stdout.write(
+        f"{out}: tiny SD fitted on {report['faces']} faces in {report['seconds']:.0f} s; "
+        f"VAE encode→decode {report['psnr_fit_faces']:.2f} dB on them\n"
+    )
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -211,40 +262,58 @@ def _floats(text: str, flag: str) -> list[float]:
 def pilot_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs, pilot.json, pilot.md and pilot.png.")],
     data: Annotated[Path | None, typer.Option("--data", help="HQ aligned faces (a cache is built once in OUT/cache).")] = None,
-    cache: Annotated[Path | None, typer.Option(
-        "--cache",
-        help="A cache from `bfrboost train cache` (use a subset of FFHQ: K steps need few faces).",
-    )] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            help="A cache from `bfrboost train cache` (use a subset of FFHQ: K steps need few faces).",
+        ),
+    ] = None,
     base: Annotated[str, typer.Option("--base", help="Base model(s), comma-separated.")] = "gfpgan",
     betas: Annotated[str, typer.Option("--betas", help="β values to try, comma-separated.")] = "0.001,0.01,0.1,1,20",
-    timesteps: Annotated[str, typer.Option(
-        "--timesteps",
-        help="Timesteps to try as well, comma-separated (default: --timestep only).",
-    )] = "",
-    lrs: Annotated[str, typer.Option(
-        "--lrs",
-        help="Learning rates to try as well, comma-separated (default: the --lr of train).",
-    )] = "",
+    timesteps: Annotated[
+        str,
+        typer.Option(
+            "--timesteps",
+            help="Timesteps to try as well, comma-separated (default: --timestep only).",
+        ),
+    ] = "",
+    lrs: Annotated[
+        str,
+        typer.Option(
+            "--lrs",
+            help="Learning rates to try as well, comma-separated (default: the --lr of train).",
+        ),
+    ] = "",
     steps: Annotated[int, typer.Option("--steps", help="Steps per value (K).")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per step.")] = 4,
     timestep: Annotated[int, typer.Option("--timestep", help="The timestep when --timesteps is not given.")] = 499,
-    ablations: Annotated[bool, typer.Option(
-        "--ablations",
-        help="Instead of a sweep: the paper's Table III (full, no Transformer, no MIB, no LoRA) at --betas' first value.",
-    )] = False,
+    ablations: Annotated[
+        bool,
+        typer.Option(
+            "--ablations",
+            help="Instead of a sweep: the paper's Table III (full, no Transformer, no MIB, no LoRA) at --betas' first value.",
+        ),
+    ] = False,
     val_count: Annotated[int, typer.Option("--val-count", help="Held-out validation faces.")] = 16,
     repeats: Annotated[int, typer.Option("--repeats", help="Degradations per face.")] = 2,
     size: Annotated[int, typer.Option("--size", help="Face size (512; --tiny: 32).")] = 0,
-    tiny: Annotated[bool, typer.Option(
-        "--tiny",
-        help="The CPU-scale configuration (tiny SD fitted once, shared by every value).",
-    )] = False,
+    tiny: Annotated[
+        bool,
+        typer.Option(
+            "--tiny",
+            help="The CPU-scale configuration (tiny SD fitted once, shared by every value).",
+        ),
+    ] = False,
     tiny_sd: Annotated[Path | None, typer.Option("--tiny-sd", help="--tiny: a tiny SD from `bfrboost train tiny-sd`.")] = None,
     sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder.")] = None,
-    stats_from: Annotated[Path | None, typer.Option(
-        "--stats-from",
-        help="μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.",
-    )] = None,
+    stats_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats-from",
+            help="μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every run.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto or cpu.")] = "auto",
 ) -> None:
@@ -254,10 +323,25 @@ def pilot_command(
 
     try:
         beta_values = _floats(betas, "--betas")
-        config = TrainConfig(out=out, data=data, cache=cache, bases=_bases(base), steps=steps, batch_size=batch_size,
-                             timestep=timestep, val_count=val_count, repeats=repeats, size=size or (32 if tiny else 512), tiny=tiny,
-                             tiny_sd=tiny_sd, sd_model=sd_model, stats_from=stats_from, seed=seed, device=device,
-                             beta=beta_values[0] if beta_values else None)
+        config = TrainConfig(
+            out=out,
+            data=data,
+            cache=cache,
+            bases=_bases(base),
+            steps=steps,
+            batch_size=batch_size,
+            timestep=timestep,
+            val_count=val_count,
+            repeats=repeats,
+            size=size or (32 if tiny else 512),
+            tiny=tiny,
+            tiny_sd=tiny_sd,
+            sd_model=sd_model,
+            stats_from=stats_from,
+            seed=seed,
+            device=device,
+            beta=beta_values[0] if beta_values else None,
+        )
         if ablations:
             ablate(config, note=err)
             sys.stdout.write(f"{out / 'ablation.md'}: ablation table written\n")
@@ -267,6 +351,8 @@ def pilot_command(
     except BfrboostError as exc:
         raise fail(exc) from None
     pick = result["recommended"]
-    sys.stdout.write(f"{out / 'pilot.md'}: recommended --beta {pick['beta']:g} --timestep {pick['timestep']} --lr {pick['lr']:g} "
-                     f"(mean λ {pick['lambda_mean']:.3f}, PSNR {pick['psnr']:.2f} dB vs base {pick['psnr_base']:.2f}); "
-                     f"{len(result['ranked'])} values in {result['seconds'] / 60:.1f} min\n")
+    sys.stdout.write(
+        f"{out / 'pilot.md'}: recommended --beta {pick['beta']:g} --timestep {pick['timestep']} --lr {pick['lr']:g} "
+        f"(mean λ {pick['lambda_mean']:.3f}, PSNR {pick['psnr']:.2f} dB vs base {pick['psnr_base']:.2f}); "
+        f"{len(result['ranked'])} values in {result['seconds'] / 60:.1f} min\n"
+    )

@@ -66,8 +66,13 @@ def read_reference(index: dict[str, Path], stem: str, problems: list[str]) -> np
 
 
 def stats_for(
-    reference_stats: Path | str | None, reference_dir: Path | str | None, metrics: Sequence[str], models: MetricModels,
-    size: int = DEFAULT_SIZE, problems: list[str] | None = None, on_progress: Progress | None = None,
+    reference_stats: Path | str | None,
+    reference_dir: Path | str | None,
+    metrics: Sequence[str],
+    models: MetricModels,
+    size: int = DEFAULT_SIZE,
+    problems: list[str] | None = None,
+    on_progress: Progress | None = None,
 ) -> ReferenceStats | None:
     """The FID/KID reference: a statistics file, else the reference folder's images, else ``None``."""
     if not {"fid", "kid"} & set(metrics):
@@ -134,7 +139,9 @@ def evaluate_folder(
     if reference_dir is not None and needs_pairs:
         unmatched = [p for p in restored if p.stem not in index]
         if unmatched:
-            problems.append(f"{len(unmatched)} restored face(s) have no same-named reference in {one_line(reference_dir)}, e.g. {one_line(unmatched[0].name)}; paired metrics leave them out")
+            problems.append(
+                f"{len(unmatched)} restored face(s) have no same-named reference in {one_line(reference_dir)}, e.g. {one_line(unmatched[0].name)}; paired metrics leave them out"
+            )
     images = pairs = 0
     batch: list[np.ndarray] = []
     refs: list[np.ndarray | None] = []
@@ -167,9 +174,11 @@ def _same_size_reference(index: dict[str, Path], path: Path, rgb: np.ndarray, pr
     reference = read_reference(index, path.stem, problems)
     if reference is None or reference.shape == rgb.shape:
         return reference
-    problems.append(f"{one_line(path)}: {rgb.shape[1]}×{rgb.shape[0]} but its reference {one_line(index[path.stem])} is "
-                    f"{reference.shape[1]}×{reference.shape[0]}; left out of paired metrics (resize the references, or "
-                    "restore at the references' size)")
+    problems.append(
+        f"{one_line(path)}: {rgb.shape[1]}×{rgb.shape[0]} but its reference {one_line(index[path.stem])} is "
+        f"{reference.shape[1]}×{reference.shape[0]}; left out of paired metrics (resize the references, or "
+        "restore at the references' size)"
+    )
     return None
 
 
@@ -177,14 +186,24 @@ def _explain_missing_pairs(results: dict[str, MetricValue], reference_dir: Path 
     """A reference folder was given but paired nothing: say why it did not help, not to pass one."""
     for name, value in results.items():
         if value.value is None and METRICS[name].kind == "pair":
-            results[name] = dataclasses.replace(value, skipped=(
-                f"{name}: skipped, no restored face has a same-named reference of its size in {one_line(reference_dir)} "
-                "(see the lines above); fix the names or sizes"))
+            results[name] = dataclasses.replace(
+                value,
+                skipped=(
+                    f"{name}: skipped, no restored face has a same-named reference of its size in {one_line(reference_dir)} "
+                    "(see the lines above); fix the names or sizes"
+                ),
+            )
 
 
 def compute_stats_folder(
-    folder: Path | str, out: Path | str, device: str = "cpu", *, size: int = DEFAULT_SIZE,
-    max_kid_features: int | None = 10000, overwrite: bool = False, models: MetricModels | None = None,
+    folder: Path | str,
+    out: Path | str,
+    device: str = "cpu",
+    *,
+    size: int = DEFAULT_SIZE,
+    max_kid_features: int | None = 10000,
+    overwrite: bool = False,
+    models: MetricModels | None = None,
     on_progress: Progress | None = None,
 ) -> tuple[ReferenceStats, list[str]]:
     """Inception statistics of a reference folder (FFHQ) saved to ``out`` (``.npz``), so the

@@ -115,4 +115,6 @@ def load(path: str | Path) -> TimeRRDB:
         return build(state)
     except (CheckpointMismatch, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0]
-        raise WeightsError(f"{path}: not PGDiff's RRDB restorer ({reason}); use {RRDB_FILE} from `bfrboost weights download pgdiff`") from None
+        raise WeightsError(
+            f"{path}: not PGDiff's RRDB restorer ({reason}); use {RRDB_FILE} from `bfrboost weights download pgdiff`"
+        ) from None

@@ -138,7 +138,9 @@ class ManifoldBottleneck(nn.Module):
         placeholder of a refiner whose statistics were not computed yet)."""
         channels = self.channels
         if mean.shape != std.shape or mean.dim() != 3 or mean.shape[0] != channels:
-            raise UsageError(f"manifold statistics must have shape ({channels}, H, W), got {tuple(mean.shape)} and {tuple(std.shape)}")
+            raise UsageError(
+                f"manifold statistics must have shape ({channels}, H, W), got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
         if self.stats_mode == "channel" and mean.shape[1:] != (1, 1):
             raise UsageError(f"statistics of shape {tuple(mean.shape)} do not fit stats_mode={self.stats_mode!r}")
         self.stats_mean = mean.detach().to(self.stats_mean)
@@ -147,16 +149,22 @@ class ManifoldBottleneck(nn.Module):
     def noise_std(self) -> torch.Tensor:
         return self.stats_std.clamp_min(self.sigma_min)
 
-    def forward(self, r: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> BottleneckOutput:
+    def forward(
+        self, r: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> BottleneckOutput:
         """``noise`` is a standard normal tensor like ``r`` (drawn with ``generator`` when not given)."""
         mean, std = self.stats_mean.float(), self.noise_std().float()
         if mean.shape[1:] != (1, 1) and mean.shape[1:] != r.shape[2:]:
-            raise UsageError(f"per-element statistics are {tuple(mean.shape[1:])} but the manifold is {tuple(r.shape[2:])}; recompute stats at this face size")
+            raise UsageError(
+                f"per-element statistics are {tuple(mean.shape[1:])} but the manifold is {tuple(r.shape[2:])}; recompute stats at this face size"
+            )
         h = self.transformer(r) if self.transformer is not None else r
         if self.lambda_head is None:
             ones = torch.ones_like(h, dtype=torch.float32)
             return BottleneckOutput(z=h.float(), lam=ones, h=h, info_loss=h.new_zeros((), dtype=torch.float32))
-        float32 = torch.autocast(r.device.type, enabled=False) if torch.amp.is_autocast_available(r.device.type) else nullcontext()
+        float32 = (
+            torch.autocast(r.device.type, enabled=False) if torch.amp.is_autocast_available(r.device.type) else nullcontext()
+        )
         with float32:  # autocast off: λ near 1 must not round (bf16 λ=0.99 → 0.988)
             h32 = h.float()
             logits = self.lambda_head(h32)

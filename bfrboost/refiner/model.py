@@ -124,7 +124,9 @@ class InfoBFRConfig:
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
     num_train_timesteps: int = 1000
-    latent_choice: str = "sample"  # (ours) 8-channel z → 4-channel latent: posterior "sample" (all 8 channels matter) or "mean" half
+    latent_choice: str = (
+        "sample"  # (ours) 8-channel z → 4-channel latent: posterior "sample" (all 8 channels matter) or "mean" half
+    )
     scaling_factor: float = 0.18215  # SD VAE latent scale
     stats_mode: str = "element"  # μ_R, σ_R per "element" (IBA's estimator) or per "channel"
     sigma_min: float = 0.01  # clamp of σ_R
@@ -205,8 +207,14 @@ def alpha_bar(config: InfoBFRConfig) -> float:
     return float(scheduler.alphas_cumprod[config.timestep])
 
 
-def one_step_x0(unet: UNet2DConditionModel, latent: torch.Tensor, timestep: int, prompt_embeds: torch.Tensor, alpha_bar_t: float,
-                prediction_type: str) -> torch.Tensor:
+def one_step_x0(
+    unet: UNet2DConditionModel,
+    latent: torch.Tensor,
+    timestep: int,
+    prompt_embeds: torch.Tensor,
+    alpha_bar_t: float,
+    prediction_type: str,
+) -> torch.Tensor:
     """x0 read from one UNet call on ``latent`` at ``timestep`` (ᾱ_t = ``alpha_bar_t``), by the prediction type's formula.
 
     The refiner's denoising step, and what the CPU-scale UNet is fitted with (:mod:`bfrboost.train.tiny`).
@@ -225,7 +233,9 @@ def one_step_x0(unet: UNet2DConditionModel, latent: torch.Tensor, timestep: int,
 class InfoBFR(nn.Module):
     """The refiner. ``forward`` (training and inference) maps images in [-1, 1] to images in [-1, 1]."""
 
-    def __init__(self, config: InfoBFRConfig, vae: AutoencoderKL, unet: UNet2DConditionModel, prompt_embeds: torch.Tensor) -> None:
+    def __init__(
+        self, config: InfoBFRConfig, vae: AutoencoderKL, unet: UNet2DConditionModel, prompt_embeds: torch.Tensor
+    ) -> None:
         super().__init__()
         self.config = config
         self.vae = vae.requires_grad_(False).eval()
@@ -261,7 +271,9 @@ class InfoBFR(nn.Module):
         with torch.no_grad():  # frozen encoder on data: nothing upstream needs gradients
             return vae_moments(self.vae, x)
 
-    def to_latent(self, z: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def to_latent(
+        self, z: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """8-channel z → scaled 4-channel SD latent, as the VAE's own posterior would.
 
         With ``latent_choice="sample"`` (default) both halves of z reach the UNet, so the log-variance
@@ -292,13 +304,17 @@ class InfoBFR(nn.Module):
     def require_stats(self, where: str = "this refiner") -> None:
         """Refuse to train or refine without μ_R, σ_R: the placeholder (μ=0, σ=1) is not a face manifold."""
         if self.config.stats_faces <= 0:
-            raise UsageError(f"{where}: no manifold statistics (stats_faces = 0); compute them with "
-                             "`bfrboost refiner stats --faces HQ_FACES_DIR --refiner REFINER_DIR` (train computes its own)")
+            raise UsageError(
+                f"{where}: no manifold statistics (stats_faces = 0); compute them with "
+                "`bfrboost refiner stats --faces HQ_FACES_DIR --refiner REFINER_DIR` (train computes its own)"
+            )
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latent / self.config.scaling_factor).sample
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *, manifold: bool = False) -> tuple[torch.Tensor, RefinerAux]:
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, *, manifold: bool = False
+    ) -> tuple[torch.Tensor, RefinerAux]:
         """x: (B, 3, H, W) in [-1, 1], H and W multiples of 8 → (refined x̂ in ≈[-1, 1], aux).
 
         Training draws all noise from ``generator``; inference without one uses the seeded noise.
@@ -359,7 +375,11 @@ class InfoBFR(nn.Module):
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
         unknown = sorted(k for k in state if not k.startswith(("bottleneck.", "lora.")) and k != "prompt_embeds")
         if unknown or "prompt_embeds" not in state:
-            raise WeightsError(f"{source}: " + (f"unexpected tensor {unknown[0]!r}" if unknown else "prompt_embeds is missing") + "; not a bfrboost refiner file")
+            raise WeightsError(
+                f"{source}: "
+                + (f"unexpected tensor {unknown[0]!r}" if unknown else "prompt_embeds is missing")
+                + "; not a bfrboost refiner file"
+            )
         expected = set(self.bottleneck.state_dict())
         bottleneck = {k.removeprefix("bottleneck."): v for k, v in state.items() if k.startswith("bottleneck.")}
         if missing := sorted(expected - set(bottleneck)):
@@ -368,7 +388,9 @@ class InfoBFR(nn.Module):
         try:
             self.bottleneck.load_state_dict(bottleneck, strict=True)
         except RuntimeError as exc:
-            raise WeightsError(f"{source}: bottleneck weights do not fit config.json ({str(exc).splitlines()[1].strip()})") from None
+            raise WeightsError(
+                f"{source}: bottleneck weights do not fit config.json ({str(exc).splitlines()[1].strip()})"
+            ) from None
         load_lora_state_dict(self.unet, {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}, source)
         self.prompt_embeds = state["prompt_embeds"].to(self.prompt_embeds)
 
@@ -399,12 +421,16 @@ class InfoBFR(nn.Module):
     ) -> InfoBFR:
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-            raise WeightsError(f"{directory}: not a bfrboost refiner (needs {CONFIG_NAME} and {WEIGHTS_NAME}); train one or run `bfrboost refiner init --tiny DIR`")
+            raise WeightsError(
+                f"{directory}: not a bfrboost refiner (needs {CONFIG_NAME} and {WEIGHTS_NAME}); train one or run `bfrboost refiner init --tiny DIR`"
+            )
         config = InfoBFRConfig.from_json(directory / CONFIG_NAME)
         sd_dir = directory if is_self_contained(directory) else resolve_sd_dir(sd_model)
         scheduler = read_scheduler_config(sd_dir)
         if scheduler.get("prediction_type", config.prediction_type) != config.prediction_type:
-            raise UsageError(f"{sd_dir}: SD model predicts {scheduler['prediction_type']!r} but the refiner was trained on {config.prediction_type!r}; use the SD model it was trained with")
+            raise UsageError(
+                f"{sd_dir}: SD model predicts {scheduler['prediction_type']!r} but the refiner was trained on {config.prediction_type!r}; use the SD model it was trained with"
+            )
         vae, unet = load_sd_modules(sd_dir)
         state = weights.load_state_dict(directory / WEIGHTS_NAME)
         model = cls(config, vae, unet, prompt_embeds=torch.zeros(0))  # the stored embedding replaces it below
@@ -511,7 +537,12 @@ def load_sd_modules(sd_dir: Path) -> tuple[AutoencoderKL, UNet2DConditionModel]:
     return load_diffusers_module(AutoencoderKL, sd_dir / "vae"), load_diffusers_module(UNet2DConditionModel, sd_dir / "unet")
 
 
-_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
+_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+)
 # diffusers < 0.14 named the VAE mid-block attention query/key/value/proj_attn (SD 2.1's files do).
 _LEGACY_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 
@@ -523,7 +554,9 @@ def load_diffusers_module(cls: type[nn.Module], folder: Path) -> nn.Module:
     """
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise WeightsError(f"{folder}: no config.json; pass --sd-model a diffusers folder of {SD21_BASE_REPO} with vae/ and unet/")
+        raise WeightsError(
+            f"{folder}: no config.json; pass --sd-model a diffusers folder of {SD21_BASE_REPO} with vae/ and unet/"
+        )
     weight_path = next((folder / name for name in _WEIGHT_FILES if (folder / name).is_file()), None)
     if weight_path is None:
         raise WeightsError(f"{folder}: no diffusion_pytorch_model.safetensors; download it from {SD21_BASE_REPO}")
@@ -540,7 +573,9 @@ def load_diffusers_module(cls: type[nn.Module], folder: Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{weight_path}: does not match {config_path.name} ({str(exc).splitlines()[1].strip()}); re-download it") from None
+        raise WeightsError(
+            f"{weight_path}: does not match {config_path.name} ({str(exc).splitlines()[1].strip()}); re-download it"
+        ) from None
     return model
 
 
@@ -549,9 +584,18 @@ def encode_empty_prompt(sd_dir: Path) -> torch.Tensor:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     encoder_dir, tokenizer_dir = sd_dir / "text_encoder", sd_dir / "tokenizer"
-    weight_path = next((encoder_dir / n for n in ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin") if (encoder_dir / n).is_file()), None)
+    weight_path = next(
+        (
+            encoder_dir / n
+            for n in ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin")
+            if (encoder_dir / n).is_file()
+        ),
+        None,
+    )
     if weight_path is None or not (tokenizer_dir / "vocab.json").is_file():
-        raise WeightsError(f"{sd_dir}: text_encoder/ or tokenizer/ missing; they are needed once to create a refiner (download them from {SD21_BASE_REPO})")
+        raise WeightsError(
+            f"{sd_dir}: text_encoder/ or tokenizer/ missing; they are needed once to create a refiner (download them from {SD21_BASE_REPO})"
+        )
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(encoder_dir), local_files_only=True))
     expected = encoder.state_dict()
@@ -567,11 +611,20 @@ def encode_empty_prompt(sd_dir: Path) -> torch.Tensor:
     unexpected = sorted(k for k in set(state) - set(expected) if not k.endswith("position_ids"))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        what = (f"{len(missing)} missing, e.g. {missing[0]!r}" if missing else f"{len(unexpected)} unexpected, e.g. {unexpected[0]!r}"
-                if unexpected else f"{len(wrong)} of the wrong shape, e.g. {wrong[0]!r}")
-        raise WeightsError(f"{weight_path}: text-encoder weights do not match {encoder_dir / 'config.json'} ({what}); re-download text_encoder/ of {SD21_BASE_REPO}")
+        what = (
+            f"{len(missing)} missing, e.g. {missing[0]!r}"
+            if missing
+            else f"{len(unexpected)} unexpected, e.g. {unexpected[0]!r}"
+            if unexpected
+            else f"{len(wrong)} of the wrong shape, e.g. {wrong[0]!r}"
+        )
+        raise WeightsError(
+            f"{weight_path}: text-encoder weights do not match {encoder_dir / 'config.json'} ({what}); re-download text_encoder/ of {SD21_BASE_REPO}"
+        )
     encoder.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
-    ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        "", padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         return encoder.eval().float()(ids).last_hidden_state
 

@@ -21,6 +21,8 @@ def plan_output(
     stem = "stdin" if str(input_path) == "-" else Path(input_path).stem
     name = f"{stem}_{suffix}.{ext}" if suffix else f"{stem}.{ext}"
     return Path(outdir) / subdir / name if subdir else Path(outdir) / name
+
+
 OUTPUT_SUBDIRS = ("restored_imgs", "cropped_faces", "restored_faces", "cmp")
 
 
@@ -63,8 +65,12 @@ class Claims:
     ``guard_action`` and ``taken_action`` end the two refusals with what to do in the command at hand
     (``restore``: another -o or --suffix; ``degrade``, ``restore-dataset``: their own options)."""
 
-    def __init__(self, guard: InputGuard, guard_action: str = "choose another -o or --suffix",
-                 taken_action: str = "restore it separately or with --suffix") -> None:
+    def __init__(
+        self,
+        guard: InputGuard,
+        guard_action: str = "choose another -o or --suffix",
+        taken_action: str = "restore it separately or with --suffix",
+    ) -> None:
         self.guard = guard
         self.guard_action = guard_action
         self.taken_action = taken_action
@@ -75,8 +81,9 @@ class Claims:
         self.guard.check(plan.image, self.guard_action)
         owner = self._images.get(plan.image)
         if owner is not None:
-            raise OutputError(f"{one_line(path)}: its output {one_line(plan.image)} is already taken by {one_line(owner)}; "
-                              f"{self.taken_action}")
+            raise OutputError(
+                f"{one_line(path)}: its output {one_line(plan.image)} is already taken by {one_line(owner)}; {self.taken_action}"
+            )
         key = plan.face_key
         if key is not None and key in self._faces:
             raise OutputError(

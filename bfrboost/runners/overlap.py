@@ -120,8 +120,9 @@ class OverlapRunner:
             else:
                 # Models load before the fork so every process shares them instead of loading its own.
                 self.restorer.prepare(np.zeros((64, 64, 3), np.uint8))
-                pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                           initializer=_init_worker, initargs=(self,))
+                pool = ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker, initargs=(self,)
+                )
                 # fork every process now, before this run starts threads that could hold locks
                 for future in [pool.submit(_noop) for _ in range(self.workers)]:
                     future.result()

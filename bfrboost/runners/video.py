@@ -78,7 +78,9 @@ class VideoRunner:
                 out = self.plan(path)
                 guard.check(out)
                 if out in planned:
-                    raise OutputError(f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix")
+                    raise OutputError(
+                        f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix"
+                    )
                 planned[out] = path
                 if out.exists() and not self.options.overwrite:
                     report.skipped = f"{out}: already exists; pass --overwrite to replace it"
@@ -153,7 +155,9 @@ class _Clip:
         try:
             self.output = av_module().open(str(temp), "w", format=VIDEO_FORMATS[self.options.ext])
         except (OSError, av_module().FFmpegError) as exc:
-            raise OutputError(f"{one_line(out)}: cannot open for writing ({exc}); check the output folder or choose another with -o") from None
+            raise OutputError(
+                f"{one_line(out)}: cannot open for writing ({exc}); check the output folder or choose another with -o"
+            ) from None
         try:
             self._plan_copies()  # refuses what the container cannot hold before a frame is decoded
             self._stream()
@@ -280,8 +284,9 @@ class _Clip:
 
     def _frame(self, rgb: np.ndarray, pts: int, t: float) -> None:
         smooth = functools.partial(self.tracker.update, t=t) if self.tracker is not None else None
-        self.batch.append((pts, self.restorer.prepare(rgb, landmark_filter=smooth, detector=self.keyframes,
-                                                      person_memo=self.person_memo)))
+        self.batch.append(
+            (pts, self.restorer.prepare(rgb, landmark_filter=smooth, detector=self.keyframes, person_memo=self.person_memo))
+        )
         if len(self.batch) >= self.options.frames_per_batch:
             self._flush()
 
@@ -425,10 +430,14 @@ def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) ->
 
     limit = max_pixels or DEFAULT_MAX_PIXELS
     if width * height > limit:
-        raise InputError(f"{name}: video frames are {width}x{height} ({width * height / 1e6:.1f} MP), above the "
-                         f"{limit / 1e6:g} MP safety limit; pass --max-pixels {width * height} to allow it")
+        raise InputError(
+            f"{name}: video frames are {width}x{height} ({width * height / 1e6:.1f} MP), above the "
+            f"{limit / 1e6:g} MP safety limit; pass --max-pixels {width * height} to allow it"
+        )
 
 
-def restore_videos(restorer: Restorer, inputs: Sequence[Path], options: VideoOptions, progress: ProgressCallback | None = None) -> Iterator[FileReport]:
+def restore_videos(
+    restorer: Restorer, inputs: Sequence[Path], options: VideoOptions, progress: ProgressCallback | None = None
+) -> Iterator[FileReport]:
     """Shorthand for ``VideoRunner(restorer, options, progress).run(inputs)``."""
     return VideoRunner(restorer, options, progress).run(inputs)

@@ -113,10 +113,16 @@ def pack_images(images: torch.Tensor, pool: ThreadPoolExecutor, lossless: bool =
 
 def _plan(data: Path, config: CacheConfig) -> tuple[dict[str, Any], dict[str, list[list[Path]]]]:
     train_faces, val_faces = split_faces(list_hq_faces(data), config.val_count, config.seed)
-    chunks = {split: [faces[i : i + config.shard_faces] for i in range(0, len(faces), config.shard_faces)]
-              for split, faces in (("train", train_faces), ("val", val_faces))}
-    plan = {"version": VERSION, "config": config.to_dict(), "data": str(data),
-            "shards": {split: [[str(p.relative_to(data)) for p in chunk] for chunk in parts] for split, parts in chunks.items()}}
+    chunks = {
+        split: [faces[i : i + config.shard_faces] for i in range(0, len(faces), config.shard_faces)]
+        for split, faces in (("train", train_faces), ("val", val_faces))
+    }
+    plan = {
+        "version": VERSION,
+        "config": config.to_dict(),
+        "data": str(data),
+        "shards": {split: [[str(p.relative_to(data)) for p in chunk] for chunk in parts] for split, parts in chunks.items()},
+    }
     return json.loads(json.dumps(plan)), chunks  # as read back from cache.plan.json (tuples → lists)
 
 
@@ -154,8 +160,10 @@ def build_cache(
         raise UsageError("train cache: moments requested but no VAE encoder given")
     started = time.perf_counter()
     if (out / MANIFEST).exists() and not overwrite:
-        raise UsageError(f"{out}: already holds a cache ({MANIFEST}); pass --overwrite to rebuild it "
-                         f"or use it with `bfrboost train --cache {out}`")
+        raise UsageError(
+            f"{out}: already holds a cache ({MANIFEST}); pass --overwrite to rebuild it "
+            f"or use it with `bfrboost train --cache {out}`"
+        )
     plan, chunks = _plan(data, config)
     _start(out, plan, overwrite)
     shards: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
@@ -175,8 +183,13 @@ def build_cache(
                 shards[split].append({"file": name, "faces": len(chunk), "entries": entries})
                 if progress is not None:
                     progress(len(chunk))
-    manifest = {"version": VERSION, "config": config.to_dict(), "shards": shards,
-                "val_faces": [name for part in plan["shards"]["val"] for name in part], "data": str(data)}
+    manifest = {
+        "version": VERSION,
+        "config": config.to_dict(),
+        "shards": shards,
+        "val_faces": [name for part in plan["shards"]["val"] for name in part],
+        "data": str(data),
+    }
     write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), overwrite=True)
     size = sum((out / s["file"]).stat().st_size for parts in shards.values() for s in parts)
     return manifest | {"build": {"seconds": time.perf_counter() - started, "faces_built": built, "bytes": size}}
@@ -222,7 +235,9 @@ class CachedFaces:
         self.cache = Path(cache)
         manifest_path = self.cache / MANIFEST
         if not manifest_path.is_file():
-            raise InputError(f"{self.cache}: no {MANIFEST}; build the cache with `bfrboost train cache --data HQ_DIR --base NAME -o {self.cache}`")
+            raise InputError(
+                f"{self.cache}: no {MANIFEST}; build the cache with `bfrboost train cache --data HQ_DIR --base NAME -o {self.cache}`"
+            )
         try:
             self.manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as exc:

@@ -46,7 +46,6 @@ TERMS = ("loss", "mse", "perceptual", "lpips", "info")
 LAMBDA_LOW, LAMBDA_HIGH = 0.05, 0.995  # mean λ outside these at two validations in a row: a warning names --beta
 
 
-
 # ---- pieces --------------------------------------------------------------------------------------
 
 
@@ -86,8 +85,10 @@ def validation_arcface(device: str | torch.device, note: Callable[[str], None]) 
     from bfrboost.nets.arcface import ARCFACE_CARD, ARCFACE_FILE, load_arcface
 
     if not weights.manifest()[ARCFACE_FILE].path.is_file():
-        note(f"validation without identity cosine (ids): the ArcFace weights are not in the cache; "
-             f"run `bfrboost weights download {ARCFACE_CARD}` to add it")
+        note(
+            f"validation without identity cosine (ids): the ArcFace weights are not in the cache; "
+            f"run `bfrboost weights download {ARCFACE_CARD}` to add it"
+        )
         return None
     return load_arcface(device)
 
@@ -135,14 +136,18 @@ def write_tiny_sd(config: TrainConfig, run: Path, note: Callable[[str], None]) -
         return
     if config.tiny_sd is not None:
         if not is_tiny_sd(config.tiny_sd):
-            raise UsageError(f"{config.tiny_sd}: not a tiny SD (needs vae/, unet/, prompt.pt, fit.json); "
-                             "make one with `bfrboost train tiny-sd`")
+            raise UsageError(
+                f"{config.tiny_sd}: not a tiny SD (needs vae/, unet/, prompt.pt, fit.json); "
+                "make one with `bfrboost train tiny-sd`"
+            )
         with atomic_dir(sd) as temp:
             shutil.copytree(config.tiny_sd, temp, dirs_exist_ok=True)
         return
     faces = _tiny_fit_faces(config)
-    note(f"fitting the tiny SD (VAE + UNet) on {faces.shape[0]} training faces, once per run; "
-         "`bfrboost train tiny-sd` makes one to reuse with --tiny-sd")
+    note(
+        f"fitting the tiny SD (VAE + UNet) on {faces.shape[0]} training faces, once per run; "
+        "`bfrboost train tiny-sd` makes one to reuse with --tiny-sd"
+    )
     fit_tiny_sd(faces, sd, TinyFit(size=config.size, seed=config.seed, timestep=config.timestep))
 
 
@@ -165,8 +170,14 @@ def make_model(config: TrainConfig, run: Path):
     from bfrboost.refiner.model import InfoBFR, InfoBFRConfig
 
     stats_mode = "channel" if config.per_channel_stats or config.tiny else "element"
-    refiner_config = InfoBFRConfig(rank=config.rank, stats_mode=stats_mode, timestep=config.timestep,
-                                   transformer=not config.no_transformer, mib=not config.no_mib, lora=not config.no_lora)
+    refiner_config = InfoBFRConfig(
+        rank=config.rank,
+        stats_mode=stats_mode,
+        timestep=config.timestep,
+        transformer=not config.no_transformer,
+        mib=not config.no_mib,
+        lora=not config.no_lora,
+    )
     if config.beta is not None:
         refiner_config.beta = config.beta
     if not config.tiny:
@@ -179,10 +190,18 @@ def make_model(config: TrainConfig, run: Path):
     prompt = torch.load(sd / "prompt.pt", weights_only=True)
     fit = read_fit(sd)["fit"]
     if fit["size"] != config.size:
-        raise UsageError(f"{sd}: the tiny SD was fitted at {fit['size']} px but --size is {config.size}; "
-                         f"pass --size {fit['size']} or fit another")
-    tiny_config = dataclasses.replace(refiner_config, transformer_width=16, transformer_heads=2, sd_model="tiny-fitted",
-                                      timestep=fit["timestep"], scaling_factor=fit["scaling_factor"])
+        raise UsageError(
+            f"{sd}: the tiny SD was fitted at {fit['size']} px but --size is {config.size}; "
+            f"pass --size {fit['size']} or fit another"
+        )
+    tiny_config = dataclasses.replace(
+        refiner_config,
+        transformer_width=16,
+        transformer_heads=2,
+        sd_model="tiny-fitted",
+        timestep=fit["timestep"],
+        scaling_factor=fit["scaling_factor"],
+    )
     return InfoBFR(tiny_config, vae, unet, prompt)
 
 
@@ -242,7 +261,9 @@ def copy_stats(model, source: Path) -> None:
 
     other = InfoBFRConfig.from_json(source / CONFIG_NAME)
     if other.stats_faces <= 0:
-        raise UsageError(f"{source}: --stats-from has no statistics either; run `bfrboost refiner stats --faces HQ_DIR --refiner {source}`")
+        raise UsageError(
+            f"{source}: --stats-from has no statistics either; run `bfrboost refiner stats --faces HQ_DIR --refiner {source}`"
+        )
     state = weights.load_state_dict(source / WEIGHTS_NAME)
     model.config.stats_mode = other.stats_mode
     model.bottleneck.stats_mode = other.stats_mode
@@ -256,8 +277,13 @@ def copy_stats(model, source: Path) -> None:
 class Trainer:
     """One training run; :meth:`run` returns the refiner folder inside RUN_DIR."""
 
-    def __init__(self, config: TrainConfig, warn: Callable[[str], None] = print, progress: Callable[[int, int, dict], None] | None = None,
-                 arcface: ArcFace | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        warn: Callable[[str], None] = print,
+        progress: Callable[[int, int, dict], None] | None = None,
+        arcface: ArcFace | None = None,
+    ) -> None:
         """``arcface``: the identity network of validation's ``ids``; default: the cached ArcFace when present."""
         self.config = config
         self.warn = warn
@@ -288,13 +314,23 @@ class Trainer:
         if (cache / "cache.json").is_file():
             return cache
         if config.data is None:
-            raise UsageError(f"{cache}: no cache there; pass --data HQ_DIR to build it (or --cache a folder built by `bfrboost train cache`)")
+            raise UsageError(
+                f"{cache}: no cache there; pass --data HQ_DIR to build it (or --cache a folder built by `bfrboost train cache`)"
+            )
         if accelerator.is_main_process:
             degrade_size = config.degrade_size or (2 * config.size if config.tiny else None)
-            cache_config = CacheConfig(bases=config.bases, size=config.size, repeats=config.repeats, seed=config.seed,
-                                       val_count=config.val_count, moments=config.moments, degrade_size=degrade_size)
-            build_training_cache(config.data, cache, cache_config,
-                                 tiny=config.tiny, sd_model=config.sd_model, device=accelerator.device)
+            cache_config = CacheConfig(
+                bases=config.bases,
+                size=config.size,
+                repeats=config.repeats,
+                seed=config.seed,
+                val_count=config.val_count,
+                moments=config.moments,
+                degrade_size=degrade_size,
+            )
+            build_training_cache(
+                config.data, cache, cache_config, tiny=config.tiny, sd_model=config.sd_model, device=accelerator.device
+            )
         accelerator.wait_for_everyone()
         return cache
 
@@ -303,16 +339,23 @@ class Trainer:
         accelerator = self._accelerator()
         device = accelerator.device
         log_path, val_path = run / LOG_NAME, run / VAL_LOG_NAME
-        loaded = resume_point(run, config.to_dict(), set(config.allow_changes), (log_path, val_path),
-                              self.warn if accelerator.is_main_process else (lambda message: None))
+        loaded = resume_point(
+            run,
+            config.to_dict(),
+            set(config.allow_changes),
+            (log_path, val_path),
+            self.warn if accelerator.is_main_process else (lambda message: None),
+        )
         run.mkdir(parents=True, exist_ok=True)
         missing = config.cache or run / "cache"
         if accelerator.num_processes > 1 and config.data is not None and not (missing / "cache.json").is_file():
             # building takes hours on FFHQ, far beyond the process group's timeout: build it first, in one process
-            raise UsageError(f"{missing}: no cache yet, and {accelerator.num_processes} processes cannot wait for one to be "
-                             f"built; run `bfrboost train cache --data {config.data} --base {','.join(config.bases)} "
-                             f"--size {config.size} --repeats {config.repeats} --val-count {config.val_count} -o CACHE_DIR` first, "
-                             "then launch with --cache CACHE_DIR")
+            raise UsageError(
+                f"{missing}: no cache yet, and {accelerator.num_processes} processes cannot wait for one to be "
+                f"built; run `bfrboost train cache --data {config.data} --base {','.join(config.bases)} "
+                f"--size {config.size} --repeats {config.repeats} --val-count {config.val_count} -o CACHE_DIR` first, "
+                "then launch with --cache CACHE_DIR"
+            )
         if config.tiny and accelerator.is_main_process:
             write_tiny_sd(config, run, self.warn)
         accelerator.wait_for_everyone()
@@ -322,7 +365,9 @@ class Trainer:
         if len(train_set) == 0:
             raise InputError(f"{cache_dir}: the cache has no training entries; add faces to --data")
         if train_set.config.size != config.size:
-            raise UsageError(f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {config.size}; rebuild the cache or pass --size {train_set.config.size}")
+            raise UsageError(
+                f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {config.size}; rebuild the cache or pass --size {train_set.config.size}"
+            )
         if config.stats_from is not None:
             copy_stats(model, config.stats_from)  # first: a --stats-from without statistics is refused before any work
         r_clean = None
@@ -334,8 +379,11 @@ class Trainer:
         self.r_clean = r_clean
         with torch.random.fork_rng(devices=[]):  # --tiny's random loss nets: the same on every (resumed) run
             torch.manual_seed(config.seed)
-            loss_fn = InfoBFRLoss(build_vgg19(pretrained=not config.tiny), build_lpips(config.lpips_net, pretrained=not config.tiny),
-                                  LossWeights(beta=model.config.beta if model.config.mib else 0.0)).to(device)
+            loss_fn = InfoBFRLoss(
+                build_vgg19(pretrained=not config.tiny),
+                build_lpips(config.lpips_net, pretrained=not config.tiny),
+                LossWeights(beta=model.config.beta if model.config.mib else 0.0),
+            ).to(device)
         if accelerator.mixed_precision in ("bf16", "fp16"):
             frozen = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16
             model.vae.to(frozen)
@@ -348,14 +396,18 @@ class Trainer:
             model.vae.enable_gradient_checkpointing()
         model.train()
         optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.warmup, config.steps, config.schedule))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, config.warmup, config.steps, config.schedule)
+        )
         step, position, ema = 0, 0, None
         if loaded is not None:
             state, ema = apply_checkpoint(loaded, model, optimizer, scheduler)
             if state.get("cache") not in (None, train_set.manifest["config"]):
                 source = loaded.folder / "state.json"
-                raise UsageError(f"{cache_dir}: not the cache this run was trained on (settings differ from {source}); "
-                                 "resume with the same --cache")
+                raise UsageError(
+                    f"{cache_dir}: not the cache this run was trained on (settings differ from {source}); "
+                    "resume with the same --cache"
+                )
             step, position = state["step"], state["position"]
         if config.resume and accelerator.is_main_process:  # from a checkpoint, or again from step 0 (-1: no line kept)
             truncate_log(log_path, step if loaded is not None else -1)
@@ -410,8 +462,13 @@ class Trainer:
                 if world > 1:
                     values = accelerator.reduce(torch.tensor([sums[k] for k in sums], device=device), reduction="mean")
                     sums = dict(zip(sums, values.tolist()))
-                record = {"step": step, **{k: float(v) for k, v in sums.items()}, "lr": lr, "grad_norm": float(grad_norm),
-                          "seconds": time.perf_counter() - started}
+                record = {
+                    "step": step,
+                    **{k: float(v) for k, v in sums.items()},
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "seconds": time.perf_counter() - started,
+                }
                 if accelerator.is_main_process:
                     _append_line(log_path, record)
                 if self.progress is not None:
@@ -422,16 +479,22 @@ class Trainer:
                     set_manifold_stats(model, r_clean)  # h drifts from r as the Transformer trains: the KL and ε follow it
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     if accelerator.is_main_process:
-                        save_checkpoint(run, step, position, model, optimizer, scheduler, ema, config, train_set.manifest["config"])
+                        save_checkpoint(
+                            run, step, position, model, optimizer, scheduler, ema, config, train_set.manifest["config"]
+                        )
                         plot_curves(log_path, run / CURVES_NAME)
                     accelerator.wait_for_everyone()
         except torch.OutOfMemoryError:
-            raise UsageError(f"out of GPU memory at --batch-size {config.batch_size}, {config.size} px; pass --grad-checkpoint, "
-                             "or a smaller --batch-size with --accumulate N to keep the effective batch") from None
+            raise UsageError(
+                f"out of GPU memory at --batch-size {config.batch_size}, {config.size} px; pass --grad-checkpoint, "
+                "or a smaller --batch-size with --accumulate N to keep the effective batch"
+            ) from None
         self.model = model
         return self._save_result(model, ema, run, accelerator)
 
-    def _validate(self, model, loss_fn, val_set: CachedFaces, step: int, run: Path, identity, accelerator) -> dict[str, float] | None:
+    def _validate(
+        self, model, loss_fn, val_set: CachedFaces, step: int, run: Path, identity, accelerator
+    ) -> dict[str, float] | None:
         """PSNR, LPIPS, identity cosine ``ids`` (if ArcFace is there), mean λ, L_info and the val loss; grid PNG."""
         if not accelerator.is_main_process or len(val_set) == 0:
             return None
@@ -445,10 +508,13 @@ class Trainer:
                 x_hat, aux = model(base)
                 terms = loss_fn(x_hat, gt, aux.info_loss)
                 n = base.shape[0]
-                values = {**{k: terms[k].item() * n for k in TERMS}, "lambda_mean": aux.lam.mean().item() * n,
-                          "psnr": psnr((x_hat + 1) / 2, (gt + 1) / 2).sum().item(),
-                          "psnr_base": psnr((base + 1) / 2, (gt + 1) / 2).sum().item(),
-                          "lpips_base": loss_fn.lpips(base, gt).float().sum().item()}
+                values = {
+                    **{k: terms[k].item() * n for k in TERMS},
+                    "lambda_mean": aux.lam.mean().item() * n,
+                    "psnr": psnr((x_hat + 1) / 2, (gt + 1) / 2).sum().item(),
+                    "psnr_base": psnr((base + 1) / 2, (gt + 1) / 2).sum().item(),
+                    "lpips_base": loss_fn.lpips(base, gt).float().sum().item(),
+                }
                 if identity is not None:  # float32 whatever the autocast: a cosine near 1 needs the precision
                     with torch.autocast(model.device.type, enabled=False):
                         values["ids"] = identity.similarity((x_hat.float() + 1) / 2, (gt.float() + 1) / 2).sum().item()
@@ -475,13 +541,17 @@ class Trainer:
             return
         if max(self.lambdas) < LAMBDA_LOW:
             first, second = self.lambdas
-            self.warn(f"mean λ {first:.3f}, {second:.3f} < {LAMBDA_LOW} at two validations: the bottleneck replaces "
-                      f"the face by noise (the output no longer depends on the base face); lower --beta (now {beta:g}), "
-                      "e.g. with `bfrboost train pilot`")
+            self.warn(
+                f"mean λ {first:.3f}, {second:.3f} < {LAMBDA_LOW} at two validations: the bottleneck replaces "
+                f"the face by noise (the output no longer depends on the base face); lower --beta (now {beta:g}), "
+                "e.g. with `bfrboost train pilot`"
+            )
         elif min(self.lambdas) > LAMBDA_HIGH:
             first, second = self.lambdas
-            self.warn(f"mean λ {first:.3f}, {second:.3f} > {LAMBDA_HIGH} at two validations: the bottleneck keeps "
-                      f"everything (nothing is cleaned); raise --beta (now {beta:g}), e.g. with `bfrboost train pilot`")
+            self.warn(
+                f"mean λ {first:.3f}, {second:.3f} > {LAMBDA_HIGH} at two validations: the bottleneck keeps "
+                f"everything (nothing is cleaned); raise --beta (now {beta:g}), e.g. with `bfrboost train pilot`"
+            )
         else:
             return
         self.lambda_warned = True
@@ -504,9 +574,17 @@ class Trainer:
         return out
 
 
-def build_training_cache(data: Path, out: Path, cache_config: CacheConfig, tiny: bool = False, sd_model: Path | None = None,
-                         device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
-                         overwrite: bool = False, workers: int | None = None):
+def build_training_cache(
+    data: Path,
+    out: Path,
+    cache_config: CacheConfig,
+    tiny: bool = False,
+    sd_model: Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+):
     """Load the frozen base model(s) (and the VAE when moments are cached) and write the cache."""
     from bfrboost.backbones.registry import get_spec, load_base
 
@@ -532,11 +610,15 @@ def _frozen_vae(tiny: bool, run: Path, sd_model: Path | None):
     if tiny:
         folder = run / TINY_SD_DIR / "vae"
         if not folder.is_dir():
-            raise UsageError(f"{folder}: cached moments of a tiny run need its tiny SD; build the cache from `bfrboost train --tiny` itself")
+            raise UsageError(
+                f"{folder}: cached moments of a tiny run need its tiny SD; build the cache from `bfrboost train --tiny` itself"
+            )
         return AutoencoderKL.from_pretrained(folder)
     return load_diffusers_module(AutoencoderKL, resolve_sd_dir(sd_model) / "vae")
 
 
-def train(config: TrainConfig, warn: Callable[[str], None] = print, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+def train(
+    config: TrainConfig, warn: Callable[[str], None] = print, progress: Callable[[int, int, dict], None] | None = None
+) -> Path:
     """Train a refiner as ``config`` says; returns RUN_DIR/refiner (config.json + refiner.safetensors)."""
     return Trainer(config, warn, progress).run()

@@ -134,11 +134,20 @@ def _settings(values: dict[str, Any]) -> Settings:
     """The page's control values → :class:`Settings` (an empty face number means every face)."""
     index = values["face_index"]
     return Settings(
-        base=values["base"], fidelity=float(values["fidelity"]), refine=bool(values["refine"]), refiner=values["refiner"] or "",
-        refiner_strength=float(values["strength"]), bg_enhance=bool(values["bg"]), face_upsample=bool(values["face_upsample"]),
-        upscale=float(values["upscale"]), draw_boxes=bool(values["boxes"]), smooth=bool(values["smooth"]),
-        face_index=None if index is None or index == "" else int(index), largest=bool(values["largest"]),
-        person=tuple(str(p) for p in values["person"] or ()), blend=float(values["blend"]),
+        base=values["base"],
+        fidelity=float(values["fidelity"]),
+        refine=bool(values["refine"]),
+        refiner=values["refiner"] or "",
+        refiner_strength=float(values["strength"]),
+        bg_enhance=bool(values["bg"]),
+        face_upsample=bool(values["face_upsample"]),
+        upscale=float(values["upscale"]),
+        draw_boxes=bool(values["boxes"]),
+        smooth=bool(values["smooth"]),
+        face_index=None if index is None or index == "" else int(index),
+        largest=bool(values["largest"]),
+        person=tuple(str(p) for p in values["person"] or ()),
+        blend=float(values["blend"]),
     )
 
 
@@ -192,8 +201,12 @@ def build_app(
     """
     gr = _gradio()
     engine = engine or Engine(
-        device=device, cache_size=cache_size, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-        workdir=Path(workdir) if workdir is not None else None, max_video_mb=max_video_mb,
+        device=device,
+        cache_size=cache_size,
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        workdir=Path(workdir) if workdir is not None else None,
+        max_video_mb=max_video_mb,
     )
     with gr.Blocks(title="bfrboost", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         app.engine = engine  # launch() reads its upload cap; tests read its cache
@@ -246,22 +259,33 @@ def _controls(gr: Any, engine: Engine, refiner: str | Path | None) -> tuple[Any,
 
     defaults = Settings()  # every default and bound comes from bfrboost.options, through Settings
     upload = gr.File(label="input image or video", file_count="single", type="filepath", elem_id="upload")
-    c: dict[str, Any] = {"preview": gr.Image(label="preview", type="numpy", interactive=False, visible=False, height=220,
-                                             elem_id="preview")}
+    c: dict[str, Any] = {
+        "preview": gr.Image(label="preview", type="numpy", interactive=False, visible=False, height=220, elem_id="preview")
+    }
     examples = _examples(engine)
     if examples:
         gr.Examples([[str(p)] for p in examples], inputs=[upload], label="example photos", elem_id="examples")
     c["base"] = gr.Dropdown(["auto", *names()], value=defaults.base, label="base model", elem_id="base")
     c["fidelity"] = gr.Slider(
-        0, 1, value=defaults.fidelity, step=0.01, label="fidelity (0 = better quality, 1 = closer to the input)",
-        info="CodeFormer w / VQFR fidelity ratio", interactive=has_fidelity("auto"), elem_id="fidelity",
+        0,
+        1,
+        value=defaults.fidelity,
+        step=0.01,
+        label="fidelity (0 = better quality, 1 = closer to the input)",
+        info="CodeFormer w / VQFR fidelity ratio",
+        interactive=has_fidelity("auto"),
+        elem_id="fidelity",
     )
     c["base"].change(lambda name: gr.update(interactive=has_fidelity(name)), c["base"], c["fidelity"])
     with gr.Row():
         c["refine"] = gr.Checkbox(defaults.refine, label="InfoBFR refiner", elem_id="refine")
         c["strength"] = gr.Slider(0, 1, value=defaults.refiner_strength, step=0.05, label="refiner strength", elem_id="strength")
-    c["refiner"] = gr.Textbox(str(refiner or ""), label="refiner folder", elem_id="refiner",
-                              placeholder="path to a refiner folder (save_pretrained layout)")
+    c["refiner"] = gr.Textbox(
+        str(refiner or ""),
+        label="refiner folder",
+        elem_id="refiner",
+        placeholder="path to a refiner folder (save_pretrained layout)",
+    )
     with gr.Row():
         c["bg"] = gr.Checkbox(defaults.bg_enhance, label="background enhance (Real-ESRGAN)", elem_id="bg")
         c["face_upsample"] = gr.Checkbox(
@@ -277,12 +301,19 @@ def _controls(gr: Any, engine: Engine, refiner: str | Path | None) -> tuple[Any,
     with gr.Accordion("faces to restore", open=False, elem_id="faces-to-restore"):
         with gr.Row():
             c["face_index"] = gr.Number(
-                defaults.face_index, label="only face number (0 = leftmost; empty = all)", precision=0, minimum=0,
+                defaults.face_index,
+                label="only face number (0 = leftmost; empty = all)",
+                precision=0,
+                minimum=0,
                 elem_id="face-index",
             )
             c["largest"] = gr.Checkbox(defaults.largest, label="only the largest face", elem_id="largest")
-        c["person"] = gr.File(label="only this person: reference photo(s), one person each", file_count="multiple",
-                              type="filepath", elem_id="person")
+        c["person"] = gr.File(
+            label="only this person: reference photo(s), one person each",
+            file_count="multiple",
+            type="filepath",
+            elem_id="person",
+        )
         c["blend"] = gr.Slider(
             0, 1, value=defaults.blend, step=0.05, label="blend (1 = restored face, 0 = original face)", elem_id="blend"
         )

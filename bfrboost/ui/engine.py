@@ -214,7 +214,11 @@ class Engine:
         return self.jobs.submit("clip" if is_video(name) else "photo", session)
 
     def restore(
-        self, upload: Path | str, settings: Settings, name: str | None = None, progress: Progress | None = None,
+        self,
+        upload: Path | str,
+        settings: Settings,
+        name: str | None = None,
+        progress: Progress | None = None,
         job: Job | None = None,
     ) -> Outcome | ClipOutcome:
         """Restore one uploaded file as ``bfrboost restore FILE`` would: a clip (by its extension, as
@@ -285,8 +289,10 @@ class Engine:
         if scale == settings.upscale:
             return settings, []
         result = width * height * settings.upscale**2 / 1e6
-        note = (f"rescaling factor lowered from {settings.upscale:g} to {scale:g}: a {settings.upscale:g}× result of this "
-                f"{width}×{height} photo would be {result:.3g} MP, over this app's {self.max_output_pixels / 1e6:g} MP limit")
+        note = (
+            f"rescaling factor lowered from {settings.upscale:g} to {scale:g}: a {settings.upscale:g}× result of this "
+            f"{width}×{height} photo would be {result:.3g} MP, over this app's {self.max_output_pixels / 1e6:g} MP limit"
+        )
         return dataclasses.replace(settings, upscale=scale), [note]
 
     def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress, job: Job) -> Outcome:
@@ -377,8 +383,10 @@ def _notes(restorer: Any, settings: Settings, notes: list[str]) -> tuple[list[st
 
     warnings = []
     if settings.base == "auto" and restorer.base.name == "none":
-        warnings.append(f"no base model is installed on this server (the {AUTO_BASE} weights are missing): faces were only "
-                        "aligned and pasted back, not restored; choose a base model whose weights are installed")
+        warnings.append(
+            f"no base model is installed on this server (the {AUTO_BASE} weights are missing): faces were only "
+            "aligned and pasted back, not restored; choose a base model whose weights are installed"
+        )
     kept = [web_words(n) for n in restorer.notes if not (warnings and "restoring with base 'none'" in n)]
     return notes + kept, warnings
 

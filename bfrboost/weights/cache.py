@@ -40,11 +40,15 @@ def ensure(file: str, offline: bool | None = None, progress: bool = True) -> Pat
                 pin(entry, cached_sha256(path))
             return path
         if is_offline(offline):
-            raise WeightsError(f"{problems[0]}; offline mode is on: replace it with a good copy from {entry.url} (or `bfrboost weights import FILE`)")
+            raise WeightsError(
+                f"{problems[0]}; offline mode is on: replace it with a good copy from {entry.url} (or `bfrboost weights import FILE`)"
+            )
         say(f"{problems[0]}; downloading it again")
         path.unlink()
     elif is_offline(offline):
-        raise WeightsError(f"{entry.file}: not in the cache and offline mode is on; download {entry.url} and put it at {path} (or run `bfrboost weights import FILE`)")
+        raise WeightsError(
+            f"{entry.file}: not in the cache and offline mode is on; download {entry.url} and put it at {path} (or run `bfrboost weights import FILE`)"
+        )
     return download(entry.file, progress=progress)
 
 
@@ -109,12 +113,16 @@ def import_file(src: str | os.PathLike) -> Path:
             out.write(chunk)
         digest = hasher.hexdigest()
         if entry.sha256 is not None and digest != entry.sha256:
-            raise WeightsError(f"{src}: SHA-256 {digest} does not match {entry.file} ({entry.sha256}); not imported (get it from {entry.url})")
+            raise WeightsError(
+                f"{src}: SHA-256 {digest} does not match {entry.file} ({entry.sha256}); not imported (get it from {entry.url})"
+            )
     remember_hash(dest, digest)
     if entry.sha256 is None:
         pin(entry, digest)
-        say(f"{entry.file}: pinned SHA-256 {digest} in {home() / LOCK_FILE} (its card lists no hash); "
-            "later downloads and imports must match it")
+        say(
+            f"{entry.file}: pinned SHA-256 {digest} in {home() / LOCK_FILE} (its card lists no hash); "
+            "later downloads and imports must match it"
+        )
     return dest
 
 
@@ -122,7 +130,9 @@ def _match_import(src: Path) -> WeightFile:
     """Card entry for ``src`` by file name; ``vae/config.json`` vs ``unet/config.json`` by parent folders."""
     candidates = [e for e in manifest().values() if PurePosixPath(e.file).name == src.name]
     if not candidates:
-        raise WeightsError(f"{src}: no model card lists a file named {src.name!r}; see `bfrboost weights list` for the expected names")
+        raise WeightsError(
+            f"{src}: no model card lists a file named {src.name!r}; see `bfrboost weights list` for the expected names"
+        )
     src_parts = src.resolve().parts
 
     def matching_tail(entry: WeightFile) -> int:
@@ -136,7 +146,9 @@ def _match_import(src: Path) -> WeightFile:
     candidates = [e for e in candidates if matching_tail(e) == best]
     if len(candidates) > 1:
         names = ", ".join(e.file for e in candidates)
-        raise WeightsError(f"{src}: ambiguous, could be {names}; keep its folder names (e.g. .../{candidates[0].file}) and import again")
+        raise WeightsError(
+            f"{src}: ambiguous, could be {names}; keep its folder names (e.g. .../{candidates[0].file}) and import again"
+        )
     return candidates[0]
 
 

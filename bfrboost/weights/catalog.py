@@ -94,7 +94,9 @@ def cards() -> dict[str, Card]:
         card = _parse_card(path, pins)
         for entry in card.weights:
             if entry.file in owner:
-                raise WeightsError(f"{path}: file {entry.file!r} is already listed by card {owner[entry.file]!r}; list each file once")
+                raise WeightsError(
+                    f"{path}: file {entry.file!r} is already listed by card {owner[entry.file]!r}; list each file once"
+                )
             owner[entry.file] = card.name
         found[card.name] = card
     return found
@@ -189,7 +191,9 @@ def _parse_card(path: Path, pins: Mapping[str, Any]) -> Card:
 
 def _is_safe_relpath(file: str) -> bool:
     p = PurePosixPath(file)
-    return bool(file) and "\\" not in file and not p.is_absolute() and ".." not in p.parts and p.parts[0] != "." and file == str(p)
+    return (
+        bool(file) and "\\" not in file and not p.is_absolute() and ".." not in p.parts and p.parts[0] != "." and file == str(p)
+    )
 
 
 def entry_for(file: str) -> WeightFile:

@@ -76,6 +76,8 @@ def torch_load_safely(path: str | os.PathLike) -> Any:
         raise WeightsError(f"{path}: refused: {reason}; only tensor-only .pth or .safetensors files are accepted") from None
     except Exception:  # noqa: BLE001 - a damaged file raises RuntimeError, EOFError, KeyError, struct.error, ...
         raise DamagedFile(f"{path}: damaged (cut short or not a checkpoint)") from None
+
+
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL|allowlisted|add_safe_globals|reduce")  # torch's words for "would run code"
 
 
@@ -134,12 +136,16 @@ def _unwrap(sd: Any, path: Path) -> dict[str, torch.Tensor]:
             break
         sd = inner
     if not isinstance(sd, dict):
-        raise WeightsError(f"{path}: holds a {type(sd).__name__}, not a state dict of tensors; use the checkpoint named in the model card")
+        raise WeightsError(
+            f"{path}: holds a {type(sd).__name__}, not a state dict of tensors; use the checkpoint named in the model card"
+        )
     odd = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if odd:
-        raise WeightsError(f"{path}: not a state dict of tensors (non-tensor entries: {', '.join(odd[:5])}); use the checkpoint named in the model card")
+        raise WeightsError(
+            f"{path}: not a state dict of tensors (non-tensor entries: {', '.join(odd[:5])}); use the checkpoint named in the model card"
+        )
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return dict(sd)
 
 
@@ -151,5 +157,3 @@ def _refusal_reason(text: str) -> str:
     boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
     details = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
     return f"not a tensor-only checkpoint ({details[0] if details else 'unsupported pickle content'})"
-
-

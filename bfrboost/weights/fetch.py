@@ -47,10 +47,14 @@ def download(file: str, progress: bool = True) -> Path:
     size = part.stat().st_size
     if entry.size is not None and size != entry.size:
         part.unlink()
-        raise WeightsError(f"{entry.file}: downloaded {size} bytes but the card expects {entry.size} (from {entry.url}); removed the download, try again")
+        raise WeightsError(
+            f"{entry.file}: downloaded {size} bytes but the card expects {entry.size} (from {entry.url}); removed the download, try again"
+        )
     if entry.sha256 is not None and digest != entry.sha256:
         part.unlink()
-        raise WeightsError(f"{entry.file}: SHA-256 {digest} does not match the expected {entry.sha256} (from {entry.url}); removed the download, try again")
+        raise WeightsError(
+            f"{entry.file}: SHA-256 {digest} does not match the expected {entry.sha256} (from {entry.url}); removed the download, try again"
+        )
     os.replace(part, path)
     remember_hash(path, digest)
     if entry.sha256 is None:
@@ -77,7 +81,9 @@ def _fetch(entry: WeightFile, part: Path, progress: bool) -> str:
                         return sha256_of(part).hexdigest()
                     part.unlink()
                     continue
-                raise WeightsError(f"{entry.file}: download failed, HTTP {exc.code} from {entry.url}; download it by hand and run `bfrboost weights import FILE`") from None
+                raise WeightsError(
+                    f"{entry.file}: download failed, HTTP {exc.code} from {entry.url}; download it by hand and run `bfrboost weights import FILE`"
+                ) from None
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 digest, reason = None, getattr(exc, "reason", exc)
             else:
@@ -90,7 +96,9 @@ def _fetch(entry: WeightFile, part: Path, progress: bool) -> str:
                 if part.exists() and part.stat().st_size == 0:
                     part.unlink()
                 kept = f"; the partial file {part} is kept and resumed next time" if part.exists() else ""
-                raise WeightsError(f"{entry.file}: download from {entry.url} failed ({reason}){kept}; or download it by hand and run `bfrboost weights import FILE`")
+                raise WeightsError(
+                    f"{entry.file}: download from {entry.url} failed ({reason}){kept}; or download it by hand and run `bfrboost weights import FILE`"
+                )
 
 
 def _fetch_once(entry: WeightFile, part: Path, start: int, advance: Any) -> str | None:

@@ -42,7 +42,10 @@ def test_info_matches_the_paper_size_and_the_measured_lora_counts():
 def test_info_text_prints_the_size_of_every_studied_rank():
     result = runner.invoke(app, ["refiner", "info", "--no-flops"])
     assert result.exit_code == 0, result.output
-    assert "trainable fp32 size by rank (paper: 8 / 16.4 / 32 MB): rank 2: 8.31 MB, rank 4: 16.42 MB, rank 8: 32.64 MB" in result.stdout
+    assert (
+        "trainable fp32 size by rank (paper: 8 / 16.4 / 32 MB): rank 2: 8.31 MB, rank 4: 16.42 MB, rank 8: 32.64 MB"
+        in result.stdout
+    )
 
 
 def test_info_flops_per_stage():
@@ -64,13 +67,44 @@ def test_stats_command_stores_statistics(testdata, tiny_dir, tmp_path):
     import shutil
 
     shutil.copytree(tiny_dir, tmp_path / "r")
-    result = runner.invoke(app, ["refiner", "stats", "--faces", str(testdata / "aligned"), "--refiner", str(tmp_path / "r"),
-                                 "-n", "2", "--size", "64", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "refiner",
+            "stats",
+            "--faces",
+            str(testdata / "aligned"),
+            "--refiner",
+            str(tmp_path / "r"),
+            "-n",
+            "2",
+            "--size",
+            "64",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{tmp_path / 'r'}: per-element statistics of r over 2 faces stored")  # the default
     assert json.loads((tmp_path / "r" / "config.json").read_text())["stats_mode"] == "element"
-    result = runner.invoke(app, ["refiner", "stats", "--faces", str(testdata / "aligned"), "--refiner", str(tmp_path / "r"),
-                                 "-n", "2", "--size", "64", "--device", "cpu", "--per-channel"])
+    result = runner.invoke(
+        app,
+        [
+            "refiner",
+            "stats",
+            "--faces",
+            str(testdata / "aligned"),
+            "--refiner",
+            str(tmp_path / "r"),
+            "-n",
+            "2",
+            "--size",
+            "64",
+            "--device",
+            "cpu",
+            "--per-channel",
+        ],
+    )
     assert result.stdout.startswith(f"{tmp_path / 'r'}: per-channel statistics of r over 2 faces stored")
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["stats_faces"] == 2
@@ -82,9 +116,15 @@ def test_stats_command_errors_are_one_line(tiny_dir, tmp_path, bad, testdata):
     refiner = tiny_dir if bad == "faces" else tmp_path
     result = runner.invoke(app, ["refiner", "stats", "--faces", str(faces), "--refiner", str(refiner)])
     expected = {
-        "faces": (1, f"bfrboost: {faces}: not a folder of aligned faces; give --faces a folder of aligned 512 face crops "
-                     "(e.g. cropped_faces/ of `bfrboost restore --save-faces`)\n"),
-        "refiner": (2, f"bfrboost: {tmp_path}: not a bfrboost refiner (no config.json); run `bfrboost refiner init` or train one first\n"),
+        "faces": (
+            1,
+            f"bfrboost: {faces}: not a folder of aligned faces; give --faces a folder of aligned 512 face crops "
+            "(e.g. cropped_faces/ of `bfrboost restore --save-faces`)\n",
+        ),
+        "refiner": (
+            2,
+            f"bfrboost: {tmp_path}: not a bfrboost refiner (no config.json); run `bfrboost refiner init` or train one first\n",
+        ),
     }[bad]
     assert (result.exit_code, result.stderr) == expected
 
@@ -96,11 +136,31 @@ def test_init_sd21_writes_an_untrained_refiner_for_stats_then_training(tiny_dir,
     make_sd_folder(tiny_dir, sd)
     result = runner.invoke(app, ["refiner", "init", "--sd21", str(tmp_path / "r"), "--sd-model", str(sd), "--rank", "2"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{tmp_path / 'r'}: untrained refiner written (rank 2); next: `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n"
+    assert (
+        result.stdout
+        == f"{tmp_path / 'r'}: untrained refiner written (rank 2); next: `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n"
+    )
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["rank"] == 2 and config["stats_faces"] == 0 and not (tmp_path / "r" / "unet").exists()
-    stats = runner.invoke(app, ["refiner", "stats", "--faces", str(testdata / "aligned"), "--refiner", str(tmp_path / "r"),
-                                "--sd-model", str(sd), "-n", "2", "--size", "64", "--device", "cpu"])
+    stats = runner.invoke(
+        app,
+        [
+            "refiner",
+            "stats",
+            "--faces",
+            str(testdata / "aligned"),
+            "--refiner",
+            str(tmp_path / "r"),
+            "--sd-model",
+            str(sd),
+            "-n",
+            "2",
+            "--size",
+            "64",
+            "--device",
+            "cpu",
+        ],
+    )
     assert stats.exit_code == 0, stats.output
     assert json.loads((tmp_path / "r" / "config.json").read_text())["stats_faces"] == 2
     both = runner.invoke(app, ["refiner", "init", "--sd21", str(tmp_path / "x"), "--tiny", str(tmp_path / "y")])

@@ -25,7 +25,9 @@ def pan_frame(photo: np.ndarray, size: tuple[int, int], offset: tuple[float, flo
     return cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
 
-def pan_offset(index: int, pan: tuple[float, float], origin: tuple[float, float] = (0.0, 0.0), period: int | None = None) -> np.ndarray:
+def pan_offset(
+    index: int, pan: tuple[float, float], origin: tuple[float, float] = (0.0, 0.0), period: int | None = None
+) -> np.ndarray:
     """Top-left corner of frame ``index``'s window: ``origin + index · pan``, or with ``period`` a
     back-and-forth pan (``period / 2`` frames out, as many back) that stays inside the photo."""
     steps = index if period is None else period / 2 - abs(index % period - period / 2)

@@ -29,7 +29,10 @@ def test_cache_round_trips(testdata, tmp_path):
     manifest = build_cache(data, tmp_path, config, [lambda x: x, darken], base_input_size=128, encode_moments=encode)
     train_faces, val_faces = split_faces(list_hq_faces(data), 2, 3)
     assert manifest["val_faces"] == [p.name for p in val_faces]
-    assert [s["file"] for s in manifest["shards"]["train"]] == ["train-00000.safetensors", "train-00001.safetensors"]  # 4 faces, 3 per shard
+    assert [s["file"] for s in manifest["shards"]["train"]] == [
+        "train-00000.safetensors",
+        "train-00001.safetensors",
+    ]  # 4 faces, 3 per shard
 
     cached = CachedFaces(tmp_path, "train")
     assert len(cached) == 4 * 2 * 2 and cached.config.bases == ["none", "dark"] and cached.has_moments
@@ -79,16 +82,41 @@ def test_train_cache_command(testdata, tmp_path):
 
     from bfrboost.cli import app
 
-    result = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none",
-                                      "--size", "32", "--repeats", "1", "--val-count", "2", "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "cache",
+            "--data",
+            str(testdata / "aligned"),
+            "-o",
+            str(tmp_path / "c"),
+            "--base",
+            "none",
+            "--size",
+            "32",
+            "--repeats",
+            "1",
+            "--val-count",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     first, second = result.stdout.splitlines()
     assert first == f"{tmp_path / 'c'}: cache of 6 faces × 1 degradations × 1 base(s): 4 train and 2 val entries"
-    assert re.fullmatch(rf"{tmp_path / 'c'}: built 6 faces in [0-9.]+ s \([0-9.]+ s per face\); [0-9.]+ GB, [0-9.]+ GB per 1000 faces", second)
+    assert re.fullmatch(
+        rf"{tmp_path / 'c'}: built 6 faces in [0-9.]+ s \([0-9.]+ s per face\); [0-9.]+ GB, [0-9.]+ GB per 1000 faces", second
+    )
     assert len(CachedFaces(tmp_path / "c", "train")) == 4
-    again = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none"])
+    again = CliRunner().invoke(
+        app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "c"), "--base", "none"]
+    )
     assert again.exit_code == 2 and "already holds a cache (cache.json); pass --overwrite" in again.stderr
-    unknown = CliRunner().invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "d"), "--base", "nosuch"])
+    unknown = CliRunner().invoke(
+        app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "d"), "--base", "nosuch"]
+    )
     assert unknown.exit_code != 0 and unknown.stderr.count("\n") == 1
 
 
@@ -125,8 +153,15 @@ def test_images_are_stored_compressed_and_lossless(testdata, tmp_path):
     config = CacheConfig(bases=["none"], size=64, repeats=1, seed=0, val_count=2, shard_faces=8)
     build_cache(testdata / "aligned", tmp_path, config, [lambda x: x], base_input_size=64)
     cached = CachedFaces(tmp_path, "train")
-    gt = to_uint8(resize01(torch.from_numpy(read_face(split_faces(list_hq_faces(testdata / "aligned"), 2, 0)[0][0], 64))
-                           .permute(2, 0, 1)[None].float() / 255, 64))[0]
+    gt = to_uint8(
+        resize01(
+            torch.from_numpy(read_face(split_faces(list_hq_faces(testdata / "aligned"), 2, 0)[0][0], 64))
+            .permute(2, 0, 1)[None]
+            .float()
+            / 255,
+            64,
+        )
+    )[0]
     assert torch.equal(cached.clean_faces(0)[0], gt)  # PNG: bit-exact
     raw = sum(t.numel() for t in (cached.clean_faces(0),)) * 2  # gt + one base per face, uint8
     assert (tmp_path / "train-00000.safetensors").stat().st_size < 0.8 * raw

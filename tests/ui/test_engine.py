@@ -72,7 +72,10 @@ def test_bad_uploads_get_one_line_naming_the_file(engine: Engine, tmp_path: Path
     text.write_text("not a photo\n")
     with pytest.raises(InputError) as caught:
         engine.restore(text, Settings(base="none"))
-    assert str(caught.value) == "notes.txt: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"
+    assert (
+        str(caught.value)
+        == "notes.txt: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"
+    )
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2 * 1024 * 1024))
     with pytest.raises(InputError) as caught:
@@ -86,9 +89,13 @@ def test_bad_uploads_get_one_line_naming_the_file(engine: Engine, tmp_path: Path
         engine.restore(testdata / "whole" / "04.jpg", Settings(base="codeformer"))
     message = str(caught.value)
     assert "\n" not in message and "codeformer" in message.lower() and not has_cli_words(message)
-    assert message.endswith(" is not installed on this server; install it there (see the weights page of the docs), "
-                            "or choose another base model")
-    assert describe(RuntimeError("boom\nline two")) == "unexpected error (RuntimeError: boom\\nline two); the server log has the details"
+    assert message.endswith(
+        " is not installed on this server; install it there (see the weights page of the docs), or choose another base model"
+    )
+    assert (
+        describe(RuntimeError("boom\nline two"))
+        == "unexpected error (RuntimeError: boom\\nline two); the server log has the details"
+    )
 
 
 def test_ui_command_binds_to_localhost_by_default(monkeypatch):
@@ -110,7 +117,19 @@ def test_the_page_has_every_control():
     page = build_app(device="cpu")
     controls = {block.elem_id: block for block in page.blocks.values() if isinstance(block, gradio.components.Component)}
     assert controls["face-upsample"].visible is True  # Restorer(face_upsample=...) exists: the control shows
-    assert {"upload", "base", "fidelity", "refine", "strength", "refiner", "bg", "boxes", "smooth", "upscale", "video"} <= controls.keys()
+    assert {
+        "upload",
+        "base",
+        "fidelity",
+        "refine",
+        "strength",
+        "refiner",
+        "bg",
+        "boxes",
+        "smooth",
+        "upscale",
+        "video",
+    } <= controls.keys()
     assert controls["base"].choices[0][0] == "auto" and ("none", "none") in controls["base"].choices
     page.engine.close()
 
@@ -120,12 +139,17 @@ def test_refiner_strength_changes_without_a_reload_and_matches_the_cli(engine: E
     assert CliRunner().invoke(app, ["refiner", "init", "--tiny", str(refiner)]).exit_code == 0
     photo = testdata / "whole" / "04.jpg"  # one face: the tiny refiner still costs seconds per face on CPU
     steps: list[tuple[float, str]] = []
-    half = engine.restore(photo, Settings(base="none", upscale=1, refine=True, refiner=str(refiner), refiner_strength=0.5),
-                          progress=lambda fraction, text: steps.append((fraction, text)))
+    half = engine.restore(
+        photo,
+        Settings(base="none", upscale=1, refine=True, refiner=str(refiner), refiner_strength=0.5),
+        progress=lambda fraction, text: steps.append((fraction, text)),
+    )
     full = engine.restore(photo, Settings(base="none", upscale=1, refine=True, refiner=str(refiner), refiner_strength=1.0))
     assert engine.cache.loads == 1  # the strength is a blend after the refiner, not a new model
     assert "refine" in half.report["seconds"] and "note: the refiner runs on the CPU" in half.summary()
-    expected, _ = cli(photo, tmp_path / "cli", "--base", "none", "-s", "1", "--refiner", str(refiner), "--refiner-strength", "0.5")
+    expected, _ = cli(
+        photo, tmp_path / "cli", "--base", "none", "-s", "1", "--refiner", str(refiner), "--refiner-strength", "0.5"
+    )
     assert half.image_path.read_bytes() == expected.read_bytes()
     assert not np.array_equal(half.after, full.after)
     fractions = [f for f, _ in steps]
@@ -193,8 +217,12 @@ def clip(testdata: Path, tmp_path_factory) -> Path:
 def test_a_video_upload_equals_the_cli(engine: Engine, clip: Path, tmp_path: Path, cli, smooth: bool):
     """A clip goes through the CLI's VideoRunner: same frames, same bytes, the --json line's fields."""
     steps: list[tuple[float, str]] = []
-    outcome = engine.restore(clip, Settings(base="none", upscale=2, smooth=smooth), name="holiday.mp4",
-                             progress=lambda fraction, text: steps.append((fraction, text)))
+    outcome = engine.restore(
+        clip,
+        Settings(base="none", upscale=2, smooth=smooth),
+        name="holiday.mp4",
+        progress=lambda fraction, text: steps.append((fraction, text)),
+    )
     assert isinstance(outcome, ClipOutcome)
     expected, line = cli(clip, tmp_path / "cli", "--base", "none", "-s", "2", *([] if smooth else ["--no-smooth"]))
     assert expected.parent.name == "restored_videos" and outcome.video_path.name == "pan.mp4"
@@ -221,9 +249,7 @@ def test_video_uploads_have_their_own_cap(tmp_path: Path):
     big.write_bytes(bytes(2 * 1024 * 1024))
     with pytest.raises(InputError) as caught:
         small.restore(big, Settings(base="none"), name="holiday.mp4")
-    assert str(caught.value) == (
-        "holiday.mp4: 2.0 MB is over this app's video upload limit of 1 MB; upload a shorter clip"
-    )
+    assert str(caught.value) == ("holiday.mp4: 2.0 MB is over this app's video upload limit of 1 MB; upload a shorter clip")
     assert small.max_request_bytes == 3 * 1024 * 1024  # the web server lets the larger cap through
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all")

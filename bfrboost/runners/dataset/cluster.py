@@ -103,8 +103,14 @@ def restore_dataset(
     return reports
 
 
-def _run(ray: Any, todo: list[dict[str, Any]], parts: tuple[DetectOptions, RestoreOptions, PasteOptions], output: OutputOptions,
-         images_per_batch: int, gpus: int | None) -> list[dict[str, Any]]:
+def _run(
+    ray: Any,
+    todo: list[dict[str, Any]],
+    parts: tuple[DetectOptions, RestoreOptions, PasteOptions],
+    output: OutputOptions,
+    images_per_batch: int,
+    gpus: int | None,
+) -> list[dict[str, Any]]:
     detect, restore, paste = parts
     available = int(ray.cluster_resources().get("GPU", 0))
     gpus = available if gpus is None else gpus

@@ -47,7 +47,7 @@ def is_uri(location: str) -> bool:
 
 
 def _local(location: str) -> str:
-    return location[len("file://"):] if location.startswith("file://") else location
+    return location[len("file://") :] if location.startswith("file://") else location
 
 
 @functools.lru_cache(maxsize=16)
@@ -96,15 +96,19 @@ def list_items(src: str) -> list[Item]:
         return [Item(source=str(path / rel), rel=rel) for rel in rels]
     if path.is_file():
         return _list_file(path)
-    raise InputError(f"{one_line(src)}: no such folder or list file; give a folder, a text file of paths, or a URI such as s3://bucket/photos")
+    raise InputError(
+        f"{one_line(src)}: no such folder or list file; give a folder, a text file of paths, or a URI such as s3://bucket/photos"
+    )
 
 
 def _list_file(path: Path) -> list[Item]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{one_line(path)}: not a readable text file of paths ({one_line(exc)}); give a folder, "
-                         "a text file with one path or URI per line, or a URI") from None
+        raise InputError(
+            f"{one_line(path)}: not a readable text file of paths ({one_line(exc)}); give a folder, "
+            "a text file with one path or URI per line, or a URI"
+        ) from None
     items = []
     for number, line in enumerate(lines, 1):
         entry = line.strip()
@@ -140,8 +144,10 @@ def check_locations(src: str, dst: str) -> None:
     source, target = Path(_local(src)).resolve(), Path(_local(dst)).resolve()
     if target == source or source in target.parents:
         where = "is SRC itself" if target == source else f"is inside SRC ({one_line(src)})"
-        raise UsageError(f"{one_line(dst)}: the output folder {where}: outputs would replace inputs or be read as inputs "
-                         "by the next run; choose a DST outside SRC")
+        raise UsageError(
+            f"{one_line(dst)}: the output folder {where}: outputs would replace inputs or be read as inputs "
+            "by the next run; choose a DST outside SRC"
+        )
 
 
 @dataclass
@@ -164,11 +170,16 @@ def plan_dataset(src: str, dst: str, ext: str = "auto", overwrite: bool = False,
     check_locations(src, dst)
     items = list_items(src)
     if not items:
-        raise InputError(f"{one_line(src)}: no images found; give a folder of images (searched recursively), a text file "
-                         "with one path or URI per line, or a URI such as s3://bucket/photos")
+        raise InputError(
+            f"{one_line(src)}: no images found; give a folder of images (searched recursively), a text file "
+            "with one path or URI per line, or a URI such as s3://bucket/photos"
+        )
     previous = {} if overwrite or rebuild_manifest else {(row["rel"], row["input"]): row for row in read_manifest(dst)}
-    claims = Claims(InputGuard(item.source for item in items if not is_uri(item.source)), _INPUT_ACTION,
-                    "restore it separately or give it another name")
+    claims = Claims(
+        InputGuard(item.source for item in items if not is_uri(item.source)),
+        _INPUT_ACTION,
+        "restore it separately or give it another name",
+    )
     claimed: dict[str, str] = {}  # URI outputs (no local paths to guard)
     plan = DatasetPlan(items, [None] * len(items), [], set())
     for index, item in enumerate(items):
@@ -201,8 +212,10 @@ def _claim(item: Item, out: str, claims: Claims, claimed: dict[str, str]) -> str
     if out == item.source:
         return f"{one_line(out)}: would overwrite the input {one_line(item.source)}; {_INPUT_ACTION}"
     if out in claimed:
-        return (f"{one_line(item.source)}: its output {one_line(out)} is already taken by {one_line(claimed[out])}; "
-                "restore it separately or give it another name")
+        return (
+            f"{one_line(item.source)}: its output {one_line(out)} is already taken by {one_line(claimed[out])}; "
+            "restore it separately or give it another name"
+        )
     claimed[out] = item.source
     return None
 
@@ -296,7 +309,9 @@ def prepare_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions,
             raise InputError(f"{one_line(row['source'])}: no such file") from None
         except OSError as exc:
             raise InputError(f"{one_line(row['source'])}: cannot read ({one_line(exc)})") from None
-        loaded = read_image(data, name=row["source"], max_pixels=max_pixels) if max_pixels else read_image(data, name=row["source"])
+        loaded = (
+            read_image(data, name=row["source"], max_pixels=max_pixels) if max_pixels else read_image(data, name=row["source"])
+        )
         report.seconds["decode"] = time.perf_counter() - start
         report.width, report.height = loaded.width, loaded.height
         job.loaded = loaded
@@ -357,8 +372,15 @@ def finish_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, 
 def manifest_row(report: FileReport, rel: str) -> dict[str, Any]:
     line = report.to_json()
     return {
-        "rel": rel, "input": line["input"], "output": line["output"], "width": line["width"], "height": line["height"],
-        "faces": json.dumps(line["faces"]), "seconds": json.dumps(line["seconds"]), "error": line["error"], "skipped": line["skipped"],
+        "rel": rel,
+        "input": line["input"],
+        "output": line["output"],
+        "width": line["width"],
+        "height": line["height"],
+        "faces": json.dumps(line["faces"]),
+        "seconds": json.dumps(line["seconds"]),
+        "error": line["error"],
+        "skipped": line["skipped"],
     }
 
 
@@ -369,8 +391,15 @@ def report_from_row(row: dict[str, Any]) -> FileReport:
         for face in json.loads(row["faces"] or "[]")
     ]
     return FileReport(
-        input=row["input"], output=row["output"], width=row["width"], height=row["height"], faces=faces,
-        seconds=json.loads(row["seconds"] or "{}"), error=row["error"], skipped=row["skipped"], extra={"rel": row["rel"]},
+        input=row["input"],
+        output=row["output"],
+        width=row["width"],
+        height=row["height"],
+        faces=faces,
+        seconds=json.loads(row["seconds"] or "{}"),
+        error=row["error"],
+        skipped=row["skipped"],
+        extra={"rel": row["rel"]},
     )
 
 
@@ -394,8 +423,9 @@ def read_manifest(dst: str) -> list[dict[str, Any]]:
             raise ValueError(f"columns {', '.join(sorted(rows[0]))} instead of {', '.join(MANIFEST_COLUMNS)}")
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a damaged file
         reason = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise InputError(f"{one_line(location)}: damaged manifest ({reason}); pass --rebuild-manifest to rebuild it "
-                         "from the outputs in DST") from None
+        raise InputError(
+            f"{one_line(location)}: damaged manifest ({reason}); pass --rebuild-manifest to rebuild it from the outputs in DST"
+        ) from None
     return rows
 
 
@@ -406,10 +436,19 @@ def write_manifest(dst: str, rows: Iterable[dict[str, Any]]) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([
-        ("rel", pa.string()), ("input", pa.string()), ("output", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
-        ("faces", pa.string()), ("seconds", pa.string()), ("error", pa.string()), ("skipped", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("rel", pa.string()),
+            ("input", pa.string()),
+            ("output", pa.string()),
+            ("width", pa.int64()),
+            ("height", pa.int64()),
+            ("faces", pa.string()),
+            ("seconds", pa.string()),
+            ("error", pa.string()),
+            ("skipped", pa.string()),
+        ]
+    )
     table = pa.Table.from_pylist([{k: row.get(k) for k in MANIFEST_COLUMNS} for row in rows], schema=schema)
     if is_uri(dst):
         location = f"{dst.rstrip('/')}/{MANIFEST}"
