@@ -130,10 +130,12 @@ def test_json_has_one_object_per_input_including_collection_failures(photo: Path
     assert by_input[str(photo)]["error"] is None
     expected = {
         "missing.jpg": f"{bad / 'missing.jpg'}: no such file or folder; check the path",
-        "dangling.jpg": f"{bad / 'dangling.jpg'}: broken symbolic link (its target {bad / 'gone.jpg'} does not exist); fix or remove the link",
+        "dangling.jpg": f"{bad / 'dangling.jpg'}: broken symbolic link (its target {bad / 'gone.jpg'} does not exist); "
+        "fix or remove the link",
         "folder.jpg": f"{bad / 'folder.jpg'}: is a folder (named like an image), not an image file, and holds no images; "
         "give the image file's path",
-        "pipe.png": f"{bad / 'pipe.png'}: is a named pipe (FIFO), not a regular file; save the image to a file, or pipe it in with '-'",
+        "pipe.png": f"{bad / 'pipe.png'}: is a named pipe (FIFO), not a regular file; "
+        "save the image to a file, or pipe it in with '-'",
         "empty.png": f"{bad / 'empty.png'}: empty file (0 bytes); re-export or re-download it",
     }
     for name, error in expected.items():

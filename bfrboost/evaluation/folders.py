@@ -140,7 +140,8 @@ def evaluate_folder(
         unmatched = [p for p in restored if p.stem not in index]
         if unmatched:
             problems.append(
-                f"{len(unmatched)} restored face(s) have no same-named reference in {one_line(reference_dir)}, e.g. {one_line(unmatched[0].name)}; paired metrics leave them out"
+                f"{len(unmatched)} restored face(s) have no same-named reference in {one_line(reference_dir)}, "
+                f"e.g. {one_line(unmatched[0].name)}; paired metrics leave them out"
             )
     images = pairs = 0
     batch: list[np.ndarray] = []

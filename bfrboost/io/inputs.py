@@ -53,15 +53,7 @@ def collect_inputs(inputs: Iterable[str], recursive: bool = False, videos: bool 
         if path.is_file():
             found = [path]
         elif path.is_dir():
-            try:
-                found, inside = _scan(_folder_entries(path, recursive, problems), extensions)
-                hint = "" if found or recursive or not any(_visible_dirs(path)) else " (pass --recursive to look in subfolders)"
-            except OSError as exc:
-                problems.append(InputProblem(item, f"cannot read folder ({exc.strerror}); check its permissions"))
-                continue
-            problems += inside
-            if not found and not inside:
-                problems.append(InputProblem(item, _empty_folder(path, hint)))
+            found = _folder_inputs(item, path, recursive, extensions, problems)
         elif any(char in item for char in "*?[") and not os.path.lexists(path):
             found, inside = _scan((Path(p) for p in sorted(glob.glob(os.path.expanduser(item), recursive=True))), extensions)
             problems += inside
@@ -78,6 +70,23 @@ def collect_inputs(inputs: Iterable[str], recursive: bool = False, videos: bool 
                 seen.add(key)
                 paths.append(found_path)
     return paths, problems
+
+
+def _folder_inputs(
+    item: str, path: Path, recursive: bool, extensions: frozenset[str], problems: list[InputProblem]
+) -> list[Path]:
+    """The images (or clips) of folder input ``item``, appending its problems to ``problems``; kept apart
+    so :func:`collect_inputs` stays within the complexity limit. An unreadable folder yields nothing."""
+    try:
+        found, inside = _scan(_folder_entries(path, recursive, problems), extensions)
+        hint = "" if found or recursive or not any(_visible_dirs(path)) else " (pass --recursive to look in subfolders)"
+    except OSError as exc:
+        problems.append(InputProblem(item, f"cannot read folder ({exc.strerror}); check its permissions"))
+        return []
+    problems += inside
+    if not found and not inside:
+        problems.append(InputProblem(item, _empty_folder(path, hint)))
+    return found
 
 
 def _empty_folder(path: Path, hint: str) -> str:

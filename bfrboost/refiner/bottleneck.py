@@ -156,7 +156,8 @@ class ManifoldBottleneck(nn.Module):
         mean, std = self.stats_mean.float(), self.noise_std().float()
         if mean.shape[1:] != (1, 1) and mean.shape[1:] != r.shape[2:]:
             raise UsageError(
-                f"per-element statistics are {tuple(mean.shape[1:])} but the manifold is {tuple(r.shape[2:])}; recompute stats at this face size"
+                f"per-element statistics are {tuple(mean.shape[1:])} but the manifold is {tuple(r.shape[2:])}; "
+                "recompute stats at this face size"
             )
         h = self.transformer(r) if self.transformer is not None else r
         if self.lambda_head is None:

@@ -422,14 +422,16 @@ class InfoBFR(nn.Module):
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
             raise WeightsError(
-                f"{directory}: not a bfrboost refiner (needs {CONFIG_NAME} and {WEIGHTS_NAME}); train one or run `bfrboost refiner init --tiny DIR`"
+                f"{directory}: not a bfrboost refiner (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
+                "train one or run `bfrboost refiner init --tiny DIR`"
             )
         config = InfoBFRConfig.from_json(directory / CONFIG_NAME)
         sd_dir = directory if is_self_contained(directory) else resolve_sd_dir(sd_model)
         scheduler = read_scheduler_config(sd_dir)
         if scheduler.get("prediction_type", config.prediction_type) != config.prediction_type:
             raise UsageError(
-                f"{sd_dir}: SD model predicts {scheduler['prediction_type']!r} but the refiner was trained on {config.prediction_type!r}; use the SD model it was trained with"
+                f"{sd_dir}: SD model predicts {scheduler['prediction_type']!r} "
+                f"but the refiner was trained on {config.prediction_type!r}; use the SD model it was trained with"
             )
         vae, unet = load_sd_modules(sd_dir)
         state = weights.load_state_dict(directory / WEIGHTS_NAME)
@@ -594,7 +596,8 @@ def encode_empty_prompt(sd_dir: Path) -> torch.Tensor:
     )
     if weight_path is None or not (tokenizer_dir / "vocab.json").is_file():
         raise WeightsError(
-            f"{sd_dir}: text_encoder/ or tokenizer/ missing; they are needed once to create a refiner (download them from {SD21_BASE_REPO})"
+            f"{sd_dir}: text_encoder/ or tokenizer/ missing; "
+            f"they are needed once to create a refiner (download them from {SD21_BASE_REPO})"
         )
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(encoder_dir), local_files_only=True))
@@ -619,7 +622,8 @@ def encode_empty_prompt(sd_dir: Path) -> torch.Tensor:
             else f"{len(wrong)} of the wrong shape, e.g. {wrong[0]!r}"
         )
         raise WeightsError(
-            f"{weight_path}: text-encoder weights do not match {encoder_dir / 'config.json'} ({what}); re-download text_encoder/ of {SD21_BASE_REPO}"
+            f"{weight_path}: text-encoder weights do not match {encoder_dir / 'config.json'} ({what}); "
+            f"re-download text_encoder/ of {SD21_BASE_REPO}"
         )
     encoder.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     ids = tokenizer(

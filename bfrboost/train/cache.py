@@ -236,7 +236,8 @@ class CachedFaces:
         manifest_path = self.cache / MANIFEST
         if not manifest_path.is_file():
             raise InputError(
-                f"{self.cache}: no {MANIFEST}; build the cache with `bfrboost train cache --data HQ_DIR --base NAME -o {self.cache}`"
+                f"{self.cache}: no {MANIFEST}; "
+                f"build the cache with `bfrboost train cache --data HQ_DIR --base NAME -o {self.cache}`"
             )
         try:
             self.manifest = json.loads(manifest_path.read_text())

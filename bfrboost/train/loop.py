@@ -366,7 +366,8 @@ class Trainer:
             raise InputError(f"{cache_dir}: the cache has no training entries; add faces to --data")
         if train_set.config.size != config.size:
             raise UsageError(
-                f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {config.size}; rebuild the cache or pass --size {train_set.config.size}"
+                f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {config.size}; "
+                f"rebuild the cache or pass --size {train_set.config.size}"
             )
         if config.stats_from is not None:
             copy_stats(model, config.stats_from)  # first: a --stats-from without statistics is refused before any work

@@ -4,8 +4,9 @@
 Going through :class:`~bfrboost.runners.files.FileRunner` for images and
 :class:`~bfrboost.runners.video.VideoRunner` for clips (not re-implementations) is what makes the
 page's result byte-identical to ``bfrboost restore`` with the same options: same decoder, same gray
-handling, same boxes, same encoder, same landmark smoothing. Models load once per settings combination and stay in a small LRU cache, because
-a load (base weights, detector, parser, Real-ESRGAN, refiner) costs far more than one photo.
+handling, same boxes, same encoder, same landmark smoothing. Models load once per settings combination
+and stay in a small LRU cache, because a load (base weights, detector, parser, Real-ESRGAN, refiner)
+costs far more than one photo.
 """
 
 from __future__ import annotations

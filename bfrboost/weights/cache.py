@@ -41,13 +41,15 @@ def ensure(file: str, offline: bool | None = None, progress: bool = True) -> Pat
             return path
         if is_offline(offline):
             raise WeightsError(
-                f"{problems[0]}; offline mode is on: replace it with a good copy from {entry.url} (or `bfrboost weights import FILE`)"
+                f"{problems[0]}; offline mode is on: "
+                f"replace it with a good copy from {entry.url} (or `bfrboost weights import FILE`)"
             )
         say(f"{problems[0]}; downloading it again")
         path.unlink()
     elif is_offline(offline):
         raise WeightsError(
-            f"{entry.file}: not in the cache and offline mode is on; download {entry.url} and put it at {path} (or run `bfrboost weights import FILE`)"
+            f"{entry.file}: not in the cache and offline mode is on; "
+            f"download {entry.url} and put it at {path} (or run `bfrboost weights import FILE`)"
         )
     return download(entry.file, progress=progress)
 

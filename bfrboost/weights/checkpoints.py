@@ -142,7 +142,8 @@ def _unwrap(sd: Any, path: Path) -> dict[str, torch.Tensor]:
     odd = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if odd:
         raise WeightsError(
-            f"{path}: not a state dict of tensors (non-tensor entries: {', '.join(odd[:5])}); use the checkpoint named in the model card"
+            f"{path}: not a state dict of tensors (non-tensor entries: {', '.join(odd[:5])}); "
+            "use the checkpoint named in the model card"
         )
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}

@@ -48,12 +48,14 @@ def download(file: str, progress: bool = True) -> Path:
     if entry.size is not None and size != entry.size:
         part.unlink()
         raise WeightsError(
-            f"{entry.file}: downloaded {size} bytes but the card expects {entry.size} (from {entry.url}); removed the download, try again"
+            f"{entry.file}: downloaded {size} bytes but the card expects {entry.size} (from {entry.url}); "
+            "removed the download, try again"
         )
     if entry.sha256 is not None and digest != entry.sha256:
         part.unlink()
         raise WeightsError(
-            f"{entry.file}: SHA-256 {digest} does not match the expected {entry.sha256} (from {entry.url}); removed the download, try again"
+            f"{entry.file}: SHA-256 {digest} does not match the expected {entry.sha256} (from {entry.url}); "
+            "removed the download, try again"
         )
     os.replace(part, path)
     remember_hash(path, digest)
@@ -67,10 +69,7 @@ def _fetch(entry: WeightFile, part: Path, progress: bool) -> str:
     stalled = 0
     with _progress_bar(entry.file, progress) as advance:
         while True:
-            start = part.stat().st_size if part.exists() else 0
-            if entry.size is not None and start > entry.size:
-                part.unlink()
-                start = 0
+            start = _resume_point(entry, part)
             if entry.size is not None and start == entry.size:
                 return sha256_of(part).hexdigest()
             try:
@@ -82,7 +81,8 @@ def _fetch(entry: WeightFile, part: Path, progress: bool) -> str:
                     part.unlink()
                     continue
                 raise WeightsError(
-                    f"{entry.file}: download failed, HTTP {exc.code} from {entry.url}; download it by hand and run `bfrboost weights import FILE`"
+                    f"{entry.file}: download failed, HTTP {exc.code} from {entry.url}; "
+                    "download it by hand and run `bfrboost weights import FILE`"
                 ) from None
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 digest, reason = None, getattr(exc, "reason", exc)
@@ -93,12 +93,31 @@ def _fetch(entry: WeightFile, part: Path, progress: bool) -> str:
             grew = (part.stat().st_size if part.exists() else 0) > start
             stalled = 0 if grew else stalled + 1
             if stalled >= _MAX_STALLED_ATTEMPTS:
-                if part.exists() and part.stat().st_size == 0:
-                    part.unlink()
-                kept = f"; the partial file {part} is kept and resumed next time" if part.exists() else ""
-                raise WeightsError(
-                    f"{entry.file}: download from {entry.url} failed ({reason}){kept}; or download it by hand and run `bfrboost weights import FILE`"
-                )
+                _give_up(entry, part, reason)
+
+
+def _resume_point(entry: WeightFile, part: Path) -> int:
+    """Bytes of ``part`` to resume after; a ``part`` longer than the card's size cannot be the file's start,
+    so it is removed and the download starts over. Kept apart so :func:`_fetch` stays within the complexity limit."""
+    start = part.stat().st_size if part.exists() else 0
+    if entry.size is not None and start > entry.size:
+        part.unlink()
+        start = 0
+    return start
+
+
+def _give_up(entry: WeightFile, part: Path, reason: object) -> None:
+    """Raise after the last stalled attempt, kept apart so :func:`_fetch` stays within the complexity limit.
+
+    An empty ``part`` is removed; a non-empty one is kept (and named) so the next download resumes it.
+    """
+    if part.exists() and part.stat().st_size == 0:
+        part.unlink()
+    kept = f"; the partial file {part} is kept and resumed next time" if part.exists() else ""
+    raise WeightsError(
+        f"{entry.file}: download from {entry.url} failed ({reason}){kept}; "
+        "or download it by hand and run `bfrboost weights import FILE`"
+    )
 
 
 def _fetch_once(entry: WeightFile, part: Path, start: int, advance: Any) -> str | None:

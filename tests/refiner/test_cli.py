@@ -137,8 +137,8 @@ def test_init_sd21_writes_an_untrained_refiner_for_stats_then_training(tiny_dir,
     result = runner.invoke(app, ["refiner", "init", "--sd21", str(tmp_path / "r"), "--sd-model", str(sd), "--rank", "2"])
     assert result.exit_code == 0, result.output
     assert (
-        result.stdout
-        == f"{tmp_path / 'r'}: untrained refiner written (rank 2); next: `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n"
+        result.stdout == f"{tmp_path / 'r'}: untrained refiner written (rank 2); "
+        f"next: `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n"
     )
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["rank"] == 2 and config["stats_faces"] == 0 and not (tmp_path / "r" / "unet").exists()
