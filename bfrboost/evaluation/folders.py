@@ -17,7 +17,7 @@ import numpy as np
 from bfrboost.errors import InputError, UsageError
 from bfrboost.evaluation.evaluator import Evaluator, MetricModels
 from bfrboost.io.inputs import collect_inputs
-from bfrboost.io.read import read_image
+from bfrboost.io.read import DEFAULT_MAX_PIXELS, read_image
 from bfrboost.metrics import METRICS, MetricValue, parse_metrics
 from bfrboost.metrics.inception import DEFAULT_SIZE, ReferenceStats, compute_reference_stats
 from bfrboost.safety import one_line
@@ -35,11 +35,17 @@ def list_images(folder: Path | str, what: str) -> list[Path]:
     return paths
 
 
+#: What a too-large image's message tells the evaluation commands' user: they have no --max-pixels, and
+#: score aligned face crops, which are far below the limit.
+TOO_LARGE = "evaluation scores aligned face crops: crop the faces first (bfrboost restore --save-faces)"
+MAX_PIXELS = DEFAULT_MAX_PIXELS
+
+
 def read_rgb(paths: Sequence[Path], problems: list[str]) -> Iterator[tuple[Path, np.ndarray]]:
     """Decoded RGB images; unreadable files go to ``problems`` (one line each) and are skipped."""
     for path in paths:
         try:
-            yield path, read_image(path).rgb
+            yield path, read_image(path, max_pixels=MAX_PIXELS, too_large=TOO_LARGE).rgb
         except InputError as exc:
             problems.append(str(exc))
 
@@ -59,7 +65,7 @@ def read_reference(index: dict[str, Path], stem: str, problems: list[str]) -> np
     if stem not in index:
         return None
     try:
-        return read_image(index[stem]).rgb
+        return read_image(index[stem], max_pixels=MAX_PIXELS, too_large=TOO_LARGE).rgb
     except InputError as exc:
         problems.append(str(exc))
         return None

@@ -60,10 +60,16 @@ class LoadedImage:
 
 
 
-def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def read_image(
+    source: Path | str | bytes,
+    name: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    too_large: str | None = None,
+) -> LoadedImage:
     """Decode a file (or its bytes, e.g. stdin) to RGB uint8 with alpha kept aside.
 
-    Multi-frame files give their first frame. ``max_pixels=None`` disables the size guard.
+    Multi-frame files give their first frame. ``max_pixels=None`` disables the size guard; ``too_large``
+    is the action its message gives (default: the ``--max-pixels`` option of the commands that have it).
     Raises :class:`InputError` with one line naming ``name`` (default: the path) and the reason.
     """
     if isinstance(source, bytes):
@@ -81,7 +87,7 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
     if max_pixels is not None and width * height > max_pixels:
         raise InputError(
             f"{name}: image is {width}x{height} ({_megapixels(width * height)} MP), above the "
-            f"{_megapixels(max_pixels)} MP safety limit; pass --max-pixels {width * height} to allow it"
+            f"{_megapixels(max_pixels)} MP safety limit; {too_large or f'pass --max-pixels {width * height} to allow it'}"
         )
     try:
         image.load()

@@ -318,3 +318,18 @@ def test_boost_flags_paired_and_no_reference_metrics_that_disagree():
         "say with refiner"
     ) in md
     assert [line.endswith(",yes") for line in csv_table(report).splitlines()[1:]] == [True, True, True, False, False, False]
+
+
+def test_a_too_large_image_names_what_eval_can_do(tmp_path, monkeypatch):
+    """eval has no --max-pixels: the size guard's line says what to do instead of naming a missing option."""
+    from bfrboost.evaluation import folders
+
+    folder = tmp_path / "restored"
+    folder.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "big.png")
+    monkeypatch.setattr(folders, "MAX_PIXELS", 100)
+    result = runner.invoke(app, ["eval", "--restored", str(folder), "--reference", str(folder), "--metrics", "psnr"])
+    assert result.exit_code == 1
+    line = f"{folder / 'big.png'}: image is 32x32 (0.00102 MP), above the 0.0001 MP safety limit; {folders.TOO_LARGE}"
+    assert line in result.stderr
+    assert "--max-pixels" not in result.stderr
