@@ -527,6 +527,12 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
     Training wrappers (``params_ema`` preferred, then ``params``, ``state_dict``, ``g_ema``) are
     unwrapped and a DataParallel ``module.`` prefix is stripped.
     """
+    return _unwrap(load_checkpoint(path, expected_sha256), Path(path))
+
+
+def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> Any:
+    """The checkpoint's content as stored (wrappers, counters and all), loaded without running code:
+    for loaders that must look past a training wrapper themselves."""
     import torch  # here, not at module level: `bfrboost weights ...` should not wait for torch
 
     path = Path(path)
@@ -556,7 +562,7 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
             raise WeightsError(f"{path}: refused: {_refusal_reason(str(exc))}; only tensor-only .pth or .safetensors files are accepted") from None
         except Exception:  # noqa: BLE001 - a damaged file raises RuntimeError, EOFError, KeyError, struct.error, ...
             raise _damaged(path) from None
-    return _unwrap(sd, path)
+    return sd
 
 
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL|allowlisted|add_safe_globals|reduce")  # torch's words for "would run code"

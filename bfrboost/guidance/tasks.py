@@ -2,7 +2,7 @@
 
 | task | properties (default weight) | update | default s |
 |---|---|---|---|
-| ``restore`` | smooth semantics (1) [+ identity (25)] | mean shift | 0.1 |
+| ``restore`` | smooth semantics (1) [+ identity (5e3 ``mse`` / 1e4 ``cos``)] | mean shift | 0.1 |
 | ``colorize`` | lightness of the input (1) + colour statistics (0.05) | dynamic, per channel | 0.01 |
 | ``inpaint`` | unmasked region (1), gradient zeroed in the mask | dynamic | 0.01 |
 | ``old-photo`` | restorer lightness outside the mask (1) + colour statistics (0.5), gradient zeroed in the mask | dynamic, per channel | 0.002 |
@@ -39,6 +39,12 @@ from bfrboost.guidance.sampler import Guidance, sample
 
 TASKS = ("restore", "colorize", "inpaint", "old-photo")
 DEFAULT_SCALE = {"restore": 0.1, "colorize": 0.01, "inpaint": 0.01, "old-photo": 0.002}
+#: Default identity weight per loss, on our L2-normalised ArcFace embeddings. Cosine ignores the
+#: embedding's norm, so upstream's ``-cos × 1e4`` carries over unchanged; on unit vectors
+#: ‖a − b‖² = 2 − 2·cos, whose gradient is twice −cos's, so the same pull needs 1e4 / 2 = 5e3 with
+#: ``mse`` (upstream's raw-embedding ``mse × 25`` equals it when the raw norm is √(5e3/25) ≈ 14).
+IDENTITY_WEIGHT = {"mse": 5e3, "cos": 1e4}
+REF_LOSSES = tuple(IDENTITY_WEIGHT)
 
 
 @dataclass
@@ -54,24 +60,29 @@ class GuidanceOptions:
     lightness_weight: float = 1.0
     color_weight: float = 0.05
     unmasked_weight: float = 1.0
-    ref_weight: float = 25.0
-    ref_loss: str = "mse"  # or "cos" (−cosine; PGDiff uses weight 1e4 with it)
+    ref_weight: float | None = None  # None = IDENTITY_WEIGHT[ref_loss]
+    ref_loss: str = "mse"  # or "cos" (−cosine)
     op_lightness_weight: float = 1.0
     op_color_weight: float = 0.5
     color_mean: tuple[float, float, float] = CELEBA_HQ_COLOR_MEAN
     color_std: tuple[float, float, float] = CELEBA_HQ_COLOR_STD
 
     def __post_init__(self) -> None:
-        if self.ref_loss not in ("mse", "cos"):
+        if self.ref_loss not in REF_LOSSES:
             raise UsageError(f"unknown identity loss {self.ref_loss!r}; use mse or cos")
         if self.scale is not None and self.scale < 0:
             raise UsageError(f"guidance scale must be >= 0, got {self.scale}")
         for f in fields(self):
-            if f.name.endswith("_weight") and getattr(self, f.name) < 0:
+            if f.name.endswith("_weight") and (getattr(self, f.name) or 0) < 0:
                 raise UsageError(f"{f.name.replace('_', '-')} must be >= 0, got {getattr(self, f.name)}")
 
     def scale_for(self, task: str) -> float:
         return DEFAULT_SCALE[task] if self.scale is None else self.scale
+
+    @property
+    def identity_weight(self) -> float:
+        """``ref_weight``, or the default of ``ref_loss`` (see :data:`IDENTITY_WEIGHT`)."""
+        return IDENTITY_WEIGHT[self.ref_loss] if self.ref_weight is None else self.ref_weight
 
 
 def make_guidance(
@@ -83,8 +94,10 @@ def make_guidance(
     restorer: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     mask: torch.Tensor | None = None,
     identity: tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+    identity_faces: torch.Tensor | None = None,
 ) -> Guidance:
-    """The properties of ``task`` for inputs ``y`` (all (B, C, H, W) in [-1, 1], mask 1 = missing)."""
+    """The properties of ``task`` for inputs ``y`` (all (B, C, H, W) in [-1, 1], mask 1 = missing);
+    ``identity_faces`` (B,) 1 for the faces the identity guides (default: all)."""
     if task not in TASKS:
         raise UsageError(f"unknown guided task {task!r}; use one of {', '.join(TASKS)}")
     o = options
@@ -96,7 +109,8 @@ def make_guidance(
     if task == "restore":
         terms = [(o.ss_weight, semantics)]
         if identity is not None:
-            terms.append((o.ref_weight, Identity(embed=identity[0], reference=identity[1], kind=o.ref_loss)))
+            identity_term = Identity(embed=identity[0], reference=identity[1], kind=o.ref_loss, faces=identity_faces)
+            terms.append((o.identity_weight, identity_term))
         return Guidance(terms=terms, update="mean", **common)
     if identity is not None:
         raise UsageError("a reference identity guides restoration only; use `bfrboost restore --base pgdiff --reference REF`")
@@ -127,6 +141,21 @@ def load_prior(path: str | Path | None = None, config: UNetConfig | None = None)
 
 #: The architecture ``load_prior`` builds by default (DifFace's released configuration).
 PRIOR_CONFIG = UNetConfig()
+#: ``--tiny``: the same architecture class at 64 px with seeded random weights (no download), to try
+#: every guided command in seconds; its faces are noise-like, not restorations.
+TINY_PRIOR_CONFIG = UNetConfig(
+    image_size=64, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_resolutions=(16,), num_head_channels=32
+)
+
+
+def tiny_prior(seed: int = 1) -> IDDPMUNet:
+    """The ``--tiny`` demo prior: :data:`TINY_PRIOR_CONFIG` with weights drawn N(0, 0.1²) from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    net = IDDPMUNet(TINY_PRIOR_CONFIG)
+    with torch.no_grad():
+        for tensor in net.state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+    return net.eval().requires_grad_(False)
 
 
 def _resize(x: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
@@ -166,6 +195,7 @@ class PGDiff(nn.Module):
         targets: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         reference: torch.Tensor | None = None,
+        reference_faces: torch.Tensor | None = None,
         on_step: Callable[[int, int], None] | None = None,
         log: Callable[[int, Mapping[str, float]], None] | None = None,
     ) -> torch.Tensor:
@@ -173,7 +203,8 @@ class PGDiff(nn.Module):
 
         ``targets``: a restorer's outputs for the crops ([0, 1], the smooth-semantics target) unless
         the RRDB restorer is loaded; ``masks``: (B, 1, S, S), 1 = fill; ``reference``: ArcFace
-        embedding(s) of the reference identity, (1 or B, D).
+        embedding(s) of the reference identity, (1 or B, D); ``reference_faces``: (B,) 1 for the crops
+        the identity guides, 0 for the others (default: all).
         """
         options = options or GuidanceOptions()
         device, size = crops.device, self.size
@@ -191,7 +222,9 @@ class PGDiff(nn.Module):
         identity = (self.arcface.embed, reference) if reference is not None else None
         if identity is not None and self.arcface is None:
             raise UsageError("identity guidance needs an ArcFace model; none is loaded")
-        guidance = make_guidance(task, options, y, target=target, restorer=restorer, mask=mask, identity=identity)
+        guidance = make_guidance(
+            task, options, y, target=target, restorer=restorer, mask=mask, identity=identity, identity_faces=reference_faces
+        )
         out = sample(self.prior, y.shape, guidance, steps=options.steps, seed=options.seed, device=device, on_step=on_step, log=log)
         out = (out + 1) / 2
         if (height, width) != (size, size):
