@@ -101,6 +101,8 @@ class TimeRRDB(nn.Module):
 
 #: The architecture :func:`build` and :func:`load` use by default (the released configuration).
 RRDB_CONFIG = RRDBConfig()
+#: ``--tiny``: a one-block, 8-channel restorer with random weights (no download).
+TINY_RRDB_CONFIG = RRDBConfig(mid_channels=8, num_blocks=1, growth_channels=4)
 
 
 def build(state_dict: Mapping[str, torch.Tensor] | None = None, config: RRDBConfig | None = None) -> TimeRRDB:
