@@ -32,9 +32,9 @@ import torch
 
 from bfrboost.backbones.difface import IDDPMUNet, UNetConfig
 from bfrboost.guidance import GuidanceOptions, PGDiff, onepass
-from bfrboost.guidance import rrdb as rrdb_module
 from bfrboost.guidance.tasks import tiny_prior
-from bfrboost.identity import random_arcface
+from bfrboost.nets import rrdb as rrdb_module
+from bfrboost.nets.arcface import random_arcface
 
 TESTDATA = Path(os.environ.get("BFRBOOST_TESTDATA", Path(__file__).resolve().parents[1].parent / "shared" / "testdata"))
 TASKS = ("colorize", "inpaint", "old-photo", "restore", "restore + reference")

@@ -30,9 +30,9 @@ def _random_checkpoints(home: Path) -> None:
     import torchvision
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from bfrboost.identity import ARCFACE_FILE, random_arcface
     from bfrboost.metrics.inception import INCEPTION_FILE
     from bfrboost.metrics.perceptual import VGG16_FILE
+    from bfrboost.nets.arcface import ARCFACE_FILE, random_arcface
 
     empty = home / "empty.pth"
     torch.save({}, empty)

@@ -174,7 +174,7 @@ def compare(name: str, restorer: Restorer, paths: list[Path], work: Path, repeat
 def ray_local(paths: list[Path], work: Path) -> dict:
     import ray
 
-    from bfrboost.distributed import restore_dataset
+    from bfrboost.runners.dataset.cluster import restore_dataset
 
     src = work / "ray-src"
     src.mkdir()

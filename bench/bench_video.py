@@ -2,7 +2,7 @@
 
 Run: ``python bench/bench_video.py [--out bench/results/video] [--frames 60] [--lengths 10 60]``.
 Clips are made from the real photo ``whole/06.png`` (two faces): a 640×360 window panning across it
-(``bfrboost.io.clips``), 25 fps, with an AAC track.
+(``tests.support.clips``), 25 fps, with an AAC track.
 
 1. Speed: base ``none`` on the CPU (dlib detector), seconds per frame for decode, detect, smooth,
    align, base, paste, encode; on CUDA also with NVDEC/NVENC (``--device cuda``).
@@ -36,11 +36,11 @@ import torch
 
 from bfrboost.faces import get_detector
 from bfrboost.faces.types import Face
-from bfrboost.io.clips import make_pan_clip, pan_offset
-from bfrboost.io.images import read_image
+from bfrboost.io.read import read_image
 from bfrboost.pipeline import Restorer
 from bfrboost.runners.video import VideoOptions, VideoRunner
 from bfrboost.safety import write_bytes
+from tests.support.clips import make_pan_clip, pan_offset
 
 TESTDATA = Path(os.environ.get("BFRBOOST_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata"))
 SIZE = (640, 360)
@@ -73,7 +73,7 @@ def restore(clip: Path, outdir: Path, restorer: Restorer, **options) -> dict:
 
 
 class StubDetector:
-    """The photo's faces, found once, moved with the pan of :func:`bfrboost.io.clips.pan_offset`."""
+    """The photo's faces, found once, moved with the pan of :func:`tests.support.clips.pan_offset`."""
 
     name = "stub"
 

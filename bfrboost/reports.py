@@ -94,5 +94,5 @@ def reason(report: FileReport) -> str:
 
 def problem_report(problem: str) -> FileReport:
     """The report of an input that failed before it had one (while collecting paths): its ``--json``
-    object, so every input gets exactly one. ``problem`` may be an :class:`~bfrboost.io.images.InputProblem`."""
+    object, so every input gets exactly one. ``problem`` may be an :class:`~bfrboost.io.read.InputProblem`."""
     return FileReport(input=getattr(problem, "input", str(problem)), error=str(problem))

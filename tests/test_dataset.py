@@ -17,7 +17,7 @@ pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow comes with ray[data]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from bfrboost.distributed import keeping_signal_handlers
+    from bfrboost.runners.dataset.cluster import keeping_signal_handlers
 
     with keeping_signal_handlers():  # ray.init installs its own SIGTERM handler in the driver
         ray.init(num_cpus=2, include_dashboard=False)
@@ -40,7 +40,7 @@ def source(testdata: Path, tmp_path: Path) -> Path:
 
 
 def test_dataset_matches_cli_keeps_paths_lists_failures_and_resumes(local_ray, source: Path, testdata: Path, tmp_path: Path) -> None:
-    from bfrboost.distributed import restore_dataset
+    from bfrboost.runners.dataset.cluster import restore_dataset
 
     cli = CliRunner().invoke(app, ["restore", str(testdata / "whole"), "-o", str(tmp_path / "cli"), "--base", "none"], catch_exceptions=False)
     assert cli.exit_code == 0, cli.stderr
@@ -76,7 +76,7 @@ def test_dataset_matches_cli_keeps_paths_lists_failures_and_resumes(local_ray, s
 
 
 def test_list_file_entries_keep_their_relative_paths(tmp_path: Path) -> None:
-    from bfrboost.runners.dataset import Item, list_items, output_location
+    from bfrboost.runners.dataset.stages import Item, list_items, output_location
 
     listing = tmp_path / "photos.txt"
     listing.write_text("# scans\nfamily/a.jpg\n\n/abs/where/b.png\ns3://bucket/x/c.tif\n")
@@ -94,7 +94,7 @@ def test_uri_paths_list_read_write_through_pyarrow(tmp_path: Path, monkeypatch) 
     from pyarrow import fs
 
     from bfrboost.reports import FileReport
-    from bfrboost.runners import dataset
+    from bfrboost.runners.dataset import stages as dataset
 
     local = fs.LocalFileSystem()
     monkeypatch.setattr(dataset, "filesystem", lambda uri: (local, str(tmp_path) + uri.split("://", 1)[1][len("bucket"):]))

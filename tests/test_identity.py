@@ -10,7 +10,7 @@ from PIL import Image
 
 from bfrboost import weights
 from bfrboost.errors import WeightsError
-from bfrboost.identity import ARCFACE_FILE, ArcFace, load_arcface, random_arcface
+from bfrboost.nets.arcface import ARCFACE_FILE, ArcFace, load_arcface, random_arcface
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,7 @@ def test_summary_names_each_input_once(photo: Path, tmp_path: Path) -> None:
 def test_no_space_left_says_free_space(photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import bfrboost.io.images as images
+    import bfrboost.io.read as images
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from bfrboost.cli import app
 from bfrboost.errors import OutputError
-from bfrboost.io.clips import make_pan_clip
-from bfrboost.io.images import collect_inputs, read_image
+from bfrboost.io.read import collect_inputs, read_image
 from bfrboost.pipeline import Restorer
 from bfrboost.runners import video as video_runner
 from bfrboost.runners.video import VideoOptions, VideoRunner
+from tests.support.clips import make_pan_clip
 
 runner = CliRunner()
 SIZE = (320, 180)

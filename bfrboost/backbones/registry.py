@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from bfrboost import weights as weights_manager
-from bfrboost.backbones import codeformer, difface, gfpgan, gpen, identity, restoreformer, vqfr
+from bfrboost.backbones import codeformer, difface, gfpgan, gpen, none, restoreformer, vqfr
 from bfrboost.backbones.spec import (  # noqa: F401  (re-exported: callers and tests use them from here)
     DEFAULT_BATCH,
     BaseSpec,
@@ -149,7 +149,7 @@ def describe(name: str) -> dict[str, Any]:
 @functools.cache
 def _registry() -> dict[str, BaseSpec]:
     """Every adapter module, explicitly, ``none`` first so it leads listings."""
-    modules = (identity, gfpgan, restoreformer, codeformer, gpen, vqfr, difface)
+    modules = (none, gfpgan, restoreformer, codeformer, gpen, vqfr, difface)
     return {spec.name: spec for module in modules for spec in module.SPECS}
 
 

@@ -1,5 +1,5 @@
 """`bfrboost restore-dataset`: a folder, list file or object-storage URI through Ray Data
-(:func:`bfrboost.distributed.restore_dataset`)."""
+(:func:`bfrboost.runners.dataset.cluster.restore_dataset`)."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def restore_dataset(
     as_json: opt.AsJson = False,
 ) -> None:
     """Restore every image of SRC into DST on Ray Data (local Ray, or a cluster with --ray)."""
-    from bfrboost.distributed import restore_dataset as run
     from bfrboost.reports import summary
+    from bfrboost.runners.dataset.cluster import restore_dataset as run
 
     start = time.perf_counter()
     with interruptible(resume="re-run the same command: finished outputs are skipped"):

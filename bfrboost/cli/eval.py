@@ -63,8 +63,8 @@ def evaluate(
     if restored is None:
         err("give the faces to score with --restored DIR (or use `bfrboost eval stats` / `bfrboost eval boost`; see --help)")
         raise typer.Exit(2)
+    from bfrboost.evaluation.folders import evaluate_folder, list_images
     from bfrboost.metrics import MetricModels
-    from bfrboost.metrics.folders import evaluate_folder, list_images
 
     console = Console(stderr=True)
     try:
@@ -89,7 +89,7 @@ def evaluate(
         table = Table(title=f"{report.images} faces" + (f", {report.pairs} with references" if report.pairs else ""))
         for column in ("metric", "value", "better", "faces", "seconds"):
             table.add_column(column, justify="left" if column == "metric" else "right")
-        from bfrboost.boost import format_value
+        from bfrboost.evaluation.boost import format_value
 
         for name, value in report.results.items():
             if value.skipped:
@@ -111,8 +111,8 @@ def stats(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
 ) -> None:
     """Inception statistics of a reference folder, so FID/KID read FFHQ once."""
+    from bfrboost.evaluation.folders import compute_stats_folder, list_images
     from bfrboost.metrics import MetricModels
-    from bfrboost.metrics.folders import compute_stats_folder, list_images
 
     console = Console(stderr=True)
     try:
@@ -151,8 +151,8 @@ def boost(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
 ) -> None:
     """Every base with and without the refiner on the same faces: the paper's Table I, as files."""
-    from bfrboost.boost import markdown_table, run_boost
-    from bfrboost.metrics.folders import list_images
+    from bfrboost.evaluation.boost import markdown_table, run_boost
+    from bfrboost.evaluation.folders import list_images
 
     console = Console(stderr=True)
     bases = [b.strip() for b in base.split(",") if b.strip()]

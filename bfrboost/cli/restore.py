@@ -225,7 +225,7 @@ def write_results(
     the exit code; interruptible (SIGINT/SIGTERM leave nothing half-written). With
     ``video_options`` folders and globs also yield video clips, restored by the video runner;
     ``workers`` > 1 overlaps the image stages (:class:`~bfrboost.runners.overlap.OverlapRunner`)."""
-    from bfrboost.io.images import collect_inputs
+    from bfrboost.io.read import collect_inputs
     from bfrboost.reports import problem_report, summary
     from bfrboost.runners.files import FileRunner
     from bfrboost.runners.overlap import OverlapRunner

@@ -134,7 +134,7 @@ class Unmasked(Property):
 class Identity(Property):
     """ArcFace distance between x̂₀ and the reference: squared L2 (``mse``) or −cosine.
 
-    ``embed`` (e.g. :meth:`bfrboost.identity.ArcFace.embed`) takes [0, 1] crops and resizes them to
+    ``embed`` (e.g. :meth:`bfrboost.nets.arcface.ArcFace.embed`) takes [0, 1] crops and resizes them to
     its 112 px input itself, as PGDiff resizes x̂₀ before its ArcFace.
     """
 

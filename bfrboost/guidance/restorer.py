@@ -47,7 +47,7 @@ def read_mask(source: ImageLike, name: str = "mask") -> np.ndarray:
     if isinstance(source, np.ndarray):
         array = source if source.ndim == 2 else source.max(axis=2)
         return (array > 0).astype(np.float32)
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
 
     return read_mask(read_image(Path(source)).rgb, name)
 
@@ -204,7 +204,7 @@ class GuidedRestorer(Restorer):
     def _load_pgdiff(self, prior: Any, uses_rrdb: bool, rrdb_weights: Any, arcface: Any) -> PGDiff:
         """The prior, PGDiff's RRDB guide when used, and an ArcFace when references are given (``arcface``
         False = none needed)."""
-        from bfrboost.guidance import rrdb as rrdb_module
+        from bfrboost.nets import rrdb as rrdb_module
 
         if isinstance(prior, torch.nn.Module):
             prior_net = prior
@@ -219,7 +219,7 @@ class GuidedRestorer(Restorer):
             rrdb_net = rrdb_module.load(path, notes=self.notes)
         arcface_net = None
         if arcface is not False:
-            from bfrboost.identity import load_arcface, random_arcface
+            from bfrboost.nets.arcface import load_arcface, random_arcface
 
             if arcface is None or isinstance(arcface, (str, Path)):
                 arcface = random_arcface(0) if self.tiny and arcface is None else load_arcface(device=self.device, weights=arcface)
@@ -250,7 +250,7 @@ class GuidedRestorer(Restorer):
         face is aligned. A reference identity must show a face (also with ``--aligned``): refused otherwise."""
         from bfrboost.faces.align import warp_faces
         from bfrboost.faces.detect import get_detector
-        from bfrboost.io.images import read_image
+        from bfrboost.io.read import read_image
 
         name = str(source) if not isinstance(source, np.ndarray) else f"{what} image"
         image = source if isinstance(source, np.ndarray) else read_image(Path(source)).rgb

@@ -1,6 +1,6 @@
 """Image input and output: decoding user photos, collecting inputs, naming and writing results."""
 
-from bfrboost.io.images import (
+from bfrboost.io.read import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,

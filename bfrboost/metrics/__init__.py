@@ -91,7 +91,7 @@ class MetricModels:
 
             return load_lpips(self.device)
         if name == "ids":
-            from bfrboost.identity import load_arcface
+            from bfrboost.nets.arcface import load_arcface
 
             return load_arcface(self.device)
         if name == "musiq":

@@ -1,6 +1,6 @@
 """IDS: identity similarity, the cosine between ArcFace embeddings of a restored face and its
 reference (1 = same embedding). Higher is better. Aligned 512 crops in, whole crop resized to 112 as
-:mod:`bfrboost.identity` documents."""
+:mod:`bfrboost.nets.arcface` documents."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bfrboost.identity import ArcFace
+from bfrboost.nets.arcface import ArcFace
 
 
 @torch.inference_mode()

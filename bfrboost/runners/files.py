@@ -18,7 +18,7 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, OutputError
 from bfrboost.faces.types import Face
-from bfrboost.io.images import LoadedImage, encode_image, image_writer, output_ext, plan_output, read_image
+from bfrboost.io.read import LoadedImage, encode_image, image_writer, output_ext, plan_output, read_image
 from bfrboost.pipeline import Restorer, Result
 from bfrboost.reports import FileReport
 from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import UsageError
-from bfrboost.io.images import LoadedImage
+from bfrboost.io.read import LoadedImage
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
 from bfrboost.runners.files import FileRunner, OutputOptions, OutputPlan, _Claims

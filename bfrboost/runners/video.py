@@ -31,7 +31,7 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.track import FaceTracker
-from bfrboost.io.images import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
+from bfrboost.io.read import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
 from bfrboost.safety import InputGuard, atomic_path, one_line

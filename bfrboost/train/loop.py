@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bfrboost.errors import InputError, UsageError
-from bfrboost.identity import ArcFace
+from bfrboost.nets.arcface import ArcFace
 from bfrboost.plots import figure_png, pyplot
 from bfrboost.safety import append_line, atomic_dir, atomic_path, write_bytes
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache
@@ -143,7 +143,7 @@ def validation_arcface(device: str | torch.device, note: Callable[[str], None]) 
     """ArcFace for validation's identity cosine (``ids``) when its weights are in the cache; otherwise
     one note and ``None``: training never downloads a network it only reports with."""
     from bfrboost import weights
-    from bfrboost.identity import ARCFACE_CARD, ARCFACE_FILE, load_arcface
+    from bfrboost.nets.arcface import ARCFACE_CARD, ARCFACE_FILE, load_arcface
 
     if not weights.manifest()[ARCFACE_FILE].path.is_file():
         note(f"validation without identity cosine (ids): the ArcFace weights are not in the cache; "
@@ -511,7 +511,7 @@ class Trainer:
         model.train()
         record = {"step": step, **{k: v / len(val_set) for k, v in sums.items()}}
         _append_line(run / VAL_LOG_NAME, record)
-        from bfrboost.io.images import write_image
+        from bfrboost.io.read import write_image
 
         write_image(run / "val" / f"step-{step:08d}.png", image_grid(grid), overwrite=True)
         return record

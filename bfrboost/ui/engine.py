@@ -206,7 +206,7 @@ class Engine:
         return self._restore_image(upload, settings, name, progress)
 
     def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress) -> Outcome:
-        from bfrboost.io.images import read_image
+        from bfrboost.io.read import read_image
         from bfrboost.runners.files import FileRunner, OutputOptions
 
         strength = _strength(settings.refiner_strength)

@@ -7,7 +7,7 @@ import numpy as np
 from bfrboost.faces.align import estimate_affine
 from bfrboost.faces.track import FaceTracker, OneEuroFilter, iou
 from bfrboost.faces.types import Face
-from bfrboost.io.images import read_image
+from bfrboost.io.read import read_image
 from bfrboost.pipeline import Restorer
 
 FPS = 25.0

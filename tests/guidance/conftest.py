@@ -15,7 +15,7 @@ from PIL import Image
 
 from bfrboost.backbones.difface import IDDPMUNet
 from bfrboost.guidance import tasks
-from bfrboost.guidance.rrdb import TINY_RRDB_CONFIG as TINY_RRDB
+from bfrboost.nets.rrdb import TINY_RRDB_CONFIG as TINY_RRDB
 from bfrboost.guidance.tasks import TINY_PRIOR_CONFIG as TINY_PRIOR
 
 __all__ = ["TINY_PRIOR", "TINY_RRDB", "load_rgb", "to_batch"]

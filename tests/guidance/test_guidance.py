@@ -9,7 +9,6 @@ import torch
 from bfrboost.backbones.difface import IDDPMUNet, linear_alphas_cumprod
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.guidance import GuidanceOptions, PGDiff, load_prior
-from bfrboost.guidance import rrdb as rrdb_module
 from bfrboost.guidance.properties import (
     ColorStats,
     Identity,
@@ -22,7 +21,8 @@ from bfrboost.guidance.properties import (
 )
 from bfrboost.guidance.sampler import Guidance, dynamic_update, guided_step, sample
 from bfrboost.guidance.schedule import Schedule, respaced_timesteps
-from bfrboost.identity import random_arcface
+from bfrboost.nets import rrdb as rrdb_module
+from bfrboost.nets.arcface import random_arcface
 from tests.guidance.conftest import TINY_PRIOR, TINY_RRDB, load_rgb, to_batch
 
 SIZE = TINY_PRIOR.image_size

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from bfrboost.cli import app
 from bfrboost.faces.align import warp_faces
-from bfrboost.guidance import rrdb as rrdb_module
 from bfrboost.guidance import tasks
 from bfrboost.guidance.restorer import color_mask, mask_to_crop
 from bfrboost.guidance.scratch import detect_scratches
+from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.pipeline import FACE_SIZE
 from tests.guidance.conftest import TINY_PRIOR, TINY_RRDB, load_rgb
 from tests.test_cli import face_regions
@@ -128,7 +128,7 @@ def test_old_photo_with_auto_scratches_a_mask_folder_and_the_rrdb_guide(tmp_path
 
 
 def test_restore_base_pgdiff_whole_photo_with_a_guide_and_a_reference(tmp_path, testdata, prior_file, monkeypatch):
-    from bfrboost import identity
+    from bfrboost.nets import arcface as identity
 
     monkeypatch.setattr(identity, "load_arcface", lambda device="cpu", weights=None: identity.random_arcface(0))
     source = testdata / "whole" / "04.jpg"

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from bfrboost.cli import app
 from bfrboost.errors import InputError, UsageError, WeightsError
 from bfrboost.guidance import GuidanceOptions, GuidedRestorer, read_mask
-from bfrboost.guidance import rrdb as rrdb_module
+from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.guidance.properties import Identity, Step
 from bfrboost.guidance.restorer import check_gray, colour_beyond_tint
 from bfrboost.guidance.scratch import detect_scratches, feature_mask
-from bfrboost.identity import random_arcface
+from bfrboost.nets.arcface import random_arcface
 from tests.guidance.conftest import TINY_RRDB, load_rgb
 
 runner = CliRunner()

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from bfrboost import weights
-from bfrboost.identity import ARCFACE_FILE, random_arcface
 from bfrboost.metrics.inception import INCEPTION_FILE
 from bfrboost.metrics.perceptual import VGG16_FILE
+from bfrboost.nets.arcface import ARCFACE_FILE, random_arcface
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from bfrboost.boost import BoostReport, BoostRow, better_of, format_value, run_boost
 from bfrboost.cli import app
+from bfrboost.evaluation.boost import BoostReport, BoostRow, better_of, format_value, run_boost
 from bfrboost.metrics import MetricModels, MetricValue
 from bfrboost.metrics.inception import ReferenceStats, kid
 
@@ -178,7 +178,7 @@ def test_markdown_marks_the_better_value_in_bold():
         return {"fid": MetricValue("fid", v, 10, 0.0), "psnr": MetricValue("psnr", 30.0 - v / 10, 10, 0.0)}
 
     report = BoostReport(["gfpgan"], ["fid", "psnr"], 10, 10, {"gfpgan": {"without": values(47.86), "with": values(37.97)}})
-    from bfrboost.boost import csv_table, markdown_table
+    from bfrboost.evaluation.boost import csv_table, markdown_table
 
     md = markdown_table(report)
     assert "| gfpgan | FID ↓ | 47.86 | **37.97** | -9.89 | with refiner |" in md

@@ -156,8 +156,8 @@ def test_lpips_refuses_a_non_vgg_checkpoint(_isolated_cache, trust_cache):
 
 
 def test_ids_of_identical_faces_is_one(aligned_faces, monkeypatch):
-    from bfrboost.identity import random_arcface
     from bfrboost.metrics.ids import identity_similarity
+    from bfrboost.nets.arcface import random_arcface
 
     model = random_arcface(0)
     assert identity_similarity(model, aligned_faces[0], aligned_faces[0].copy()) == pytest.approx(1.0, abs=1e-5)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from bfrboost import weights
 from bfrboost.cli import app
-from bfrboost.identity import ARCFACE_FILE, random_arcface
+from bfrboost.nets.arcface import ARCFACE_FILE, random_arcface
 from bfrboost.refiner.lora import is_lora_key
 from bfrboost.train.cache import CachedFaces
 from bfrboost.train.loop import TrainConfig, Trainer, validation_arcface
@@ -86,7 +86,7 @@ def test_validation_uses_the_cached_arcface_or_says_once_why_not(monkeypatch):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"present")
     loaded = random_arcface(1)
-    monkeypatch.setattr("bfrboost.identity.load_arcface", lambda device: loaded)  # loading itself: tests/test_identity.py
+    monkeypatch.setattr("bfrboost.nets.arcface.load_arcface", lambda device: loaded)  # loading itself: tests/test_identity.py
     assert validation_arcface("cpu", notes.append) is loaded and len(notes) == 1
 
 

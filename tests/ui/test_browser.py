@@ -158,9 +158,9 @@ def test_a_text_file_shows_one_line_in_the_page(served, tmp_path: Path):
 def test_a_clip_restores_in_the_browser(served, testdata: Path, tmp_path: Path, monkeypatch):
     """Upload a short clip, press Restore: frame progress, then the restored video in a player with
     its source served byte for byte as the runner wrote it, and the clip's JSON report."""
-    from bfrboost.io.clips import make_pan_clip
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
     from bfrboost.pipeline import Restorer
+    from tests.support.clips import make_pan_clip
 
     app, page, elsewhere = served
     photo = read_image(testdata / "whole" / "03.jpg").rgb

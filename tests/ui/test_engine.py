@@ -179,8 +179,8 @@ def _decoded(path: Path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def clip(testdata: Path, tmp_path_factory) -> Path:
     """8 frames, 320×180, of a slow pan over a real photo with one face, with an AAC track."""
-    from bfrboost.io.clips import make_pan_clip
-    from bfrboost.io.images import read_image
+    from bfrboost.io.read import read_image
+    from tests.support.clips import make_pan_clip
 
     photo = read_image(testdata / "whole" / "03.jpg").rgb
     return make_pan_clip(photo, tmp_path_factory.mktemp("clips") / "pan.mp4", (320, 180), 8, pan=(1.0, 0.5), origin=(30, 20))

@@ -16,7 +16,7 @@ from typing import Any
 
 from bfrboost.errors import UsageError
 from bfrboost.reports import FileReport
-from bfrboost.runners import dataset as ds
+from bfrboost.runners.dataset import stages as ds
 
 #: A CPU-only actor holds this many CPUs: an actor pool that takes every CPU leaves none for the
 #: read/prepare/finish tasks and the pipeline hangs.

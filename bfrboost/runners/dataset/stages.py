@@ -1,5 +1,5 @@
 """Datasets of image files, local or on any pyarrow filesystem (s3://, gs://, hdfs://), in three stages
-that a distributed engine runs (:mod:`bfrboost.distributed` runs them on Ray Data):
+that a distributed engine runs (:mod:`bfrboost.runners.dataset.cluster` runs them on Ray Data):
 
 1. :func:`prepare_row` (CPU): read + decode + detect + align one image;
 2. :class:`FaceBatcher` (GPU, or CPU): base model + refiner over the faces of a batch of images;
@@ -26,7 +26,7 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError
 from bfrboost.faces.types import Face
-from bfrboost.io.images import IMAGE_EXTENSIONS, encode_image, output_ext, read_image, write_image
+from bfrboost.io.read import IMAGE_EXTENSIONS, encode_image, output_ext, read_image, write_image
 from bfrboost.reports import FileReport
 from bfrboost.runners.files import gray
 from bfrboost.safety import atomic_path, one_line
@@ -170,7 +170,7 @@ class Job:
 
     report: FileReport
     rel: str
-    loaded: Any = None  # bfrboost.io.images.LoadedImage
+    loaded: Any = None  # bfrboost.io.read.LoadedImage
     prepared: Any = None  # bfrboost.pipeline.Prepared
 
 

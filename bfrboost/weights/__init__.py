@@ -94,8 +94,8 @@ def home() -> Path:
 
 def cards_dir() -> Path:
     """Model cards: ``bfrboost/_cards`` in an installed wheel, else the checkout's ``backbones/``."""
-    packaged = Path(__file__).resolve().parent / "_cards"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "backbones"
+    packaged = Path(__file__).resolve().parents[1] / "_cards"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "backbones"
 
 
 def is_offline(offline: bool | None = None) -> bool:

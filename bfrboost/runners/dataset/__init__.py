@@ -1,0 +1,1 @@
+"""``restore-dataset``: per-file stages (``stages``) and the Ray Data job that runs them (``cluster``)."""
