@@ -106,7 +106,7 @@ class OnePass:
             mask = None if masks is None else masks[index]
             if mask is not None:
                 crop = np.where(mask[..., None] > 0, np.uint8(255), crop)  # holes pure white, as trained
-            x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div(255).to(self.device) * 2 - 1
+            x = torch.from_numpy(np.array(crop, copy=True)).permute(2, 0, 1)[None].float().div(255).to(self.device) * 2 - 1
             y = codeformer_forward(self.net, x, self.settings["w"], self.settings["adain"])
             if mask is not None and keep_known:
                 m = torch.from_numpy(mask.astype(np.float32))[None, None].to(y)
