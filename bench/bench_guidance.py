@@ -53,7 +53,9 @@ def tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None].to(device)
 
 
-def pgdiff_runs(prior: IDDPMUNet, rrdb_config: rrdb_module.RRDBConfig, device: torch.device, steps: int) -> dict[str, Callable[[], object]]:
+def pgdiff_runs(
+    prior: IDDPMUNet, rrdb_config: rrdb_module.RRDBConfig, device: torch.device, steps: int
+) -> dict[str, Callable[[], object]]:
     """One callable per task: a face through PGDiff at ``steps`` steps."""
     torch.manual_seed(0)
     arcface = random_arcface(0).to(device)
@@ -82,6 +84,7 @@ def codeformer_runs(device: torch.device) -> dict[str, Callable[[], object]]:
 
 
 def timed(run: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of ``run`` (on the CPU: the process's CPU seconds instead, see :func:`cpu_seconds`)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -89,6 +92,14 @@ def timed(run: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def cpu_seconds(run: Callable[[], object]) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``run``. With one torch thread the CPU seconds are what the run takes on
+    an idle core; the wall seconds also count the time other processes held the (shared) cores."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def cpu_table(args: argparse.Namespace) -> None:
@@ -100,33 +111,48 @@ def cpu_table(args: argparse.Namespace) -> None:
         for task in TASKS:
             for method, runs in (("codeformer", cf), ("tiny", tiny)):
                 if task in runs:
-                    times.setdefault((method, task), []).append(timed(runs[task], cpu))
-                    sys.stderr.write(f"{method} {task}: {times[method, task][-1]:.2f} s\n")
+                    times.setdefault((method, task), []).append(cpu_seconds(runs[task]))
+                    sys.stderr.write(f"{method} {task}: wall, CPU {times[method, task][-1]} s\n")
     real_prior = IDDPMUNet(UNetConfig()).eval().requires_grad_(False)
-    real: dict[tuple[str, int], float] = {}
+    real: dict[tuple[str, int], tuple[float, float]] = {}
     for steps in args.real_steps:
         runs = pgdiff_runs(real_prior, rrdb_module.RRDB_CONFIG, cpu, steps)
         for task in args.real_tasks:
-            real[task, steps] = timed(runs[task], cpu)
-            sys.stderr.write(f"real {task} {steps} steps: {real[task, steps]:.1f} s\n")
+            real[task, steps] = cpu_seconds(runs[task])
+            sys.stderr.write(f"real {task} {steps} steps: wall, CPU {real[task, steps]} s\n")
     load = os.getloadavg()[0]
-    print(f"\nCPU, torch threads {torch.get_num_threads()}, load average {load:.1f} at the end; s/face (median of {args.repeats} for the cheap runs)\n")
-    steps_head = " | ".join(f"pgdiff real, {n} steps" for n in args.real_steps)
-    print(f"| task | codeformer (one pass) | pgdiff tiny, {args.steps} steps | {steps_head} | pgdiff real, 100 / 1000 steps (× s/step) |")
+    print(
+        f"\nCPU, torch threads {torch.get_num_threads()}, load average {load:.1f} at the end; "
+        f"s/face as CPU seconds (wall seconds), median of {args.repeats} for the cheap runs\n"
+    )
+    steps_head = " | ".join(f"pgdiff real, {n} step{'s' * (n > 1)}" for n in args.real_steps)
+    print(
+        f"| task | codeformer (one pass) | pgdiff tiny, {args.steps} steps | {steps_head} "
+        "| pgdiff real, 100 / 1000 steps (CPU s/step × N) |"
+    )
     print("|---|---|---|" + "---|" * len(args.real_steps) + "---|")
     for task in TASKS:
-        cells = [f"{statistics.median(times[m, task]):.2f}" if (m, task) in times else "—" for m in ("codeformer", "tiny")]
-        measured = [f"{real[task, n]:.1f}" if (task, n) in real else "—" for n in args.real_steps]
-        per_step = [real[task, n] / n for n in args.real_steps if (task, n) in real]
+        cells = [_cell(times.get((m, task), [])) for m in ("codeformer", "tiny")]
+        measured = [_cell([real[task, n]]) if (task, n) in real else "—" for n in args.real_steps]
+        per_step = [real[task, n][1] / n for n in args.real_steps if (task, n) in real]
         extrapolated = f"{100 * min(per_step) / 60:.0f} min / {1000 * min(per_step) / 3600:.1f} h" if per_step else "—"
         print(f"| {task} | {' | '.join(cells)} | {' | '.join(measured)} | {extrapolated} |")
+
+
+def _cell(samples: list[tuple[float, float]]) -> str:
+    if not samples:
+        return "—"
+    return f"{statistics.median(c for _, c in samples):.2f} ({statistics.median(w for w, _ in samples):.1f})"
 
 
 def cuda_table(steps: int) -> None:
     device = torch.device("cuda")
     cf = codeformer_runs(device)
     runs = pgdiff_runs(IDDPMUNet(UNetConfig()).eval().requires_grad_(False), rrdb_module.RRDB_CONFIG, device, steps)
-    print(f"\nCUDA ({torch.cuda.get_device_name(device)}), s/face\n\n| task | codeformer | pgdiff real, {steps} steps | peak MB |\n|---|---|---|---|")
+    print(
+        f"\nCUDA ({torch.cuda.get_device_name(device)}), s/face\n\n"
+        f"| task | codeformer | pgdiff real, {steps} steps | peak MB |\n|---|---|---|---|"
+    )
     for task in TASKS:
         one = f"{timed(cf[task], device):.3f}" if task in cf else "—"
         torch.cuda.reset_peak_memory_stats(device)
@@ -138,7 +164,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="steps of the tiny-prior runs")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the cheap runs (median)")
-    parser.add_argument("--real-steps", type=int, nargs="+", default=[1, 2], help="step counts timed on the released prior's architecture")
+    parser.add_argument(
+        "--real-steps", type=int, nargs="+", default=[1, 2], help="step counts timed on the released prior's architecture"
+    )
     parser.add_argument("--real-tasks", nargs="+", default=["colorize", "inpaint"], choices=TASKS)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--cuda", action="store_true", help="also every task on CUDA (100 steps) when a GPU is present")

@@ -57,7 +57,9 @@ def load(task: str, path: str | None = None) -> CodeFormer:
         return build(task, state)
     except (CheckpointMismatch, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0]
-        raise WeightsError(f"{source}: not CodeFormer's {task} network ({reason}); use {file} from `bfrboost weights download codeformer`") from None
+        raise WeightsError(
+            f"{source}: not CodeFormer's {task} network ({reason}); use {file} from `bfrboost weights download codeformer`"
+        ) from None
 
 
 def codeformer_forward(net: CodeFormer, x: torch.Tensor, w: float, adain: bool) -> torch.Tensor:
@@ -99,7 +101,9 @@ class OnePass:
         self.net = net.to(self.device)
 
     @torch.no_grad()
-    def __call__(self, crops: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None, keep_known: bool = True) -> list[np.ndarray]:
+    def __call__(
+        self, crops: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None, keep_known: bool = True
+    ) -> list[np.ndarray]:
         """RGB uint8 512² crops (and for inpainting their H×W masks, 1 = fill) → RGB uint8 results."""
         out = []
         for index, crop in enumerate(crops):

@@ -23,9 +23,9 @@ from bfrboost import weights as weight_cache
 from bfrboost.errors import InputError, UsageError
 from bfrboost.faces.align import warp_affine
 from bfrboost.faces.types import Face
+from bfrboost.guidance.onepass import METHODS, NETWORKS, OnePass
 from bfrboost.guidance.properties import color_stats_of
 from bfrboost.guidance.scratch import detect_scratches
-from bfrboost.guidance.onepass import METHODS, NETWORKS, OnePass
 from bfrboost.guidance.tasks import TASKS, GuidanceOptions, PGDiff, load_prior, tiny_prior
 from bfrboost.pipeline import FACE_SIZE, Prepared, Restorer, _Timer, _to_tensor, _to_uint8
 
@@ -55,7 +55,9 @@ def read_mask(source: ImageLike, name: str = "mask") -> np.ndarray:
 def require_marked(mask: np.ndarray, name: str) -> np.ndarray:
     """``mask`` if it marks at least one pixel; an all-black mask would inpaint nothing, so it is refused."""
     if not mask.any():
-        raise InputError(f"{name}: the mask is all black, so there is nothing to fill; mark the pixels to fill with any non-black value")
+        raise InputError(
+            f"{name}: the mask is all black, so there is nothing to fill; mark the pixels to fill with any non-black value"
+        )
     return mask
 
 
@@ -179,7 +181,8 @@ class GuidedRestorer(Restorer):
             net = onepass.build(task) if tiny else onepass.load(task, own_weights)
             self.onepass = OnePass(task, net, self.device)
         else:
-            self.model = self._load_pgdiff(prior, uses_guide and guide == RRDB_GUIDE, own_weights, arcface if reference else False)
+            uses_rrdb = uses_guide and guide == RRDB_GUIDE
+            self.model = self._load_pgdiff(prior, uses_rrdb, own_weights, arcface if reference else False)
         self.reference, self.reference_dir = self._load_references(reference)
         if color_refs:
             crops = _to_tensor([self._reference_crop(r, "colour reference", need_face=False) for r in color_refs], self.device)
@@ -222,7 +225,8 @@ class GuidedRestorer(Restorer):
             from bfrboost.nets.arcface import load_arcface, random_arcface
 
             if arcface is None or isinstance(arcface, (str, Path)):
-                arcface = random_arcface(0) if self.tiny and arcface is None else load_arcface(device=self.device, weights=arcface)
+                tiny_arcface = self.tiny and arcface is None
+                arcface = random_arcface(0) if tiny_arcface else load_arcface(device=self.device, weights=arcface)
             arcface_net = arcface.to(self.device)
         return PGDiff(prior_net, rrdb=rrdb_net, arcface=arcface_net).to(self.device)
 
@@ -233,7 +237,9 @@ class GuidedRestorer(Restorer):
         folders = [r for r in reference if not isinstance(r, np.ndarray) and Path(r).is_dir()]
         if folders:
             if len(reference) > 1:
-                raise UsageError("--reference takes one folder (references named like the inputs) or photos of one person, not both")
+                raise UsageError(
+                    "--reference takes one folder (references named like the inputs) or photos of one person, not both"
+                )
             return None, Path(folders[0])
         return self._embed(reference), None
 
@@ -312,12 +318,14 @@ class GuidedRestorer(Restorer):
 
     def restore_batch(self, images: Sequence[np.ndarray], alphas: Any = None, targets: Any = None) -> list[Any]:
         targets = [dict(t or {}) for t in (targets if targets is not None else [None] * len(images))]
-        for index, (image, extras) in enumerate(zip(images, targets)):
+        for index, (image, extras) in enumerate(zip(images, targets, strict=True)):
             if not extras.get("checked"):
                 targets[index] = {**extras, **self._checked(image, f"image {index}", extras.get("mask"), "mask")}
         return super().restore_batch(images, alphas, targets)
 
-    def prepare(self, image: np.ndarray, alpha: np.ndarray | None = None, extras: Any = None, landmark_filter: Any = None) -> Prepared:
+    def prepare(
+        self, image: np.ndarray, alpha: np.ndarray | None = None, extras: Any = None, landmark_filter: Any = None
+    ) -> Prepared:
         """Detect and align; the input's reference identity stays on its largest face only."""
         prepared = super().prepare(image, alpha, extras, landmark_filter)
         reference = (extras or {}).get("reference", self.reference)
@@ -345,7 +353,7 @@ class GuidedRestorer(Restorer):
         masks = [self._crop_mask(face) for face in faces] if self.task in ("inpaint", "old-photo") else [None] * len(faces)
         if self.onepass is not None:
             out = []
-            for index, (face, mask) in enumerate(zip(faces, masks)):
+            for index, (face, mask) in enumerate(zip(faces, masks, strict=True)):
                 with timer("base"):
                     out += self.onepass([face.crop], [mask] if self.task == "inpaint" else None, keep_known=self.keep_known)
                 if self.on_step is not None:
@@ -356,10 +364,15 @@ class GuidedRestorer(Restorer):
             chunk = slice(start, start + self.guided_batch)
             out += self._sample(faces[chunk], masks[chunk], timer, start, len(faces))
         if self.keep_known and self.task == "inpaint":
-            out = [crop if m is None else np.where(m[..., None] > 0, crop, face.crop) for crop, m, face in zip(out, masks, faces)]
+            out = [
+                crop if m is None else np.where(m[..., None] > 0, crop, face.crop)
+                for crop, m, face in zip(out, masks, faces, strict=True)
+            ]
         return out
 
-    def _sample(self, chunk: list[Face], found: list[np.ndarray | None], timer: _Timer, start: int, total: int) -> list[np.ndarray]:
+    def _sample(
+        self, chunk: list[Face], found: list[np.ndarray | None], timer: _Timer, start: int, total: int
+    ) -> list[np.ndarray]:
         """Guided sampling of one batch of faces."""
         assert self.model is not None
         crops = _to_tensor([face.crop for face in chunk], self.device)

@@ -49,9 +49,19 @@ def _ring_texture(component: np.ndarray, weak: np.ndarray) -> float:
 
 
 def detect_scratches(
-    crop: np.ndarray, *, kernel: int = 15, k: float = 2.0, min_contrast: float = 18.0, line_contrast: float = 45.0,
-    elongation: float = 4.0, min_length: int = 40, min_span: int = 30, min_area: int = 12, max_texture: float = 0.3,
-    border: int = 6, dilate: int = 3,
+    crop: np.ndarray,
+    *,
+    kernel: int = 15,
+    k: float = 2.0,
+    min_contrast: float = 18.0,
+    line_contrast: float = 45.0,
+    elongation: float = 4.0,
+    min_length: int = 40,
+    min_span: int = 30,
+    min_area: int = 12,
+    max_texture: float = 0.3,
+    border: int = 6,
+    dilate: int = 3,
 ) -> np.ndarray:
     """H×W float32 mask (1 = scratch) of an RGB uint8 aligned crop."""
     gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
@@ -68,7 +78,9 @@ def detect_scratches(
         (_, _), (w, h), _ = cv2.minAreaRect(np.column_stack(np.nonzero(component)[::-1]).astype(np.float32))
         long_side, short_side = max(w, h), max(min(w, h), 1.0)
         line_like = (long_side >= elongation * short_side or long_side >= min_length) and long_side >= min_span
-        keep[label] = line_like and float(tophat[component].mean()) >= line_contrast and _ring_texture(component, weak) <= max_texture
+        keep[label] = (
+            line_like and float(tophat[component].mean()) >= line_contrast and _ring_texture(component, weak) <= max_texture
+        )
     mask = keep[labels].astype(np.uint8)
     if dilate:
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1)))

@@ -162,7 +162,10 @@ def load(path: str | Path, notes: list[str] | None = None) -> TimeRRDB:
         net = build(state)
     except (CheckpointMismatch, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0]
-        raise WeightsError(f"{path}: not PGDiff's RRDB restorer ({reason}); use {RRDB_FILE} from `bfrboost weights download pgdiff`") from None
+        raise WeightsError(
+            f"{path}: not PGDiff's RRDB restorer ({reason}); use {RRDB_FILE} from `bfrboost weights download pgdiff`"
+        ) from None
     if ignored and notes is not None:
-        notes.append(f"{path}: ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'} that are not the restorer's: {describe_ignored(ignored)}")
+        entries = "entry" if len(ignored) == 1 else "entries"
+        notes.append(f"{path}: ignored {len(ignored)} {entries} that are not the restorer's: {describe_ignored(ignored)}")
     return net

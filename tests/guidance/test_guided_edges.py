@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from bfrboost.cli import app
 from bfrboost.errors import InputError, UsageError, WeightsError
 from bfrboost.guidance import GuidanceOptions, GuidedRestorer, read_mask
-from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.guidance.properties import Identity, Step
 from bfrboost.guidance.restorer import check_gray, colour_beyond_tint
 from bfrboost.guidance.scratch import detect_scratches, feature_mask
+from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.nets.arcface import random_arcface
 from tests.guidance.conftest import TINY_RRDB, load_rgb
 
@@ -76,7 +76,9 @@ def test_a_reference_without_a_face_is_refused(tmp_path, tiny_prior, aligned, si
     flat = tmp_path / "flat.png"
     Image.new("RGB", size, (180, 150, 120)).save(flat)
     with pytest.raises(InputError, match=rf"^{re.escape(str(flat))}: no face found in this reference"):
-        GuidedRestorer("restore", guide="none", prior=tiny_prior, arcface=random_arcface(0), reference=[flat], aligned=aligned, parse=False)
+        GuidedRestorer(
+            "restore", guide="none", prior=tiny_prior, arcface=random_arcface(0), reference=[flat], aligned=aligned, parse=False
+        )
 
 
 # ---- 3. the identity weight is upstream's scale; --ref-loss cos|mse ---------------------------------
@@ -127,10 +129,14 @@ def test_references_pair_with_inputs_by_name_and_guide_the_largest_face_only(tmp
     with pytest.raises(InputError, match=f"no reference named nobody.* in {re.escape(str(refs))}"):
         paired.input_targets(tmp_path / "nobody.png", load_rgb(lq / "00010.png"))
     with pytest.raises(UsageError, match="one folder"):
-        GuidedRestorer("restore", guide="none", prior=tiny_prior, arcface=arcface, reference=[refs, refs / "00010.png"], aligned=True)
+        GuidedRestorer(
+            "restore", guide="none", prior=tiny_prior, arcface=arcface, reference=[refs, refs / "00010.png"], aligned=True
+        )
     # a group photo: one reference identity guides its largest face, not every face
     photo = load_rgb(testdata / "whole" / "01.jpg")
-    one = GuidedRestorer("restore", guide="none", prior=tiny_prior, arcface=arcface, reference=[refs / "00010.png"], parse=False, detector="dlib")
+    one = GuidedRestorer(
+        "restore", guide="none", prior=tiny_prior, arcface=arcface, reference=[refs / "00010.png"], parse=False, detector="dlib"
+    )
     faces = one.prepare(photo).faces
     area = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in faces]
     guided = [i for i, f in enumerate(faces) if f.extras.get("reference") is not None]
@@ -144,7 +150,10 @@ def test_colorize_refuses_a_colour_photo_unless_forced(tmp_path, testdata):
     colour = testdata / "whole" / "04.jpg"
     result = tiny("colorize", colour, "-o", tmp_path / "a")
     assert result.exit_code == 1
-    assert re.search(rf"{re.escape(str(colour))}: already in colour \(\d+\.\d levels of colour beyond a tint > 5\); .* pass --force", result.stderr)
+    assert re.search(
+        rf"{re.escape(str(colour))}: already in colour \(\d+\.\d levels of colour beyond a tint > 5\); .* pass --force",
+        result.stderr,
+    )
     assert not (tmp_path / "a" / "restored_imgs").exists() or not any((tmp_path / "a" / "restored_imgs").iterdir())
     assert tiny("colorize", colour, "-o", tmp_path / "b", "--force").exit_code == 0
     # gray and sepia (a tint, not colours) are colourised without a word
@@ -163,7 +172,9 @@ def test_keep_known_leaves_every_unmasked_pixel_unchanged(tmp_path, testdata):
     before = load_rgb(face)
     outputs = {}
     for flag in ("--keep-known", "--no-keep-known"):
-        result = tiny("inpaint", face, "--aligned", "--mask", mask, flag, "-o", tmp_path / flag, "--json", "--guidance-scale", "1")
+        result = tiny(
+            "inpaint", face, "--aligned", "--mask", mask, flag, "-o", tmp_path / flag, "--json", "--guidance-scale", "1"
+        )
         assert result.exit_code == 0, result.stderr
         outputs[flag] = load_rgb(Path(json.loads(result.stdout)["output"]))
     assert np.array_equal(outputs["--keep-known"][~hole], before[~hole])  # measured: 0 change outside the mask
@@ -177,7 +188,14 @@ def test_keep_known_leaves_every_unmasked_pixel_unchanged(tmp_path, testdata):
 
 # Scratch-free faces the detector was not tuned on (tuned on testdata/aligned and old_photo/0_7),
 # including the hair and beard highlights that looked like scratches before (9–12 % of pixels).
-HELD_OUT = ["dmdnet_00146_5.png", "dmdnet_00082_5.png", "dmdnet_00075_4.png", "interlcm_webphoto_003.png", "diffbir_0427.png", "codeformer_0342.png"]
+HELD_OUT = [
+    "dmdnet_00146_5.png",
+    "dmdnet_00082_5.png",
+    "dmdnet_00075_4.png",
+    "interlcm_webphoto_003.png",
+    "diffbir_0427.png",
+    "codeformer_0342.png",
+]
 
 
 def test_scratch_detector_keeps_out_of_eyes_and_mouth_and_off_clean_faces(testdata):
@@ -201,7 +219,12 @@ def test_every_guided_command_runs_with_the_tiny_demo_prior_without_downloads(tm
         "colorize": ["--aligned", gray],
         "inpaint": ["--aligned", masked, "--mask-color", "white"],
         "old-photo": ["--aligned", testdata / "old_photo" / "0_7.jpg", "--scratch-mask", "auto"],
-        "restore": ["--aligned", testdata / "reference" / "lq" / "00010.png", "--reference", testdata / "reference" / "ref" / "00010.png"],
+        "restore": [
+            "--aligned",
+            testdata / "reference" / "lq" / "00010.png",
+            "--reference",
+            testdata / "reference" / "ref" / "00010.png",
+        ],
     }
     for command, args in runs.items():
         result = tiny(command, *args, "-o", tmp_path / command, "--json")
@@ -215,9 +238,11 @@ def test_every_guided_command_runs_with_the_tiny_demo_prior_without_downloads(tm
 def test_rrdb_loads_through_training_wrappers_and_names_what_it_ignored(tmp_path):
     torch.manual_seed(0)
     state = rrdb_module.TimeRRDB(TINY_RRDB).state_dict()
-    ema = {f"generator_ema.{k[len('generator.'):]}": v + 1 for k, v in state.items() if k.startswith("generator.")}
+    ema = {f"generator_ema.{k[len('generator.') :]}": v + 1 for k, v in state.items() if k.startswith("generator.")}
     path = tmp_path / "rrdb_iter_100000.pth"
-    torch.save({"meta": {"iter": 100000}, "state_dict": {**state, **ema, "step_counter": torch.tensor(100000)}, "iter": 100000}, path)
+    torch.save(
+        {"meta": {"iter": 100000}, "state_dict": {**state, **ema, "step_counter": torch.tensor(100000)}, "iter": 100000}, path
+    )
     notes: list[str] = []
     net = rrdb_module.load(path, notes=notes)
     torch.testing.assert_close(net.generator.conv_first.weight, state["generator.conv_first.weight"])  # generator, not its EMA

@@ -63,11 +63,15 @@ def test_task_networks_have_upstreams_configurations_and_load_strictly(tmp_path)
     assert {k.split(".")[1] for k in c if k.startswith("fuse_convs_dict.")} == {"32", "64", "128"}  # no 256 skip
     assert "position_emb" in c and "ft_layers.8.linear2.weight" in c
     path = tmp_path / "codeformer_inpainting.pth"
-    torch.save({"params_ema": {k: torch.zeros(1).expand(v.shape) for k, v in i.items()}}, path)  # official wrapper, 4-byte storage
+    torch.save(
+        {"params_ema": {k: torch.zeros(1).expand(v.shape) for k, v in i.items()}}, path
+    )  # official wrapper, 4-byte storage
     assert onepass.load("inpaint", path).quantize.embedding.weight.shape == (512, 256)
     with pytest.raises(WeightsError, match=r"codeformer_inpainting.pth: not CodeFormer's colorize network \(.*wrong shape"):
         onepass.load("colorize", path)
-    with pytest.raises(UsageError, match="CodeFormer publishes networks for colorize and inpaint only; old-photo needs --method pgdiff"):
+    with pytest.raises(
+        UsageError, match="CodeFormer publishes networks for colorize and inpaint only; old-photo needs --method pgdiff"
+    ):
         GuidedRestorer("old-photo", method="codeformer", tiny=True)
 
 
@@ -87,13 +91,30 @@ def test_cli_method_codeformer_on_a_whole_photo_and_an_aligned_crop(tmp_path, te
     from PIL import Image
 
     Image.fromarray(painted).save(src)
-    result = runner.invoke(app, ["inpaint", str(src), "--method", "codeformer", "--tiny", "--mask-color", "white", "-s", "1",
-                                 "-o", str(tmp_path / "out"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "inpaint",
+            str(src),
+            "--method",
+            "codeformer",
+            "--tiny",
+            "--mask-color",
+            "white",
+            "-s",
+            "1",
+            "-o",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     line = json.loads(result.stdout)
     assert line["output"] == str(tmp_path / "out" / "restored_imgs" / "painted.png") and len(line["faces"]) == 1
     assert line["seconds"]["base"] > 0 and "guidance" not in line["seconds"]
     after = load_rgb(Path(line["output"])).astype(int)
     assert np.abs(after[62:69, 92:138] - 255).mean() > 20  # the stroke is filled
-    result = runner.invoke(app, ["inpaint", str(src), "--method", "codeformer", "--mask-color", "white", "--steps", "50", "-o", str(tmp_path / "x")])
+    result = runner.invoke(
+        app, ["inpaint", str(src), "--method", "codeformer", "--mask-color", "white", "--steps", "50", "-o", str(tmp_path / "x")]
+    )
     assert result.exit_code == 2 and "--steps set PGDiff's guided sampling: use them with --method pgdiff" in result.stderr
