@@ -72,7 +72,7 @@ def main() -> None:
         from bfrboost import weights
 
         weights.ensure = lambda file, **_: weights.home() / file  # random files cannot match the cards' hashes
-        from bfrboost.metrics import Evaluator, MetricModels
+        from bfrboost.evaluation.evaluator import Evaluator, MetricModels
         from bfrboost.metrics.inception import ReferenceStats, fid, inception_features
 
         models = MetricModels(args.device)

@@ -20,7 +20,7 @@ import numpy as np
 from skimage import data
 
 from bfrboost.errors import BfrboostError
-from bfrboost.io.read import write_image
+from bfrboost.io.write import write_image
 from bfrboost.safety import Interrupted, handle_signals
 
 DEGRADED_SCALE = 0.5

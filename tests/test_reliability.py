@@ -141,7 +141,7 @@ def test_json_has_one_object_per_input_including_collection_failures(photo: Path
 
 
 def test_special_files_inside_folders_are_reported(tmp_path: Path) -> None:
-    from bfrboost.io import collect_inputs
+    from bfrboost.io.inputs import collect_inputs
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -202,7 +202,7 @@ def test_summary_names_each_input_once(photo: Path, tmp_path: Path) -> None:
 def test_no_space_left_says_free_space(photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import bfrboost.io.read as images
+    import bfrboost.io.write as images
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -27,7 +27,7 @@ import signal, sys, time
 # (a background job, as CI may be): Python then leaves SIGINT ignored in every child.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
-import bfrboost.io.read as images
+import bfrboost.io.write as images
 ready, calls, save = Path(sys.argv[1]), [], images._save
 def slow_save(image, file, *args):
     calls.append(1)

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from bfrboost.cli import app
 from bfrboost.errors import OutputError
-from bfrboost.io.read import collect_inputs, read_image
+from bfrboost.io import video as io_video
+from bfrboost.io.inputs import collect_inputs
+from bfrboost.io.read import read_image
 from bfrboost.pipeline import Restorer
-from bfrboost.runners import video as video_runner
 from bfrboost.runners.video import VideoOptions, VideoRunner
 from tests.support.clips import make_pan_clip
 
@@ -173,7 +174,7 @@ def test_cli_mixes_images_and_videos_from_a_folder(clip: Path, tmp_path: Path, t
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without a GPU")
 def test_gpu_decode_and_encode_fall_back_to_the_cpu(clip: Path, tmp_path: Path) -> None:
-    container, decoder = video_runner._open_input(clip, hardware=True)  # CUDA hwaccel raises PermissionError here
+    container, decoder = io_video.open_input(clip, hardware=True)  # CUDA hwaccel raises PermissionError here
     container.close()
     assert decoder == "cpu"
     report = next(VideoRunner(restorer(), VideoOptions(tmp_path, hardware=True, crf=30, preset="veryfast")).run([clip]))

@@ -96,7 +96,7 @@ def write_card(folder: Path, name: str, entries: list[dict], commercial_use: boo
 def card_dir(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "cards"
     folder.mkdir()
-    monkeypatch.setattr(weights, "cards_dir", lambda: folder)
+    monkeypatch.setattr(weights.catalog, "cards_dir", lambda: folder)
     return folder
 
 
@@ -272,8 +272,8 @@ def test_verification_is_cached_by_size_and_mtime(server, card_dir, _isolated_ca
     toy(server, card_dir)
     weights.download("toy.pth", progress=False)
     hashed = []
-    real = weights._sha256_of
-    monkeypatch.setattr(weights, "_sha256_of", lambda p: hashed.append(p) or real(p))
+    real = weights.catalog.sha256_of
+    monkeypatch.setattr(weights.catalog, "sha256_of", lambda p: hashed.append(p) or real(p))
     assert weights.verify("toy") == []
     assert hashed == []  # the download's hash was remembered
     path = _isolated_cache / "toy.pth"

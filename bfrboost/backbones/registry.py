@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bfrboost import weights as weights_manager
+import bfrboost.weights
 from bfrboost.backbones import codeformer, difface, gfpgan, gpen, none, restoreformer, vqfr
 from bfrboost.backbones.spec import (  # noqa: F401  (re-exported: callers and tests use them from here)
     DEFAULT_BATCH,
@@ -96,8 +96,8 @@ def load_base(
             raise UsageError(f"base {name!r} uses no weights; drop the weights file {weights}")
         net = spec.build(None)
     else:
-        path = Path(weights) if weights is not None else weights_manager.ensure(spec.weight_file)
-        state_dict = weights_manager.load_state_dict(path)
+        path = Path(weights) if weights is not None else bfrboost.weights.ensure(spec.weight_file)
+        state_dict = bfrboost.weights.load_state_dict(path)
         try:
             net = spec.build(state_dict)
         except (CheckpointMismatch, RuntimeError, KeyError) as exc:
@@ -135,7 +135,7 @@ def describe(name: str) -> dict[str, Any]:
         },
     }
     if spec.card:
-        card = weights_manager.cards()[spec.card]
+        card = bfrboost.weights.cards()[spec.card]
         entry = next((w for w in card.weights if w.file == spec.weight_file), None)
         info.update(
             license=card.license,

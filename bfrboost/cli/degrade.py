@@ -34,7 +34,9 @@ def degrade_command(
     log: Annotated[bool, typer.Option("--log/--no-log", help="Write degrade.jsonl (parameters per file) into OUT.")] = True,
 ) -> None:
     """Degrade HQ faces: y = JPEG_q((x ⊛ k_σ)↓r + n_δ)↑r with random order/skips (bfrboost.train.degrade)."""
-    from bfrboost.io.read import collect_inputs, read_image, write_image
+    from bfrboost.io.inputs import collect_inputs
+    from bfrboost.io.read import read_image
+    from bfrboost.io.write import write_image
     from bfrboost.safety import InputGuard, one_line, write_bytes
     from bfrboost.train.degrade import DegradeConfig, apply_degradation, file_seed, sample_params
 

@@ -63,8 +63,8 @@ def evaluate(
     if restored is None:
         err("give the faces to score with --restored DIR (or use `bfrboost eval stats` / `bfrboost eval boost`; see --help)")
         raise typer.Exit(2)
+    from bfrboost.evaluation.evaluator import MetricModels
     from bfrboost.evaluation.folders import evaluate_folder, list_images
-    from bfrboost.metrics import MetricModels
 
     console = Console(stderr=True)
     try:
@@ -111,8 +111,8 @@ def stats(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
 ) -> None:
     """Inception statistics of a reference folder, so FID/KID read FFHQ once."""
+    from bfrboost.evaluation.evaluator import MetricModels
     from bfrboost.evaluation.folders import compute_stats_folder, list_images
-    from bfrboost.metrics import MetricModels
 
     console = Console(stderr=True)
     try:

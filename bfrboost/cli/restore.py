@@ -225,11 +225,12 @@ def write_results(
     the exit code; interruptible (SIGINT/SIGTERM leave nothing half-written). With
     ``video_options`` folders and globs also yield video clips, restored by the video runner;
     ``workers`` > 1 overlaps the image stages (:class:`~bfrboost.runners.overlap.OverlapRunner`)."""
-    from bfrboost.io.read import collect_inputs
+    from bfrboost.io.inputs import collect_inputs
+    from bfrboost.io.video import is_video
     from bfrboost.reports import problem_report, summary
     from bfrboost.runners.files import FileRunner
     from bfrboost.runners.overlap import OverlapRunner
-    from bfrboost.runners.video import VideoRunner, is_video
+    from bfrboost.runners.video import VideoRunner
 
     with interruptible() as progress:
         try:

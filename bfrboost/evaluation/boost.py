@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import InputError, UsageError
+from bfrboost.evaluation.evaluator import Evaluator, MetricModels
 from bfrboost.evaluation.folders import list_images, read_reference, read_rgb, reference_index, stats_for
-from bfrboost.io.read import write_image
-from bfrboost.metrics import METRICS, Evaluator, MetricModels, MetricValue, parse_metrics
+from bfrboost.io.write import write_image
+from bfrboost.metrics import METRICS, MetricValue, parse_metrics
 from bfrboost.metrics.inception import DEFAULT_SIZE
 from bfrboost.safety import InputGuard, one_line, write_bytes
 

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import InputError, UsageError
-from bfrboost.io.read import collect_inputs, read_image
-from bfrboost.metrics import METRICS, Evaluator, MetricModels, MetricValue, parse_metrics
+from bfrboost.evaluation.evaluator import Evaluator, MetricModels
+from bfrboost.io.inputs import collect_inputs
+from bfrboost.io.read import read_image
+from bfrboost.metrics import METRICS, MetricValue, parse_metrics
 from bfrboost.metrics.inception import DEFAULT_SIZE, ReferenceStats, compute_reference_stats
 from bfrboost.safety import one_line
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from bfrboost import weights as weight_cache
+from bfrboost import weights
 from bfrboost.errors import InputError, UsageError
 from bfrboost.faces.align import warp_affine
 from bfrboost.faces.types import Face
@@ -218,7 +218,7 @@ class GuidedRestorer(Restorer):
             torch.manual_seed(0)
             rrdb_net = rrdb_module.build(None, rrdb_module.TINY_RRDB_CONFIG)
         elif uses_rrdb:
-            path = Path(rrdb_weights) if rrdb_weights is not None else weight_cache.ensure(rrdb_module.RRDB_FILE)
+            path = Path(rrdb_weights) if rrdb_weights is not None else weights.ensure(rrdb_module.RRDB_FILE)
             rrdb_net = rrdb_module.load(path, notes=self.notes)
         arcface_net = None
         if arcface is not False:

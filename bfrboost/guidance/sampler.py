@@ -121,7 +121,7 @@ def sample(
 
 def x_t_at(x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
     """q(x_t | x₀) on the 1000-step schedule (tests and benchmarks start from a known x_t)."""
-    from bfrboost.backbones.difface import linear_alphas_cumprod
+    from bfrboost.nets.iddpm import linear_alphas_cumprod
 
     a = float(linear_alphas_cumprod(NUM_TIMESTEPS)[t])
     return math.sqrt(a) * x0 + math.sqrt(1 - a) * noise

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bfrboost.backbones.difface import linear_alphas_cumprod
 from bfrboost.errors import UsageError
+from bfrboost.nets.iddpm import linear_alphas_cumprod
 
 NUM_TIMESTEPS = 1000
 

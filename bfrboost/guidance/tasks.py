@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bfrboost import weights
-from bfrboost.backbones.difface import PRIOR_FILE, IDDPMUNet, UNetConfig
 from bfrboost.backbones.spec import CheckpointMismatch, build_strict
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.guidance.properties import (
@@ -36,6 +35,7 @@ from bfrboost.guidance.properties import (
     Unmasked,
 )
 from bfrboost.guidance.sampler import Guidance, sample
+from bfrboost.nets.iddpm import PRIOR_FILE, IDDPMUNet, UNetConfig
 
 TASKS = ("restore", "colorize", "inpaint", "old-photo")
 DEFAULT_SCALE = {"restore": 0.1, "colorize": 0.01, "inpaint": 0.01, "old-photo": 0.002}

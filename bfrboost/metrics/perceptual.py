@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bfrboost import weights as weight_cache
+import bfrboost.weights
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.metrics._common import metric_weights
 
@@ -59,9 +59,9 @@ def build_lpips(net: str = "alex", pretrained: bool = True, trunk: Path | None =
         model = lpips.LPIPS(pretrained=False, net=net, version="0.1", pnet_rand=True, verbose=False)
     if pretrained:
         heads = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
-        model.load_state_dict(weight_cache.load_state_dict(heads, expected_sha256=LPIPS_HEADS_SHA256[net]), strict=False)
+        model.load_state_dict(bfrboost.weights.load_state_dict(heads, expected_sha256=LPIPS_HEADS_SHA256[net]), strict=False)
         path = Path(trunk) if trunk is not None else metric_weights(LPIPS_TRUNKS[net], "LPIPS")
-        load_lpips_trunk(model, weight_cache.load_state_dict(path), str(path))
+        load_lpips_trunk(model, bfrboost.weights.load_state_dict(path), str(path))
     else:
         for module in model.modules():  # lpips leaves random heads at torch's default init; make them positive as trained ones
             if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.bias is None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bfrboost import weights as weight_cache
+import bfrboost.weights
 from bfrboost.errors import WeightsError
 
 ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
@@ -156,12 +156,12 @@ def load_arcface(device: str | torch.device = "cpu", weights: Path | None = None
     An explicit ``weights`` file is loaded as given (e.g. a converted or fine-tuned copy in the
     official key layout); the cached file is size- and SHA-256-checked first.
     """
-    path = Path(weights) if weights is not None else weight_cache.ensure(ARCFACE_FILE)
+    path = Path(weights) if weights is not None else bfrboost.weights.ensure(ARCFACE_FILE)
     net = IRSE50()
-    state = _with_batch_counters(net, weight_cache.load_state_dict(path))
+    state = _with_batch_counters(net, bfrboost.weights.load_state_dict(path))
     try:
-        weight_cache.check_state_dict(net, state)
-    except weight_cache.CheckpointMismatch as exc:
+        bfrboost.weights.check_state_dict(net, state)
+    except bfrboost.weights.CheckpointMismatch as exc:
         raise WeightsError(
             f"{path}: not an ArcFace IR-SE50 checkpoint ({exc}); run `bfrboost weights download {ARCFACE_CARD}`"
         ) from None

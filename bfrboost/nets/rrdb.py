@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bfrboost import weights
-from bfrboost.backbones.difface import timestep_embedding
 from bfrboost.backbones.spec import CheckpointMismatch, build_strict
 from bfrboost.errors import WeightsError
+from bfrboost.nets.iddpm import timestep_embedding
 
 RRDB_FILE = "rrdb_iter_100000.pth"
 

@@ -16,11 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bfrboost.errors import BfrboostError, OutputError
+from bfrboost.errors import BfrboostError
 from bfrboost.faces.types import Face
-from bfrboost.io.read import LoadedImage, encode_image, image_writer, output_ext, plan_output, read_image
+from bfrboost.io.read import LoadedImage, read_image
+from bfrboost.io.write import encode_image, image_writer, output_ext
 from bfrboost.pipeline import Restorer, Result
 from bfrboost.reports import FileReport
+from bfrboost.runners.outputs import OUTPUT_SUBDIRS, Claims, OutputPlan, plan_output
 from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line
 
 
@@ -74,42 +76,6 @@ def restore_bytes(
     return encoded, report
 
 
-OUTPUT_SUBDIRS = ("restored_imgs", "cropped_faces", "restored_faces", "cmp")
-
-
-@dataclass(frozen=True)
-class OutputPlan:
-    """Every file one input will produce, known before anything is written.
-
-    ``image`` is ``OUTDIR/restored_imgs/NAME[_SUFFIX].EXT``; per face ``i`` (count known after
-    detection) ``cropped_faces/STEM_ii.png``, ``restored_faces/STEM_ii[_SUFFIX].png`` and
-    ``cmp/STEM_ii.png`` when asked for. ``face_key`` is what two inputs must not share (same stem
-    → same face files).
-    """
-
-    image: Path
-    outdir: Path
-    stem: str
-    suffix: str | None = None
-    save_faces: bool = False
-    save_cmp: bool = False
-
-    @property
-    def face_key(self) -> str | None:
-        return self.stem if self.save_faces or self.save_cmp else None
-
-    def face_files(self, index: int) -> dict[str, Path]:
-        """The files of face ``index``, by kind: "cropped", "restored", "cmp"."""
-        name = f"{self.stem}_{index:02d}"
-        files: dict[str, Path] = {}
-        if self.save_faces:
-            files["cropped"] = self.outdir / "cropped_faces" / f"{name}.png"
-            files["restored"] = self.outdir / "restored_faces" / f"{name}{'_' + self.suffix if self.suffix else ''}.png"
-        if self.save_cmp:
-            files["cmp"] = self.outdir / "cmp" / f"{name}.png"
-        return files
-
-
 class FileRunner:
     """Restore image files into ``options.outdir``, yielding one report per input, in input order.
 
@@ -147,12 +113,12 @@ class FileRunner:
     # Planning, decoding and delivering one image are separate steps so that other runners
     # (bfrboost.runners.overlap) run them in worker threads or processes with the same results.
 
-    def _start(self, inputs: Sequence[Path]) -> _Claims:
+    def _start(self, inputs: Sequence[Path]) -> Claims:
         for subdir in OUTPUT_SUBDIRS:  # also when every input is skipped and nothing gets written
             clean_stale_temps(Path(self.options.outdir) / subdir)
-        return _Claims(InputGuard(inputs))
+        return Claims(InputGuard(inputs))
 
-    def _planned(self, path: Path, claims: _Claims) -> tuple[FileReport, OutputPlan | None]:
+    def _planned(self, path: Path, claims: Claims) -> tuple[FileReport, OutputPlan | None]:
         """A report for ``path`` and its plan, or no plan when it failed (``error``) or is ``skipped``."""
         report = FileReport(input=str(path))
         try:
@@ -191,7 +157,7 @@ class FileRunner:
         report.width, report.height = loaded.rgb.shape[1], loaded.rgb.shape[0]
         return loaded
 
-    def _flush(self, pending: list[tuple[FileReport, LoadedImage, OutputPlan, dict | None]], claims: _Claims) -> Iterator[FileReport]:
+    def _flush(self, pending: list[tuple[FileReport, LoadedImage, OutputPlan, dict | None]], claims: Claims) -> Iterator[FileReport]:
         if not pending:
             return
         results = self.restorer.restore_batch(
@@ -200,7 +166,7 @@ class FileRunner:
         for (report, loaded, plan, _), result in zip(pending, results):
             yield self._deliver(report, loaded, plan, result, claims)
 
-    def _deliver(self, report: FileReport, loaded: LoadedImage, plan: OutputPlan, result: Result, claims: _Claims) -> FileReport:
+    def _deliver(self, report: FileReport, loaded: LoadedImage, plan: OutputPlan, result: Result, claims: Claims) -> FileReport:
         """Write every output of ``result`` (gray kept gray) and complete ``report``; a failed write is its ``error``."""
         report.faces = result.faces
         report.seconds.update(result.seconds)
@@ -231,30 +197,6 @@ class FileRunner:
             if "cmp" in files:
                 outputs.add(files["cmp"], image_writer(files["cmp"], np.concatenate([face.crop, face.restored], axis=1)))
         return outputs
-
-
-class _Claims:
-    """Outputs already promised to earlier inputs of this run, and the run's input guard."""
-
-    def __init__(self, guard: InputGuard) -> None:
-        self.guard = guard
-        self._images: dict[Path, Path] = {}
-        self._faces: dict[str, Path] = {}
-
-    def claim(self, path: Path, plan: OutputPlan) -> None:
-        self.guard.check(plan.image)
-        owner = self._images.get(plan.image)
-        if owner is not None:
-            raise OutputError(f"{one_line(path)}: its output {one_line(plan.image)} is already taken by {one_line(owner)}; restore it separately or with --suffix")
-        key = plan.face_key
-        if key is not None and key in self._faces:
-            raise OutputError(
-                f"{one_line(path)}: its face files ({key}_NN.png) are already taken by {one_line(self._faces[key])}; "
-                "restore it separately or rename it"
-            )
-        self._images[plan.image] = path
-        if key is not None:
-            self._faces[key] = path
 
 
 def restore_files(restorer: Restorer, inputs: Sequence[Path], options: OutputOptions, images_per_batch: int = 4) -> Iterator[FileReport]:

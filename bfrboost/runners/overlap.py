@@ -35,7 +35,8 @@ from bfrboost.errors import UsageError
 from bfrboost.io.read import LoadedImage
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
-from bfrboost.runners.files import FileRunner, OutputOptions, OutputPlan, _Claims
+from bfrboost.runners.files import FileRunner, OutputOptions
+from bfrboost.runners.outputs import Claims, OutputPlan
 
 MODES = ("auto", "process", "thread")
 
@@ -146,7 +147,7 @@ class OverlapRunner(FileRunner):
         loaded, targets = decoded
         return report, loaded, self.restorer.prepare(loaded.rgb, loaded.alpha, targets)
 
-    def _finish(self, report: FileReport, loaded: LoadedImage, prepared: Prepared, plan: OutputPlan, claims: _Claims) -> FileReport:
+    def _finish(self, report: FileReport, loaded: LoadedImage, prepared: Prepared, plan: OutputPlan, claims: Claims) -> FileReport:
         """Stage 3: paste back, encode and write (in a worker thread)."""
         return self._deliver(report, loaded, plan, self.restorer.finish(prepared), claims)
 

@@ -12,8 +12,7 @@ The output is written to a temp file beside it and renamed when complete
 (:func:`bfrboost.safety.atomic_path`): a failed or interrupted run leaves no partial video. A clip
 that cannot be decoded gets a report with ``error`` set and the batch goes on.
 
-GPU: NVDEC decoding and NVENC encoding are used when CUDA is there; when they cannot be opened
-(PyAV raises ``PermissionError`` for CUDA hwaccel on machines without a GPU) the CPU is used silently.
+Opening clips and choosing the encoder (NVDEC/NVENC when usable) is :mod:`bfrboost.io.video`'s job.
 """
 
 from __future__ import annotations
@@ -31,23 +30,17 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.track import FaceTracker
-from bfrboost.io.read import VIDEO_EXTENSIONS, VIDEO_FORMATS, plan_output
+from bfrboost.io.video import VIDEO_FORMATS, X264_PRESETS, av_module, encoder, open_input, want_hardware
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
+from bfrboost.runners.outputs import plan_output
 from bfrboost.safety import InputGuard, atomic_path, one_line
 
-__all__ = ["VIDEO_EXTENSIONS", "VIDEO_FORMATS", "VideoOptions", "VideoRunner", "is_video", "restore_videos"]
+__all__ = ["VideoOptions", "VideoRunner", "restore_videos"]
 
-_X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 # x264 preset → NVENC's p1 (fastest) … p7 (best)
-_NVENC_PRESETS = dict(zip(_X264_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p7", "p7")))
 # x264 preset → libvpx-vp9 cpu-used (0 best … 8 fastest)
-_VP9_SPEED = dict(zip(_X264_PRESETS, ("8", "7", "6", "5", "4", "3", "2", "1", "0", "0")))
 _AFTER_END_S = 1.0  # demuxing continues this long past --duration's end for audio interleaved late
-
-
-def is_video(path: Path | str) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
 @dataclass
@@ -76,8 +69,8 @@ class VideoOptions:
         self.ext = self.ext.lower().lstrip(".")
         if self.ext not in VIDEO_FORMATS:
             raise UsageError(f"unknown video format '{self.ext}'; use one of: {', '.join(VIDEO_FORMATS)}")
-        if self.preset not in _X264_PRESETS:
-            raise UsageError(f"unknown preset '{self.preset}'; use one of: {', '.join(_X264_PRESETS)}")
+        if self.preset not in X264_PRESETS:
+            raise UsageError(f"unknown preset '{self.preset}'; use one of: {', '.join(X264_PRESETS)}")
         if not 0 <= self.crf <= 51:
             raise UsageError(f"--crf must be in [0, 51] (lower = better, 18 ≈ visually lossless), got {self.crf}")
         if (self.start is not None and self.start < 0) or (self.duration is not None and self.duration <= 0):
@@ -134,7 +127,7 @@ class VideoRunner:
     def restore_clip(self, path: Path, out: Path, report: FileReport | None = None) -> FileReport:
         """Restore ``path`` into ``out`` (atomically); raises :class:`InputError` / :class:`OutputError`."""
         report = report if report is not None else FileReport(input=str(path), extra={"kind": "video"})
-        container, decoder = _open_input(path, _want_hardware(self.options.hardware))
+        container, decoder = open_input(path, want_hardware(self.options.hardware))
         try:
             with atomic_path(out, overwrite=self.options.overwrite) as temp:
                 _Clip(self, path, container, report, decoder).run(temp, out)
@@ -183,8 +176,8 @@ class _Clip:
     def run(self, temp: Path, out: Path) -> None:
         """Restore the whole clip into ``temp`` (renamed to ``out`` by the caller once complete)."""
         try:
-            self.output = _av().open(str(temp), "w", format=VIDEO_FORMATS[self.options.ext])
-        except (OSError, _av().FFmpegError) as exc:
+            self.output = av_module().open(str(temp), "w", format=VIDEO_FORMATS[self.options.ext])
+        except (OSError, av_module().FFmpegError) as exc:
             raise OutputError(f"{one_line(out)}: cannot open for writing ({exc}); check the output folder or choose another with -o") from None
         try:
             self._stream()
@@ -201,7 +194,7 @@ class _Clip:
         self.report.extra.update(frames=self.frames, face_count=self.faces, tracks=tracks)
 
     def _stream(self) -> None:
-        av = _av()
+        av = av_module()
         video, start_t = self.video, time.perf_counter()
         if self.start:
             try:
@@ -279,8 +272,8 @@ class _Clip:
     # ---- output ------------------------------------------------------------------------------
 
     def _open_output(self, width: int, height: int) -> None:
-        av = _av()
-        codec, options = _encoder(self.options, _want_hardware(self.options.hardware), width, height)
+        av = av_module()
+        codec, options = encoder(self.options.ext, self.options.crf, self.options.preset, want_hardware(self.options.hardware))
         stream = self.output.add_stream(codec, rate=self.rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = self.video.time_base
@@ -304,7 +297,7 @@ class _Clip:
         self.queued_audio = []
 
     def _encode(self, rgb: np.ndarray, pts: int) -> None:
-        av = _av()
+        av = av_module()
         h, w = rgb.shape[:2]
         if h % 2 or w % 2:  # 4:2:0 needs even sizes: drop the odd last row / column
             rgb = rgb[: h - h % 2, : w - w % 2]
@@ -336,67 +329,6 @@ class _Clip:
         self.output.mux(packet)
 
 
-# ---- PyAV plumbing -------------------------------------------------------------------------------
-
-
-def _av() -> Any:
-    """PyAV, imported when a clip is really opened (images never pay for it)."""
-    try:
-        import av
-    except ImportError:
-        raise UsageError("video needs PyAV: run `pip install av`") from None
-    return av
-
-
-def _want_hardware(hardware: bool | None) -> bool:
-    if hardware is not None:
-        return hardware
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _open_input(path: Path, hardware: bool) -> tuple[Any, str]:
-    """Open ``path`` for decoding, with NVDEC when asked and possible; returns (container, "cuda"|"cpu")."""
-    av = _av()
-    name = one_line(path)
-    if hardware:
-        try:
-            from av.codec.hwaccel import HWAccel
-
-            return av.open(str(path), hwaccel=HWAccel("cuda", allow_software_fallback=True)), "cuda"
-        except (PermissionError, OSError, ValueError, av.FFmpegError):
-            pass  # no usable GPU decoder (or a bad file, which the plain open below reports)
-    try:
-        return av.open(str(path)), "cpu"
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
-    except (OSError, av.FFmpegError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise InputError(f"{name}: cannot decode video ({reason}); check that it is a complete video file") from None
-
-
-@functools.lru_cache(maxsize=4)
-def _nvenc_works(codec: str) -> bool:
-    """Whether ``codec`` (an NVENC encoder) really opens here: it needs a GPU and the driver's library."""
-    av = _av()
-    try:
-        context = av.CodecContext.create(codec, "w")
-        context.width, context.height, context.pix_fmt = 256, 256, "yuv420p"
-        context.time_base = Fraction(1, 25)
-        context.open()
-        return True
-    except (PermissionError, OSError, ValueError, av.FFmpegError):
-        return False
-
-
-def _encoder(options: VideoOptions, hardware: bool, width: int, height: int) -> tuple[str, dict[str, str]]:
-    """Codec name and options for ``options.ext``: NVENC H.264 when usable, else x264 (VP9 for WebM)."""
-    if options.ext == "webm":
-        return "libvpx-vp9", {"crf": str(options.crf), "b": "0", "cpu-used": _VP9_SPEED[options.preset], "row-mt": "1"}
-    if hardware and _nvenc_works("h264_nvenc"):
-        return "h264_nvenc", {"preset": _NVENC_PRESETS[options.preset], "rc": "vbr", "cq": str(options.crf), "b": "0"}
-    return "libx264", {"crf": str(options.crf), "preset": options.preset}
 
 
 def restore_videos(restorer: Restorer, inputs: Sequence[Path], options: VideoOptions, progress: ProgressCallback | None = None) -> Iterator[FileReport]:

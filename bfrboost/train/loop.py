@@ -511,7 +511,7 @@ class Trainer:
         model.train()
         record = {"step": step, **{k: v / len(val_set) for k, v in sums.items()}}
         _append_line(run / VAL_LOG_NAME, record)
-        from bfrboost.io.read import write_image
+        from bfrboost.io.write import write_image
 
         write_image(run / "val" / f"step-{step:08d}.png", image_grid(grid), overwrite=True)
         return record

@@ -174,7 +174,7 @@ class Engine:
 
     def check_upload(self, path: Path, name: str) -> None:
         """One line when the upload is over its kind's size cap (the web server caps it too)."""
-        from bfrboost.runners.video import is_video
+        from bfrboost.io.video import is_video
 
         size = path.stat().st_size
         if is_video(name) and size > self.max_video_bytes:
@@ -194,7 +194,7 @@ class Engine:
         """Restore one uploaded file as ``bfrboost restore FILE`` would: a clip (by its extension, as
         the CLI decides) through the video runner, anything else as an image. Raises
         :class:`BfrboostError` with one line naming the file (``name``: what the user called it)."""
-        from bfrboost.runners.video import is_video
+        from bfrboost.io.video import is_video
 
         upload = Path(upload)
         name = one_line(name or upload.name)

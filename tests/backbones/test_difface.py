@@ -17,14 +17,10 @@ from safetensors.torch import save_file
 
 from bfrboost import weights
 from bfrboost.backbones import difface
-from bfrboost.backbones.difface import (
-    AttentionBlock,
-    DifFaceConfig,
-    IDDPMUNet,
-    RestorerConfig,
-    UNetConfig,
-)
+from bfrboost.backbones.difface import DifFaceConfig, RestorerConfig
 from bfrboost.errors import WeightsError
+from bfrboost.nets import iddpm
+from bfrboost.nets.iddpm import AttentionBlock, IDDPMUNet, UNetConfig
 from bfrboost.weights import load_state_dict
 
 SPEC = difface.SPECS[0]
@@ -102,7 +98,7 @@ def test_spec_contract():
 
 
 def test_schedule_is_iddpm_linear_and_upstream_ddim250_start_100():
-    abar = difface.linear_alphas_cumprod()
+    abar = iddpm.linear_alphas_cumprod()
     assert abar[0].item() == pytest.approx(1 - 1e-4)
     assert abar[-1].item() == pytest.approx(4.0358e-05, rel=1e-3)  # DDPM linear schedule's ᾱ_T
     # upstream: space_timesteps(1000, "ddim250") = range(0, 1000, 4), started at index 100
@@ -134,7 +130,7 @@ class _OraclePrior(torch.nn.Module):
         super().__init__()
         self.target, self.calls, self.eps = target, [], []
         self.config = TINY.unet
-        self.abar = difface.linear_alphas_cumprod()
+        self.abar = iddpm.linear_alphas_cumprod()
 
     def forward(self, x, t):
         a = self.abar[t].float().view(-1, 1, 1, 1)
@@ -158,7 +154,7 @@ def test_sampler_with_an_oracle_prior_follows_ddim_eta_half_and_returns_the_esti
 
     net.prior = _OraclePrior(estimate * 2 - 1)
     SPEC.forward(net, y, steps=10, seed=3)
-    abar = difface.linear_alphas_cumprod()
+    abar = iddpm.linear_alphas_cumprod()
     for t, eps, next_eps in zip(net.prior.calls, net.prior.eps, net.prior.eps[1:]):
         a, a_prev = abar[t].item(), abar[t - 40].item()
         sigma = 0.5 * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)

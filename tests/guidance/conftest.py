@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bfrboost.backbones.difface import IDDPMUNet
+from bfrboost.nets.iddpm import IDDPMUNet
 from bfrboost.guidance import tasks
 from bfrboost.nets.rrdb import TINY_RRDB_CONFIG as TINY_RRDB
 from bfrboost.guidance.tasks import TINY_PRIOR_CONFIG as TINY_PRIOR

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from bfrboost.backbones.difface import IDDPMUNet, linear_alphas_cumprod
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.guidance import GuidanceOptions, PGDiff, load_prior
 from bfrboost.guidance.properties import (
@@ -23,6 +22,7 @@ from bfrboost.guidance.sampler import Guidance, dynamic_update, guided_step, sam
 from bfrboost.guidance.schedule import Schedule, respaced_timesteps
 from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.nets.arcface import random_arcface
+from bfrboost.nets.iddpm import IDDPMUNet, linear_alphas_cumprod
 from tests.guidance.conftest import TINY_PRIOR, TINY_RRDB, load_rgb, to_batch
 
 SIZE = TINY_PRIOR.image_size

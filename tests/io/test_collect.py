@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bfrboost.io import collect_inputs
+from bfrboost.io.inputs import collect_inputs
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from skimage import data
 
 from bfrboost import demo
-from bfrboost.io import read_image
+from bfrboost.io.read import read_image
 
 
 def test_demo_writes_its_photos_idempotently(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

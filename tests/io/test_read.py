@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageCms, ImageOps, features
 
 from bfrboost.errors import InputError
-from bfrboost.io import read_image, write_image
+from bfrboost.io.read import read_image
+from bfrboost.io.write import write_image
 from tests.io.helpers import png_bytes
 
 MAKE = 0x010F

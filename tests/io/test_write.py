@@ -12,15 +12,11 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from bfrboost.errors import OutputError, UsageError
-from bfrboost.io import (
-    check_not_input,
-    encode_image,
-    images,
-    output_ext,
-    plan_output,
-    read_image,
-    write_image,
-)
+from bfrboost.io import write as images
+from bfrboost.io.read import read_image
+from bfrboost.io.write import encode_image, output_ext, write_image
+from bfrboost.runners.outputs import plan_output
+from bfrboost.safety import InputGuard
 
 
 def _decode(data: bytes) -> Image.Image:
@@ -170,15 +166,15 @@ def test_plan_output_follows_gfpgan_layout(tmp_path: Path) -> None:
     assert plan_output("-", tmp_path) == tmp_path / "restored_imgs" / "stdin.png"
 
 
-def test_check_not_input(tmp_path: Path) -> None:
+def test_input_guard_refuses_a_planned_output_over_an_input(tmp_path: Path) -> None:
     photo = tmp_path / "dad.jpg"
     photo.write_bytes(b"jpeg")
     inputs = [tmp_path / "mum.jpg", photo]
     out = plan_output(photo, tmp_path, subdir=None, ext="jpg")
     with pytest.raises(OutputError) as info:
-        check_not_input(out, inputs)
+        InputGuard(inputs).check(out)
     assert str(info.value) == f"{out}: would overwrite the input {photo}; choose another -o or --suffix"
     with pytest.raises(OutputError, match="would overwrite the input"):  # same file, spelled differently
-        check_not_input(tmp_path / "sub" / ".." / "dad.jpg", [Path(os.path.relpath(photo))])
-    check_not_input(plan_output(photo, tmp_path, subdir=None, suffix="boost", ext="jpg"), inputs)
-    check_not_input(plan_output(photo, tmp_path, ext="jpg"), inputs)
+        InputGuard([Path(os.path.relpath(photo))]).check(tmp_path / "sub" / ".." / "dad.jpg")
+    InputGuard(inputs).check(plan_output(photo, tmp_path, subdir=None, suffix="boost", ext="jpg"))
+    InputGuard(inputs).check(plan_output(photo, tmp_path, ext="jpg"))

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from bfrboost.cli import app
 from bfrboost.evaluation.boost import BoostReport, BoostRow, better_of, format_value, run_boost
-from bfrboost.metrics import MetricModels, MetricValue
+from bfrboost.evaluation.evaluator import MetricModels
+from bfrboost.metrics import MetricValue
 from bfrboost.metrics.inception import ReferenceStats, kid
 
 runner = CliRunner()

@@ -13,7 +13,8 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from bfrboost.errors import UsageError, WeightsError
-from bfrboost.metrics import Evaluator, MetricModels, parse_metrics
+from bfrboost.evaluation.evaluator import Evaluator, MetricModels
+from bfrboost.metrics import parse_metrics
 from bfrboost.metrics.fidelity import psnr, rgb_to_y, ssim
 from bfrboost.metrics.inception import ReferenceStats, fid, inception_features, kid, load_inception
 from bfrboost.metrics.musiq import NOT_INSTALLED

@@ -26,7 +26,9 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError
 from bfrboost.faces.types import Face
-from bfrboost.io.read import IMAGE_EXTENSIONS, encode_image, output_ext, read_image, write_image
+from bfrboost.io.inputs import IMAGE_EXTENSIONS
+from bfrboost.io.read import read_image
+from bfrboost.io.write import encode_image, output_ext, write_image
 from bfrboost.reports import FileReport
 from bfrboost.runners.files import gray
 from bfrboost.safety import atomic_path, one_line
