@@ -122,15 +122,24 @@ def restore(
     duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="Video: restore this many seconds.")] = None,
     frames_per_batch: Annotated[int, typer.Option("--frames-per-batch", min=1, help="Video: frames whose faces go through the base model together.")] = 8,
     guide: Annotated[str, typer.Option("--guide", help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); --weights/--fidelity/--knob apply to it.")] = "rrdb",
-    reference: Annotated[list[Path] | None, typer.Option("--reference", help="--base pgdiff: photo(s) of the same person, or one folder of references named like the inputs; guides each photo's largest face towards their ArcFace identity. Repeatable.")] = None,
+    reference: Annotated[list[Path] | None, typer.Option(
+        "--reference",
+        help="--base pgdiff: photo(s) of the same person, or one folder of references named like the inputs; "
+        "guides each photo's largest face towards their ArcFace identity. Repeatable.",
+    )] = None,
     prior: Annotated[Path | None, typer.Option("--prior", help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).")] = 1000,
     guidance_scale: Annotated[float, typer.Option("--guidance-scale", min=0.0, help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", min=0, help="--base pgdiff: seed of the diffusion noise.")] = 1234,
     ss_weight: Annotated[float, typer.Option("--ss-weight", min=0.0, help="--base pgdiff: weight of the smooth-semantics property.")] = 1.0,
-    ref_weight: Annotated[float | None, typer.Option("--ref-weight", min=0.0, help="--base pgdiff: weight of the identity property (default 5e3 with mse, 1e4 with cos: PGDiff's scale, docs/guided.md).", show_default=False)] = None,
-    ref_loss: Annotated[RefLoss, typer.Option("--ref-loss", help="--base pgdiff: identity distance on unit ArcFace embeddings, mse or cos.")] = RefLoss.mse,
-    tiny: Annotated[bool, typer.Option("--tiny", help="--base pgdiff: demo with a small random prior and guide, no download (results are noise).")] = False,
+    ref_weight: Annotated[float | None, typer.Option(
+        "--ref-weight", min=0.0, show_default=False,
+        help="--base pgdiff: weight of the identity property (default 5e3 with mse, 1e4 with cos: PGDiff's scale, docs/guided.md).",
+    )] = None,
+    ref_loss: Annotated[RefLoss, typer.Option("--ref-loss", help="--base pgdiff: identity distance on unit ArcFace embeddings.")] = RefLoss.mse,
+    tiny: Annotated[bool, typer.Option(
+        "--tiny", help="--base pgdiff: demo with a small random prior and guide, no download (results are noise)."
+    )] = False,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].")] = 1,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or 1: one stage at a time).")] = 0,
 ) -> None:
@@ -153,7 +162,8 @@ def restore(
         guided = {
             "--reference": bool(reference), "--prior": prior is not None, "--guide": guide != "rrdb", "--steps": steps != 1000,
             "--guidance-scale": guidance_scale != 0.1, "--seed": seed != 1234, "--ss-weight": ss_weight != 1.0,
-            "--ref-weight": ref_weight is not None, "--ref-loss": ref_loss != RefLoss.mse, "--repeats": repeats != 1, "--tiny": tiny,
+            "--ref-weight": ref_weight is not None, "--ref-loss": ref_loss != RefLoss.mse, "--repeats": repeats != 1,
+            "--tiny": tiny,
         }
         given = [name for name, changed in guided.items() if changed]
         if base != "pgdiff" and given:
@@ -179,9 +189,12 @@ def restore(
         from bfrboost.guidance import GuidanceOptions, GuidedRestorer
 
         options = GuidanceOptions(
-            scale=guidance_scale, steps=steps, seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight, ref_loss=ref_loss.value
+            scale=guidance_scale, steps=steps, seed=seed, repeats=repeats, ss_weight=ss_weight, ref_weight=ref_weight,
+            ref_loss=ref_loss.value,
         )
-        return GuidedRestorer("restore", guide=guide, prior=prior, options=options, reference=reference or (), tiny=tiny, **shared)
+        return GuidedRestorer(
+            "restore", guide=guide, prior=prior, options=options, reference=reference or (), tiny=tiny, **shared
+        )
 
     if stdin_mode:
         with interruptible():

@@ -71,7 +71,7 @@ def test_masks_fill_every_non_zero_pixel_and_refuse_an_all_black_one(tmp_path, t
 # ---- 2. a reference must show a face, with or without --aligned --------------------------------------
 
 
-@pytest.mark.parametrize("aligned, size", [(True, (512, 512)), (False, (300, 200))])
+@pytest.mark.parametrize("aligned, size", [(True, (512, 512)), (False, (512, 512)), (False, (300, 200))])
 def test_a_reference_without_a_face_is_refused(tmp_path, tiny_prior, aligned, size):
     flat = tmp_path / "flat.png"
     Image.new("RGB", size, (180, 150, 120)).save(flat)
