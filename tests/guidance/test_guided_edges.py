@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -180,6 +181,15 @@ def test_keep_known_leaves_every_unmasked_pixel_unchanged(tmp_path, testdata):
     assert np.array_equal(outputs["--keep-known"][~hole], before[~hole])  # measured: 0 change outside the mask
     assert np.array_equal(outputs["--keep-known"][hole], outputs["--no-keep-known"][hole])  # the fill is the same
     assert np.abs(outputs["--no-keep-known"].astype(int) - before)[~hole].mean() > 0.5  # PGDiff alone changes them
+    # a whole photo: the crop goes back through the inverse warp, which interpolates across the mask's edge only
+    photo = load_rgb(testdata / "whole" / "04.jpg")
+    stroke = np.zeros(photo.shape[:2], np.uint8)
+    stroke[62:69, 92:138] = 255
+    options = GuidanceOptions(steps=2, scale=1.0)
+    inpainter = GuidedRestorer("inpaint", tiny=True, upscale=1, keep_known=True, parse=False, options=options)
+    changed = np.abs(inpainter.restore(photo, mask=stroke).image.astype(int) - photo).max(axis=2) > 0
+    rim = cv2.dilate(stroke, np.ones((7, 7), np.uint8)) > 0
+    assert changed[stroke > 0].mean() > 0.9 and not changed[~rim].any()  # measured: 0 pixels change beyond 3 px of the mask
     result = tiny("colorize", testdata / "gray" / "Einstein01.png", "--aligned", "-o", tmp_path / "c", "--keep-known")
     assert result.exit_code == 2 and "No such option" in result.stderr
 
