@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,ui,cluster]'
+	$(PY) -m pip install -q -e '.[dev,ui,cluster,onnx]'
 	# Test-only references, without their dependency trees: basicsr-fixed ships the NIQE parameter
 	# file the NIQE test compares with; pyiqa (non-commercial, the optional eval-nc extra) runs MUSIQ.
 	$(PY) -m pip install -q --no-deps basicsr-fixed==1.4.2 pyiqa==0.1.16
@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/bench_video.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_throughput.py
+	$(PY) bench/bench_onnx.py
 
 lint: setup
 	$(PY) -m pip install -q ruff

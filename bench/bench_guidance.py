@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bfrboost.guidance import GuidanceOptions, PGDiff, onepass
+from bfrboost.guidance import PGDiff, onepass
 from bfrboost.guidance.tasks import tiny_prior
 from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.nets.arcface import random_arcface
 from bfrboost.nets.iddpm import IDDPMUNet, UNetConfig
+from bfrboost.options import GuidanceOptions
 
 TESTDATA = Path(os.environ.get("BFRBOOST_TESTDATA", Path(__file__).resolve().parents[1].parent / "shared" / "testdata"))
 TASKS = ("colorize", "inpaint", "old-photo", "restore", "restore + reference")

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bfrboost.options import OutputOptions
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.files import FileRunner, OutputOptions
+from bfrboost.runners.files import FileRunner
 from bfrboost.runners.overlap import OverlapRunner
 from bfrboost.safety import write_bytes
 

@@ -37,8 +37,9 @@ import torch
 from bfrboost.faces import get_detector
 from bfrboost.faces.types import Face
 from bfrboost.io.read import read_image
+from bfrboost.options import VideoOptions
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.video import VideoOptions, VideoRunner
+from bfrboost.runners.video import VideoRunner
 from bfrboost.safety import write_bytes
 from tests.support.clips import make_pan_clip, pan_offset
 
@@ -90,7 +91,7 @@ def rss_child(clip: str, outdir: str) -> None:
     """Restore ``clip`` with the stub detector, then print this process's peak RSS in MiB."""
     torch.set_num_threads(1)
     restorer = Restorer("none", device="cpu", detector="dlib", upscale=1)
-    restorer.detector = StubDetector(get_detector("dlib").detect(photo()))
+    restorer.finder.detector = StubDetector(get_detector("dlib").detect(photo()))
     restore(Path(clip), Path(outdir), restorer)
     with open("/proc/self/status") as status:
         hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
@@ -142,7 +143,7 @@ def stability(work: Path, frames: int) -> dict:
     for smooth in (False, True):
         restorer = Restorer("none", device="cpu", detector="dlib", upscale=1)
         first = restorer.prepare(image)
-        restorer.base = TemplateBase(max(first.faces, key=lambda f: f.box[2] - f.box[0]).crop)
+        restorer.face_restorer.base = TemplateBase(max(first.faces, key=lambda f: f.box[2] - f.box[0]).crop)
         out = restore(clip, work / ("smooth" if smooth else "per_frame"), restorer, smooth=smooth)
         result["smoothed" if smooth else "per_frame"] = flicker(Path(out["output"]), faces, 1)
     return result

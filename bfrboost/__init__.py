@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+_OPTIONS = ("DetectOptions", "GuidanceOptions", "OutputOptions", "PasteOptions", "RestoreOptions", "VideoOptions")
 __all__ = [
-    "Face", "FileReport", "FileRunner", "OutputOptions", "Restorer", "Result", "VideoOptions", "VideoRunner",
-    "restore_files", "restore_videos", "__version__",
+    "Face", "FileReport", "FileRunner", "Restorer", "Result", "VideoRunner", *_OPTIONS,
+    "restore_files", "restore_paths", "restore_videos", "__version__",
 ]
 
 
@@ -19,11 +20,19 @@ def __getattr__(name: str) -> Any:
         from bfrboost import pipeline
 
         return getattr(pipeline, name)
-    if name in ("OutputOptions", "FileRunner", "restore_files"):
+    if name in _OPTIONS:
+        from bfrboost import options
+
+        return getattr(options, name)
+    if name == "restore_paths":
+        from bfrboost.runners.paths import restore_paths
+
+        return restore_paths
+    if name in ("FileRunner", "restore_files"):
         from bfrboost.runners import files
 
         return getattr(files, name)
-    if name in ("VideoOptions", "VideoRunner", "restore_videos"):
+    if name in ("VideoRunner", "restore_videos"):
         from bfrboost.runners import video
 
         return getattr(video, name)

@@ -9,8 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bfrboost.cli import app
+from bfrboost.options import OutputOptions
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.files import FileRunner, OutputOptions
+from bfrboost.runners.files import FileRunner
 from bfrboost.runners.overlap import OverlapRunner
 
 

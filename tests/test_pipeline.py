@@ -11,8 +11,9 @@ from PIL import Image
 
 import bfrboost
 from bfrboost.errors import UsageError
+from bfrboost.options import OutputOptions
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.files import OutputOptions, restore_files
+from bfrboost.runners.files import restore_files
 
 
 def rgb(path: Path) -> np.ndarray:
@@ -77,10 +78,12 @@ def test_restore_files_reports_and_writes(identity: Restorer, testdata: Path, tm
 
 
 def test_bad_arguments(testdata: Path) -> None:
-    with pytest.raises(UsageError, match="upscale must be in"):
+    with pytest.raises(UsageError, match=r"^--upscale must be in \[1, 4\], got 0$"):
         Restorer("none", upscale=0)
-    with pytest.raises(UsageError, match="refiner strength must be in"):
+    with pytest.raises(UsageError, match=r"^--refiner-strength must be in \[0, 1\], got 2$"):
         Restorer("none", refiner_strength=2)
+    with pytest.raises(TypeError, match="unexpected restorer setting 'upscal'"):
+        Restorer("none", upscal=2)
     restorer = Restorer("none", upscale=1, device="cpu")
     with pytest.raises(UsageError, match="RGB uint8"):
         restorer.restore(np.zeros((10, 10), np.uint8))

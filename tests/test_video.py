@@ -18,8 +18,9 @@ from bfrboost.errors import OutputError
 from bfrboost.io import video as io_video
 from bfrboost.io.inputs import collect_inputs
 from bfrboost.io.read import read_image
+from bfrboost.options import VideoOptions
 from bfrboost.pipeline import Restorer
-from bfrboost.runners.video import VideoOptions, VideoRunner
+from bfrboost.runners.video import VideoRunner
 from tests.support.clips import make_pan_clip
 
 runner = CliRunner()
@@ -210,7 +211,7 @@ def test_face_upsample_on_the_cli(testdata: Path, tmp_path: Path, monkeypatch: p
     uses a plain resize, as CodeFormer) and pastes them directly; the background is untouched."""
     from PIL import Image
 
-    import bfrboost.pipeline as pipeline
+    import bfrboost.faces.paster as pipeline
 
     fake = InvertingUpsampler()
     asked = []

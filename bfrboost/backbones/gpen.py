@@ -64,7 +64,7 @@ class Blur(nn.Module):
         self.up = up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, c, h, w = map(int, x.shape)  # ints: constants when traced for ONNX, whose Conv needs a known kernel shape
         if self.up > 1:
             spread = x.new_zeros(b, c, h * self.up, w * self.up)
             spread[..., :: self.up, :: self.up] = x
@@ -158,7 +158,7 @@ class ModulatedConv2d(nn.Module):
             self.blur = Blur((1, 1), gain=4.0)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        b, in_ch, h, w = x.shape
+        b, in_ch, h, w = map(int, x.shape)  # ints: constants when traced for ONNX (see Blur)
         out_ch, k = self.weight.shape[1], self.weight.shape[-1]
         weight = self.scale * self.weight * self.modulation(style).view(b, 1, in_ch, 1, 1)
         if self.demodulate:

@@ -209,7 +209,35 @@ class DCNv2Pack(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         o1, o2, mask = self.conv_offset(cond).chunk(3, dim=1)
         offset = torch.cat([o1, o2], dim=1)
+        if torch.onnx.is_in_onnx_export():  # torchvision's op has no ONNX form: the same maths in standard ops
+            return deform_conv3x3_by_sampling(x, offset, self.weight, self.bias, mask.sigmoid())
         return deform_conv2d(x, offset, self.weight, self.bias, padding=1, mask=mask.sigmoid())
+
+
+def deform_conv3x3_by_sampling(
+    x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)`` for a 3x3 kernel,
+    written with ``grid_sample`` and a 1x1 convolution so it exports to plain ONNX (GridSample, Conv).
+
+    Offsets use torchvision's layout: per offset group g and kernel tap k, channels ``2 (9 g + k)``
+    (dy) and ``2 (9 g + k) + 1`` (dx); taps outside the image read zeros, as torchvision's do.
+    """
+    b, c, h, w = map(int, x.shape)  # ints: constants in the (static) graph, so its Conv has a known kernel shape
+    groups = int(offset.shape[1]) // 18
+    taps = torch.arange(9, dtype=x.dtype, device=x.device)
+    rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, 1, 1, h, 1)
+    cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, 1, 1, w)
+    offset = offset.view(b, groups, 9, 2, h, w)
+    y = rows + (taps // 3 - 1).view(1, 1, 9, 1, 1) + offset[:, :, :, 0]  # (b, groups, 9, h, w)
+    xs = cols + (taps % 3 - 1).view(1, 1, 9, 1, 1) + offset[:, :, :, 1]
+    grid = torch.stack((xs * (2 / max(w - 1, 1)) - 1, y * (2 / max(h - 1, 1)) - 1), dim=-1)
+    grid = grid.reshape(b * groups, 9 * h, w, 2)
+    sampled = F.grid_sample(x.reshape(b * groups, c // groups, h, w), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=True)  # (b * groups, c / groups, 9 h, w)
+    sampled = sampled.view(b, groups, c // groups, 9, h, w) * mask.view(b, groups, 1, 9, h, w)
+    columns = sampled.reshape(b, c * 9, h, w)
+    return F.conv2d(columns, weight.reshape(weight.shape[0], c * 9, 1, 1), bias)
 
 
 class TextureWarpingModule(nn.Module):
@@ -330,7 +358,8 @@ def build(state_dict: Mapping[str, torch.Tensor] | None = None, config: VQFRv2Co
 
 def forward(net: VQFRv2, x: torch.Tensor, fidelity_ratio: float = 0.0) -> torch.Tensor:
     """RGB [0, 1] crops -> restored RGB [0, 1] crops (upstream mean 0.5 / std 0.5, clipped)."""
-    return from_signed(net(to_signed(x), fidelity_ratio=float(fidelity_ratio)))
+    ratio = fidelity_ratio if isinstance(fidelity_ratio, torch.Tensor) else float(fidelity_ratio)  # a tensor when exporting
+    return from_signed(net(to_signed(x), fidelity_ratio=ratio))
 
 
 SPECS = [

@@ -15,6 +15,7 @@ from bfrboost.cli import (  # noqa: E402  (each module adds its commands to ``ap
     dataset,
     degrade,
     eval,
+    export,
     guided,
     refiner,
     restore,
@@ -23,7 +24,7 @@ from bfrboost.cli import (  # noqa: E402  (each module adds its commands to ``ap
     weights,
 )
 
-__all__ = ["app", "dataset", "degrade", "eval", "guided", "main", "refiner", "restore", "train", "ui", "weights"]
+__all__ = ["app", "dataset", "degrade", "eval", "export", "guided", "main", "refiner", "restore", "train", "ui", "weights"]
 
 
 def main() -> None:

@@ -14,38 +14,69 @@ import typer
 from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
-from bfrboost.cli.restore import ExtChoice, _parse_knobs
+from bfrboost.cli.restore import ExtChoice
 from bfrboost.errors import BfrboostError
+from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions
 
 
 @app.command("restore-dataset")
 def restore_dataset(
-    src: Annotated[str, typer.Argument(help="Folder (searched recursively), text file with one path or URI per line, or a URI such as s3://bucket/photos.", show_default=False)],
-    dst: Annotated[str, typer.Argument(help="Output folder or URI: same relative paths as SRC, plus manifest.parquet.", show_default=False)],
-    ray_address: Annotated[str | None, typer.Option("--ray", help="Ray cluster: auto (the one this machine belongs to) or ray://HOST:10001; default: start a local Ray.")] = None,
-    base: Annotated[str, typer.Option("--base", help="Base restorer, as for `restore`.")] = "auto",
-    refine: opt.Refine = None,
-    refiner: Annotated[Path | None, typer.Option("--refiner", help="Trained InfoBFR refiner folder; must exist on every worker.")] = None,
-    refiner_strength: opt.RefinerStrength = 1.0,
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder on every worker.")] = None,
-    upscale: Annotated[float, typer.Option("-s", "--upscale", help="Upscale factor of the whole image.")] = 2.0,
-    bg_upsampler: opt.BgUpsampler = "none",
-    aligned: opt.Aligned = False,
-    only_center_face: opt.OnlyCenterFace = False,
-    min_face: opt.MinFace = 0,
-    paste: opt.Paste = "residual",
-    color_match: opt.ColorMatch = False,
-    detector: opt.Detector = "auto",
-    weights: Annotated[Path | None, typer.Option("--weights", help="Custom base checkpoint; must exist on every worker.")] = None,
-    fidelity: opt.Fidelity = None,
+    src: Annotated[str, typer.Argument(
+        help="Folder (searched recursively), text file with one path or URI per line, or a URI such as s3://bucket/photos.",
+        show_default=False,
+    )],
+    dst: Annotated[str, typer.Argument(
+        help="Output folder or URI: same relative paths as SRC, plus manifest.parquet.",
+        show_default=False,
+    )],
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray",
+        help="Ray cluster: auto (the one this machine belongs to) or ray://HOST:10001; default: start a local Ray.",
+    )] = None,
+    base: opt.option(str, RestoreOptions, "base", help="Base restorer, as for `restore`.") = opt.RESTORE.base,
+    refine: opt.Refine = opt.RESTORE.refine,
+    refiner: opt.option(
+        Path | None, RestoreOptions, "refiner",
+        help="Trained InfoBFR refiner folder; must exist on every worker.",
+    ) = opt.RESTORE.refiner,
+    refiner_strength: opt.RefinerStrength = opt.RESTORE.refiner_strength,
+    sd_model: opt.option(
+        Path | None, RestoreOptions, "sd_model",
+        help="Local Stable Diffusion 2.1 diffusers folder on every worker.",
+    ) = opt.RESTORE.sd_model,
+    upscale: opt.Upscale = opt.PASTE.upscale,
+    bg_upsampler: opt.BgUpsampler = opt.PASTE.bg_upsampler,
+    aligned: opt.Aligned = opt.DETECT.aligned,
+    only_center_face: opt.OnlyCenterFace = opt.DETECT.only_center_face,
+    min_face: opt.MinFace = opt.DETECT.min_face,
+    paste: opt.Paste = opt.PASTE.paste,
+    color_match: opt.ColorMatch = opt.PASTE.color_match,
+    detector: opt.Detector = opt.DETECT.detector,
+    weights: opt.option(
+        Path | None, RestoreOptions, "weights",
+        help="Custom base checkpoint; must exist on every worker.",
+    ) = opt.RESTORE.weights,
+    fidelity: opt.Fidelity = opt.RESTORE.fidelity,
     knob: opt.Knob = None,
-    batch_size: opt.BatchSize = None,
-    images_per_batch: Annotated[int, typer.Option("--images-per-batch", min=1, help="Images whose faces go to a device actor together.")] = 4,
-    gpus: Annotated[int | None, typer.Option("--gpus", min=0, help="Device actors, one GPU each (default: every GPU of the cluster; 0: one CPU actor).")] = None,
-    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")] = ExtChoice.auto,
-    quality: opt.Quality = 95,
-    max_pixels: opt.MaxPixels = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose output exists (default: skip them, so a killed job resumes).")] = False,
+    batch_size: opt.BatchSize = opt.RESTORE.batch_size,
+    runtime: opt.Runtime = opt.RESTORE.runtime,
+    providers: opt.Providers = opt.RESTORE.providers,
+    threads: opt.Threads = opt.RESTORE.threads,
+    images_per_batch: Annotated[int, typer.Option(
+        "--images-per-batch", min=1,
+        help="Images whose faces go to a device actor together.",
+    )] = 4,
+    gpus: Annotated[int | None, typer.Option(
+        "--gpus", min=0,
+        help="Device actors, one GPU each (default: every GPU of the cluster; 0: one CPU actor).",
+    )] = None,
+    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")] = ExtChoice(opt.OUTPUT.ext),
+    quality: opt.Quality = opt.OUTPUT.quality,
+    max_pixels: opt.MaxPixels = opt.OUTPUT.max_pixels,
+    overwrite: opt.option(
+        bool, OutputOptions, "overwrite",
+        help="Redo images whose output exists (default: skip them, so a killed job resumes).",
+    ) = opt.OUTPUT.overwrite,
     as_json: opt.AsJson = False,
 ) -> None:
     """Restore every image of SRC into DST on Ray Data (local Ray, or a cluster with --ray)."""
@@ -56,12 +87,17 @@ def restore_dataset(
     with interruptible(resume="re-run the same command: finished outputs are skipped"):
         try:
             reports = run(
-                src, dst, ray_address, ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels,
-                images_per_batch=images_per_batch, gpus=gpus,
-                base=base, refine=refine, refiner=str(refiner) if refiner else None, refiner_strength=refiner_strength,
-                sd_model=str(sd_model) if sd_model else None, upscale=upscale, bg_upsampler=bg_upsampler, aligned=aligned,
-                only_center_face=only_center_face, min_face=min_face, paste=paste, color_match=color_match, detector=detector,
-                weights=str(weights) if weights else None, fidelity=fidelity, knobs=_parse_knobs(knob or []), batch_size=batch_size,
+                src, dst, ray_address, images_per_batch=images_per_batch, gpus=gpus,
+                output=OutputOptions(ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels),
+                detect_options=DetectOptions(
+                    detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face,
+                ),
+                restore_options=RestoreOptions(
+                    base=base, weights=weights, fidelity=fidelity, knobs=opt.parse_knobs(knob or []), batch_size=batch_size,
+                    refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model,
+                    **opt.runtime_options(runtime, providers, threads),
+                ),
+                paste_options=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler),
             )
         except BfrboostError as exc:
             raise fail(exc) from None

@@ -1,24 +1,120 @@
-"""Typer option declarations shared by commands that take the same restoration settings
-(`restore`, `restore-dataset`): one place for each flag's name, bounds and help."""
+"""Typer options made from :mod:`bfrboost.options`: each flag's help and bounds come from the options
+field it fills, and each command's default is that field's default (``DETECT.min_face`` …), so a
+default or a bound is written once, in ``bfrboost/options.py``."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from enum import Enum
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Any
 
 import typer
 
-Refine = Annotated[bool | None, typer.Option("--refine/--no-refine", help="Run the InfoBFR refiner after the base model (default: when --refiner is given).", show_default=False)]
-RefinerStrength = Annotated[float, typer.Option("--refiner-strength", min=0.0, max=1.0, help="Blend: 0 = base output, 1 = fully refined.")]
-BgUpsampler = Annotated[str, typer.Option("--bg-upsampler", help="Background upsampler: none (Lanczos resize) or realesrgan (Real-ESRGAN x2/x4plus).")]
-Aligned = Annotated[bool, typer.Option("--aligned", help="Inputs are aligned 512×512 face crops: skip detection.")]
-OnlyCenterFace = Annotated[bool, typer.Option("--only-center-face", help="Restore only the face nearest the image centre.")]
-MinFace = Annotated[int, typer.Option("--min-face", min=0, help="Ignore faces whose box is smaller than PX pixels.")]
-Paste = Annotated[str, typer.Option("--paste", help="Paste-back: residual (adds restored − crop to the photo, keeps detail finer than the 512 crop) or direct (replaces pixels, like facexlib).")]
-ColorMatch = Annotated[bool, typer.Option("--color-match", help="Match each restored face's colour statistics to the original face.")]
-Detector = Annotated[str, typer.Option("--detector", help="Face detector: auto, dlib, retinaface_resnet50, retinaface_mobile0.25.")]
-Fidelity = Annotated[float | None, typer.Option("--fidelity", help="Fidelity of the base: CodeFormer w, VQFR fidelity_ratio, in [0, 1].")]
-Knob = Annotated[list[str] | None, typer.Option("--knob", help="Base-model knob NAME=VALUE (e.g. steps=50, seed=0); repeatable.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Faces per base-model batch (default by device).")]
-Quality = Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")]
-MaxPixels = Annotated[int | None, typer.Option("--max-pixels", min=1, help="Refuse images larger than this many pixels (decompression-bomb guard).")]
+from bfrboost.errors import UsageError
+from bfrboost.options import (
+    X264_PRESETS,
+    DetectOptions,
+    GuidanceOptions,
+    OutputOptions,
+    PasteOptions,
+    RestoreOptions,
+    TrainConfig,
+    VideoOptions,
+    default_of,
+)
+
+
+def defaults(cls: type) -> SimpleNamespace:
+    """Every field default of an options class, by name (``PASTE.upscale``)."""
+    return SimpleNamespace(**{name: default_of(cls, name) for name in cls.__dataclass_fields__})
+
+
+DETECT, RESTORE, PASTE = defaults(DetectOptions), defaults(RestoreOptions), defaults(PasteOptions)
+OUTPUT, VIDEO, GUIDANCE, TRAIN = defaults(OutputOptions), defaults(VideoOptions), defaults(GuidanceOptions), defaults(TrainConfig)
+
+
+def option(kind: Any, cls: type, name: str, *flags: str, **overrides: Any) -> Any:
+    """``Annotated[kind, typer.Option(...)]`` for field ``name`` of ``cls``: its flag, help and bounds."""
+    md = cls.__dataclass_fields__[name].metadata
+    settings: dict[str, Any] = {"help": md["help"]}
+    low = md["min"] if md["min"] is not None else md["above"]
+    if low is not None:
+        settings["min"] = low
+    if md["max"] is not None:
+        settings["max"] = md["max"]
+    settings.update(overrides)
+    return Annotated[kind, typer.Option(*(flags or (md["flag"],)), **settings)]
+
+
+Preset = Enum("Preset", {name: name for name in X264_PRESETS if name != "placebo"}, type=str)  # type: ignore[misc]
+
+Refine = option(bool | None, RestoreOptions, "refine", "--refine/--no-refine", show_default=False)
+Refiner = option(Path | None, RestoreOptions, "refiner")
+RefinerStrength = option(float, RestoreOptions, "refiner_strength")
+SdModel = option(Path | None, RestoreOptions, "sd_model")
+Compile = option(bool, RestoreOptions, "compile")
+Base = option(str, RestoreOptions, "base")
+Weights = option(Path | None, RestoreOptions, "weights")
+Fidelity = option(float | None, RestoreOptions, "fidelity")
+Knob = option(list[str] | None, RestoreOptions, "knobs")
+BatchSize = option(int | None, RestoreOptions, "batch_size")
+Device = option(str, RestoreOptions, "device")
+Runtime = option(str, RestoreOptions, "runtime")
+Providers = option(str | None, RestoreOptions, "providers")
+Threads = option(int | None, RestoreOptions, "threads")
+
+
+def runtime_options(runtime: str, providers: str | None, threads: int | None) -> dict[str, Any]:
+    """``RestoreOptions`` fields of ``--runtime/--providers/--threads``; ``--threads`` also sets torch's threads."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    names = tuple(p.strip().lower() for p in providers.split(",") if p.strip()) if providers else None
+    return {"runtime": runtime, "providers": names, "threads": threads}
+Upscale = option(float, PasteOptions, "upscale", "-s", "--upscale")
+BgUpsampler = option(str, PasteOptions, "bg_upsampler")
+BgTile = option(int, PasteOptions, "bg_tile")
+FaceUpsample = option(bool, PasteOptions, "face_upsample")
+Paste = option(str, PasteOptions, "paste")
+ColorMatch = option(bool, PasteOptions, "color_match")
+Aligned = option(bool, DetectOptions, "aligned")
+OnlyCenterFace = option(bool, DetectOptions, "only_center_face")
+MinFace = option(int, DetectOptions, "min_face")
+Detector = option(str, DetectOptions, "detector")
+Outdir = option(Path, OutputOptions, "outdir", "-o", "--outdir")
+Suffix = option(str | None, OutputOptions, "suffix")
+Quality = option(int, OutputOptions, "quality")
+MaxPixels = option(int | None, OutputOptions, "max_pixels")
+Overwrite = option(bool, OutputOptions, "overwrite")
+SaveFaces = option(bool, OutputOptions, "save_faces")
+SaveCmp = option(bool, OutputOptions, "save_cmp")
+DrawBoxes = option(bool, OutputOptions, "draw_boxes")
+Smooth = option(bool, VideoOptions, "smooth", "--smooth/--no-smooth")
+Crf = option(int, VideoOptions, "crf")
+VideoPreset = option(Preset, VideoOptions, "preset")
+Start = option(float | None, VideoOptions, "start")
+Duration = option(float | None, VideoOptions, "duration")
+FramesPerBatch = option(int, VideoOptions, "frames_per_batch")
+Steps = option(int, GuidanceOptions, "steps")
+Seed = option(int, GuidanceOptions, "seed")
+Repeats = option(int, GuidanceOptions, "repeats")
+RepeatFrom = option(float, GuidanceOptions, "repeat_from")
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
+Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
+
+
+def parse_knobs(knob: list[str]) -> dict[str, Any]:
+    """``--knob NAME=VALUE`` items → a knobs mapping (values read as JSON when they parse, else strings)."""
+    knobs: dict[str, Any] = {}
+    for item in knob:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--knob expects NAME=VALUE, got '{item}'")
+        try:
+            knobs[name] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[name] = value
+    return knobs

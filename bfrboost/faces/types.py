@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+FACE_SIZE = 512
+"""Side of the aligned face crops every face restorer works on (the FFHQ 512 template)."""
+
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -1,15 +1,15 @@
 """PGDiff partial guidance over the FFHQ-512 IDDPM prior: colourise, inpaint, old photos, guided restoration.
 
-``GuidedRestorer`` runs it on whole photos (detect → align → guided sampling → paste, like
-:class:`bfrboost.Restorer`); ``PGDiff`` on aligned crops; ``sampler.sample`` and the properties
-in ``properties`` are the building blocks.
+``Restorer("pgdiff", guidance=GuidanceOptions(task=...))`` runs it on whole photos (the ``pgdiff``
+face restorer, :mod:`bfrboost.restorers.guided`); ``PGDiff`` on aligned crops; ``sampler.sample``
+and the properties in ``properties`` are the building blocks; ``masks`` reads and warps masks.
 """
 
-from bfrboost.guidance.restorer import GuidedRestorer, color_mask, read_mask
+from bfrboost.guidance.masks import color_mask, read_mask
 from bfrboost.guidance.sampler import Guidance, sample
-from bfrboost.guidance.tasks import DEFAULT_SCALE, TASKS, GuidanceOptions, PGDiff, load_prior, make_guidance
+from bfrboost.guidance.tasks import PGDiff, load_prior, make_guidance
 
 __all__ = [
-    "DEFAULT_SCALE", "TASKS", "Guidance", "GuidanceOptions", "GuidedRestorer", "PGDiff",
+    "Guidance", "PGDiff",
     "color_mask", "load_prior", "make_guidance", "read_mask", "sample",
 ]

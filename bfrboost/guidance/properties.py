@@ -23,10 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-#: Per-channel mean/std of x̂₀ in [-1, 1] that colourisation aims for: PGDiff's default "style 0",
-#: the average over a CelebA-HQ subset.
-CELEBA_HQ_COLOR_MEAN = (0.03202754, -0.16308397, -0.26475719)
-CELEBA_HQ_COLOR_STD = (0.53549316, 0.47539538, 0.46814889)
+from bfrboost.options import CELEBA_HQ_COLOR_MEAN, CELEBA_HQ_COLOR_STD
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:

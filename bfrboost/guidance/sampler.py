@@ -16,7 +16,6 @@ PGDiff's multiple gradient steps. Noise comes from CPU generators seeded with ``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -117,11 +116,3 @@ def sample(
             if on_step is not None:
                 on_step(done, total)
     return x.clamp(-1, 1)
-
-
-def x_t_at(x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-    """q(x_t | x₀) on the 1000-step schedule (tests and benchmarks start from a known x_t)."""
-    from bfrboost.nets.iddpm import linear_alphas_cumprod
-
-    a = float(linear_alphas_cumprod(NUM_TIMESTEPS)[t])
-    return math.sqrt(a) * x0 + math.sqrt(1 - a) * noise

@@ -14,7 +14,6 @@ restoration and s ∈ [0.0015, 0.005] for old photos.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ from bfrboost import weights
 from bfrboost.backbones.spec import CheckpointMismatch, build_strict
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.guidance.properties import (
-    CELEBA_HQ_COLOR_MEAN,
-    CELEBA_HQ_COLOR_STD,
     ColorStats,
     Identity,
     Lightness,
@@ -36,53 +33,7 @@ from bfrboost.guidance.properties import (
 )
 from bfrboost.guidance.sampler import Guidance, sample
 from bfrboost.nets.iddpm import PRIOR_FILE, IDDPMUNet, UNetConfig
-
-TASKS = ("restore", "colorize", "inpaint", "old-photo")
-DEFAULT_SCALE = {"restore": 0.1, "colorize": 0.01, "inpaint": 0.01, "old-photo": 0.002}
-#: Default identity weight per loss, on our L2-normalised ArcFace embeddings. Cosine ignores the
-#: embedding's norm, so upstream's ``-cos × 1e4`` carries over unchanged; on unit vectors
-#: ‖a − b‖² = 2 − 2·cos, whose gradient is twice −cos's, so the same pull needs 1e4 / 2 = 5e3 with
-#: ``mse`` (upstream's raw-embedding ``mse × 25`` equals it when the raw norm is √(5e3/25) ≈ 14).
-IDENTITY_WEIGHT = {"mse": 5e3, "cos": 1e4}
-REF_LOSSES = tuple(IDENTITY_WEIGHT)
-
-
-@dataclass
-class GuidanceOptions:
-    """Every weight and scale of the guided sampler; ``None`` scale = the task's default."""
-
-    scale: float | None = None
-    steps: int = 1000
-    seed: int = 1234
-    repeats: int = 1  # N gradient steps per timestep in the early window
-    repeat_from: float = 0.7  # the window is t in (repeat_from·T, T]
-    ss_weight: float = 1.0
-    lightness_weight: float = 1.0
-    color_weight: float = 0.05
-    unmasked_weight: float = 1.0
-    ref_weight: float | None = None  # None = IDENTITY_WEIGHT[ref_loss]
-    ref_loss: str = "mse"  # or "cos" (−cosine)
-    op_lightness_weight: float = 1.0
-    op_color_weight: float = 0.5
-    color_mean: tuple[float, float, float] = CELEBA_HQ_COLOR_MEAN
-    color_std: tuple[float, float, float] = CELEBA_HQ_COLOR_STD
-
-    def __post_init__(self) -> None:
-        if self.ref_loss not in REF_LOSSES:
-            raise UsageError(f"unknown identity loss {self.ref_loss!r}; use mse or cos")
-        if self.scale is not None and self.scale < 0:
-            raise UsageError(f"guidance scale must be >= 0, got {self.scale}")
-        for f in fields(self):
-            if f.name.endswith("_weight") and (getattr(self, f.name) or 0) < 0:
-                raise UsageError(f"{f.name.replace('_', '-')} must be >= 0, got {getattr(self, f.name)}")
-
-    def scale_for(self, task: str) -> float:
-        return DEFAULT_SCALE[task] if self.scale is None else self.scale
-
-    @property
-    def identity_weight(self) -> float:
-        """``ref_weight``, or the default of ``ref_loss`` (see :data:`IDENTITY_WEIGHT`)."""
-        return IDENTITY_WEIGHT[self.ref_loss] if self.ref_weight is None else self.ref_weight
+from bfrboost.options import GUIDED_TASKS, GuidanceOptions
 
 
 def make_guidance(
@@ -98,8 +49,8 @@ def make_guidance(
 ) -> Guidance:
     """The properties of ``task`` for inputs ``y`` (all (B, C, H, W) in [-1, 1], mask 1 = missing);
     ``identity_faces`` (B,) 1 for the faces the identity guides (default: all)."""
-    if task not in TASKS:
-        raise UsageError(f"unknown guided task {task!r}; use one of {', '.join(TASKS)}")
+    if task not in GUIDED_TASKS:
+        raise UsageError(f"unknown guided task {task!r}; use one of {', '.join(GUIDED_TASKS)}")
     o = options
     color = ColorStats(mean=o.color_mean, std=o.color_std)
     common = dict(scale=o.scale_for(task), repeats=o.repeats, repeat_from=o.repeat_from)

@@ -114,3 +114,12 @@ def _folder_entries(folder: Path, recursive: bool, problems: list[InputProblem])
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(Path(root) / f for f in files)
     return sorted(found)
+
+
+def scan_folder(folder: Path, recursive: bool = True, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Files under ``folder`` with one of ``extensions``, sorted; hidden files and folders left out.
+
+    The one folder scanner: ``restore`` (through :func:`collect_inputs`), training, statistics and
+    the dataset job see the same files in the same order."""
+    found, _ = _scan(_folder_entries(Path(folder), recursive, []), extensions)
+    return found

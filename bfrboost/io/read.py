@@ -246,7 +246,10 @@ def _carried_icc(image: Image.Image) -> bytes | None:
     return icc if icc and icc[16:20] == b"RGB " else None  # a CMYK/gray profile would mislabel RGB output
 
 
-
-
-
-
+def read_face(path: Path | str, size: int) -> np.ndarray:
+    """One aligned face as size×size×3 uint8 RGB, upright (EXIF) and bomb-guarded as every photo is,
+    Lanczos-resized when it is not that size: training and statistics read faces alike."""
+    rgb = read_image(Path(path)).rgb
+    if rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+    return rgb

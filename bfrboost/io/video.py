@@ -14,11 +14,9 @@ from typing import Any
 
 from bfrboost.errors import InputError, UsageError
 from bfrboost.io.inputs import VIDEO_EXTENSIONS
+from bfrboost.options import X264_PRESETS
 from bfrboost.safety import one_line
 
-VIDEO_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
-"""Video extensions we can write → FFmpeg muxer (named explicitly: temp files end in ``.partial``)."""
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 _NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p7", "p7")))
 _VP9_SPEED = dict(zip(X264_PRESETS, ("8", "7", "6", "5", "4", "3", "2", "1", "0", "0")))
 

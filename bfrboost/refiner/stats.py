@@ -10,13 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from PIL import Image
 
 from bfrboost import weights
 from bfrboost.errors import InputError, UsageError
+from bfrboost.io.inputs import IMAGE_EXTENSIONS, scan_folder
+from bfrboost.io.read import read_face
 from bfrboost.refiner.bottleneck import STATS_MODES
 from bfrboost.refiner.model import (
     CONFIG_NAME,
@@ -28,8 +28,6 @@ from bfrboost.refiner.model import (
     save_refiner_files,
     vae_moments,
 )
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -72,28 +70,15 @@ def list_faces(folder: Path, limit: int | None = None) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted: the same faces on every run), at most ``limit``."""
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder of aligned faces")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = scan_folder(folder)
     if not paths:
-        raise InputError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+        raise InputError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
     return paths[:limit] if limit else paths
-
-
-def load_rgb(path: Path, size: int) -> np.ndarray:
-    """One HQ face as size×size×3 uint8 RGB (Lanczos-resized when it is not that size): statistics and
-    the training cache read faces alike."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc}); re-export it or remove it from the folder of faces") from None
 
 
 def load_face(path: Path, size: int) -> torch.Tensor:
     """One aligned face as (3, size, size) in [-1, 1] (the VAE's input range)."""
-    return torch.from_numpy(load_rgb(path, size)).permute(2, 0, 1).float() / 127.5 - 1.0
+    return torch.from_numpy(read_face(path, size)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def compute_manifold_stats(

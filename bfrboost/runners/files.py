@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,25 +20,15 @@ from bfrboost.errors import BfrboostError
 from bfrboost.faces.types import Face
 from bfrboost.io.read import LoadedImage, read_image
 from bfrboost.io.write import encode_image, image_writer, output_ext
+from bfrboost.options import OutputOptions
 from bfrboost.pipeline import Restorer, Result
 from bfrboost.reports import FileReport
 from bfrboost.runners.outputs import OUTPUT_SUBDIRS, Claims, OutputPlan, plan_output
 from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line
 
-
-@dataclass
-class OutputOptions:
-    """Where and how results are written (GFPGAN's layout: ``OUTDIR/restored_imgs/`` …)."""
-
-    outdir: Path
-    suffix: str | None = None
-    ext: str = "auto"
-    quality: int = 95
-    overwrite: bool = False
-    save_faces: bool = False
-    save_cmp: bool = False
-    draw_boxes: bool = False
-    max_pixels: int | None = None
+#: ``targets(path, rgb)``: per-input extras for :meth:`Restorer.restore_batch` (e.g. a guidance mask
+#: found by the file's name); files stay here, the restorer sees arrays.
+Targets = Callable[[Path, np.ndarray], "dict[str, Any] | None"]
 
 
 def gray(image: np.ndarray) -> np.ndarray:
@@ -87,17 +77,20 @@ class FileRunner:
     ``images_per_batch`` images go through the base model together.
     """
 
-    def __init__(self, restorer: Restorer, options: OutputOptions, images_per_batch: int = 4) -> None:
+    def __init__(
+        self, restorer: Restorer, options: OutputOptions, images_per_batch: int = 4, targets: Targets | None = None
+    ) -> None:
         self.restorer = restorer
         self.options = options
         self.images_per_batch = images_per_batch
+        self.targets = targets
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
         pending: list[tuple[FileReport, LoadedImage, OutputPlan, dict | None]] = []
-        claims = self._start(inputs)
+        claims = self.start(inputs)
         for path in inputs:
-            report, plan = self._planned(path, claims)
-            decoded = self._decoded(report, path) if plan is not None else None
+            report, plan = self.planned(path, claims)
+            decoded = self.decoded(report, path) if plan is not None else None
             if decoded is None:
                 yield from self._flush(pending, claims)
                 pending = []
@@ -110,15 +103,16 @@ class FileRunner:
                 pending = []
         yield from self._flush(pending, claims)
 
-    # Planning, decoding and delivering one image are separate steps so that other runners
+    # Planning, decoding and delivering one image are separate public stages so that other runners
     # (bfrboost.runners.overlap) run them in worker threads or processes with the same results.
 
-    def _start(self, inputs: Sequence[Path]) -> Claims:
+    def start(self, inputs: Sequence[Path]) -> Claims:
+        """Clean stale temp files of an earlier run and guard the run's inputs; the claims of this run."""
         for subdir in OUTPUT_SUBDIRS:  # also when every input is skipped and nothing gets written
             clean_stale_temps(Path(self.options.outdir) / subdir)
         return Claims(InputGuard(inputs))
 
-    def _planned(self, path: Path, claims: Claims) -> tuple[FileReport, OutputPlan | None]:
+    def planned(self, path: Path, claims: Claims) -> tuple[FileReport, OutputPlan | None]:
         """A report for ``path`` and its plan, or no plan when it failed (``error``) or is ``skipped``."""
         report = FileReport(input=str(path))
         try:
@@ -133,11 +127,12 @@ class FileRunner:
             return report, None
         return report, plan
 
-    def _decoded(self, report: FileReport, path: Path) -> tuple[LoadedImage, dict | None] | None:
-        """:meth:`_decode` and the restorer's per-input targets, with a bad file as the report's ``error``."""
+    def decoded(self, report: FileReport, path: Path) -> tuple[LoadedImage, dict | None] | None:
+        """The decoded image and its per-input ``targets`` (e.g. a guidance mask found by the file's name),
+        with a bad file as the report's ``error``."""
         try:
             loaded = self._decode(report, path)
-            return loaded, self.restorer.input_targets(path, loaded.rgb)
+            return loaded, self.targets(path, loaded.rgb) if self.targets is not None else None
         except BfrboostError as exc:
             report.error = str(exc)
             return None
@@ -164,9 +159,9 @@ class FileRunner:
             [loaded.rgb for _, loaded, _, _ in pending], [loaded.alpha for _, loaded, _, _ in pending], [targets for *_, targets in pending]
         )
         for (report, loaded, plan, _), result in zip(pending, results):
-            yield self._deliver(report, loaded, plan, result, claims)
+            yield self.deliver(report, loaded, plan, result, claims)
 
-    def _deliver(self, report: FileReport, loaded: LoadedImage, plan: OutputPlan, result: Result, claims: Claims) -> FileReport:
+    def deliver(self, report: FileReport, loaded: LoadedImage, plan: OutputPlan, result: Result, claims: Claims) -> FileReport:
         """Write every output of ``result`` (gray kept gray) and complete ``report``; a failed write is its ``error``."""
         report.faces = result.faces
         report.seconds.update(result.seconds)

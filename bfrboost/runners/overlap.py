@@ -4,13 +4,13 @@ previous ones, while the device restores the current batch.
 Three stages joined by bounded queues:
 
 1. **prepare** (``workers`` threads, or forked processes): read + decode + detect + align one image
-   (:meth:`FileRunner._decode` and :meth:`Restorer.prepare`). dlib releases the GIL while it
+   (:meth:`FileRunner.decoded` and :meth:`Restorer.prepare`). dlib releases the GIL while it
    detects (measured: two threads, each with its own models, run 1.99× one), so threads scale
    with no copying; ``mode="process"`` is there for detectors that hold the GIL.
 2. **restore** (the calling thread): base model + refiner over the faces of up to
    ``images_per_batch`` images at once (:meth:`Restorer.restore_faces`).
 3. **finish** (``workers`` threads): paste back, encode, write (:meth:`Restorer.finish`,
-   :meth:`FileRunner._deliver`); OpenCV, zlib and torch release the GIL there.
+   :meth:`FileRunner.deliver`); OpenCV, zlib and torch release the GIL there.
 
 Images are grouped into batches exactly as :class:`~bfrboost.runners.files.FileRunner` groups them
 (a failed or skipped file closes the batch), so outputs are byte-identical and reports come in
@@ -33,9 +33,10 @@ import numpy as np
 
 from bfrboost.errors import UsageError
 from bfrboost.io.read import LoadedImage
+from bfrboost.options import OutputOptions
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
-from bfrboost.runners.files import FileRunner, OutputOptions
+from bfrboost.runners.files import FileRunner, Targets
 from bfrboost.runners.outputs import Claims, OutputPlan
 
 MODES = ("auto", "process", "thread")
@@ -65,8 +66,8 @@ def _noop() -> int:
     return os.getpid()
 
 
-class OverlapRunner(FileRunner):
-    """:class:`FileRunner` with its stages overlapped (same outputs, same reports, same order).
+class OverlapRunner:
+    """:class:`FileRunner`'s public stages, overlapped (same outputs, same reports, same order).
 
     ``workers``: prepare threads (or processes) and finish threads, each. ``mode``: ``thread``
     (``auto``), or ``process`` (forked, Linux only; the detector must run on the CPU: CUDA does
@@ -87,8 +88,10 @@ class OverlapRunner(FileRunner):
         images_per_batch: int = 4,
         mode: str = "auto",
         queue_size: int | None = None,
+        targets: Targets | None = None,
     ) -> None:
-        super().__init__(restorer, options, images_per_batch)
+        self.files = FileRunner(restorer, options, images_per_batch, targets)  # its public stages, run overlapped
+        self.restorer, self.options, self.images_per_batch = restorer, options, images_per_batch
         if workers < 1:
             raise UsageError(f"workers must be >= 1, got {workers}")
         if mode not in MODES:
@@ -141,19 +144,21 @@ class OverlapRunner(FileRunner):
 
     def _prepare(self, report: FileReport, path: Path) -> _Job:
         """Stage 1: decode + detect + align (in a worker); a bad file comes back as ``error``."""
-        decoded = self._decoded(report, path)
+        decoded = self.files.decoded(report, path)
         if decoded is None:
             return report, None, None
         loaded, targets = decoded
         return report, loaded, self.restorer.prepare(loaded.rgb, loaded.alpha, targets)
 
-    def _finish(self, report: FileReport, loaded: LoadedImage, prepared: Prepared, plan: OutputPlan, claims: Claims) -> FileReport:
+    def _finish(
+        self, report: FileReport, loaded: LoadedImage, prepared: Prepared, plan: OutputPlan, claims: Claims
+    ) -> FileReport:
         """Stage 3: paste back, encode and write (in a worker thread)."""
-        return self._deliver(report, loaded, plan, self.restorer.finish(prepared), claims)
+        return self.files.deliver(report, loaded, plan, self.restorer.finish(prepared), claims)
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
         inputs = list(inputs)
-        claims = self._start(inputs)
+        claims = self.files.start(inputs)
         todo = iter(inputs)
         # planned inputs in input order: [report, plan, prepare future or None, path, cost]
         ahead: deque[list[Any]] = deque()
@@ -174,7 +179,7 @@ class OverlapRunner(FileRunner):
                     path = next(todo, None)
                     if path is None:
                         break
-                    report, plan = self._planned(path, claims)
+                    report, plan = self.files.planned(path, claims)
                     ahead.append([report, plan, None, path, _cost(path)])
                 waiting = sorted((e for e in ahead if e[1] is not None and e[2] is None), key=lambda e: -e[4])
                 in_flight = sum(e[2] is not None for e in ahead)
@@ -241,11 +246,3 @@ def _ready(out: deque[FileReport | Future[FileReport]]) -> Iterator[FileReport]:
     """Reports whose turn has come and that are complete, without waiting."""
     while out and (not isinstance(out[0], Future) or out[0].done()):
         yield _result(out.popleft())
-
-
-def restore_files_overlapped(
-    restorer: Restorer, inputs: Sequence[Path], options: OutputOptions, workers: int = 2, images_per_batch: int = 4, mode: str = "auto"
-) -> Iterator[FileReport]:
-    """Shorthand for ``OverlapRunner(...).run(inputs)`` that stops the workers at the end."""
-    with OverlapRunner(restorer, options, workers, images_per_batch, mode) as runner:
-        yield from runner.run(inputs)

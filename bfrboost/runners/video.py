@@ -21,7 +21,6 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError, UsageError
 from bfrboost.faces.track import FaceTracker
-from bfrboost.io.video import VIDEO_FORMATS, X264_PRESETS, av_module, encoder, open_input, want_hardware
+from bfrboost.io.video import av_module, encoder, open_input, want_hardware
+from bfrboost.options import VIDEO_FORMATS, VideoOptions
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
 from bfrboost.runners.outputs import plan_output
@@ -41,42 +41,6 @@ __all__ = ["VideoOptions", "VideoRunner", "restore_videos"]
 # x264 preset → NVENC's p1 (fastest) … p7 (best)
 # x264 preset → libvpx-vp9 cpu-used (0 best … 8 fastest)
 _AFTER_END_S = 1.0  # demuxing continues this long past --duration's end for audio interleaved late
-
-
-@dataclass
-class VideoOptions:
-    """Where and how clips are written: ``OUTDIR/restored_videos/NAME[_SUFFIX].EXT``.
-
-    ``crf`` / ``preset`` are x264's (mapped to NVENC's ``cq`` / ``p1``–``p7`` and VP9's ``crf`` /
-    ``cpu-used``). ``start`` / ``duration`` (seconds) restore a part; timestamps then start at
-    ``start`` = 0. ``smooth``: One-Euro landmark smoothing per tracked face. ``hardware``: try
-    NVDEC/NVENC (``None`` = when CUDA is available); any failure to open them falls back to the CPU.
-    """
-
-    outdir: Path
-    suffix: str | None = None
-    ext: str = "mp4"
-    overwrite: bool = False
-    crf: int = 18
-    preset: str = "medium"
-    start: float | None = None
-    duration: float | None = None
-    smooth: bool = True
-    frames_per_batch: int = 8
-    hardware: bool | None = None
-
-    def __post_init__(self) -> None:
-        self.ext = self.ext.lower().lstrip(".")
-        if self.ext not in VIDEO_FORMATS:
-            raise UsageError(f"unknown video format '{self.ext}'; use one of: {', '.join(VIDEO_FORMATS)}")
-        if self.preset not in X264_PRESETS:
-            raise UsageError(f"unknown preset '{self.preset}'; use one of: {', '.join(X264_PRESETS)}")
-        if not 0 <= self.crf <= 51:
-            raise UsageError(f"--crf must be in [0, 51] (lower = better, 18 ≈ visually lossless), got {self.crf}")
-        if (self.start is not None and self.start < 0) or (self.duration is not None and self.duration <= 0):
-            raise UsageError("--start must be >= 0 and --duration > 0 (seconds)")
-        if self.frames_per_batch < 1:
-            raise UsageError(f"frames per batch must be >= 1, got {self.frames_per_batch}")
 
 
 #: ``progress(input, frames_done, frames_expected_or_None)`` after every encoded batch.
@@ -327,8 +291,6 @@ class _Clip:
             packet.dts = packet.dts - shift if packet.dts is not None else None
         packet.stream = self.out_audio[packet.stream.index]
         self.output.mux(packet)
-
-
 
 
 def restore_videos(restorer: Restorer, inputs: Sequence[Path], options: VideoOptions, progress: ProgressCallback | None = None) -> Iterator[FileReport]:

@@ -27,7 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bfrboost.errors import InputError, UsageError
-from bfrboost.refiner.stats import load_rgb
+from bfrboost.io.read import read_face
+from bfrboost.options import TRAIN_SIZE, TrainConfig, default_of
 from bfrboost.safety import atomic_path, write_bytes
 from bfrboost.train.data import list_hq_faces, split_faces
 from bfrboost.train.degrade import DegradeConfig, degrade, file_seed
@@ -41,12 +42,12 @@ class CacheConfig:
     """What a cache holds; stored in ``cache.json`` so training can check it matches the run."""
 
     bases: list[str]
-    size: int = 512  # training face size (base outputs are resized to it)
-    repeats: int = 4  # degradations per face (K)
-    seed: int = 0
-    val_count: int = 16  # faces held out for validation (fixed by the seed)
+    size: int = TRAIN_SIZE  # training face size (base outputs are resized to it)
+    repeats: int = default_of(TrainConfig, "repeats")  # degradations per face (K)
+    seed: int = default_of(TrainConfig, "seed")
+    val_count: int = default_of(TrainConfig, "val_count")  # faces held out for validation (fixed by the seed)
     shard_faces: int = 256
-    moments: bool = False  # also store the VAE moments of the base outputs (fp16)
+    moments: bool = default_of(TrainConfig, "moments")  # also store the VAE moments of the base outputs (fp16)
     degrade: DegradeConfig = dataclasses.field(default_factory=DegradeConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def build_cache(
 def _shard(faces, config, restorers, base_input_size, encode_moments, keep_lq):
     gts, bases, lqs, face_ids, base_ids = [], [], [], [], []
     for local, path in enumerate(faces):
-        hq = load_rgb(path, base_input_size)
+        hq = read_face(path, base_input_size)
         gts.append(torch.from_numpy(hq).permute(2, 0, 1))
         lq = np.stack([degrade(hq, file_seed(config.seed, f"{path.name}#{k}"), config.degrade) for k in range(config.repeats)])
         lq01 = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255

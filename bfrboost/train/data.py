@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bfrboost.errors import InputError
-from bfrboost.refiner.stats import IMAGE_SUFFIXES
+from bfrboost.io.inputs import scan_folder
 
 
 def list_hq_faces(folder: Path) -> list[Path]:
@@ -23,7 +23,7 @@ def list_hq_faces(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder of high-quality aligned faces; pass --data FFHQ_DIR (or faces from `bfrboost restore --save-faces`)")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    paths = scan_folder(folder)
     if not paths:
         raise InputError(f"{folder}: no images found; --data needs aligned 512 faces (FFHQ-512 layout, or `bfrboost restore --save-faces`)")
     return paths

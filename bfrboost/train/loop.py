@@ -21,7 +21,6 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from bfrboost.errors import InputError, UsageError
 from bfrboost.nets.arcface import ArcFace
+from bfrboost.options import PAPER_STATS_FACES, TrainConfig
 from bfrboost.plots import figure_png, pyplot
 from bfrboost.safety import append_line, atomic_dir, atomic_path, write_bytes
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache
@@ -38,73 +38,12 @@ from bfrboost.train.data import apply_flips, batch_indices, flip_mask
 from bfrboost.train.degrade import file_seed
 from bfrboost.train.losses import InfoBFRLoss, LossWeights, build_lpips, build_vgg19
 
-PAPER_STATS_FACES = 3000
 LOG_NAME = "log.jsonl"
 VAL_LOG_NAME = "val.jsonl"
 CURVES_NAME = "curves.png"
 REFINER_DIR = "refiner"
 TINY_SD_DIR = "sd-tiny"
 TERMS = ("loss", "mse", "perceptual", "lpips", "info")
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``bfrboost train`` (saved in each checkpoint's state.json)."""
-
-    out: Path
-    data: Path | None = None  # HQ faces (needed unless --cache points at a built cache)
-    bases: list[str] = dataclasses.field(default_factory=lambda: ["gfpgan"])
-    cache: Path | None = None  # default RUN_DIR/cache, built on first use
-    steps: int = 10000
-    batch_size: int = 1  # per process (the paper: 1)
-    accumulate: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 1e-2  # not on biases, norms or the λ head
-    warmup: int = 100
-    schedule: str = "constant"  # or "cosine" (after warmup)
-    grad_clip: float = 1.0
-    ema: float = 0.0  # EMA decay of the trainable weights (0 = off); the result uses the EMA weights
-    grad_checkpoint: bool = False
-    checkpoint_every: int = 1000
-    keep_last: int = 3
-    val_every: int = 1000
-    seed: int = 0
-    tiny: bool = False  # tiny random SD + random loss nets: tests and demos
-    size: int = 512  # training face size
-    rank: int = 4
-    timestep: int = 499  # the refiner's single UNet step (on the 1000-step schedule)
-    beta: float | None = None  # None → the refiner config's β (20)
-    lpips_net: str = "alex"
-    sd_model: Path | None = None
-    stats_from: Path | None = None  # refiner folder from `bfrboost refiner stats`
-    stats_faces: int = PAPER_STATS_FACES
-    per_channel_stats: bool = False
-    repeats: int = 4  # cache: degradations per face
-    val_count: int = 16
-    moments: bool = False  # cache: also store VAE moments (training then skips the encoder)
-    resume: bool = False
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA (fp16 where bf16 is missing), float32 on the CPU; or no / bf16 / fp16
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        for name in ("data", "cache", "sd_model", "stats_from"):
-            if getattr(self, name) is not None:
-                setattr(self, name, Path(getattr(self, name)))
-        if self.schedule not in ("constant", "cosine"):
-            raise UsageError(f"--schedule must be constant or cosine, got {self.schedule!r}")
-        for name in ("steps", "batch_size", "accumulate", "checkpoint_every", "keep_last", "val_every", "size", "rank"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
-        if self.size % 8:
-            raise UsageError(f"--size must be a multiple of 8, got {self.size}")
-        if self.precision not in ("auto", "no", "bf16", "fp16"):
-            raise UsageError(f"--precision must be auto, no, bf16 or fp16, got {self.precision!r}")
-        if not 0 <= self.ema < 1:
-            raise UsageError(f"--ema must be a decay in [0, 1), got {self.ema}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 # ---- pieces --------------------------------------------------------------------------------------

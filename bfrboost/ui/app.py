@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.options import PasteOptions
 from bfrboost.ui.engine import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -83,6 +84,7 @@ def build_app(
     )
     bases = ["auto", *names()]
 
+    defaults = Settings()
     with gr.Blocks(title="bfrboost", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         app.engine = engine  # launch() reads its upload cap; tests read its cache
         gr.Markdown(
@@ -95,25 +97,34 @@ def build_app(
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="input image or video", file_count="single", type="filepath", elem_id="upload")
-                base = gr.Dropdown(bases, value="auto", label="base model", elem_id="base")
+                base = gr.Dropdown(bases, value=defaults.base, label="base model", elem_id="base")
                 fidelity = gr.Slider(
-                    0, 1, value=0.5, step=0.01, label="fidelity (0 = better quality, 1 = closer to the input)",
+                    0, 1, value=defaults.fidelity, step=0.01, label="fidelity (0 = better quality, 1 = closer to the input)",
                     info="CodeFormer w / VQFR fidelity ratio", interactive=has_fidelity("auto"), elem_id="fidelity",
                 )
                 with gr.Row():
-                    refine = gr.Checkbox(False, label="InfoBFR refiner", elem_id="refine")
-                    strength = gr.Slider(0, 1, value=1.0, step=0.05, label="refiner strength", elem_id="strength")
+                    refine = gr.Checkbox(defaults.refine, label="InfoBFR refiner", elem_id="refine")
+                    strength = gr.Slider(
+                        0, 1, value=defaults.refiner_strength, step=0.05, label="refiner strength", elem_id="strength"
+                    )
                 refiner_dir = gr.Textbox(
                     str(refiner or ""), label="refiner folder", placeholder="path to a refiner folder (save_pretrained layout)",
                     elem_id="refiner",
                 )
                 with gr.Row():
-                    bg_enhance = gr.Checkbox(False, label="background enhance (Real-ESRGAN)", elem_id="bg")
-                    face_upsample = gr.Checkbox(False, label="face upsample (with rescaling > 1)", elem_id="face-upsample")
+                    bg_enhance = gr.Checkbox(defaults.bg_enhance, label="background enhance (Real-ESRGAN)", elem_id="bg")
+                    face_upsample = gr.Checkbox(
+                        defaults.face_upsample, label="face upsample (with rescaling > 1)", elem_id="face-upsample"
+                    )
                 with gr.Row():
-                    draw_boxes = gr.Checkbox(False, label="draw boxes (images)", elem_id="boxes")
-                    smooth = gr.Checkbox(True, label="steady faces (video: landmark smoothing)", elem_id="smooth")
-                upscale = gr.Slider(1, 4, value=2, step=0.5, label="rescaling factor (up to 4)", elem_id="upscale")
+                    draw_boxes = gr.Checkbox(defaults.draw_boxes, label="draw boxes (images)", elem_id="boxes")
+                    smooth = gr.Checkbox(
+                        defaults.smooth, label="steady faces (video: landmark smoothing)", elem_id="smooth"
+                    )
+                low, high = (PasteOptions.__dataclass_fields__["upscale"].metadata[k] for k in ("min", "max"))
+                upscale = gr.Slider(
+                    low, high, value=defaults.upscale, step=0.5, label=f"rescaling factor (up to {high:g})", elem_id="upscale"
+                )
                 run = gr.Button("Restore", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 status = gr.Markdown("", elem_id="status")

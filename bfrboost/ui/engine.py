@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, UsageError
+from bfrboost.options import OutputOptions, PasteOptions, RestoreOptions, VideoOptions, default_of
 from bfrboost.safety import one_line, write_bytes
 
 DEFAULT_MAX_UPLOAD_MB = 20
@@ -39,21 +40,22 @@ class Settings:
     """The page's controls; everything but ``draw_boxes``, ``refiner_strength`` and ``smooth`` selects
     the models. ``draw_boxes`` is for images, ``smooth`` (``--smooth/--no-smooth``) for clips."""
 
-    base: str = "auto"
-    fidelity: float = 0.5
+    base: str = default_of(RestoreOptions, "base")
+    fidelity: float = 0.5  # where the slider starts: CodeFormer's own w (the CLI leaves the base's default)
     refine: bool = False
     refiner: str = ""
-    refiner_strength: float = 1.0
+    refiner_strength: float = default_of(RestoreOptions, "refiner_strength")
     bg_enhance: bool = False
-    face_upsample: bool = False
-    upscale: float = 2.0
-    draw_boxes: bool = False
-    smooth: bool = True
+    face_upsample: bool = default_of(PasteOptions, "face_upsample")
+    upscale: float = default_of(PasteOptions, "upscale")
+    draw_boxes: bool = default_of(OutputOptions, "draw_boxes")
+    smooth: bool = default_of(VideoOptions, "smooth")
 
     def restorer_kwargs(self, device: str) -> dict[str, Any]:
-        """Keyword arguments of :class:`Restorer`, as ``bfrboost restore`` would build them."""
-        if not 1 <= self.upscale <= 4:
-            raise UsageError(f"rescaling factor must be between 1 and 4, got {self.upscale:g}")
+        """Keyword arguments of :class:`Restorer`, as ``bfrboost restore`` would build them.
+
+        The bounds are :mod:`bfrboost.options`' (the CLI's), checked here so a bad value fails before any model loads."""
+        PasteOptions(upscale=float(self.upscale))
         if self.refine and not self.refiner.strip():
             raise UsageError("the refiner is on but no refiner folder is given: enter its path, or turn the refiner off")
         kwargs: dict[str, Any] = dict(base=self.base, upscale=float(self.upscale), device=device)
@@ -207,7 +209,7 @@ class Engine:
 
     def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress) -> Outcome:
         from bfrboost.io.read import read_image
-        from bfrboost.runners.files import FileRunner, OutputOptions
+        from bfrboost.runners.files import FileRunner
 
         strength = _strength(settings.refiner_strength)
         run = self._new_run()
@@ -234,7 +236,7 @@ class Engine:
 
     def _restore_clip(self, upload: Path, settings: Settings, name: str, progress: Progress) -> ClipOutcome:
         """``bfrboost restore CLIP`` with the CLI's video defaults (mp4, crf 18, preset medium)."""
-        from bfrboost.runners.video import VideoOptions, VideoRunner
+        from bfrboost.runners.video import VideoRunner
 
         strength = _strength(settings.refiner_strength)
         run = self._new_run()
@@ -291,9 +293,7 @@ def _summary(what: str, seconds: dict[str, float], notes: list[str]) -> str:
 
 
 def _strength(value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise UsageError(f"refiner strength must be in [0, 1], got {value:g}")
-    return float(value)
+    return RestoreOptions(refiner_strength=float(value)).refiner_strength
 
 
 def _named(message: str, path: Path, name: str) -> str:

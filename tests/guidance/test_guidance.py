@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bfrboost.errors import UsageError, WeightsError
-from bfrboost.guidance import GuidanceOptions, PGDiff, load_prior
+from bfrboost.guidance import PGDiff, load_prior
 from bfrboost.guidance.properties import (
     ColorStats,
     Identity,
@@ -23,6 +23,7 @@ from bfrboost.guidance.schedule import Schedule, respaced_timesteps
 from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.nets.arcface import random_arcface
 from bfrboost.nets.iddpm import IDDPMUNet, linear_alphas_cumprod
+from bfrboost.options import GuidanceOptions
 from tests.guidance.conftest import TINY_PRIOR, TINY_RRDB, load_rgb, to_batch
 
 SIZE = TINY_PRIOR.image_size

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from bfrboost.cli import app
 from bfrboost.faces.align import warp_faces
 from bfrboost.guidance import tasks
-from bfrboost.guidance.restorer import color_mask, mask_to_crop
+from bfrboost.guidance.masks import color_mask, mask_to_crop
 from bfrboost.guidance.scratch import detect_scratches
 from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.pipeline import FACE_SIZE
@@ -189,18 +189,19 @@ def test_scratch_detector_finds_bright_scratches_and_leaves_clean_faces(testdata
 
 
 def test_python_api_inpaints_a_crop_and_colorizes_a_whole_photo(tiny_prior, testdata):
-    from bfrboost.guidance import GuidanceOptions, GuidedRestorer
+    from bfrboost.options import GuidanceOptions
+    from bfrboost.pipeline import Restorer
 
     face = load_rgb(testdata / "masked" / "00059.png")
     mask = load_rgb(testdata / "masked" / "masks" / "00059.png")
-    inpainter = GuidedRestorer("inpaint", prior=tiny_prior, aligned=True, options=GuidanceOptions(steps=4, scale=1.0))
-    result = inpainter.restore(face, mask=mask)
+    inpainter = Restorer("pgdiff", aligned=True, guidance=GuidanceOptions(task="inpaint", prior=tiny_prior, steps=4, scale=1.0))
+    result = inpainter.restore(face, extras={"mask": mask})  # arrays in, arrays out
     hole = mask[..., 0] > 127
     assert result.image.shape == (512, 512, 3)
     assert np.abs(result.image.astype(float) - face)[~hole].mean() < 15
     assert np.abs(result.image.astype(float) - face)[hole].mean() > 40
     photo = np.asarray(Image.open(testdata / "whole" / "04.jpg").convert("L").convert("RGB"))
-    colorizer = GuidedRestorer("colorize", prior=tiny_prior, upscale=1, options=GuidanceOptions(steps=4, scale=0.5))
+    colorizer = Restorer("pgdiff", upscale=1, guidance=GuidanceOptions(task="colorize", prior=tiny_prior, steps=4, scale=0.5))
     assert colorizer.keeps_gray is False
     result = colorizer.restore(photo)
     assert len(result.faces) == 1 and result.image.shape == photo.shape and chroma(result.image) > 0.5

@@ -322,3 +322,17 @@ def test_32bit_float_tiff_is_refused_with_advice(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         read_image(path, name="depth.tif")
     assert str(info.value) == "depth.tif: unsupported pixel format F (32-bit); save it as an 8- or 16-bit image first"
+
+
+def test_read_face_is_upright_and_guarded_like_every_photo(tmp_path: Path) -> None:
+    """Training and statistics read faces through read_image: EXIF orientation applied (and its bomb guard)."""
+    from bfrboost.io.read import read_face
+
+    rgb = np.zeros((40, 20, 3), np.uint8)
+    rgb[:20] = 255  # top half white as stored
+    image = Image.fromarray(rgb)
+    exif = image.getexif()
+    exif[0x0112] = 3  # rotate 180° to view: the white half is at the bottom once upright
+    image.save(tmp_path / "face.jpg", exif=exif, quality=100)
+    face = read_face(tmp_path / "face.jpg", 8)
+    assert face.shape == (8, 8, 3) and face[:3].mean() < 30 and face[-3:].mean() > 225

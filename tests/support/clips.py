@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bfrboost.io.video import VIDEO_FORMATS
+from bfrboost.options import VIDEO_FORMATS
 from bfrboost.safety import atomic_path
 
 

@@ -7,8 +7,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from bfrboost.errors import InputError, UsageError
+from bfrboost.io.read import read_face
 from bfrboost.refiner.model import TINY_VAE_CONFIG, vae_moments
-from bfrboost.refiner.stats import load_rgb
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache, resize01, to_uint8
 from bfrboost.train.data import batch_indices, list_hq_faces, split_faces
 from bfrboost.train.degrade import degrade, file_seed
@@ -34,7 +34,7 @@ def test_cache_round_trips(testdata, tmp_path):
     assert len(cached) == 4 * 2 * 2 and cached.config.bases == ["none", "dark"] and cached.has_moments
     # entry 0: first face, degradation 0, base "none"; entry 2: same degradation through "dark"
     face = train_faces[0]
-    hq = load_rgb(face, 128)
+    hq = read_face(face, 128)
     lq01 = torch.from_numpy(degrade(hq, file_seed(3, f"{face.name}#0"), config.degrade)).permute(2, 0, 1)[None].float() / 255
     gt = to_uint8(resize01(torch.from_numpy(hq).permute(2, 0, 1)[None].float() / 255, 32))[0]
     batch = cached.batch([0, 2])

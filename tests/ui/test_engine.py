@@ -31,7 +31,7 @@ def test_settings_map_to_the_cli_options():
     assert "fidelity" not in Settings(base="gfpgan", fidelity=0.7).restorer_kwargs("cpu")
     kwargs = Settings(base="none", refine=True, refiner="/r", bg_enhance=True).restorer_kwargs("cpu")
     assert kwargs["refine"] is True and kwargs["refiner"] == Path("/r") and kwargs["bg_upsampler"] == "realesrgan"
-    with pytest.raises(UsageError, match="^rescaling factor must be between 1 and 4, got 5$"):
+    with pytest.raises(UsageError, match=r"^--upscale must be in \[1, 4\], got 5.0$"):  # the CLI's bound and message
         Settings(upscale=5).restorer_kwargs("cpu")
     with pytest.raises(UsageError, match="^the refiner is on but no refiner folder is given"):
         Settings(refine=True).restorer_kwargs("cpu")
@@ -153,7 +153,7 @@ def test_background_enhance_is_the_clis_realesrgan(engine: Engine, cached, testd
 
 def test_face_upsample_is_the_clis_face_upsample(engine: Engine, testdata: Path, tmp_path: Path, cli, monkeypatch):
     """The checkbox is ``--face-upsample``: the same upsampler call on the restored face, the same bytes."""
-    import bfrboost.pipeline as pipeline
+    import bfrboost.faces.paster as pipeline
     from tests.test_video import InvertingUpsampler
 
     fake = InvertingUpsampler()

@@ -8,6 +8,7 @@ a remote one. An already initialised Ray (``ray.init(...)`` by the caller) is us
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bfrboost.errors import UsageError
+from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions, restorer_options
 from bfrboost.reports import FileReport
 from bfrboost.runners.dataset import stages as ds
 
@@ -50,22 +52,27 @@ def restore_dataset(
     dst: str,
     ray_address: str | None = None,
     *,
-    ext: str = "auto",
-    quality: int = 95,
-    overwrite: bool = False,
-    max_pixels: int | None = None,
+    output: OutputOptions | None = None,
+    detect_options: DetectOptions | None = None,
+    restore_options: RestoreOptions | None = None,
+    paste_options: PasteOptions | None = None,
     images_per_batch: int = 4,
     gpus: int | None = None,
-    **restore_options: Any,
+    **settings: Any,
 ) -> list[FileReport]:
     """Restore every image of ``src`` into ``dst`` (same relative paths) and write ``dst/manifest.parquet``.
 
     ``src``: a folder, a text file of paths/URIs, or a pyarrow URI (``s3://bucket/photos``). Outputs
     that already exist are skipped unless ``overwrite`` (a killed job resumes where it stopped).
-    ``restore_options``: :class:`bfrboost.Restorer` keywords (``base``, ``refiner``, ``upscale`` …).
+    ``output`` (``ext``, ``quality``, ``overwrite``, ``max_pixels``; ``outdir`` is ``dst``) and the
+    restorer's option objects; ``settings``: any of their fields by name (``base="none"``, ``upscale=1``, ``quality=90`` …).
     ``gpus``: device actors (default: every GPU of the cluster; none → one CPU actor).
     Returns one report per input, in ``src`` order; failures are reports (and manifest rows).
     """
+    output_settings = {k: settings.pop(k) for k in list(settings) if k in OutputOptions.__dataclass_fields__}
+    output = dataclasses.replace(output or OutputOptions(), **output_settings)
+    parts = restorer_options(settings.pop("base", None), detect_options, restore_options, paste_options, **settings)
+    overwrite, ext = output.overwrite, output.ext
     ray = _ray()
     items = ds.list_items(src)
     previous = {row["rel"]: row for row in ds.read_manifest(dst)} if not overwrite else {}
@@ -88,7 +95,7 @@ def restore_dataset(
         if not ray.is_initialized():
             with keeping_signal_handlers():
                 ray.init(address=ray_address, include_dashboard=False) if ray_address else ray.init(include_dashboard=False)
-        for row in _run(ray, todo, restore_options, max_pixels, quality, overwrite, images_per_batch, gpus):
+        for row in _run(ray, todo, parts, output, images_per_batch, gpus):
             rows[row["rel"]] = row
     ordered = [rows[item.rel] for item in items]
     ds.write_manifest(dst, ordered)
@@ -99,19 +106,21 @@ def restore_dataset(
     return reports
 
 
-def _run(ray: Any, todo: list[dict[str, Any]], options: dict[str, Any], max_pixels: int | None, quality: int,
-         overwrite: bool, images_per_batch: int, gpus: int | None) -> list[dict[str, Any]]:
+def _run(ray: Any, todo: list[dict[str, Any]], parts: tuple[DetectOptions, RestoreOptions, PasteOptions], output: OutputOptions,
+         images_per_batch: int, gpus: int | None) -> list[dict[str, Any]]:
+    detect, restore, paste = parts
     available = int(ray.cluster_resources().get("GPU", 0))
     gpus = available if gpus is None else gpus
-    device_options = dict(options)
     if gpus > 0:
         actor = {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=gpus)}
-        device_options.setdefault("device", "cuda")
+        device = "cuda" if restore.device == "auto" else restore.device
     else:
         actor = {"num_cpus": CPU_ACTOR_CPUS, "compute": ray.data.ActorPoolStrategy(size=1)}
-        device_options["device"] = "cpu"
+        device = "cpu"
+    stages = {"detect": detect, "paste": paste}
+    device_stage = {**stages, "restore": dataclasses.replace(restore, device=device)}
     data = ray.data.from_items(todo, override_num_blocks=max(1, len(todo)))
-    data = data.map(ds.prepare_row, fn_kwargs={"options": options, "max_pixels": max_pixels}, num_cpus=TASK_CPUS)
-    data = data.map_batches(ds.FaceBatcher, fn_constructor_kwargs={"options": device_options}, batch_size=images_per_batch, **actor)
-    data = data.map(ds.finish_row, fn_kwargs={"options": options, "quality": quality, "overwrite": overwrite}, num_cpus=TASK_CPUS)
+    data = data.map(ds.prepare_row, fn_kwargs={**stages, "max_pixels": output.max_pixels}, num_cpus=TASK_CPUS)
+    data = data.map_batches(ds.FaceBatcher, fn_constructor_kwargs=device_stage, batch_size=images_per_batch, **actor)
+    data = data.map(ds.finish_row, fn_kwargs={**stages, "output": output}, num_cpus=TASK_CPUS)
     return list(data.iter_rows())

@@ -26,9 +26,10 @@ import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, OutputError
 from bfrboost.faces.types import Face
-from bfrboost.io.inputs import IMAGE_EXTENSIONS
+from bfrboost.io.inputs import IMAGE_EXTENSIONS, scan_folder
 from bfrboost.io.read import read_image
 from bfrboost.io.write import encode_image, output_ext, write_image
+from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions
 from bfrboost.reports import FileReport
 from bfrboost.runners.files import gray
 from bfrboost.safety import atomic_path, one_line
@@ -36,8 +37,6 @@ from bfrboost.safety import atomic_path, one_line
 MANIFEST = "manifest.parquet"
 #: Manifest columns: the fields of :class:`bfrboost.reports.FileReport` (faces and seconds as JSON) + ``rel``.
 MANIFEST_COLUMNS = ("rel", "input", "output", "width", "height", "faces", "seconds", "error", "skipped")
-#: Restorer options that only the device stage needs; the CPU stages build a Restorer without them.
-DEVICE_ONLY = ("base", "refine", "refiner", "refiner_strength", "sd_model", "compile", "weights", "batch_size", "knobs", "fidelity", "device")
 
 
 def is_uri(location: str) -> bool:
@@ -86,11 +85,7 @@ def list_items(src: str) -> list[Item]:
         return [Item(source=f"{src.rstrip('/')}/{rel}", rel=rel) for rel in rels]
     path = Path(_local(src))
     if path.is_dir():
-        rels = sorted(
-            p.relative_to(path).as_posix()
-            for p in path.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+        rels = sorted(p.relative_to(path).as_posix() for p in scan_folder(path))
         return [Item(source=str(path / rel), rel=rel) for rel in rels]
     if path.is_file():
         items = []
@@ -146,21 +141,13 @@ def write_remote(location: str, data: bytes) -> None:
 # ---- restorers, one per worker process --------------------------------------------------------
 
 
-def _key(options: dict[str, Any]) -> str:
-    return json.dumps(options, sort_keys=True, default=str)
-
-
 @functools.lru_cache(maxsize=4)
-def _cached_restorer(key: str) -> Any:
+def cpu_restorer(detect: DetectOptions, paste: PasteOptions) -> Any:
+    """The Restorer the CPU stages use: detection and paste settings only (no base model, no refiner),
+    built once per process and settings."""
     from bfrboost.pipeline import Restorer
 
-    return Restorer(**json.loads(key))
-
-
-def cpu_restorer(options: dict[str, Any]) -> Any:
-    """The Restorer the CPU stages use: detection and paste settings only, built once per process."""
-    kept = {k: v for k, v in options.items() if k not in DEVICE_ONLY}
-    return _cached_restorer(_key({**kept, "base": "none", "refine": False, "device": "cpu"}))
+    return Restorer.from_options(RestoreOptions(base="none", refine=False, device="cpu"), detect, paste)
 
 
 # ---- stages -----------------------------------------------------------------------------------
@@ -190,7 +177,7 @@ def _unpack(row: dict[str, Any]) -> Job:
     return pickle.loads(row["payload"])
 
 
-def prepare_row(row: dict[str, Any], options: dict[str, Any], max_pixels: int | None = None) -> dict[str, Any]:
+def prepare_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, max_pixels: int | None = None) -> dict[str, Any]:
     """Stage 1 (CPU): ``{"source", "rel", "output"}`` → decoded, detected, aligned."""
     report = FileReport(input=row["source"], output=row["output"])
     job = Job(report=report, rel=row["rel"])
@@ -206,7 +193,7 @@ def prepare_row(row: dict[str, Any], options: dict[str, Any], max_pixels: int | 
         report.seconds["decode"] = time.perf_counter() - start
         report.width, report.height = loaded.width, loaded.height
         job.loaded = loaded
-        job.prepared = cpu_restorer(options).prepare(loaded.rgb, loaded.alpha)
+        job.prepared = cpu_restorer(detect, paste).prepare(loaded.rgb, loaded.alpha)
     except Exception as exc:  # noqa: BLE001 - a failure is a manifest row, never a crashed job
         report.error, report.output, job.loaded, job.prepared = _failure(exc, row["source"]), None, None, None
     return _pack(job)
@@ -215,10 +202,10 @@ def prepare_row(row: dict[str, Any], options: dict[str, Any], max_pixels: int | 
 class FaceBatcher:
     """Stage 2 (device): the model is loaded once per actor; each call restores a batch of images."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, detect: DetectOptions, restore: RestoreOptions, paste: PasteOptions) -> None:
         from bfrboost.pipeline import Restorer
 
-        self.restorer = Restorer(**options)
+        self.restorer = Restorer.from_options(restore, detect, paste)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         jobs = [pickle.loads(payload) for payload in batch["payload"]]
@@ -235,22 +222,25 @@ class FaceBatcher:
         return {"rel": [p["rel"] for p in packed], "payload": [p["payload"] for p in packed]}
 
 
-def finish_row(row: dict[str, Any], options: dict[str, Any], quality: int = 95, overwrite: bool = False) -> dict[str, Any]:
+def finish_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, output: OutputOptions) -> dict[str, Any]:
     """Stage 3 (CPU): paste back, encode and write the output; returns the image's manifest row."""
     job = _unpack(row)
     report = job.report
     if job.prepared is not None:
         try:
-            result = cpu_restorer(options).finish(job.prepared)
+            result = cpu_restorer(detect, paste).finish(job.prepared)
             report.faces = result.faces
             report.seconds.update(result.seconds)
             start = time.perf_counter()
             image = gray(result.image) if job.loaded.gray else result.image
             if is_uri(report.output):
                 ext = PurePosixPath(report.output).suffix.lstrip(".")
-                write_remote(report.output, encode_image(image, result.alpha, fmt=ext, quality=quality, icc=job.loaded.icc))
+                encoded = encode_image(image, result.alpha, fmt=ext, quality=output.quality, icc=job.loaded.icc)
+                write_remote(report.output, encoded)
             else:
-                write_image(report.output, image, result.alpha, quality=quality, overwrite=overwrite, icc=job.loaded.icc)
+                write_image(
+                    report.output, image, result.alpha, quality=output.quality, overwrite=output.overwrite, icc=job.loaded.icc
+                )
             report.seconds["encode"] = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - a failure is a manifest row, never a crashed job
             report.error, report.output = _failure(exc, report.input), None

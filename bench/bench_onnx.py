@@ -1,0 +1,147 @@
+"""Seconds per face on PyTorch vs ONNX Runtime for every exportable base, and whole photos through `restore`.
+
+Each base is built in its released configuration with random weights (no downloads), exported with
+``bfrboost.onnx.export.export_onnx`` (parity checked on a real face) and timed at each batch size and
+thread count, PyTorch and ONNX Runtime **interleaved** (A, B, B, A, …) and the median of ``--repeat``
+pairs reported, because the machine is shared. ONNX graphs are batch 1, so "batch 4" runs four faces
+one after another through the session (``OnnxBase.restore``), against PyTorch's one forward of 4.
+
+Then whole photos: ``Restorer(base, runtime=…)`` on the smallest ``--photos`` of ``whole/``, GFPGAN
+v1.4 random weights loaded as a checkpoint file, both runtimes interleaved, images/s (median).
+
+    python bench/bench_onnx.py                                 # every base, batch 1 4, threads 1 2
+    python bench/bench_onnx.py --only gfpgan --only gpen --repeat 3 --photos 4
+
+Writes ``results/bench_onnx/onnx.json`` and prints Markdown tables with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bfrboost.backbones.registry import LoadedBase, get_spec, validate_knobs
+from bfrboost.onnx import runtime
+from bfrboost.onnx.export import NOT_EXPORTABLE, export_onnx
+
+TESTDATA = Path(os.environ.get("BFRBOOST_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata"))
+BASES = ["gfpgan", "restoreformer", "codeformer", "gpen", "vqfr"]  # gfpgan-1.3 is gfpgan's graph with other weights
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def interleaved(a: Callable[[], object], b: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median seconds of ``a`` and ``b``, run in alternating order (a b, b a, …); the caller has run both once."""
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    for i in range(repeat):
+        order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
+        for key, run in order:
+            times[key].append(timed(run))
+    return statistics.median(times["a"]), statistics.median(times["b"])
+
+
+def bench_base(name: str, batches: list[int], threads: list[int], repeat: int, folder: Path) -> list[dict]:
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    net = spec.build(None).eval().requires_grad_(False)
+    path = folder / f"{name}.onnx"
+    report = export_onnx(name, path, net=net, overwrite=True)
+    print(f"<!-- {report.summary()} -->", flush=True)
+    knobs = validate_knobs(name, {})
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+        onnx_base = runtime.OnnxBase(spec, runtime.session(path, ["CPUExecutionProvider"], n), dict(knobs), path)
+        for batch in batches:
+            crops = torch.rand(batch, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(batch))
+            torch_base = LoadedBase(spec, net, torch.device("cpu"), torch.float32, batch, dict(knobs))
+            diff = float((torch_base.restore(crops) - onnx_base.restore(crops)).abs().max())
+            t_torch, t_onnx = interleaved(partial(torch_base.restore, crops), partial(onnx_base.restore, crops), repeat)
+            rows.append({"base": name, "threads": n, "batch": batch, "torch_s_per_face": t_torch / batch,
+                         "onnx_s_per_face": t_onnx / batch, "ratio": t_onnx / t_torch, "max_abs_diff": diff,
+                         "export_parity": report.max_abs_diff, "load": os.getloadavg()[0]})
+            print(row_line(rows[-1]), flush=True)
+    return rows
+
+
+def row_line(r: dict) -> str:
+    return (f"| {r['base']} | {r['threads']} | {r['batch']} | {r['torch_s_per_face']:.2f} | {r['onnx_s_per_face']:.2f} | "
+            f"**{r['ratio']:.2f}** | {r['max_abs_diff']:.1e} | {r['load']:.1f} |")
+
+
+def bench_photos(count: int, repeat: int, threads: int, folder: Path) -> dict:
+    """Images/s of whole photos through ``Restorer.restore`` with GFPGAN v1.4 (random weights) on each runtime."""
+    from bfrboost.io.read import read_image
+    from bfrboost.pipeline import Restorer
+
+    photos = sorted((TESTDATA / "whole").glob("*.jpg"), key=lambda p: p.stat().st_size)[:count]
+    images = [read_image(p).rgb for p in photos]
+    torch.manual_seed(0)
+    checkpoint = folder / "GFPGANv1.4.pth"
+    torch.save({"params_ema": get_spec("gfpgan").build(None).state_dict()}, checkpoint)
+    torch.set_num_threads(threads)
+    restorers = {rt: Restorer("gfpgan", runtime=rt, weights=checkpoint, threads=threads, device="cpu", upscale=1)
+                 for rt in ("torch", "onnx")}
+    results = {rt: restorers[rt].restore_batch(images) for rt in restorers}  # also the warm-up
+    pairs = zip(results["torch"], results["onnx"], strict=True)
+    level = max(int(np.abs(a.image.astype(int) - b.image.astype(int)).max()) for a, b in pairs)
+    faces = sum(len(r.faces) for r in results["torch"])
+    t_torch, t_onnx = interleaved(lambda: restorers["torch"].restore_batch(images),
+                                  lambda: restorers["onnx"].restore_batch(images), repeat)
+    return {"photos": len(images), "faces": faces, "threads": threads, "torch_images_per_s": len(images) / t_torch,
+            "onnx_images_per_s": len(images) / t_onnx, "ratio": t_onnx / t_torch, "max_level_diff": level,
+            "load": os.getloadavg()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", metavar="NAME", help="bench only this base (repeatable); default: all")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved pairs per cell; the median is reported")
+    parser.add_argument("--photos", type=int, default=4, help="whole/ photos for the images/s run (0: skip)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench_onnx"))
+    args = parser.parse_args()
+    for name in args.only or []:
+        if name in NOT_EXPORTABLE or name not in BASES + ["gfpgan-1.3"]:
+            parser.error(f"{name!r} has no ONNX graph; choose from {', '.join(BASES)}")
+
+    import onnxruntime as ort
+
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start\n")
+    print("| base | threads | batch | PyTorch s/face | ONNX Runtime s/face | ONNX / PyTorch | max abs diff | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or BASES:
+            rows += bench_base(name, args.batch, args.threads, args.repeat, Path(tmp))
+        photos = bench_photos(args.photos, args.repeat, max(args.threads), Path(tmp)) if args.photos else None
+    if photos:
+        print("\n| photos (faces) | threads | PyTorch images/s | ONNX Runtime images/s | ONNX / PyTorch time | max level diff "
+              "| load |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        p = photos
+        print(f"| {p['photos']} ({p['faces']}) | {p['threads']} | {p['torch_images_per_s']:.3f} | {p['onnx_images_per_s']:.3f} | "
+              f"**{p['ratio']:.2f}** | {p['max_level_diff']} | {p['load']:.1f} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "onnx.json").write_text(json.dumps({"faces": rows, "photos": photos}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Finding faces: the Restorer's first part — detect, select and align (or take an aligned crop as it is)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from bfrboost.errors import InputError
+from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
+from bfrboost.faces.detect import get_detector, select_faces
+from bfrboost.faces.types import FACE_SIZE, Face
+from bfrboost.options import DetectOptions
+
+
+class FaceFinder:
+    """Faces of a photo with their aligned FACE_SIZE² crops, as :class:`~bfrboost.options.DetectOptions` asks."""
+
+    def __init__(self, options: DetectOptions, device: torch.device) -> None:
+        self.aligned = options.aligned
+        self.only_center_face = options.only_center_face
+        self.min_face = int(options.min_face)
+        self.detector = None if options.aligned else get_detector(options.detector, device=str(device))
+
+    def find(self, image: np.ndarray) -> list[Face]:
+        """Detected faces (boxes, landmarks), or the whole image as one face when ``aligned``."""
+        if self.aligned:
+            return [_whole_crop(image)]
+        faces = self.detector.detect(image)
+        return select_faces(faces, image.shape, only_center=self.only_center_face, min_face=self.min_face)
+
+    def align(self, image: np.ndarray, faces: list[Face]) -> None:
+        """Cut each face's aligned crop (``face.crop``, ``face.affine``); aligned inputs already are."""
+        if not self.aligned:
+            warp_faces(image, faces, size=FACE_SIZE)
+
+    def reference_crop(self, image: np.ndarray, problem: str) -> np.ndarray:
+        """An aligned crop of a reference photo: a square image is taken as aligned, else its largest face."""
+        h, w = image.shape[:2]
+        if h == w or self.detector is None:
+            return cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA if h > FACE_SIZE else cv2.INTER_CUBIC)
+        faces = self.detector.detect(image)
+        if not faces:
+            raise InputError(f"{problem}; give an aligned 512×512 face crop")
+        largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        warp_faces(image, [largest], size=FACE_SIZE)
+        return largest.crop
+
+
+def _whole_crop(image: np.ndarray) -> Face:
+    """An aligned input as one face: resized to FACE_SIZE² when needed, with the matching affine."""
+    crop = image
+    if crop.shape[:2] != (FACE_SIZE, FACE_SIZE):
+        crop = cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_CUBIC)
+    h, w = image.shape[:2]
+    affine = np.array([[FACE_SIZE / w, 0, 0], [0, FACE_SIZE / h, 0]], dtype=np.float64)
+    landmarks = FFHQ_TEMPLATE_512 * np.array([w / FACE_SIZE, h / FACE_SIZE])
+    return Face(box=np.array([0, 0, w, h], float), score=1.0, landmarks=landmarks, affine=affine, crop=crop)
+
+

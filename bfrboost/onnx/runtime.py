@@ -1,0 +1,252 @@
+"""Base models on ONNX Runtime: ``--runtime onnx``.
+
+- **Where graphs come from**: the verified weights cache only, or a path the user names. On first
+  use a base is exported into ``<weights cache>/onnx/`` (named by the base, the first 16 hex digits
+  of its checkpoint's SHA-256 and the opset) with a record beside it (``FILE.onnx.json``: the graph's
+  SHA-256, its base, its checkpoint's SHA-256, the export's parity). Before a session opens, the file
+  is hashed and compared with its record; a file that does not match is refused in one line.
+- **Explicit files** (``--weights model.onnx``) are checked for what they are: readable, exported by
+  bfrboost for this base, with the inputs this base needs.
+- **Sessions** are cached per (file, providers, threads), like the PyTorch models are loaded once
+  per :class:`~bfrboost.pipeline.Restorer`.
+- **Execution providers**: from what the installed onnxruntime offers. By default the CPU; on
+  ``--device cuda`` CUDA first, on ``--device mps`` CoreML first; ``--providers`` picks any of
+  cpu, cuda, tensorrt, coreml, directml, openvino (the CPU is always the last fallback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bfrboost import weights as weights_manager
+from bfrboost.backbones.registry import BaseSpec, validate_knobs
+from bfrboost.errors import UsageError, WeightsError
+from bfrboost.onnx.export import (
+    DEFAULT_OPSET,
+    GRAPH_KNOBS,
+    INPUT,
+    META_PREFIX,
+    OUTPUT,
+    check_exportable,
+    export_onnx,
+    file_sha256,
+    knob_feeds,
+)
+from bfrboost.safety import atomic_open, one_line
+
+#: Short names (``--providers``) → ONNX Runtime's execution provider names.
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+_DEVICE_PROVIDER = {"cuda": "cuda", "mps": "coreml"}
+RUNTIMES = ("torch", "onnx")
+_SESSIONS: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UsageError("--runtime onnx needs ONNX Runtime: pip install 'bfrboost[onnx]'") from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """Short names of the execution providers the installed onnxruntime offers."""
+    installed = set(_ort().get_available_providers())
+    return [short for short, full in PROVIDERS.items() if full in installed]
+
+
+def choose_providers(requested: Sequence[str] | None = None, device: str | torch.device = "cpu") -> list[str]:
+    """ONNX Runtime provider names, best first, the CPU always last.
+
+    ``requested``: short names in order of preference; each must be installed. ``None``: by device.
+    """
+    have = available_providers()
+    if requested:
+        for name in requested:
+            if name not in PROVIDERS:
+                raise UsageError(f"unknown execution provider {name!r}; known: {', '.join(PROVIDERS)}")
+            if name not in have:
+                raise UsageError(f"execution provider {name!r} is not in this onnxruntime (it offers: {', '.join(have)}); "
+                                 "install the onnxruntime build that has it (e.g. onnxruntime-gpu for cuda)")
+        chosen = list(dict.fromkeys(requested))
+    else:
+        preferred = _DEVICE_PROVIDER.get(torch.device(device).type)
+        chosen = [preferred] if preferred in have else []
+    return [PROVIDERS[name] for name in dict.fromkeys([*chosen, "cpu"])]
+
+
+def cache_dir() -> Path:
+    return weights_manager.home() / "onnx"
+
+
+def record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def cached_graph(name: str, weights: Path | str | None = None, opset: int = DEFAULT_OPSET) -> Path:
+    """The verified exported graph of base ``name`` (its cached checkpoint, or ``weights``), made on first use."""
+    spec = check_exportable(name)
+    source = Path(weights) if weights is not None else weights_manager.ensure(spec.weight_file)
+    weights_sha = _weights_sha256(source)
+    path = cache_dir() / f"{name}-{weights_sha[:16]}-opset{opset}.onnx"
+    if not path.exists():
+        report = export_onnx(name, path, weights=source, opset=opset, overwrite=True)
+        record = {"sha256": report.sha256, "base": name, "weights_sha256": report.weights_sha256, "opset": opset,
+                  "parity_max_abs_diff": report.max_abs_diff}
+        with atomic_open(record_path(path), overwrite=True) as f:
+            f.write(json.dumps(record, indent=1).encode())
+    verify_cached(path, name, weights_sha)
+    return path
+
+
+def verify_cached(path: Path, name: str, weights_sha: str) -> None:
+    """Refuse a cached graph whose bytes or provenance differ from its record."""
+    fix = f"delete it (it is exported again on next use) or run `bfrboost export onnx --base {name}`"
+    try:
+        record = json.loads(record_path(path).read_text())
+    except (OSError, ValueError):
+        raise WeightsError(f"{one_line(path)}: its record {record_path(path).name} is missing or unreadable; {fix}") from None
+    if record.get("base") != name or record.get("weights_sha256") != weights_sha:
+        raise WeightsError(f"{one_line(path)}: recorded for base {record.get('base')!r} with other weights; {fix}")
+    if file_sha256(path) != record.get("sha256"):
+        raise WeightsError(f"{one_line(path)}: SHA-256 does not match its record (damaged or changed); {fix}")
+
+
+@functools.lru_cache(maxsize=16)
+def _weights_sha256_at(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def _weights_sha256(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        raise WeightsError(f"{one_line(path)}: no such checkpoint") from None
+    return _weights_sha256_at(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def session(path: Path, providers: Sequence[str], threads: int | None = None) -> Any:
+    """A cached ONNX Runtime session for ``path``; one line naming the file if it is not a readable graph."""
+    key = (str(Path(path).resolve()), tuple(providers), threads)
+    with _LOCK:
+        if key not in _SESSIONS:
+            _SESSIONS[key] = _open(Path(path), providers, threads)
+        return _SESSIONS[key]
+
+
+def _open(path: Path, providers: Sequence[str], threads: int | None) -> Any:
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own untyped errors for damaged files
+        reason = one_line(str(exc).split("\n")[0])[:160]
+        raise WeightsError(f"{one_line(path)}: not a readable ONNX model ({reason}); export it again with "
+                           "`bfrboost export onnx`") from None
+
+
+def check_graph(sess: Any, path: Path, spec: BaseSpec) -> dict[str, str]:
+    """The graph's bfrboost metadata, after checking it was exported for ``spec`` with the inputs it needs."""
+    stored = sess.get_modelmeta().custom_metadata_map
+    meta = {k.removeprefix(META_PREFIX): v for k, v in stored.items() if k.startswith(META_PREFIX)}
+    fix = f"export one with `bfrboost export onnx --base {spec.name}`"
+    if not meta:
+        raise WeightsError(f"{one_line(path)}: not exported by bfrboost (no bfrboost metadata); {fix}")
+    if meta.get("base") != spec.name:
+        raise WeightsError(f"{one_line(path)}: exported for base {meta.get('base')!r}, not {spec.name!r}; {fix}")
+    inputs = {i.name: i.shape for i in sess.get_inputs()}
+    wanted = {INPUT: [1, 3, spec.input_size, spec.input_size], **{k: [] for k in GRAPH_KNOBS.get(spec.name, ())}}
+    if inputs != wanted or [o.name for o in sess.get_outputs()] != [OUTPUT]:
+        raise WeightsError(f"{one_line(path)}: inputs {inputs} are not the {spec.display_name} graph's {wanted}; {fix}")
+    return meta
+
+
+@dataclass
+class OnnxBase:
+    """A base model on ONNX Runtime, used where a :class:`~bfrboost.backbones.spec.LoadedBase` is."""
+
+    spec: BaseSpec
+    session: Any
+    knobs: dict[str, Any]
+    path: Path
+    batch_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    weights: Path | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def restore(self, crops: torch.Tensor) -> torch.Tensor:
+        """Crops (B, 3, S, S) in [0, 1] → restored crops, float32 on the crops' device (one face per run)."""
+        size = self.spec.input_size
+        if crops.ndim != 4 or tuple(crops.shape[1:]) != (3, size, size):
+            raise ValueError(f"base {self.name!r} expects crops of shape (B, 3, {size}, {size}), got {tuple(crops.shape)}")
+        feeds = knob_feeds(self.spec, self.knobs)
+        out = [self.session.run([OUTPUT], {INPUT: face[None].float().cpu().numpy(), **feeds})[0] for face in crops]
+        if not out:
+            return crops.new_empty(crops.shape, dtype=torch.float32)
+        return torch.from_numpy(np.concatenate(out)).to(crops.device)
+
+
+def load_onnx_base(
+    name: str,
+    weights: Path | str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    batch_size: int | None = None,
+    **knobs: Any,
+) -> OnnxBase:
+    """Base ``name`` on ONNX Runtime: ``weights`` may be a ``.onnx`` file (checked) or a checkpoint to export.
+
+    Knobs are validated first; knobs that are not graph inputs must stay at their defaults (the
+    graph fixed them when it was exported).
+    """
+    from bfrboost.backbones.registry import get_spec
+
+    spec = get_spec(name)
+    values = validate_knobs(name, knobs)
+    check_exportable(name)
+    baked = [k for k, v in values.items() if k not in GRAPH_KNOBS.get(name, ()) and v != spec.knob(k).default]
+    if baked:
+        raise UsageError(f"base {name!r} option {baked[0]} is fixed in the ONNX graph at {spec.knob(baked[0]).default}; "
+                         "use --runtime torch to change it")
+    explicit = weights is not None and Path(weights).suffix.lower() == ".onnx"
+    path = Path(weights) if explicit else cached_graph(name, weights)
+    if explicit and not path.is_file():
+        raise WeightsError(f"{one_line(path)}: no such ONNX file; export one with `bfrboost export onnx --base {name} -o {path}`")
+    chosen = choose_providers(providers, device)
+    sess = session(path, chosen, threads)
+    meta = check_graph(sess, path, spec)
+    return OnnxBase(spec, sess, values, path, batch_size=batch_size or 1, device=torch.device("cpu"),
+                    weights=None if explicit else (Path(weights) if weights else None), metadata=meta)
