@@ -305,7 +305,7 @@ class GuidanceOptions:
     method: str = setting(
         "auto",
         "pgdiff (guided diffusion), codeformer (one pass, seconds per face; colorize/inpaint) or auto: codeformer on a CPU, "
-        "pgdiff on a GPU.",
+        "pgdiff on a GPU or with --prior.",
         flag="--method",
         choices=GUIDED_METHODS,
         what="method",

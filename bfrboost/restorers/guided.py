@@ -252,10 +252,11 @@ def checked_extras(image: np.ndarray, extras: Mapping[str, Any] | None, options:
 
 def resolve_method(guidance: GuidanceOptions, device: torch.device) -> str:
     """``auto``: CodeFormer's one pass on a CPU where it has a network for the task (PGDiff takes hours per
-    face there), PGDiff on a GPU."""
+    face there), PGDiff on a GPU or when a prior is given (only PGDiff samples from one)."""
     if guidance.method != "auto":
         return guidance.method
-    return "codeformer" if device.type == "cpu" and guidance.task in NETWORKS else "pgdiff"
+    one_pass = device.type == "cpu" and guidance.task in NETWORKS and guidance.prior is None
+    return "codeformer" if one_pass else "pgdiff"
 
 
 def check_guidance(restore: RestoreOptions, guidance: GuidanceOptions) -> None:

@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 from bfrboost import weights
 from bfrboost.cli import app
 from bfrboost.errors import UsageError, WeightsError
-from bfrboost.guidance import GuidedRestorer, onepass
+from bfrboost.guidance import onepass
+from bfrboost.options import GuidanceOptions
+from bfrboost.pipeline import Restorer
 from tests.guidance.conftest import load_rgb
 
 runner = CliRunner()
@@ -72,7 +74,7 @@ def test_task_networks_have_upstreams_configurations_and_load_strictly(tmp_path)
     with pytest.raises(
         UsageError, match="CodeFormer publishes networks for colorize and inpaint only; old-photo needs --method pgdiff"
     ):
-        GuidedRestorer("old-photo", method="codeformer", tiny=True)
+        Restorer("pgdiff", guidance=GuidanceOptions(task="old-photo", method="codeformer", tiny=True))
 
 
 def test_cards_are_non_commercial_and_point_at_codeformers_release():
