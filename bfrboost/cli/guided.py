@@ -7,6 +7,7 @@ progress, errors and exit codes are ``restore``'s (``OUTDIR/restored_imgs/…``)
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,11 +17,21 @@ from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail
-from bfrboost.cli.restore import ExtChoice, write_results
+from bfrboost.cli.restore import write_results
 from bfrboost.errors import BfrboostError, UsageError
 from bfrboost.options import DetectOptions, GuidanceOptions, OutputOptions, PasteOptions, RestoreOptions
 
 G, O = opt.GUIDANCE, opt.OUTPUT
+
+
+class ExtChoice(str, Enum):
+    """Output formats of the guided commands: images only (they take no videos)."""
+
+    auto = "auto"
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False)]
 Outdir = opt.option(Path, OutputOptions, "outdir", "-o", "--outdir",
@@ -112,7 +123,7 @@ def _run(task: str, inputs: list[str], output: dict[str, Any], options: dict[str
             restore=RestoreOptions(base="pgdiff", device=photo.pop("device"), **restore),
             guidance=GuidanceOptions(task=task, scratches=scratches, **photo, **guided, **options),
         )
-        targets = mask_targets(masks) if masks is not None else None
+        targets = mask_targets(masks)  # also names each input in its one-line errors
         output_options = OutputOptions(ext=ext.value, **output)
     except BfrboostError as exc:
         raise fail(exc) from None

@@ -31,8 +31,9 @@ from bfrboost.restorers.protocol import FACE_SIZE, StepCallback, Timer, to_tenso
 
 #: Guide name of PGDiff's own restorer (``rrdb_iter_100000.pth``), which is not a registered base.
 RRDB_GUIDE = "rrdb"
-#: Finds the face of a reference photo that is not an aligned crop: ``(image) -> aligned crop``.
-ReferenceAligner = Callable[[np.ndarray, str], np.ndarray]
+#: Finds the face of a reference photo: ``(image, problem, need_face) -> aligned crop`` (``problem``: the
+#: message when a face is needed and none is found).
+ReferenceAligner = Callable[[np.ndarray, str, bool], np.ndarray]
 
 
 class GuidedFaceRestorer:
@@ -124,7 +125,7 @@ class GuidedFaceRestorer:
 
         name = str(source) if not isinstance(source, np.ndarray) else f"{what} image"
         image = source if isinstance(source, np.ndarray) else read_image(Path(source)).rgb
-        return self.align_reference(image, f"{name}: no face found in this {what}")
+        return self.align_reference(image, f"{name}: no face found in this {what}", what == "reference")
 
     # ---- the protocol -----------------------------------------------------------------------
 
@@ -196,7 +197,7 @@ class GuidedFaceRestorer:
         return lambda done, steps: report(first * steps + done * count, total * steps)
 
 
-def _square_reference(image: np.ndarray, _: str) -> np.ndarray:
+def _square_reference(image: np.ndarray, _: str, __: bool = False) -> np.ndarray:
     """An aligned crop when no detector is at hand: the image itself, resized (a square photo is aligned)."""
     h = image.shape[0]
     return cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA if h > FACE_SIZE else cv2.INTER_CUBIC)

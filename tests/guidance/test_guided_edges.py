@@ -18,9 +18,11 @@ from typer.testing import CliRunner
 
 from bfrboost.cli import app
 from bfrboost.errors import InputError, UsageError, WeightsError
-from bfrboost.guidance import GuidanceOptions, GuidedRestorer, read_mask
+from bfrboost.guidance import read_mask
+from bfrboost.guidance.masks import check_gray, colour_beyond_tint, mask_targets
 from bfrboost.guidance.properties import Identity, Step
-from bfrboost.guidance.restorer import check_gray, colour_beyond_tint
+from bfrboost.options import GuidanceOptions
+from bfrboost.pipeline import Restorer
 from bfrboost.guidance.scratch import detect_scratches, feature_mask
 from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.nets.arcface import random_arcface
@@ -32,6 +34,13 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def tiny_rrdb(monkeypatch):
     monkeypatch.setattr(rrdb_module, "RRDB_CONFIG", TINY_RRDB)
+
+
+def guided(task: str, prior=None, *, arcface=None, reference=(), **settings) -> Restorer:
+    """The ``pgdiff`` Restorer for ``task`` with PGDiff guidance (guide none, the tiny prior)."""
+    guidance = GuidanceOptions(task=task, method="pgdiff", guide="none", prior=prior, arcface=arcface, reference=tuple(reference),
+                               tiny=prior is None, steps=2, scale=1.0)
+    return Restorer("pgdiff", guidance=guidance, **settings)
 
 
 def tiny(command: str, *args, steps: int = 2):
@@ -53,8 +62,7 @@ def test_masks_fill_every_non_zero_pixel_and_refuse_an_all_black_one(tmp_path, t
     Image.fromarray(zero_one).save(path)
     assert read_mask(path).sum() == 40 * 100
     # scratch masks go through the same reader
-    old = GuidedRestorer("old-photo", guide="none", prior=tiny_prior, aligned=True, scratches=path)
-    assert old.mask_for(tmp_path / "face.png").sum() == 40 * 100
+    assert mask_targets(path)(tmp_path / "face.png", np.zeros((512, 512, 3), np.uint8))["mask"].sum() == 40 * 100
     # inpainting with a 0/1 mask fills those pixels (it inpainted nothing and exited 0 before)
     face = testdata / "aligned" / "0143.png"
     result = tiny("inpaint", face, "--aligned", "--mask", path, "-o", tmp_path / "a", "--guidance-scale", "1", "--keep-known")
@@ -77,9 +85,7 @@ def test_a_reference_without_a_face_is_refused(tmp_path, tiny_prior, aligned, si
     flat = tmp_path / "flat.png"
     Image.new("RGB", size, (180, 150, 120)).save(flat)
     with pytest.raises(InputError, match=rf"^{re.escape(str(flat))}: no face found in this reference"):
-        GuidedRestorer(
-            "restore", guide="none", prior=tiny_prior, arcface=random_arcface(0), reference=[flat], aligned=aligned, parse=False
-        )
+        guided("restore", tiny_prior, arcface=random_arcface(0), reference=[flat], aligned=aligned, parse=False)
 
 
 # ---- 3. the identity weight is upstream's scale; --ref-loss cos|mse ---------------------------------
@@ -121,27 +127,31 @@ def test_identity_guides_only_the_faces_marked():
 def test_references_pair_with_inputs_by_name_and_guide_the_largest_face_only(tmp_path, testdata, tiny_prior):
     refs = testdata / "reference" / "ref"
     arcface = random_arcface(0)
-    paired = GuidedRestorer("restore", guide="none", prior=tiny_prior, arcface=arcface, reference=[refs], aligned=True)
+    paired = guided("restore", tiny_prior, arcface=arcface, reference=[refs], aligned=True)
     lq = testdata / "reference" / "lq"
-    a = paired.input_targets(lq / "00010.png", load_rgb(lq / "00010.png"))["reference"]
-    b = paired.input_targets(lq / "00041.png", load_rgb(lq / "00041.png"))["reference"]
-    torch.testing.assert_close(a, paired._embed([refs / "00010.png"]))
+    targets = mask_targets(None, refs)
+    face_restorer = paired.face_restorer
+
+    def identity(path: Path) -> torch.Tensor:
+        return face_restorer.image_extras(load_rgb(path), targets(path, load_rgb(path)))["reference"]
+
+    a, b = identity(lq / "00010.png"), identity(lq / "00041.png")
+    torch.testing.assert_close(a, face_restorer.embed([refs / "00010.png"]))
     assert float((a * b).sum()) < 0.999  # each input its own identity
     with pytest.raises(InputError, match=f"no reference named nobody.* in {re.escape(str(refs))}"):
-        paired.input_targets(tmp_path / "nobody.png", load_rgb(lq / "00010.png"))
+        targets(tmp_path / "nobody.png", load_rgb(lq / "00010.png"))
     with pytest.raises(UsageError, match="one folder"):
-        GuidedRestorer(
-            "restore", guide="none", prior=tiny_prior, arcface=arcface, reference=[refs, refs / "00010.png"], aligned=True
-        )
+        guided("restore", tiny_prior, arcface=arcface, reference=[refs, refs / "00010.png"], aligned=True)
     # a group photo: one reference identity guides its largest face, not every face
+    from bfrboost.restorers.guided import _largest_per_image
+
     photo = load_rgb(testdata / "whole" / "01.jpg")
-    one = GuidedRestorer(
-        "restore", guide="none", prior=tiny_prior, arcface=arcface, reference=[refs / "00010.png"], parse=False, detector="dlib"
-    )
+    one = guided("restore", tiny_prior, arcface=arcface, reference=[refs / "00010.png"], parse=False, detector="dlib")
     faces = one.prepare(photo).faces
     area = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in faces]
-    guided = [i for i, f in enumerate(faces) if f.extras.get("reference") is not None]
-    assert len(faces) == 4 and guided == [int(np.argmax(area))]
+    chosen = [i for i, keep in enumerate(_largest_per_image(faces)) if keep]
+    assert len(faces) == 4 and chosen == [int(np.argmax(area))]
+    assert all(f.extras.get("reference") is not None for f in faces)  # carried by all, used for the largest only
 
 
 # ---- 5. colorize refuses a colour photo unless --force ------------------------------------------------
@@ -185,9 +195,9 @@ def test_keep_known_leaves_every_unmasked_pixel_unchanged(tmp_path, testdata):
     photo = load_rgb(testdata / "whole" / "04.jpg")
     stroke = np.zeros(photo.shape[:2], np.uint8)
     stroke[62:69, 92:138] = 255
-    options = GuidanceOptions(steps=2, scale=1.0)
-    inpainter = GuidedRestorer("inpaint", tiny=True, upscale=1, keep_known=True, parse=False, options=options)
-    changed = np.abs(inpainter.restore(photo, mask=stroke).image.astype(int) - photo).max(axis=2) > 0
+    options = GuidanceOptions(task="inpaint", method="pgdiff", tiny=True, keep_known=True, steps=2, scale=1.0)
+    inpainter = Restorer("pgdiff", upscale=1, parse=False, guidance=options)
+    changed = np.abs(inpainter.restore(photo, extras={"mask": stroke}).image.astype(int) - photo).max(axis=2) > 0
     rim = cv2.dilate(stroke, np.ones((7, 7), np.uint8)) > 0
     assert changed[stroke > 0].mean() > 0.9 and not changed[~rim].any()  # measured: 0 pixels change beyond 3 px of the mask
     result = tiny("colorize", testdata / "gray" / "Einstein01.png", "--aligned", "-o", tmp_path / "c", "--keep-known")
