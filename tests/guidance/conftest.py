@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bfrboost.nets.iddpm import IDDPMUNet
 from bfrboost.guidance import tasks
-from bfrboost.nets.rrdb import TINY_RRDB_CONFIG as TINY_RRDB
 from bfrboost.guidance.tasks import TINY_PRIOR_CONFIG as TINY_PRIOR
+from bfrboost.nets.iddpm import IDDPMUNet
+from bfrboost.nets.rrdb import TINY_RRDB_CONFIG as TINY_RRDB
 
 __all__ = ["TINY_PRIOR", "TINY_RRDB", "load_rgb", "to_batch"]
 

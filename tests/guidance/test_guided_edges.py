@@ -21,11 +21,11 @@ from bfrboost.errors import InputError, UsageError, WeightsError
 from bfrboost.guidance import read_mask
 from bfrboost.guidance.masks import check_gray, colour_beyond_tint, mask_targets
 from bfrboost.guidance.properties import Identity, Step
-from bfrboost.options import GuidanceOptions
-from bfrboost.pipeline import Restorer
 from bfrboost.guidance.scratch import detect_scratches, feature_mask
 from bfrboost.nets import rrdb as rrdb_module
 from bfrboost.nets.arcface import random_arcface
+from bfrboost.options import GuidanceOptions
+from bfrboost.pipeline import Restorer
 from tests.guidance.conftest import TINY_RRDB, load_rgb
 
 runner = CliRunner()
