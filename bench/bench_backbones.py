@@ -124,7 +124,8 @@ def bench_one(name: str, batches: list[int], device: torch.device, repeat: int, 
 
 
 HEADER = [
-    "| base | batch | params (M) | ours s/face | upstream s/face | ours / upstream | peak mem ours (MB) | peak mem upstream (MB) |",
+    "| base | batch | params (M) | ours s/face | upstream s/face | ours / upstream "
+    "| peak mem ours (MB) | peak mem upstream (MB) |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",
 ]
 
@@ -161,8 +162,10 @@ def main() -> None:
     for name in selected:
         get_spec(name)  # unknown names fail before the first (slow) model
 
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, warmup {warmup}, best of {args.repeat}\n")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, warmup {warmup}, best of {args.repeat}\n"
+    )
     print("\n".join(HEADER), flush=True)
     for name in selected:
         print("\n".join(markdown(bench_one(name, args.batch, device, args.repeat, warmup))), flush=True)

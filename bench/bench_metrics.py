@@ -62,7 +62,9 @@ def main() -> None:
     from PIL import Image
 
     base = [np.asarray(Image.open(p).convert("RGB").resize((512, 512))) for p in sorted(FACES.iterdir())]
-    faces = [(f if i // len(base) % 2 == 0 else f[:, ::-1]).copy() for i, f in enumerate(base * (args.faces // len(base) + 1))][: args.faces]
+    faces = [(f if i // len(base) % 2 == 0 else f[:, ::-1]).copy() for i, f in enumerate(base * (args.faces // len(base) + 1))][
+        : args.faces
+    ]
     refs = [np.ascontiguousarray(f[::-1]) for f in faces]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)

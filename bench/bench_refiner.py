@@ -34,7 +34,9 @@ SIZE = 512
 def real_random_refiner(device: torch.device) -> InfoBFR:
     """The SD 2.1-base refiner with random weights (no download), LoRA fused as for inference."""
     torch.manual_seed(0)
-    config = InfoBFRConfig(stats_mode="channel", stats_faces=1).with_scheduler(SD21_BASE_SCHEDULER_CONFIG)  # timing only: placeholder μ=0, σ=1
+    config = InfoBFRConfig(stats_mode="channel", stats_faces=1).with_scheduler(
+        SD21_BASE_SCHEDULER_CONFIG
+    )  # timing only: placeholder μ=0, σ=1
     vae = AutoencoderKL.from_config(SD21_BASE_VAE_CONFIG)
     unet = UNet2DConditionModel.from_config(SD21_BASE_UNET_CONFIG)
     model = InfoBFR(config, vae, unet, torch.randn(SD21_PROMPT_SHAPE))
@@ -69,13 +71,35 @@ def bench_cpu(real: bool) -> list[dict]:
         tiny = load_refiner(tmp, "cpu")
         flops = flops_per_face(tiny)
         sec = time_refine(tiny, batch=1, runs=3)
-        rows.append({"config": "tiny", "device": "cpu", "batch": 1, "dtype": "fp32", "compiled": False, "s_per_face": sec, "gflops_per_face": flops / 1e9, "tflops_per_s": flops / sec / 1e12})
+        rows.append(
+            {
+                "config": "tiny",
+                "device": "cpu",
+                "batch": 1,
+                "dtype": "fp32",
+                "compiled": False,
+                "s_per_face": sec,
+                "gflops_per_face": flops / 1e9,
+                "tflops_per_s": flops / sec / 1e12,
+            }
+        )
         print(_fmt(rows[-1]), flush=True)
     if real:
         flops = flops_per_face(InfoBFR.sd21_on_meta())
         model = real_random_refiner(torch.device("cpu"))
         sec = time_refine(model, batch=1, runs=1)
-        rows.append({"config": "sd21-base", "device": "cpu", "batch": 1, "dtype": "fp32", "compiled": False, "s_per_face": sec, "gflops_per_face": flops / 1e9, "tflops_per_s": flops / sec / 1e12})
+        rows.append(
+            {
+                "config": "sd21-base",
+                "device": "cpu",
+                "batch": 1,
+                "dtype": "fp32",
+                "compiled": False,
+                "s_per_face": sec,
+                "gflops_per_face": flops / 1e9,
+                "tflops_per_s": flops / sec / 1e12,
+            }
+        )
         print(_fmt(rows[-1]), flush=True)
     return rows
 
@@ -94,17 +118,27 @@ def bench_cuda(batches: tuple[int, ...] = (1, 8, 16)) -> list[dict]:
             for batch in batches:
                 torch.cuda.reset_peak_memory_stats()
                 sec = time_refine(model, batch, runs=5, warmup=3 if compiled else 1)
-                row = {"config": "sd21-base", "device": torch.cuda.get_device_name(), "batch": batch, "dtype": dtype_name + ("+tf32" if dtype is None else ""),
-                       "compiled": compiled, "s_per_face": sec, "gflops_per_face": flops / 1e9, "tflops_per_s": flops / sec / 1e12,
-                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+                row = {
+                    "config": "sd21-base",
+                    "device": torch.cuda.get_device_name(),
+                    "batch": batch,
+                    "dtype": dtype_name + ("+tf32" if dtype is None else ""),
+                    "compiled": compiled,
+                    "s_per_face": sec,
+                    "gflops_per_face": flops / 1e9,
+                    "tflops_per_s": flops / sec / 1e12,
+                    "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                }
                 rows.append(row)
                 print(_fmt(row), flush=True)
     return rows
 
 
 def _fmt(row: dict) -> str:
-    return (f"{row['config']:<10} {row['device']:<24} batch {row['batch']:>2} {row['dtype']:<9} compiled={row['compiled']!s:<5} "
-            f"{row['s_per_face']:9.4f} s/face  {row['gflops_per_face']:8.1f} GFLOP/face  {row['tflops_per_s']:7.3f} TFLOP/s")
+    return (
+        f"{row['config']:<10} {row['device']:<24} batch {row['batch']:>2} {row['dtype']:<9} compiled={row['compiled']!s:<5} "
+        f"{row['s_per_face']:9.4f} s/face  {row['gflops_per_face']:8.1f} GFLOP/face  {row['tflops_per_s']:7.3f} TFLOP/s"
+    )
 
 
 def main() -> None:

@@ -158,17 +158,24 @@ def compare(name: str, restorer: Restorer, paths: list[Path], work: Path, repeat
         o_sec, o_cpu, o_busy, _ = timed(lambda i=index: overlapped(restorer, paths, work / f"{name}-ovl{i}", workers), gpu)
         rows.append({"sequential_s": round(s_sec, 3), "overlapped_s": round(o_sec, 3), "ratio": round(s_sec / o_sec, 3),
                      "sequential_cpu_s": round(s_cpu, 3), "overlapped_cpu_s": round(o_cpu, 3),
-                     "cores_available": cores, "gpu_busy_sequential": s_busy, "gpu_busy_overlapped": o_busy, "load_avg_1min": round(os.getloadavg()[0], 2)})
-        print(f"  {name} pair {index + 1}: sequential {s_sec:.2f} s ({s_cpu:.2f} CPU s), overlapped {o_sec:.2f} s "
-              f"({o_cpu:.2f} CPU s), ratio {s_sec / o_sec:.2f}, cores available {cores}, load {os.getloadavg()[0]:.1f}", flush=True)
+                     "cores_available": cores, "gpu_busy_sequential": s_busy, "gpu_busy_overlapped": o_busy,
+                     "load_avg_1min": round(os.getloadavg()[0], 2)})
+        print(
+            f"  {name} pair {index + 1}: sequential {s_sec:.2f} s ({s_cpu:.2f} CPU s), overlapped {o_sec:.2f} s "
+            f"({o_cpu:.2f} CPU s), ratio {s_sec / o_sec:.2f}, cores available {cores}, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     faces = sum(len(r.faces) for r in reports)
     best_seq = min(r["sequential_s"] for r in rows)
     best_ovl = min(r["overlapped_s"] for r in rows)
     return {
-        "images": len(paths), "faces": faces, "pairs": rows,
+        "images": len(paths),
+        "faces": faces,
+        "pairs": rows,
         "median_ratio": round(statistics.median(r["ratio"] for r in rows), 3),
         "cpu_overhead": round(statistics.median(r["overlapped_cpu_s"] / r["sequential_cpu_s"] for r in rows), 3),
-        "sequential_images_per_s": round(len(paths) / best_seq, 3), "overlapped_images_per_s": round(len(paths) / best_ovl, 3),
+        "sequential_images_per_s": round(len(paths) / best_seq, 3),
+        "overlapped_images_per_s": round(len(paths) / best_ovl, 3),
     }
 
 
@@ -244,11 +251,16 @@ def main() -> None:
         if args.rounds > 1:
             stream = rounds_of(paths, args.rounds, work / "stream")
             print(f"base none, whole/ x{args.rounds} ({len(stream)} photos)", flush=True)
-            results[f"none_x{args.rounds}"] = compare(f"none_x{args.rounds}", restorer, stream, work, args.repeat, args.workers, gpu)
+            results[f"none_x{args.rounds}"] = compare(
+                f"none_x{args.rounds}", restorer, stream, work, args.repeat, args.workers, gpu
+            )
         start = time.perf_counter()
         overlapped(restorer, paths, work / "processes", args.workers, mode="process")
         results["none"]["overlapped_processes_s"] = round(time.perf_counter() - start, 3)
-        print(f"  overlapped with forked prepare processes instead of threads: {results['none']['overlapped_processes_s']:.2f} s", flush=True)
+        print(
+            f"  overlapped with forked prepare processes instead of threads: {results['none']['overlapped_processes_s']:.2f} s",
+            flush=True,
+        )
 
         if not args.no_real_base:
             small = sorted(paths, key=lambda p: p.stat().st_size)[: args.real_images]
@@ -266,14 +278,20 @@ def main() -> None:
                 print("  Ray local: skipped (pip install -e '.[cluster]')")
 
     results["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    print("\n| run | images | sequential img/s | overlapped img/s | median ratio (pairs) | CPU s ovl / seq | cores available (pairs) | GPU busy seq / ovl |")
+    print(
+        "\n| run | images | sequential img/s | overlapped img/s | median ratio (pairs) | CPU s ovl / seq "
+        "| cores available (pairs) | GPU busy seq / ovl |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in ("none", f"none_x{args.rounds}", "gfpgan"):
         if name in results:
             r = results[name]
             busy = " / ".join(str(r["pairs"][-1][k]) for k in ("gpu_busy_sequential", "gpu_busy_overlapped"))
-            print(f"| base {name} | {r['images']} | {r['sequential_images_per_s']:.2f} | {r['overlapped_images_per_s']:.2f} | "
-                  f"{r['median_ratio']:.2f} ({', '.join(str(p['ratio']) for p in r['pairs'])}) | {r['cpu_overhead']:.2f} | {', '.join(str(p['cores_available']) for p in r['pairs'])} | {busy} |")
+            print(
+                f"| base {name} | {r['images']} | {r['sequential_images_per_s']:.2f} | {r['overlapped_images_per_s']:.2f} | "
+                f"{r['median_ratio']:.2f} ({', '.join(str(p['ratio']) for p in r['pairs'])}) | {r['cpu_overhead']:.2f} | "
+                f"{', '.join(str(p['cores_available']) for p in r['pairs'])} | {busy} |"
+            )
     if "ray" in results:
         print(f"| Ray local, 2 CPUs, base none | {results['ray']['images']} | | {results['ray']['images_per_s']:.2f} | | | | |")
     print(f"\nload average (1, 5, 15 min): start {results['load_avg_at_start']}, end {results['load_avg_at_end']}")

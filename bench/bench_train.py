@@ -33,14 +33,36 @@ def bench_tiny(steps: int) -> dict:
     tmp = Path(tempfile.mkdtemp())
     try:
         times: list[float] = []
-        config = TrainConfig(out=tmp / "run", data=FACES, bases=["none"], tiny=True, size=64, steps=steps, batch_size=2, lr=3e-2, warmup=1,
-                             val_count=2, repeats=2, checkpoint_every=steps, val_every=steps, device="cpu")
+        config = TrainConfig(
+            out=tmp / "run",
+            data=FACES,
+            bases=["none"],
+            tiny=True,
+            size=64,
+            steps=steps,
+            batch_size=2,
+            lr=3e-2,
+            warmup=1,
+            val_count=2,
+            repeats=2,
+            checkpoint_every=steps,
+            val_every=steps,
+            device="cpu",
+        )
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         Trainer(config, warn=lambda m: None, progress=lambda s, t, r: times.append(r["seconds"])).run()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         timed = times[2:]  # first steps warm up allocators
-        row = {"config": "tiny", "device": "cpu", "threads": torch.get_num_threads(), "batch": 2, "size": 64,
-               "steps_per_s": len(timed) / sum(timed), "peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - before) / 1024}
+        row = {
+            "config": "tiny",
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "batch": 2,
+            "size": 64,
+            "steps_per_s": len(timed) / sum(timed),
+            "peak_rss_mib": peak / 1024,
+            "rss_growth_mib": (peak - before) / 1024,
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"tiny  cpu  batch 2 @64px  {row['steps_per_s']:.2f} steps/s  peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
@@ -82,10 +104,20 @@ def activation_memory(batch: int, checkpointing: bool, dtype: torch.dtype = torc
     with saved:
         x_hat, aux = model(x)
         loss_fn(x_hat, x, aux.info_loss)
-    row = {"config": "sd21-base", "device": "meta", "dtype": str(dtype).removeprefix("torch."), "batch": batch, "grad_checkpoint": checkpointing,
-           "activation_gib": saved.total / 2**30, "activation_gib_per_sample": saved.total / 2**30 / batch}
-    print(f"sd21  meta batch {batch} grad_checkpoint={checkpointing!s:<5} activations {row['activation_gib']:.2f} GiB "
-          f"({row['activation_gib_per_sample']:.2f} GiB/sample, {row['dtype']})", flush=True)
+    row = {
+        "config": "sd21-base",
+        "device": "meta",
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": batch,
+        "grad_checkpoint": checkpointing,
+        "activation_gib": saved.total / 2**30,
+        "activation_gib_per_sample": saved.total / 2**30 / batch,
+    }
+    print(
+        f"sd21  meta batch {batch} grad_checkpoint={checkpointing!s:<5} activations {row['activation_gib']:.2f} GiB "
+        f"({row['activation_gib_per_sample']:.2f} GiB/sample, {row['dtype']})",
+        flush=True,
+    )
     return row
 
 
@@ -94,8 +126,12 @@ def bench_cuda(batch: int = 4, steps: int = 10, checkpointing: bool = True) -> d
     device = torch.device("cuda")
     torch.manual_seed(0)
     config = InfoBFRConfig(stats_faces=1).with_scheduler(SD21_BASE_SCHEDULER_CONFIG)
-    model = InfoBFR(config, AutoencoderKL.from_config(SD21_BASE_VAE_CONFIG), UNet2DConditionModel.from_config(SD21_BASE_UNET_CONFIG),
-                    torch.randn(SD21_PROMPT_SHAPE)).to(device)
+    model = InfoBFR(
+        config,
+        AutoencoderKL.from_config(SD21_BASE_VAE_CONFIG),
+        UNet2DConditionModel.from_config(SD21_BASE_UNET_CONFIG),
+        torch.randn(SD21_PROMPT_SHAPE),
+    ).to(device)
     loss_fn = InfoBFRLoss(build_vgg19(pretrained=False), build_lpips("alex", pretrained=False), LossWeights()).to(device)
     model.vae.to(torch.bfloat16)
     model.unet.to(torch.bfloat16)
@@ -128,10 +164,21 @@ def bench_cuda(batch: int = 4, steps: int = 10, checkpointing: bool = True) -> d
         step()
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    row = {"config": "sd21-base", "device": torch.cuda.get_device_name(), "dtype": "bf16", "batch": batch, "grad_checkpoint": checkpointing,
-           "steps_per_s": 1 / seconds, "samples_per_s": batch / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-    print(f"sd21  {row['device']} batch {batch} bf16 grad_checkpoint={checkpointing} {row['samples_per_s']:.2f} samples/s "
-          f"peak {row['peak_gib']:.1f} GiB", flush=True)
+    row = {
+        "config": "sd21-base",
+        "device": torch.cuda.get_device_name(),
+        "dtype": "bf16",
+        "batch": batch,
+        "grad_checkpoint": checkpointing,
+        "steps_per_s": 1 / seconds,
+        "samples_per_s": batch / seconds,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+    print(
+        f"sd21  {row['device']} batch {batch} bf16 grad_checkpoint={checkpointing} {row['samples_per_s']:.2f} samples/s "
+        f"peak {row['peak_gib']:.1f} GiB",
+        flush=True,
+    )
     return row
 
 

@@ -131,7 +131,8 @@ def _load(path: Path, expected_scale: int) -> ImageModelDescriptor:
 
     state_dict = weights.load_state_dict(path)  # the safe loader; it unwraps ``params_ema`` / ``params``
     refused = WeightsError(
-        f"{path}: not a Real-ESRGAN x{expected_scale} RRDBNet checkpoint; delete it and run `bfrboost weights download {path.name}`"
+        f"{path}: not a Real-ESRGAN x{expected_scale} RRDBNet checkpoint; "
+        f"delete it and run `bfrboost weights download {path.name}`"
     )
     try:
         descriptor = ModelLoader().load_from_state_dict(state_dict)

@@ -117,6 +117,22 @@ class DetectOptions:
     aligned: bool = setting(False, "Inputs are aligned 512×512 face crops: skip detection.", flag="--aligned")
     only_center_face: bool = setting(False, "Restore only the face nearest the image centre.", flag="--only-center-face")
     min_face: int = setting(0, "Ignore faces whose box is smaller than PX pixels.", flag="--min-face", min=0)
+    face_index: int | None = setting(
+        None, "Restore only the N-th face counted left to right (0 = leftmost), after --min-face.", flag="--face-index", min=0
+    )
+    largest: bool = setting(False, "Restore only the face with the largest box.", flag="--largest")
+    person: tuple[str, ...] = setting(
+        (), "Restore only the person in this reference photo (its largest face); repeatable, one person per photo.",
+        flag="--person",
+    )
+    person_model: str = setting(
+        "dlib", "Identity model for --person: dlib (no download) or arcface (bfrboost weights download arcface).",
+        flag="--person-model", choices=("dlib", "arcface"), what="identity model",
+    )
+    person_threshold: float | None = setting(
+        None, "Cosine similarity a face needs to match --person (default: dlib 0.91, arcface 0.40; see docs/faces.md).",
+        flag="--person-threshold", min=-1.0, max=1.0,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -213,6 +229,9 @@ class PasteOptions:
         "before pasting, as CodeFormer does.",
         flag="--face-upsample",
     )
+    blend: float = setting(
+        1.0, "Mix of restored and original face: 1 = restored, 0 = original.", flag="--blend", min=0.0, max=1.0
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -251,6 +270,8 @@ class VideoOptions:
     ``cpu-used``). ``start`` / ``duration`` (seconds) restore a part; timestamps then start at
     ``start`` = 0. ``smooth``: One-Euro landmark smoothing per tracked face. ``hardware``: try
     NVDEC/NVENC (``None`` = when CUDA is available); any failure to open them falls back to the CPU.
+    ``detect_every``: run the detector on every N-th frame and follow the faces by optical flow in
+    between (:class:`~bfrboost.faces.keyframes.KeyframeDetector`); 1 = every frame.
     """
 
     outdir: Path = setting(Path("results"), "Output folder (restored_videos/).", flag="--outdir")
@@ -281,6 +302,15 @@ class VideoOptions:
         8, "Video: frames whose faces go through the base model together.", flag="--frames-per-batch", min=1
     )
     hardware: bool | None = setting(None, "Try NVDEC/NVENC (default: when CUDA is available).")
+    detect_every: int = setting(
+        12,
+        "Video: run the face detector on every N-th frame and follow the faces by optical flow between "
+        "(sooner on a scene cut or a lost face); 1 = every frame.",
+        flag="--detect-every",
+        min=1,
+        max=60,
+        hint="(1 = detect on every frame)",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outdir", Path(self.outdir))

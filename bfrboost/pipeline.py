@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from bfrboost.errors import UsageError
+from bfrboost.faces.detect import Detector
 from bfrboost.faces.finder import FaceFinder
 from bfrboost.faces.paster import Paster
+from bfrboost.faces.select import blend_faces
 from bfrboost.faces.types import FACE_SIZE, Face
 from bfrboost.options import DetectOptions, GuidanceOptions, PasteOptions, RestoreOptions, restorer_options
 from bfrboost.restorers import build_face_restorer
@@ -168,24 +170,32 @@ class Restorer:
         alpha: np.ndarray | None = None,
         extras: Mapping[str, Any] | None = None,
         landmark_filter: Callable[[list[Face]], list[Face]] | None = None,
+        detector: Detector | None = None,
+        person_memo: dict[Any, np.ndarray] | None = None,
     ) -> Prepared:
         """Stage 1 (CPU, per image): detect and align; ``image`` is RGB uint8 H×W×3.
 
         ``extras`` (e.g. a guidance mask in photo coordinates) are copied into each face's ``extras``.
         ``landmark_filter`` sees the detected faces before alignment and may move their landmarks
         (video: :class:`bfrboost.faces.track.FaceTracker` smooths them over time so crops don't jitter).
+        ``detector`` replaces the restorer's own for this image (video: a
+        :class:`bfrboost.faces.keyframes.KeyframeDetector` that detects on key frames and follows faces between).
+        ``person_memo``: see :meth:`~bfrboost.faces.select.FaceSelector.by_person` (video: one identity match per track).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise UsageError(f"images must be RGB uint8 H×W×3 arrays, got {image.dtype} {image.shape}")
         timer = Timer()
         with timer("align" if self.aligned else "detect"):
-            faces = self.finder.find(image)
+            faces = self.finder.find(image, detector)
         if landmark_filter is not None and not self.aligned:
             with timer("smooth"):
                 faces = landmark_filter(faces)
         if not self.aligned:
             with timer("align"):
                 self.finder.align(image, faces)
+            if self.finder.selector.person is not None:
+                with timer("identify"):
+                    faces = self.finder.identify(faces, person_memo)
         extras = self.face_restorer.image_extras(image, extras)
         for face in faces:
             face.extras.update(extras)
@@ -202,6 +212,7 @@ class Restorer:
         for item in prepared:
             for face in item.faces:
                 face.restored = next(restored)
+            blend_faces(item.faces, self.paster.blend)
             for stage, secs in shared.seconds.items():
                 item.seconds[stage] = item.seconds.get(stage, 0.0) + secs * len(item.faces) / max(len(faces), 1)
 

@@ -160,7 +160,10 @@ def describe_write_error(path: Path, exc: OSError) -> str:
         return f"{name}: permission denied writing into {one_line(path.parent)}; choose a folder you can write to with -o"
     blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
-        return f"{name}: cannot write into {one_line(path.parent)} ({one_line(blocker)} is a file, not a folder); choose another output folder"
+        return (
+            f"{name}: cannot write into {one_line(path.parent)} ({one_line(blocker)} is a file, not a folder); "
+            "choose another output folder"
+        )
     return f"{name}: cannot write ({exc.strerror or exc}); check the output folder or choose another with -o"
 
 
@@ -355,6 +358,7 @@ class OutputSet:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             with os.fdopen(fd, "wb") as file:
                 write(file)
+
         return self.add_path(path, via_file)
 
     def add_path(self, path: Path | str, write: Callable[[Path], None]) -> OutputSet:

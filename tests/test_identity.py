@@ -91,7 +91,11 @@ def test_embeddings_are_unit_norm_deterministic_and_batch_independent(arcface, f
     assert both.shape == (2, 512)
     torch.testing.assert_close(both.norm(dim=1), torch.ones(2))
     torch.testing.assert_close(both[1:], alone, rtol=1e-4, atol=1e-5)
-    assert random_arcface(0).state_dict()["net.body.0.res_layer.1.weight"].equal(arcface.state_dict()["net.body.0.res_layer.1.weight"])
+    assert (
+        random_arcface(0)
+        .state_dict()["net.body.0.res_layer.1.weight"]
+        .equal(arcface.state_dict()["net.body.0.res_layer.1.weight"])
+    )
     with torch.no_grad():
         assert torch.allclose(arcface.similarity(faces, faces), torch.ones(2), atol=1e-5)
         assert arcface.similarity(faces[:1], faces[1:]).item() < 0.999

@@ -78,7 +78,9 @@ def test_process_mode_and_skips_match(restorer: Restorer, inputs: list[Path], tm
 def test_cli_workers_json_lines_in_input_order(testdata: Path, tmp_path: Path) -> None:
     names = ["01.jpg", "03.jpg", "04.jpg", "05.jpg"]
     paths = [str(testdata / "whole" / n) for n in names]
-    result = CliRunner().invoke(app, ["restore", *paths, "-o", str(tmp_path), "--base", "none", "--workers", "2", "--json"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        app, ["restore", *paths, "-o", str(tmp_path), "--base", "none", "--workers", "2", "--json"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["input"] for line in lines] == paths

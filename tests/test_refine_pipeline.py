@@ -22,7 +22,9 @@ def test_refiner_changes_only_faces(tmp_path: Path, testdata: Path) -> None:
     common = [str(source), "--base", "none", "-s", "1", "--ext", "png", "--json"]
     plain = runner.invoke(app, ["restore", *common, "-o", str(tmp_path / "plain"), "--no-refine"])
     boosted = runner.invoke(app, ["restore", *common, "-o", str(tmp_path / "boost"), "--refiner", str(refiner)])
-    half = runner.invoke(app, ["restore", *common, "-o", str(tmp_path / "half"), "--refiner", str(refiner), "--refiner-strength", "0.5"])
+    half = runner.invoke(
+        app, ["restore", *common, "-o", str(tmp_path / "half"), "--refiner", str(refiner), "--refiner-strength", "0.5"]
+    )
     for result in (plain, boosted, half):
         assert result.exit_code == 0, result.stderr
     line = json.loads(boosted.stdout)
@@ -39,8 +41,21 @@ def test_refiner_changes_only_faces(tmp_path: Path, testdata: Path) -> None:
 
 
 def test_no_refine_ignores_the_refiner(tmp_path: Path, testdata: Path) -> None:
-    result = runner.invoke(app, ["restore", str(testdata / "whole" / "04.jpg"), "--base", "none", "-o", str(tmp_path),
-                                 "--refiner", str(tmp_path / "missing"), "--no-refine", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "restore",
+            str(testdata / "whole" / "04.jpg"),
+            "--base",
+            "none",
+            "-o",
+            str(tmp_path),
+            "--refiner",
+            str(tmp_path / "missing"),
+            "--no-refine",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0 and "refine" not in json.loads(result.stdout)["seconds"]
 
 
@@ -51,7 +66,20 @@ def test_compile_flag_compiles_the_refiner_stages(tmp_path: Path, testdata: Path
     monkeypatch.setattr(InfoBFR, "compile_stages", lambda self: compiled.append(self))
     refiner = tmp_path / "tiny"
     runner.invoke(app, ["refiner", "init", "--tiny", str(refiner)])
-    result = runner.invoke(app, ["restore", str(testdata / "aligned" / "0143.png"), "--aligned", "--base", "none",
-                                 "-o", str(tmp_path / "out"), "--refiner", str(refiner), "--compile"])
+    result = runner.invoke(
+        app,
+        [
+            "restore",
+            str(testdata / "aligned" / "0143.png"),
+            "--aligned",
+            "--base",
+            "none",
+            "-o",
+            str(tmp_path / "out"),
+            "--refiner",
+            str(refiner),
+            "--compile",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert len(compiled) == 1

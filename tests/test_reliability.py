@@ -79,7 +79,9 @@ def test_two_inputs_with_the_same_stem_cannot_share_face_files(tmp_path: Path, t
     shutil.copy(testdata / "whole" / "04.jpg", tmp_path / "a" / "04.jpg")
     Image.open(testdata / "whole" / "04.jpg").save(tmp_path / "b" / "04.png")
     out = tmp_path / "out"
-    result = run(tmp_path / "a" / "04.jpg", tmp_path / "b" / "04.png", "-o", out, "--base", "none", "-s", "1", "--save-faces", "--json")
+    result = run(
+        tmp_path / "a" / "04.jpg", tmp_path / "b" / "04.png", "-o", out, "--base", "none", "-s", "1", "--save-faces", "--json"
+    )
     first, second = lines(result)
     assert first["error"] is None and second["output"] is None and second["files"] == []
     assert "face files" in second["error"] and str(tmp_path / "a" / "04.jpg") in second["error"]
@@ -212,7 +214,9 @@ def test_no_space_left_says_free_space(photo: Path, tmp_path: Path, monkeypatch:
     result = run(photo, "-o", out, "--base", "none", "-s", "1", "--json")
     (line,) = lines(result)
     target = out / "restored_imgs" / "04.jpg"
-    assert line["error"] == f"{target}: no space left on the device holding {target.parent}; free space there or choose another -o"
+    assert (
+        line["error"] == f"{target}: no space left on the device holding {target.parent}; free space there or choose another -o"
+    )
     assert [p for p in out.rglob("*") if p.is_file()] == []
 
 
@@ -264,7 +268,8 @@ def test_stdin_or_stdout_on_a_terminal_is_a_usage_error(monkeypatch: pytest.Monk
         restore(["-"], base="none")
     assert info.value.exit_code == 2
     assert capsys.readouterr().err == (
-        "bfrboost: '-' reads the image from stdin, which is a terminal; pipe an image in: bfrboost restore - < photo.jpg > restored.png\n"
+        "bfrboost: '-' reads the image from stdin, which is a terminal; "
+        "pipe an image in: bfrboost restore - < photo.jpg > restored.png\n"
     )
     monkeypatch.setattr(sys, "stdin", io.BytesIO(b""))
     monkeypatch.setattr(sys, "stdout", Terminal())
@@ -272,5 +277,6 @@ def test_stdin_or_stdout_on_a_terminal_is_a_usage_error(monkeypatch: pytest.Monk
         restore(["-"], base="none")
     assert info.value.exit_code == 2
     assert capsys.readouterr().err == (
-        "bfrboost: '-' writes the restored image to stdout, which is a terminal; redirect it: bfrboost restore - < photo.jpg > restored.png\n"
+        "bfrboost: '-' writes the restored image to stdout, which is a terminal; "
+        "redirect it: bfrboost restore - < photo.jpg > restored.png\n"
     )

@@ -28,7 +28,11 @@ def test_a_failing_writer_leaves_none_of_the_set(tmp_path: Path) -> None:
     outputs = OutputSet().add(tmp_path / "a" / "one.png", lambda f: f.write(b"1")).add(tmp_path / "b" / "two.png", broken)
     with pytest.raises(OutputError) as info:
         outputs.commit()
-    assert str(info.value) == f"{tmp_path / 'b' / 'two.png'}: no space left on the device holding {tmp_path / 'b'}; free space there or choose another -o"
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'b' / 'two.png'}: no space left on the device holding {tmp_path / 'b'}; "
+        "free space there or choose another -o"
+    )
     assert _files(tmp_path) == []  # neither the finished one nor any temp
 
 
@@ -54,10 +58,16 @@ def test_the_set_is_checked_before_anything_is_written(tmp_path: Path) -> None:
     source.write_bytes(b"the input")
     (tmp_path / "taken.png").write_bytes(b"old")
     written = []
-    outputs = OutputSet().add(tmp_path / "new.png", lambda f: written.append(1)).add(tmp_path / "taken.png", lambda f: written.append(2))
+    outputs = (
+        OutputSet()
+        .add(tmp_path / "new.png", lambda f: written.append(1))
+        .add(tmp_path / "taken.png", lambda f: written.append(2))
+    )
     with pytest.raises(OutputError, match="taken.png: already exists; pass --overwrite"):
         outputs.commit()
-    guarded = OutputSet(overwrite=True).add(tmp_path / "new.png", lambda f: written.append(3)).add(source, lambda f: written.append(4))
+    guarded = (
+        OutputSet(overwrite=True).add(tmp_path / "new.png", lambda f: written.append(3)).add(source, lambda f: written.append(4))
+    )
     with pytest.raises(OutputError, match="would overwrite the input"):
         guarded.commit(InputGuard([source]))
     assert written == [] and source.read_bytes() == b"the input"
@@ -143,11 +153,17 @@ def test_write_errors_say_what_to_do(tmp_path: Path) -> None:
     assert safety.describe_write_error(target, OSError(errno.EACCES, "Permission denied")) == (
         f"{target}: permission denied writing into {target.parent}; choose a folder you can write to with -o"
     )
-    assert safety.describe_write_error(target, OSError(errno.EROFS, "Read-only file system")).endswith("choose a folder you can write to with -o")
+    assert safety.describe_write_error(target, OSError(errno.EROFS, "Read-only file system")).endswith(
+        "choose a folder you can write to with -o"
+    )
     (tmp_path / "out").write_text("a file where a folder should be")
     with pytest.raises(OutputError) as info:
         OutputSet().add(target, lambda f: f.write(b"x")).commit()
-    assert str(info.value) == f"{target}: cannot write into {target.parent} ({tmp_path / 'out'} is a file, not a folder); choose another output folder"
+    assert (
+        str(info.value)
+        == f"{target}: cannot write into {target.parent} ({tmp_path / 'out'} is a file, not a folder); "
+        "choose another output folder"
+    )
     odd = tmp_path / "new\nline.png"
     assert "\n" not in safety.describe_write_error(odd, OSError(errno.ENOSPC, "No space left on device"))
 

@@ -149,8 +149,13 @@ def test_sigterm_stops_the_web_app_server_cleanly(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**_env(), "TMPDIR": str(tmp_path)}  # the engine's work folder is a tempfile.mkdtemp
-    process = subprocess.Popen([sys.executable, "-c", "from bfrboost.cli import main; main()", "ui", "--port", str(port), "--device", "cpu"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from bfrboost.cli import main; main()", "ui", "--port", str(port), "--device", "cpu"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 90
     while True:
         try:

@@ -67,6 +67,7 @@ def test_round_trip_keeps_frames_timestamps_fps_audio(clip: Path, tmp_path: Path
     assert line["output"] == str(out) and out.is_file()
     assert (line["kind"], line["frames"], line["face_count"], line["tracks"], line["audio_streams"]) == ("video", 10, 10, 1, 1)
     assert (line["width"], line["height"], line["fps"]) == (320, 180, 25.0)
+    assert line["key_frames"] == 1  # detector on frame 0 (--detect-every 12), the face followed on the 9 others
     assert {"decode", "detect", "smooth", "align", "paste", "encode"} <= set(line["seconds"])
     assert "1 file(s) restored, 10 face(s), 0 failed" in result.stderr
 
@@ -90,7 +91,9 @@ def test_variable_frame_rate_and_rotation(photo: np.ndarray, tmp_path: Path) -> 
     The face is found on every frame only if the rotation is applied before detection."""
     times_ms = [0, 40, 90, 120, 200, 240, 280, 330]
     sideways = np.ascontiguousarray(np.rot90(photo, -1))  # displayed upright after a 90° CCW turn
-    clip = make_pan_clip(sideways, tmp_path / "phone.mkv", (180, 320), 8, pan=(0.0, 1.0), origin=(20, 30), timestamps_ms=times_ms, rotation=90)
+    clip = make_pan_clip(
+        sideways, tmp_path / "phone.mkv", (180, 320), 8, pan=(0.0, 1.0), origin=(20, 30), timestamps_ms=times_ms, rotation=90
+    )
     report = next(VideoRunner(restorer(), VideoOptions(tmp_path / "out")).run([clip]))
     assert report.error is None, report.error
     assert (report.extra["frames"], report.extra["face_count"]) == (8, 8)
@@ -120,7 +123,9 @@ def test_start_and_duration_restore_a_part(clip: Path, tmp_path: Path) -> None:
     assert [t for t, _ in packets_out] == pytest.approx([t for t, _ in packets_in], abs=1e-3)
 
 
-def test_failure_leaves_no_partial_file_and_the_batch_goes_on(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_leaves_no_partial_file_and_the_batch_goes_on(
+    clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     second = tmp_path / "second.mp4"
     shutil.copy(clip, second)
     bad = tmp_path / "broken.mp4"
@@ -137,7 +142,10 @@ def test_failure_leaves_no_partial_file_and_the_batch_goes_on(clip: Path, tmp_pa
     monkeypatch.setattr(Restorer, "finish", failing_finish)
     outdir = tmp_path / "out"
     reports = list(VideoRunner(restorer(), VideoOptions(outdir, frames_per_batch=4)).run([bad, clip, second]))
-    assert reports[0].error == f"{bad}: cannot decode video (Invalid data found when processing input); check that it is a complete video file"
+    assert (
+        reports[0].error
+        == f"{bad}: cannot decode video (Invalid data found when processing input); check that it is a complete video file"
+    )
     assert reports[1].error is None and Path(reports[1].output).is_file()
     assert reports[2].error == "disk full (injected)" and reports[2].output is None
     assert sorted(p.name for p in (outdir / "restored_videos").iterdir()) == ["pan.mp4"]  # no temp, no partial second.mp4
@@ -162,10 +170,30 @@ def test_cli_mixes_images_and_videos_from_a_folder(clip: Path, tmp_path: Path, t
     assert [p.name for p in collect_inputs([str(folder)])[0]] == ["04.jpg"]  # other commands: images only
     paths, problems = collect_inputs([str(folder)], videos=True)
     assert [p.name for p in paths] == ["04.jpg", "broken.mov", "pan.mp4"] and problems == []
-    result = run(folder, "-o", tmp_path / "out", "--base", "none", "--detector", "dlib", "-s", "1", "--ext", "mkv", "--json", "--device", "cpu", "--no-smooth")
+    result = run(
+        folder,
+        "-o",
+        tmp_path / "out",
+        "--base",
+        "none",
+        "--detector",
+        "dlib",
+        "-s",
+        "1",
+        "--ext",
+        "mkv",
+        "--json",
+        "--device",
+        "cpu",
+        "--no-smooth",
+    )
     assert result.exit_code == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(Path(r["input"]).name, r["error"] is None) for r in lines] == [("04.jpg", True), ("broken.mov", False), ("pan.mp4", True)]
+    assert [(Path(r["input"]).name, r["error"] is None) for r in lines] == [
+        ("04.jpg", True),
+        ("broken.mov", False),
+        ("pan.mp4", True),
+    ]
     assert lines[2]["tracks"] is None and lines[2]["seconds"].get("smooth") is None  # --no-smooth
     assert (tmp_path / "out" / "restored_imgs" / "04.jpg").is_file()  # images keep their format
     assert (tmp_path / "out" / "restored_videos" / "pan.mkv").is_file()
@@ -190,6 +218,10 @@ def test_usage_errors(clip: Path, tmp_path: Path) -> None:
         VideoOptions(tmp_path, preset="fastest")
     with pytest.raises(Exception, match=r"--crf must be in \[0, 51\]"):
         VideoOptions(tmp_path, crf=60)
+    result = run(clip, "-o", tmp_path, "--base", "none", "--detect-every", "61")
+    assert result.exit_code == 2 and "--detect-every" in result.stderr
+    with pytest.raises(Exception, match=r"--detect-every must be in \[1, 60\] \(1 = detect on every frame\), got 0"):
+        VideoOptions(tmp_path, detect_every=0)
 
 
 class InvertingUpsampler:
@@ -260,7 +292,9 @@ def test_sigterm_on_the_cli_removes_the_unfinished_video(clip: Path, tmp_path: P
         return real_finish(self, prepared)
 
     monkeypatch.setattr(Restorer, "finish", terminate_midway)
-    result = run(clip, "-o", tmp_path, "--base", "none", "--detector", "dlib", "-s", "1", "--frames-per-batch", "4", "--device", "cpu")
+    result = run(
+        clip, "-o", tmp_path, "--base", "none", "--detector", "dlib", "-s", "1", "--frames-per-batch", "4", "--device", "cpu"
+    )
     assert result.exit_code == 128 + signal.SIGTERM
     assert "bfrboost: interrupted by SIGTERM: 0 of 1 input(s) finished, 1 not started or unfinished; re-run" in result.stderr
     assert list((tmp_path / "restored_videos").iterdir()) == []
@@ -272,7 +306,9 @@ def test_audio_the_container_cannot_hold_is_refused(clip: Path, tmp_path: Path) 
     assert list((tmp_path / "restored_videos").iterdir()) == []
 
 
-def test_faces_are_batched_across_frames_and_progress_is_reported(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_faces_are_batched_across_frames_and_progress_is_reported(
+    clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from bfrboost import VideoRunner as exported
 
     batches = []

@@ -207,7 +207,8 @@ def test_hash_mismatch_removes_the_download(server, card_dir, _isolated_cache):
     with pytest.raises(WeightsError) as err:
         weights.ensure("toy.pth", offline=False, progress=False)
     assert str(err.value) == (
-        f"toy.pth: SHA-256 {SHA} does not match the expected {'0' * 64} (from {server.url('toy.pth')}); removed the download, try again"
+        f"toy.pth: SHA-256 {SHA} does not match the expected {'0' * 64} (from {server.url('toy.pth')}); "
+        "removed the download, try again"
     )
     assert list(_isolated_cache.glob("toy.pth*")) == []
 
@@ -278,7 +279,9 @@ def test_verification_is_cached_by_size_and_mtime(server, card_dir, _isolated_ca
     assert hashed == []  # the download's hash was remembered
     path = _isolated_cache / "toy.pth"
     path.write_bytes(PAYLOAD[::-1])  # same size, new mtime: must be re-hashed
-    assert weights.verify("toy") == [f"{path}: SHA-256 {hashlib.sha256(PAYLOAD[::-1]).hexdigest()} does not match the expected {SHA}"]
+    assert weights.verify("toy") == [
+        f"{path}: SHA-256 {hashlib.sha256(PAYLOAD[::-1]).hexdigest()} does not match the expected {SHA}"
+    ]
     assert hashed == [path]
 
 
@@ -287,7 +290,9 @@ def test_licence_is_printed_on_the_first_download_of_a_noncommercial_card(server
     entries = [{"file": f, "url": server.url(f)} for f in ("a.pth", "b.pth")]
     write_card(card_dir, "nc", entries, commercial_use=False)
     weights.download("a.pth", progress=False)
-    assert capsys.readouterr().err == "NC (nc) is licensed under Test-1.0: NOT for commercial use; terms: https://example.org/toy\n"
+    assert (
+        capsys.readouterr().err == "NC (nc) is licensed under Test-1.0: NOT for commercial use; terms: https://example.org/toy\n"
+    )
     weights.download("b.pth", progress=False)
     assert capsys.readouterr().err == ""
 
@@ -325,7 +330,11 @@ def test_import_accepts_the_right_file_and_refuses_others(server, card_dir, _iso
     stranger.write_bytes(PAYLOAD)
     result = CliRunner().invoke(app, ["weights", "import", str(stranger)])
     assert result.exit_code == 1
-    assert result.stderr == f"bfrboost: {stranger}: no model card lists a file named 'other.pth'; see `bfrboost weights list` for the expected names\n"
+    assert (
+        result.stderr
+        == f"bfrboost: {stranger}: no model card lists a file named 'other.pth'; "
+        "see `bfrboost weights list` for the expected names\n"
+    )
 
 
 def test_import_tells_same_named_files_apart_by_folder(card_dir, _isolated_cache, tmp_path):
@@ -348,7 +357,10 @@ def test_cli_verify_exit_codes_and_path(server, card_dir, _isolated_cache):
     toy(server, card_dir)
     runner = CliRunner()
     result = runner.invoke(app, ["weights", "verify", "toy"])
-    assert (result.exit_code, result.stderr) == (1, f"bfrboost: {_isolated_cache / 'toy.pth'}: missing; run `bfrboost weights download toy.pth`\n")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"bfrboost: {_isolated_cache / 'toy.pth'}: missing; run `bfrboost weights download toy.pth`\n",
+    )
     weights.download("toy.pth", progress=False)
     result = runner.invoke(app, ["weights", "verify"])
     assert (result.exit_code, result.stdout) == (0, "1 file(s) match their model cards\n")
@@ -377,9 +389,21 @@ def test_cli_list_table(server, card_dir, _isolated_cache):
     weights.download("toy.pth", progress=False)
     result = CliRunner().invoke(app, ["weights", "list"])
     assert result.exit_code == 0
-    lines = {line.split("│")[2].strip(): [c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line}
+    lines = {
+        line.split("│")[2].strip(): [c.strip() for c in line.split("│")[1:-1]]
+        for line in result.stdout.splitlines()
+        if "│" in line
+    }
     assert lines["toy.pth"] == ["toy", "toy.pth", "0.1 MB", "yes", "ok", "Test-1.0", "card"]
-    assert lines["free.bin"] == ["nc", "free.bin", "?", "no", "missing", "Test-1.0 (non-commercial)", "unknown: pinned on first download"]
+    assert lines["free.bin"] == [
+        "nc",
+        "free.bin",
+        "?",
+        "no",
+        "missing",
+        "Test-1.0 (non-commercial)",
+        "unknown: pinned on first download",
+    ]
 
 
 # ---- safe loading ----------------------------------------------------------------------------------
@@ -413,7 +437,12 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
 
 def test_unwrap_prefers_params_ema_and_strips_module(tmp_path):
     ema, raw = {"module.conv.weight": torch.ones(2)}, {"module.conv.weight": torch.zeros(2)}
-    for wrapper, inner in [({"params": raw, "params_ema": ema}, ema), ({"state_dict": ema}, ema), ({"g_ema": ema, "epoch": 3}, ema), (ema, ema)]:
+    for wrapper, inner in [
+        ({"params": raw, "params_ema": ema}, ema),
+        ({"state_dict": ema}, ema),
+        ({"g_ema": ema, "epoch": 3}, ema),
+        (ema, ema),
+    ]:
         path = tmp_path / "ckpt.pth"
         torch.save(wrapper, path)
         sd = weights.load_state_dict(path)
@@ -457,7 +486,10 @@ def test_a_damaged_cached_checkpoint_names_its_card(card_dir):
     entry.path.write_bytes(b"\x80\x02garbage")
     with pytest.raises(WeightsError) as info:
         weights.load_state_dict(entry.path)
-    assert str(info.value) == f"{entry.path}: damaged or not a checkpoint; re-download it with `bfrboost weights download {entry.card}`"
+    assert (
+        str(info.value)
+        == f"{entry.path}: damaged or not a checkpoint; re-download it with `bfrboost weights download {entry.card}`"
+    )
 
 
 def test_weights_readme_lists_every_file_with_its_licence():

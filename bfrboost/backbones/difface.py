@@ -19,8 +19,8 @@ noise level) and ``seed`` (default 12345 as upstream's script). Noise is drawn o
 generator seeded with ``seed`` for the whole batch, so a batch repeats exactly across runs and
 devices; a face's noise depends on its position in the batch (as upstream).
 
-The prior is :mod:`bfrboost.nets.iddpm` (shared with PGDiff guidance); the SwinIR restorer is spandrel's, which reads DifFace's keys
-(``conv_first.1.*`` after the unshuffle, ``conv_up3``) as they are.
+The prior is :mod:`bfrboost.nets.iddpm` (shared with PGDiff guidance); the SwinIR restorer is spandrel's, which reads
+DifFace's keys (``conv_first.1.*`` after the unshuffle, ``conv_up3``) as they are.
 
 Weights: the BaseSpec's ``weight_file`` is the prior; ``--weights FILE`` replaces the prior only,
 and the restorer is always ``swinir_restoration512_L1.pth`` from the weights cache (``build`` calls
@@ -177,7 +177,9 @@ SPECS = [
         forward=forward,
         knobs={
             # Below 10 steps the one-grid-step start offset (see the module docstring) dominates.
-            "steps": Knob(100, "denoising steps from t=400 (100 = upstream DifFace: ddim250 started at 100)", low=10, high=START_TIMESTEP),
+            "steps": Knob(
+                100, "denoising steps from t=400 (100 = upstream DifFace: ddim250 started at 100)", low=10, high=START_TIMESTEP
+            ),
             "seed": Knob(12345, "seed of the diffusion noise (upstream's default 12345)", low=0),
         },
     )

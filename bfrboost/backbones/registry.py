@@ -103,7 +103,8 @@ def load_base(
         except (CheckpointMismatch, RuntimeError, KeyError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(
-                f"{path}: not a {spec.display_name} checkpoint ({reason}); use {spec.weight_file} from `bfrboost weights download {spec.card}`"
+                f"{path}: not a {spec.display_name} checkpoint ({reason}); "
+                f"use {spec.weight_file} from `bfrboost weights download {spec.card}`"
             ) from None
         del state_dict
     net = net.eval().requires_grad_(False).to(device=device, dtype=dtype)

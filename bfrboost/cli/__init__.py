@@ -9,7 +9,9 @@ import warnings
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="bfrboost: restore faces, then boost them with the InfoBFR refiner.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="bfrboost: restore faces, then boost them with the InfoBFR refiner."
+)
 
 from bfrboost.cli import (  # noqa: E402  (each module adds its commands to ``app``)
     dataset,
@@ -33,19 +35,26 @@ def main() -> None:
     - fds 0–2 closed at start (``bfrboost ... >&-``) are reopened on ``/dev/null``, so nothing we open
       later (an output image!) gets fd 1 and receives printed text, and printing is no traceback;
     - the reader of stdout gone (``| head``): stop quietly with exit code 141 (128 + SIGPIPE), as
-      other tools die of SIGPIPE (the files finished so far stay; the one being written is removed).
+      other tools die of SIGPIPE (the files finished so far stay; the one being written is removed);
+    - SIGTERM/SIGINT/SIGHUP end the run within 2 s (:mod:`bfrboost.cli.stop`).
     """
     # spandrel's architectures still call torch.jit.script at import: not the user's concern
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     _reopen_closed_std_streams()
-    try:
-        app()
-    except SystemExit:
-        # Click (vendored by Typer) swaps stdout for a PacifyFlushWrapper when a write hit EPIPE
-        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
-            _silence_stdout()
-            raise SystemExit(141) from None
-        raise
+    from bfrboost.cli import stop
+
+    # the web app's server stops in its own orderly way (closing connections, removing its work folder)
+    with stop.watching(enabled=sys.argv[1:2] != ["ui"]):
+        try:
+            app()
+        except SystemExit as exc:
+            if exc.code in stop.INTERRUPTED_CODES:
+                stop.exit_now(int(exc.code))
+            # Click (vendored by Typer) swaps stdout for a PacifyFlushWrapper when a write hit EPIPE
+            if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+                _silence_stdout()
+                raise SystemExit(141) from None
+            raise
 
 
 def _reopen_closed_std_streams() -> None:

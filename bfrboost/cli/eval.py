@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.table import Table
 from bfrboost.cli import app
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError, UsageError
+
+if TYPE_CHECKING:  # imported when a command runs: the metrics pull in torch
+    from bfrboost.evaluation.folders import FolderReport
 
 eval_app = typer.Typer(
     invoke_without_command=True,
@@ -26,13 +29,20 @@ app.add_typer(eval_app, name="eval")
 ALL = "fid,kid,niqe,musiq,lpips,psnr,ssim,ids"
 MetricsOpt = Annotated[str, typer.Option("--metrics", help=f"Comma-separated metrics, or all: {ALL}.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-SizeOpt = Annotated[int, typer.Option("--size", min=64, help="FID/KID: images are brought to SIZE×SIZE first (512 as BFR papers).")]
+SizeOpt = Annotated[
+    int, typer.Option("--size", min=64, help="FID/KID: images are brought to SIZE×SIZE first (512 as BFR papers).")
+]
 
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not console.is_terminal, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
     )
 
 
@@ -45,9 +55,22 @@ def _device(device: str) -> str:
 @eval_app.callback()
 def evaluate(
     ctx: typer.Context,
-    restored: Annotated[Path | None, typer.Option("--restored", help="Folder of restored aligned faces.", show_default=False)] = None,
-    reference: Annotated[Path | None, typer.Option("--reference", help="Folder of ground-truth faces, matched by file name (PSNR/SSIM/LPIPS/IDS; FID/KID set without --reference-stats).", show_default=False)] = None,
-    reference_stats: Annotated[Path | None, typer.Option("--reference-stats", help="FID/KID reference statistics from `bfrboost eval stats`.", show_default=False)] = None,
+    restored: Annotated[
+        Path | None, typer.Option("--restored", help="Folder of restored aligned faces.", show_default=False)
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Folder of ground-truth faces, matched by file name "
+            "(PSNR/SSIM/LPIPS/IDS; FID/KID set without --reference-stats).",
+            show_default=False,
+        ),
+    ] = None,
+    reference_stats: Annotated[
+        Path | None,
+        typer.Option("--reference-stats", help="FID/KID reference statistics from `bfrboost eval stats`.", show_default=False),
+    ] = None,
     metrics: MetricsOpt = ALL,
     size: SizeOpt = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per metric batch.")] = 8,
@@ -57,7 +80,10 @@ def evaluate(
     """Score a folder of restored faces (run with --restored DIR), or run a subcommand."""
     if ctx.invoked_subcommand is not None:
         if restored is not None:
-            err(f"--restored belongs to `bfrboost eval` itself, not to `eval {ctx.invoked_subcommand}`; see `bfrboost eval {ctx.invoked_subcommand} --help`")
+            err(
+                f"--restored belongs to `bfrboost eval` itself, not to `eval {ctx.invoked_subcommand}`; "
+                f"see `bfrboost eval {ctx.invoked_subcommand} --help`"
+            )
             raise typer.Exit(2)
         return
     if restored is None:
@@ -72,8 +98,14 @@ def evaluate(
             total = len(list_images(restored, "restored faces"))
             task = progress.add_task("scoring", total=total)
             report = evaluate_folder(
-                restored, reference, reference_stats, metrics, size=size, batch_size=batch_size,
-                models=MetricModels(_device(device)), on_progress=lambda n: progress.advance(task, n),
+                restored,
+                reference,
+                reference_stats,
+                metrics,
+                size=size,
+                batch_size=batch_size,
+                models=MetricModels(_device(device)),
+                on_progress=lambda n: progress.advance(task, n),
             )
     except BfrboostError as exc:
         raise fail(exc) from None
@@ -83,22 +115,41 @@ def evaluate(
         if value.skipped:
             err(value.skipped)
     if as_json:
-        sys.stdout.write(json.dumps({"restored": str(restored), "reference": str(reference) if reference else None,
-                                     "reference_stats": str(reference_stats) if reference_stats else None, **report.as_dict()}) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "restored": str(restored),
+                    "reference": str(reference) if reference else None,
+                    "reference_stats": str(reference_stats) if reference_stats else None,
+                    **report.as_dict(),
+                }
+            )
+            + "\n"
+        )
     else:
-        table = Table(title=f"{report.images} faces" + (f", {report.pairs} with references" if report.pairs else ""))
-        for column in ("metric", "value", "better", "faces", "seconds"):
-            table.add_column(column, justify="left" if column == "metric" else "right")
-        from bfrboost.evaluation.boost import format_value
-
-        for name, value in report.results.items():
-            if value.skipped:
-                continue
-            table.add_row(value.info.label, format_value(name, value.value), "higher" if value.info.higher_is_better else "lower",
-                          str(value.count), f"{value.seconds:.2f}")
-        Console().print(table)
+        _print_table(report)
     if report.problems:
         raise typer.Exit(1)
+
+
+def _print_table(report: FolderReport) -> None:
+    """The scores as a table on stdout: one row per metric computed (skipped ones were said on stderr)."""
+    from bfrboost.evaluation.boost import format_value
+
+    table = Table(title=f"{report.images} faces" + (f", {report.pairs} with references" if report.pairs else ""))
+    for column in ("metric", "value", "better", "faces", "seconds"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, value in report.results.items():
+        if value.skipped:
+            continue
+        table.add_row(
+            value.info.label,
+            format_value(name, value.value),
+            "higher" if value.info.higher_is_better else "lower",
+            str(value.count),
+            f"{value.seconds:.2f}",
+        )
+    Console().print(table)
 
 
 @eval_app.command("stats")
@@ -106,7 +157,9 @@ def stats(
     folder: Annotated[Path, typer.Argument(help="Reference faces, e.g. FFHQ (any size; brought to --size).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Statistics file to write (.npz).", show_default=False)],
     size: SizeOpt = 512,
-    max_kid_features: Annotated[int, typer.Option("--max-kid-features", min=2, help="Features kept for KID (a seeded subset; FID uses all).")] = 10000,
+    max_kid_features: Annotated[
+        int, typer.Option("--max-kid-features", min=2, help="Features kept for KID (a seeded subset; FID uses all).")
+    ] = 10000,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
 ) -> None:
@@ -119,8 +172,13 @@ def stats(
         with interruptible(resume="re-run the same command (nothing was written)"), _progress(console) as progress:
             task = progress.add_task("features", total=len(list_images(folder, "reference faces")))
             result, problems = compute_stats_folder(
-                folder, output, size=size, max_kid_features=max_kid_features, overwrite=overwrite,
-                models=MetricModels(_device(device)), on_progress=lambda n: progress.advance(task, n),
+                folder,
+                output,
+                size=size,
+                max_kid_features=max_kid_features,
+                overwrite=overwrite,
+                models=MetricModels(_device(device)),
+                on_progress=lambda n: progress.advance(task, n),
             )
     except BfrboostError as exc:
         raise fail(exc) from None
@@ -135,17 +193,34 @@ def stats(
 
 @eval_app.command("boost")
 def boost(
-    base: Annotated[str, typer.Option("--base", help="Base restorer(s), comma-separated (e.g. gfpgan,codeformer).", show_default=False)],
+    base: Annotated[
+        str, typer.Option("--base", help="Base restorer(s), comma-separated (e.g. gfpgan,codeformer).", show_default=False)
+    ],
     refiner: Annotated[Path, typer.Option("--refiner", help="InfoBFR refiner folder.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Folder of low-quality aligned faces (e.g. `bfrboost degrade` output).", show_default=False)],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (boost.md/.csv/.json/.png, index.html, faces/).", show_default=False)],
-    reference: Annotated[Path | None, typer.Option("--reference", help="Ground-truth faces with the same file names as --data.", show_default=False)] = None,
-    reference_stats: Annotated[Path | None, typer.Option("--reference-stats", help="FID/KID reference statistics from `bfrboost eval stats`.", show_default=False)] = None,
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="Folder of low-quality aligned faces (e.g. `bfrboost degrade` output).", show_default=False),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="Output folder (boost.md/.csv/.json/.png, index.html, faces/).", show_default=False),
+    ],
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Ground-truth faces with the same file names as --data.", show_default=False),
+    ] = None,
+    reference_stats: Annotated[
+        Path | None,
+        typer.Option("--reference-stats", help="FID/KID reference statistics from `bfrboost eval stats`.", show_default=False),
+    ] = None,
     metrics: MetricsOpt = ALL,
     size: SizeOpt = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per restore batch.")] = 4,
     html_faces: Annotated[int, typer.Option("--html-faces", min=0, help="Faces shown side by side in index.html.")] = 24,
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder for the refiner.", show_default=False)] = None,
+    sd_model: Annotated[
+        Path | None,
+        typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder for the refiner.", show_default=False),
+    ] = None,
     device: DeviceOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
@@ -165,9 +240,20 @@ def boost(
                 progress.update(task, advance=n, description=label)
 
             report = run_boost(
-                bases, refiner, data, output, reference=reference, reference_stats=reference_stats, metrics=metrics,
-                device=device, sd_model=sd_model, batch_size=batch_size, html_faces=html_faces, size=size,
-                overwrite=overwrite, on_progress=advance,
+                bases,
+                refiner,
+                data,
+                output,
+                reference=reference,
+                reference_stats=reference_stats,
+                metrics=metrics,
+                device=device,
+                sd_model=sd_model,
+                batch_size=batch_size,
+                html_faces=html_faces,
+                size=size,
+                overwrite=overwrite,
+                on_progress=advance,
             )
     except BfrboostError as exc:
         raise fail(exc) from None

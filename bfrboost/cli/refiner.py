@@ -22,24 +22,31 @@ app.add_typer(refiner_app, name="refiner")
 
 @refiner_app.command("stats")
 def refiner_stats(
-    faces: Annotated[Path, typer.Option("--faces", help="Folder of high-quality aligned 512 faces (searched recursively, sorted).")],
+    faces: Annotated[
+        Path, typer.Option("--faces", help="Folder of high-quality aligned 512 faces (searched recursively, sorted).")
+    ],
     refiner: Annotated[Path, typer.Option("--refiner", help="Refiner folder whose statistics are replaced.")],
-    count: Annotated[int, typer.Option("-n", "--count", min=1, help="Use at most this many faces (the paper: 3000 FFHQ faces).")] = 3000,
-    per_element: Annotated[bool, typer.Option("--per-element/--per-channel", help="One μ, σ per element of r (IBA's estimator, the default) or per channel (any face size).")] = True,
+    count: Annotated[
+        int, typer.Option("-n", "--count", min=1, help="Use at most this many faces (the paper: 3000 FFHQ faces).")
+    ] = 3000,
+    per_element: Annotated[
+        bool,
+        typer.Option(
+            "--per-element/--per-channel",
+            help="One μ, σ per element of r (IBA's estimator, the default) or per channel (any face size).",
+        ),
+    ] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per VAE batch.")] = 4,
     size: Annotated[int, typer.Option("--size", min=8, help="Faces are resized to SIZE×SIZE (the refiner's input size).")] = 512,
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (vae/) instead of the weights cache.")] = None,
+    sd_model: Annotated[
+        Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (vae/) instead of the weights cache.")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
 ) -> None:
     """Compute μ_R, σ_R of the VAE manifold over clean faces and store them in the refiner."""
     import torch
 
-    from bfrboost.refiner import (
-        compute_manifold_stats,
-        list_faces,
-        refiner_vae,
-        save_stats,
-    )
+    from bfrboost.refiner import compute_manifold_stats, list_faces, refiner_vae, save_stats
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,13 +56,17 @@ def refiner_stats(
             vae = refiner_vae(refiner, sd_model)
             with Progress(console=Console(stderr=True), transient=True) as progress:
                 task = progress.add_task("manifold statistics", total=len(paths))
-                stats = compute_manifold_stats(vae, paths, per_element, batch_size, size, device, lambda n: progress.advance(task, n))
+                stats = compute_manifold_stats(
+                    vae, paths, per_element, batch_size, size, device, lambda n: progress.advance(task, n)
+                )
             save_stats(refiner, stats)
         except BfrboostError as exc:
             raise _refiner_fail(exc) from None
     mode = "element" if per_element else "channel"
-    sys.stdout.write(f"{refiner}: per-{mode} statistics of r over {stats.faces} faces stored "
-                     f"(mean |μ| {stats.mean.abs().mean():.4f}, mean σ {stats.std.mean():.4f})\n")
+    sys.stdout.write(
+        f"{refiner}: per-{mode} statistics of r over {stats.faces} faces stored "
+        f"(mean |μ| {stats.mean.abs().mean():.4f}, mean σ {stats.std.mean():.4f})\n"
+    )
 
 
 @refiner_app.command("info")
@@ -90,10 +101,23 @@ def refiner_info(
 @refiner_app.command("init")
 @writes_files
 def refiner_init(
-    tiny: Annotated[Path | None, typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos.")] = None,
-    sd21: Annotated[Path | None, typer.Option("--sd21", help="Write an untrained SD 2.1-base refiner here (for `refiner stats`, then `train --stats-from`).")] = None,
+    tiny: Annotated[
+        Path | None,
+        typer.Option("--tiny", help="Write a tiny random self-contained refiner (own vae/ and unet/) here, for tests and demos."),
+    ] = None,
+    sd21: Annotated[
+        Path | None,
+        typer.Option(
+            "--sd21", help="Write an untrained SD 2.1-base refiner here (for `refiner stats`, then `train --stats-from`)."
+        ),
+    ] = None,
     rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank of an --sd21 refiner.")] = 4,
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (with text_encoder/, tokenizer/) instead of the weights cache.")] = None,
+    sd_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--sd-model", help="Local SD 2.1 diffusers folder (with text_encoder/, tokenizer/) instead of the weights cache."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights (or of the --sd21 trainable init).")] = 0,
 ) -> None:
     """Create a refiner folder: a tiny random one (statistics computed here) or an untrained SD 2.1 one."""
@@ -115,4 +139,6 @@ def refiner_init(
         InfoBFR.create(InfoBFRConfig(rank=rank), sd_model=sd_model).save_pretrained(sd21)
     except BfrboostError as exc:
         raise _refiner_fail(exc) from None
-    sys.stdout.write(f"{sd21}: untrained refiner written (rank {rank}); next: `bfrboost refiner stats --faces HQ_DIR --refiner {sd21}`\n")
+    sys.stdout.write(
+        f"{sd21}: untrained refiner written (rank {rank}); next: `bfrboost refiner stats --faces HQ_DIR --refiner {sd21}`\n"
+    )

@@ -89,6 +89,12 @@ def restore(
     aligned: opt.Aligned = opt.DETECT.aligned,
     only_center_face: opt.OnlyCenterFace = opt.DETECT.only_center_face,
     min_face: opt.MinFace = opt.DETECT.min_face,
+    face_index: opt.FaceIndex = opt.DETECT.face_index,
+    largest: opt.Largest = opt.DETECT.largest,
+    person: opt.Person = None,
+    person_model: opt.PersonModel = opt.DETECT.person_model,
+    person_threshold: opt.PersonThreshold = opt.DETECT.person_threshold,
+    blend: opt.Blend = opt.PASTE.blend,
     paste: opt.Paste = opt.PASTE.paste,
     color_match: opt.ColorMatch = opt.PASTE.color_match,
     detector: opt.Detector = opt.DETECT.detector,
@@ -119,6 +125,7 @@ def restore(
     clip_start: opt.Start = opt.VIDEO.start,
     duration: opt.Duration = opt.VIDEO.duration,
     frames_per_batch: opt.FramesPerBatch = opt.VIDEO.frames_per_batch,
+    detect_every: opt.DetectEvery = opt.VIDEO.detect_every,
     guide: Annotated[str, typer.Option(
         "--guide",
         help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
@@ -195,20 +202,25 @@ def restore(
         knobs = opt.parse_knobs(knob or [])
         video_options = VideoOptions(
             outdir=outdir, suffix=suffix, ext=ext.value if ext.value in _VIDEO_EXTS else "mp4", overwrite=overwrite,
-            crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch,
+            crf=crf, preset=preset.value, start=clip_start, duration=duration, smooth=smooth, frames_per_batch=frames_per_batch, detect_every=detect_every,
         )
         options = OutputOptions(
             outdir=outdir, suffix=suffix, ext="auto" if ext.value in _VIDEO_EXTS else ext.value, quality=quality,
             overwrite=overwrite, save_faces=save_faces, save_cmp=save_cmp, draw_boxes=draw_boxes, max_pixels=max_pixels,
         )
         parts = dict(
-            detect=DetectOptions(detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face),
+            detect=DetectOptions(
+                detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face, face_index=face_index,
+                largest=largest, person=tuple(str(p) for p in person or ()), person_model=person_model,
+                person_threshold=person_threshold,
+            ),
             restore=RestoreOptions(
                 base=base, weights=weights, fidelity=fidelity, knobs=knobs, batch_size=batch_size, refine=refine, refiner=refiner,
                 refiner_strength=refiner_strength, sd_model=sd_model, compile=compile_refiner, device=device,
                 **opt.runtime_options(runtime, providers, threads),
             ),
             paste=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler, bg_tile=bg_tile,
+                               blend=blend,
                                face_upsample=face_upsample),
             guidance=GuidanceOptions(
                 task="restore", guide=guide, prior=prior, reference=tuple(reference or ()), scale=guidance_scale, steps=steps,
@@ -333,6 +345,8 @@ def _emit(report: FileReport, as_json: bool) -> None:
         _err(report.error if report.error.startswith(one_line(report.input)) else f"{report.input}: {report.error}")
     elif report.skipped:
         _err(f"skipped {report.input}: {reason(report)}")
+    for warning in report.extra.get("warnings", []):  # done, with something the user should know
+        _err(f"warning: {warning}")
     if as_json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
         sys.stdout.flush()

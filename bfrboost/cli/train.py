@@ -18,6 +18,7 @@ from bfrboost.errors import BfrboostError, UsageError
 from bfrboost.options import TRAIN_SIZE, TrainConfig
 
 T = opt.TRAIN
+T_BASES = ",".join(T.bases)  # the default --base, spelled as the option takes it
 
 train_app = typer.Typer(help="Train the InfoBFR refiner on HQ faces (`bfrboost train --help`), or precompute its cache (`train cache`).")
 app.add_typer(train_app, name="train")
@@ -40,7 +41,7 @@ def train_command(
     ctx: typer.Context,
     out: opt.option(Path | None, TrainConfig, "out", "--out", "-o") = T.out,
     data: opt.option(Path | None, TrainConfig, "data") = T.data,
-    base: opt.option(str, TrainConfig, "bases") = ",".join(T.bases),
+    base: opt.option(str, TrainConfig, "bases") = T_BASES,
     cache: opt.option(Path | None, TrainConfig, "cache") = T.cache,
     steps: opt.option(int, TrainConfig, "steps") = T.steps,
     batch_size: opt.option(int, TrainConfig, "batch_size") = T.batch_size,

@@ -71,14 +71,18 @@ def weights_list(
     for row in rows:
         size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
         licence = row["license"] + ("" if row["commercial_use"] else " (non-commercial)")
-        table.add_row(row["card"], row["file"], size, "yes" if row["cached"] else "no", row["verified"], licence, row["hash_source"])
+        table.add_row(
+            row["card"], row["file"], size, "yes" if row["cached"] else "no", row["verified"], licence, row["hash_source"]
+        )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @weights_app.command("download")
 def weights_download(
     names: Annotated[list[str], typer.Argument(help=_WEIGHTS_NAME_HELP, show_default=False)],
-    offline: Annotated[bool, typer.Option("--offline", help="Only check the cache; never open a connection (also BFRBOOST_OFFLINE=1).")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Only check the cache; never open a connection (also BFRBOOST_OFFLINE=1).")
+    ] = False,
 ) -> None:
     """Download (or, offline, check) weights; prints each verified path."""
     from bfrboost import weights
@@ -108,7 +112,9 @@ def _print_each(items: list[Any], action: Callable[[Any], Path], resume: str = R
 
 @weights_app.command("verify")
 def weights_verify(
-    name: Annotated[str | None, typer.Argument(help=_WEIGHTS_NAME_HELP + " Default: every cached file.", show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Argument(help=_WEIGHTS_NAME_HELP + " Default: every cached file.", show_default=False)
+    ] = None,
 ) -> None:
     """Check size and SHA-256 of cached files; exit 1 with one line per problem."""
     from bfrboost import weights
@@ -135,7 +141,10 @@ def weights_path(name: Annotated[str, typer.Argument(help=_WEIGHTS_NAME_HELP, sh
 
 @weights_app.command("import")
 def weights_import(
-    files: Annotated[list[Path], typer.Argument(help="Checkpoints downloaded by hand; matched to a card by name, size and SHA-256.", show_default=False)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Checkpoints downloaded by hand; matched to a card by name, size and SHA-256.", show_default=False),
+    ],
 ) -> None:
     """Copy manually downloaded files into the cache after checking them."""
     from bfrboost import weights

@@ -104,12 +104,17 @@ class BoostReport:
 
     def skipped(self) -> list[str]:
         """One line per metric that has no value, with its reason (deduplicated across bases)."""
-        reasons = {v.skipped for base in self.results.values() for variant in base.values() for v in variant.values() if v.skipped}
+        reasons = {
+            v.skipped for base in self.results.values() for variant in base.values() for v in variant.values() if v.skipped
+        }
         return sorted(reasons)
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "bases": self.bases, "metrics": self.metrics, "faces": self.faces, "pairs": self.pairs,
+            "bases": self.bases,
+            "metrics": self.metrics,
+            "faces": self.faces,
+            "pairs": self.pairs,
             "rows": [row.as_dict() for row in self.rows],
             "details": {
                 base: {variant: {m: v.as_dict() for m, v in values.items()} for variant, values in variants.items()}
@@ -145,7 +150,9 @@ def markdown_table(report: BoostReport) -> str:
             without = f"**{without}**"
         diff = "—" if row.difference is None else f"{row.difference:+.{DECIMALS[row.metric]}f}"
         label = {"with": "with refiner", "without": "base alone", "tie": "tie", "": "—"}[row.better]
-        lines.append(f"| {row.base} | {METRICS[row.metric].label} {_arrow(row.metric)} | {without} | {with_} | {diff} | {label} |")
+        lines.append(
+            f"| {row.base} | {METRICS[row.metric].label} {_arrow(row.metric)} | {without} | {with_} | {diff} | {label} |"
+        )
     for reason in report.skipped():
         lines.append(f"\n- {reason}")
     return "\n".join(lines) + "\n"
@@ -158,7 +165,17 @@ def csv_table(report: BoostReport) -> str:
     for row in report.rows:
         d = row.as_dict()
         diff = "" if row.difference is None else f"{row.difference:.{DECIMALS[row.metric]}f}"
-        writer.writerow([row.base, row.metric, d["direction"], format_value(row.metric, row.without), format_value(row.metric, row.with_), diff, row.better])
+        writer.writerow(
+            [
+                row.base,
+                row.metric,
+                d["direction"],
+                format_value(row.metric, row.without),
+                format_value(row.metric, row.with_),
+                diff,
+                row.better,
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -166,10 +183,14 @@ def bar_chart_png(report: BoostReport) -> bytes:
     """One panel per metric with values: bases on the x axis, base alone vs with the refiner."""
     from bfrboost.plots import figure_png, pyplot
 
-    shown = [m for m in report.metrics if any(r.without is not None and np.isfinite(r.without) for r in report.rows if r.metric == m)]
+    shown = [
+        m for m in report.metrics if any(r.without is not None and np.isfinite(r.without) for r in report.rows if r.metric == m)
+    ]
     panels = max(len(shown), 1)
     cols = min(panels, 4)
-    fig, axes = pyplot().subplots((panels + cols - 1) // cols, cols, figsize=(3.6 * cols, 3.0 * ((panels + cols - 1) // cols)), squeeze=False)
+    fig, axes = pyplot().subplots(
+        (panels + cols - 1) // cols, cols, figsize=(3.6 * cols, 3.0 * ((panels + cols - 1) // cols)), squeeze=False
+    )
     x = np.arange(len(report.bases))
     for ax, metric in zip(axes.flat, shown):
         rows = [r for r in report.rows if r.metric == metric]
@@ -180,8 +201,10 @@ def bar_chart_png(report: BoostReport) -> bytes:
             if row.better == "with":
                 ax.annotate("✓", (i + 0.2, values["with"][i]), ha="center", va="bottom", fontsize=9)
         ax.set_xticks(x, report.bases, rotation=30 if len(report.bases) > 3 else 0)
-        ax.set_title(f"{METRICS[metric].label} ({'higher' if METRICS[metric].higher_is_better else 'lower'} is better)", fontsize=10)
-    for ax in list(axes.flat)[len(shown):]:
+        ax.set_title(
+            f"{METRICS[metric].label} ({'higher' if METRICS[metric].higher_is_better else 'lower'} is better)", fontsize=10
+        )
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     if not shown:
         axes.flat[0].text(0.5, 0.5, "no metric values", ha="center", va="center")
@@ -191,7 +214,9 @@ def bar_chart_png(report: BoostReport) -> bytes:
 
 def html_page(report: BoostReport, faces: Sequence[str], has_reference: bool) -> str:
     """Side-by-side faces (input | each base alone and refined | reference) plus the table."""
-    cols = ["input"] + [f"{b} / {v}" for b in report.bases for v in ("base", "+ refiner")] + (["reference"] if has_reference else [])
+    cols = (
+        ["input"] + [f"{b} / {v}" for b in report.bases for v in ("base", "+ refiner")] + (["reference"] if has_reference else [])
+    )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = []
     for stem in faces:
@@ -212,7 +237,7 @@ def html_page(report: BoostReport, faces: Sequence[str], has_reference: bool) ->
 <body><h1>Boost table ({report.faces} faces)</h1>
 <p><img src="boost.png" style="width:auto;height:auto;max-width:100%"></p>
 <table class="t"><tr><th>base</th><th>metric</th><th>without</th><th>with refiner</th></tr>{rows}</table>
-<h2>Faces</h2><table><tr><th></th>{head}</tr>{''.join(body)}</table></body></html>
+<h2>Faces</h2><table><tr><th></th>{head}</tr>{"".join(body)}</table></body></html>
 """
 
 
@@ -259,16 +284,7 @@ def run_boost(
     from bfrboost.pipeline import Restorer, resolve_device
 
     out = Path(out)
-    bases = [b.strip() for b in bases if b.strip()]
-    if not bases:
-        raise UsageError("no base given; pass --base NAME[,NAME…] (e.g. gfpgan,codeformer)")
-    if len(set(bases)) != len(bases):
-        raise UsageError(f"a base is listed twice in {','.join(bases)}")
-    if not Path(refiner).is_dir():
-        raise UsageError(f"{one_line(refiner)}: no such refiner folder; train one or make a tiny test one with `bfrboost refiner init --tiny DIR`")
-    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise UsageError(f"{one_line(out / existing[0])}: already exists; pass --overwrite or choose another -o")
+    bases = _checked_bases(bases, refiner, out, overwrite)
     names = parse_metrics(metrics)
     torch_device = resolve_device(device)
     models = models or MetricModels(torch_device)
@@ -279,11 +295,7 @@ def run_boost(
     problems: list[str] = []
     stats = stats_for(reference_stats, reference, names, models, size, problems)
 
-    faces: list[tuple[str, np.ndarray, np.ndarray | None]] = []  # (stem, LQ, HQ) — aligned crops are small
-    for path, rgb in read_rgb(lq_paths, problems):
-        faces.append((path.stem, rgb, read_reference(index, path.stem, problems)))
-    if not faces:
-        raise InputError(f"{one_line(data)}: none of its images could be read")
+    faces = _read_faces(data, lq_paths, index, problems)
     shown = [stem for stem, _, _ in faces[:html_faces]]
     for stem, lq, hq in faces[:html_faces]:
         _save_face(out / "faces" / "input" / f"{stem}.png", lq, guard, overwrite)
@@ -297,31 +309,71 @@ def run_boost(
         results[base] = {}
         for variant in VARIANTS:
             refine = variant == "with"
-            restorer = factory(base, refine=refine, refiner=refiner if refine else None, aligned=True, device=str(torch_device), sd_model=sd_model)
+            restorer = factory(
+                base, refine=refine, refiner=refiner if refine else None, aligned=True, device=str(torch_device),
+                sd_model=sd_model,
+            )
             evaluator = Evaluator(names, models=models, reference_stats=stats, size=size)
+            label = f"{base} {'+ refiner' if refine else 'alone'}"
             for start in range(0, len(faces), batch_size):
                 chunk = faces[start : start + batch_size]
                 restored = [r.image for r in restorer.restore_batch([lq for _, lq, _ in chunk])]
-                references = []
-                for (stem, _, hq), img in zip(chunk, restored):
-                    if hq is not None and hq.shape != img.shape:
-                        mismatch = f"{one_line(index[stem])}: {hq.shape[1]}×{hq.shape[0]} but the restored face is {img.shape[1]}×{img.shape[0]}; left out of paired metrics"
-                        if mismatch not in problems:
-                            problems.append(mismatch)
-                        hq = None
-                    references.append(hq)
-                evaluator.update(restored, references)
+                paired = [_paired(index, stem, hq, img, problems) for (stem, _, hq), img in zip(chunk, restored)]
+                evaluator.update(restored, paired)
                 for (stem, _, _), img in zip(chunk, restored):
                     if stem in shown:
                         _save_face(out / "faces" / base / variant / f"{stem}.png", img, guard, overwrite)
                 if on_progress is not None:
-                    on_progress(f"{base} {'+ refiner' if refine else 'alone'}", len(chunk))
+                    on_progress(label, len(chunk))
             results[base][variant] = evaluator.results()
             pairs = max(pairs, max((v.count for m, v in results[base][variant].items() if METRICS[m].kind == "pair"), default=0))
             del restorer
     report = BoostReport(bases, names, len(faces), pairs, results, problems)
     report.files = write_report(report, out, shown, any(hq is not None for _, _, hq in faces[:html_faces]), overwrite)
     return report
+
+
+def _read_faces(
+    data: Path | str, lq_paths: list[Path], index: dict[str, Path], problems: list[str]
+) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(stem, LQ, HQ or None) of every readable face, held in memory: aligned crops are small."""
+    faces = [(path.stem, rgb, read_reference(index, path.stem, problems)) for path, rgb in read_rgb(lq_paths, problems)]
+    if not faces:
+        raise InputError(f"{one_line(data)}: none of its images could be read")
+    return faces
+
+
+def _checked_bases(bases: Sequence[str], refiner: Path | str, out: Path, overwrite: bool) -> list[str]:
+    """The base names to compare, after the checks that need no model: one line for each mistake."""
+    bases = [b.strip() for b in bases if b.strip()]
+    if not bases:
+        raise UsageError("no base given; pass --base NAME[,NAME…] (e.g. gfpgan,codeformer)")
+    if len(set(bases)) != len(bases):
+        raise UsageError(f"a base is listed twice in {','.join(bases)}")
+    if not Path(refiner).is_dir():
+        raise UsageError(
+            f"{one_line(refiner)}: no such refiner folder; "
+            "train one or make a tiny test one with `bfrboost refiner init --tiny DIR`"
+        )
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{one_line(out / existing[0])}: already exists; pass --overwrite or choose another -o")
+    return bases
+
+
+def _paired(
+    index: dict[str, Path], stem: str, hq: np.ndarray | None, restored: np.ndarray, problems: list[str]
+) -> np.ndarray | None:
+    """The reference face to pair with ``restored``, or None (noted once in ``problems``) when the sizes differ."""
+    if hq is None or hq.shape == restored.shape:
+        return hq
+    mismatch = (
+        f"{one_line(index[stem])}: {hq.shape[1]}×{hq.shape[0]} but the restored face is "
+        f"{restored.shape[1]}×{restored.shape[0]}; left out of paired metrics"
+    )
+    if mismatch not in problems:
+        problems.append(mismatch)
+    return None
 
 
 def _save_face(path: Path, rgb: np.ndarray, guard: InputGuard, overwrite: bool) -> None:

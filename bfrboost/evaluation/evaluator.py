@@ -135,7 +135,8 @@ class Evaluator:
         if "ids" in wanted and (net := self._model("ids")) is not None:
             from bfrboost.metrics.ids import identity_similarities
 
-            self._values["ids"] += self._timed("ids", lambda: identity_similarities(net, [a for a, _ in pairs], [b for _, b in pairs]))
+            restored, references = [a for a, _ in pairs], [b for _, b in pairs]
+            self._values["ids"] += self._timed("ids", lambda: identity_similarities(net, restored, references))
 
     def _model_for_set(self) -> torch.nn.Module:
         name = "fid" if "fid" in self.metrics else "kid"
@@ -160,7 +161,10 @@ class Evaluator:
                 continue
             skip = None
             if reference is None:
-                skip = f"{name}: skipped, it needs a reference set: pass --reference-stats FILE (from `bfrboost eval stats`) or --reference HQ_DIR"
+                skip = (
+                    f"{name}: skipped, it needs a reference set: "
+                    "pass --reference-stats FILE (from `bfrboost eval stats`) or --reference HQ_DIR"
+                )
             elif len(features) < 2:
                 skip = f"{name}: skipped, it needs at least 2 faces, got {len(features)}"
             elif (why := reference.mismatch(features, self.size)) is not None:
@@ -187,7 +191,9 @@ class Evaluator:
             elif name in self._skipped:
                 out[name] = MetricValue(name, None, 0, self._seconds[name], self._skipped[name])
             elif not self._values[name] and METRICS[name].kind == "pair":
-                reason = f"{name}: skipped, it compares each face with its reference: pass --reference HQ_DIR (files matched by name)"
+                reason = (
+                    f"{name}: skipped, it compares each face with its reference: pass --reference HQ_DIR (files matched by name)"
+                )
                 out[name] = MetricValue(name, None, 0, self._seconds[name], reason)
             else:
                 values = self._values[name]

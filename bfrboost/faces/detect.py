@@ -251,23 +251,3 @@ def get_detector(name: str, device: str | torch.device = "cpu", **options: Any) 
     if spec is None:
         raise UsageError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
     return spec.load(device=device, **options)
-
-
-def select_faces(
-    faces: Sequence[Face],
-    image_shape: Sequence[int],
-    only_center: bool = False,
-    min_face: float = 0,
-    only_largest: bool = False,
-) -> list[Face]:
-    """Drop faces whose box is smaller than ``min_face`` pixels (longer side), then optionally keep
-    only the face nearest the image centre or the largest one."""
-    if only_center and only_largest:
-        raise UsageError("choose either only-center-face or only-largest-face, not both")
-    kept = [f for f in faces if max(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_face]
-    if not kept or not (only_center or only_largest):
-        return kept
-    if only_largest:
-        return [max(kept, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))]
-    centre = np.array([image_shape[1] / 2, image_shape[0] / 2])
-    return [min(kept, key=lambda f: float(np.hypot(*((f.box[:2] + f.box[2:]) / 2 - centre))))]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import torch
 
-from bfrboost.errors import InputError
+from bfrboost.errors import InputError, UsageError
 from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
-from bfrboost.faces.detect import get_detector, select_faces
+from bfrboost.faces.detect import Detector, get_detector
+from bfrboost.faces.select import FaceSelector, PersonMatcher, Selection, load_embedder, read_references
 from bfrboost.faces.types import FACE_SIZE, Face
 from bfrboost.options import DetectOptions
 
@@ -18,17 +21,31 @@ class FaceFinder:
 
     def __init__(self, options: DetectOptions, device: torch.device) -> None:
         self.aligned = options.aligned
-        self.only_center_face = options.only_center_face
-        self.min_face = int(options.min_face)
+        selection = Selection(face_index=options.face_index, largest=options.largest, only_center=options.only_center_face,
+                              min_face=int(options.min_face))
         self.detector = None if options.aligned else get_detector(options.detector, device=str(device))
+        self.selector = FaceSelector(selection, self._person(options, device))
         self._detector_name, self._device, self._reference_detector = options.detector, device, self.detector
 
-    def find(self, image: np.ndarray) -> list[Face]:
-        """Detected faces (boxes, landmarks), or the whole image as one face when ``aligned``."""
+    def _person(self, options: DetectOptions, device: torch.device) -> PersonMatcher | None:
+        if not options.person:
+            return None
+        if self.aligned:
+            raise UsageError("restoring one person needs face detection: drop --aligned (an aligned crop is one face)")
+        embedder = load_embedder(options.person_model, device=str(device))
+        return PersonMatcher.from_photos(read_references(options.person), embedder, self.detector, options.person_threshold)
+
+    def find(self, image: np.ndarray, detector: Detector | None = None) -> list[Face]:
+        """Detected faces (boxes, landmarks), or the whole image as one face when ``aligned``;
+        ``detector`` replaces this finder's own for this image (video: key frames and optical flow)."""
         if self.aligned:
             return [_whole_crop(image)]
-        faces = self.detector.detect(image)
-        return select_faces(faces, image.shape, only_center=self.only_center_face, min_face=self.min_face)
+        return self.selector.by_position((detector or self.detector).detect(image), image.shape)
+
+    def identify(self, faces: list[Face], memo: dict[Any, np.ndarray] | None = None) -> list[Face]:
+        """The aligned faces of the ``person`` references (all of them without references); ``memo``:
+        see :meth:`~bfrboost.faces.select.FaceSelector.by_person` (video: one match per track)."""
+        return self.selector.by_person(faces, memo)
 
     def align(self, image: np.ndarray, faces: list[Face]) -> None:
         """Cut each face's aligned crop (``face.crop``, ``face.affine``); aligned inputs already are."""

@@ -28,6 +28,7 @@ class Paster:
         self.aligned = aligned
         self.notes: list[str] = []
         self.mode = options.paste
+        self.blend = options.blend  # restored vs original face, applied to the crops before pasting
         self.color_match = options.color_match
         tile = options.bg_tile
         self.background = None if aligned else load_upsampler(options.bg_upsampler, self.upscale, device=device, tile=tile)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-FACE_SIZE = 512
-"""Side of the aligned face crops every face restorer works on (the FFHQ 512 template)."""
-
 from dataclasses import dataclass, field
 
 import numpy as np
+
+FACE_SIZE = 512
+"""Side of the aligned face crops every face restorer works on (the FFHQ 512 template)."""
 
 
 @dataclass

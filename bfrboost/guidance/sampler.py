@@ -74,7 +74,11 @@ def guided_step(
     eps, values = out[:, :channels], out[:, channels:]
     x0 = schedule.predict_x0(k, x, eps).clamp(-1, 1)
     mean = schedule.posterior_mean(k, x0, x)
-    log_var = schedule.learned_log_variance(k, values) if values.shape[1] == channels else torch.full_like(x, schedule.posterior_log_variance[k])
+    log_var = (
+        schedule.learned_log_variance(k, values)
+        if values.shape[1] == channels
+        else torch.full_like(x, schedule.posterior_log_variance[k])
+    )
     grad, losses = guidance_gradient(x0, guidance.terms, Step(x_t=x, t=t))
     if log is not None:
         log(t, losses)
@@ -88,8 +92,14 @@ def guided_step(
 
 @torch.no_grad()
 def sample(
-    prior: nn.Module, shape: Sequence[int], guidance: Guidance, *, steps: int = NUM_TIMESTEPS, seed: int = 1234,
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    prior: nn.Module,
+    shape: Sequence[int],
+    guidance: Guidance,
+    *,
+    steps: int = NUM_TIMESTEPS,
+    seed: int = 1234,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     on_step: Callable[[int, int], None] | None = None,
     log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> torch.Tensor:

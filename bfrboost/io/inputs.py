@@ -66,7 +66,9 @@ def collect_inputs(inputs: Iterable[str], recursive: bool = False, videos: bool 
             found, inside = _scan((Path(p) for p in sorted(glob.glob(os.path.expanduser(item), recursive=True))), extensions)
             problems += inside
             if not found and not inside:
-                problems.append(InputProblem(item, "pattern matches no images; check the pattern (quote it so the shell does not expand it)"))
+                problems.append(
+                    InputProblem(item, "pattern matches no images; check the pattern (quote it so the shell does not expand it)")
+                )
         else:
             problems.append(InputProblem(item, describe_missing(path)))
             continue

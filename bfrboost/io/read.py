@@ -112,11 +112,15 @@ def _read_bytes(path: Path, name: str) -> bytes:
     except FileNotFoundError:
         raise InputError(f"{name}: no such file; check the path") from None
     except IsADirectoryError:
-        raise InputError(f"{name}: is a folder, not an image file; give the folder itself as an input to restore the images in it") from None
+        raise InputError(
+            f"{name}: is a folder, not an image file; give the folder itself as an input to restore the images in it"
+        ) from None
     except PermissionError:
         raise InputError(f"{name}: permission denied; make it readable (chmod u+r) or copy it somewhere you can read") from None
     except OSError as exc:
-        raise InputError(f"{name}: cannot read ({exc.strerror or exc}); check the file and the disk it is on, or copy it elsewhere") from None
+        raise InputError(
+            f"{name}: cannot read ({exc.strerror or exc}); check the file and the disk it is on, or copy it elsewhere"
+        ) from None
 
 
 def _open(data: bytes, name: str) -> Image.Image:
@@ -130,7 +134,9 @@ def _open(data: bytes, name: str) -> Image.Image:
             if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # RIFF alone could be a WAV or AVI
                 kind = "WEBP"
             if kind is None:
-                raise InputError(f"{name}: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file") from None
+                raise InputError(
+                    f"{name}: not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"
+                ) from None
             raise InputError(f"{name}: damaged image data (unreadable {kind} header); {_REDO_DAMAGED}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise _decode_error(name, exc, data) from None

@@ -93,12 +93,21 @@ class ReferenceStats:
         kept = features
         if max_kid_features is not None and len(features) > max_kid_features:
             kept = features[np.sort(np.random.default_rng(seed).choice(len(features), max_kid_features, replace=False))]
-        return cls(mu=f64.mean(axis=0), sigma=np.cov(f64, rowvar=False), features=kept.astype(np.float32), count=len(features), size=size)
+        return cls(
+            mu=f64.mean(axis=0), sigma=np.cov(f64, rowvar=False), features=kept.astype(np.float32), count=len(features), size=size
+        )
 
     def save(self, path: Path | str, overwrite: bool = False) -> Path:
         buffer = io.BytesIO()
-        np.savez(buffer, format=np.array(STATS_FORMAT), mu=self.mu, sigma=self.sigma, features=self.features,
-                 count=np.array(self.count), size=np.array(self.size))
+        np.savez(
+            buffer,
+            format=np.array(STATS_FORMAT),
+            mu=self.mu,
+            sigma=self.sigma,
+            features=self.features,
+            count=np.array(self.count),
+            size=np.array(self.size),
+        )
         with atomic_open(path, overwrite) as file:
             file.write(buffer.getvalue())
         return Path(path)
@@ -106,7 +115,10 @@ class ReferenceStats:
     def mismatch(self, features: np.ndarray, size: int) -> str | None:
         """Why ``features`` (at ``size`` px) cannot be compared with these statistics, or ``None``."""
         if features.shape[1] != self.mu.shape[0] or size != self.size:
-            return f"the reference statistics hold {self.mu.shape[0]}-d features of {self.size} px images, these faces give {features.shape[1]}-d at {size} px"
+            return (
+                f"the reference statistics hold {self.mu.shape[0]}-d features of {self.size} px images, "
+                f"these faces give {features.shape[1]}-d at {size} px"
+            )
         return None
 
     @classmethod
@@ -115,10 +127,21 @@ class ReferenceStats:
         try:
             with np.load(path, allow_pickle=False) as data:
                 if str(data.get("format", "")) != STATS_FORMAT:
-                    raise InputError(f"{path}: not a bfrboost reference statistics file; make one with `bfrboost eval stats FFHQ_DIR -o {path.name}`")
-                return cls(mu=data["mu"], sigma=data["sigma"], features=data["features"], count=int(data["count"]), size=int(data["size"]))
+                    raise InputError(
+                        f"{path}: not a bfrboost reference statistics file; "
+                        f"make one with `bfrboost eval stats FFHQ_DIR -o {path.name}`"
+                    )
+                return cls(
+                    mu=data["mu"],
+                    sigma=data["sigma"],
+                    features=data["features"],
+                    count=int(data["count"]),
+                    size=int(data["size"]),
+                )
         except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{path}: cannot read reference statistics ({exc}); make them with `bfrboost eval stats FFHQ_DIR -o {path.name}`") from None
+            raise InputError(
+                f"{path}: cannot read reference statistics ({exc}); make them with `bfrboost eval stats FFHQ_DIR -o {path.name}`"
+            ) from None
 
 
 def fid(a: ReferenceStats, b: ReferenceStats) -> float:
@@ -137,15 +160,22 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100
     if n < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {len(a)} and {len(b)}")
     result = kid_features_to_metric(
-        torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(b)),
-        kid_subsets=subsets, kid_subset_size=n, rng_seed=seed, verbose=False,  # cubic kernel, γ = 1/2048, c = 1
+        torch.from_numpy(np.ascontiguousarray(a)),
+        torch.from_numpy(np.ascontiguousarray(b)),
+        kid_subsets=subsets,
+        kid_subset_size=n,
+        rng_seed=seed,
+        verbose=False,  # cubic kernel, γ = 1/2048, c = 1
     )
     return result[KEY_METRIC_KID_MEAN]
 
 
 def compute_reference_stats(
-    images: Sequence[np.ndarray] | Iterable[np.ndarray], device: str | torch.device = "cpu", size: int = DEFAULT_SIZE,
-    max_kid_features: int | None = 10000, net: torch.nn.Module | None = None,
+    images: Sequence[np.ndarray] | Iterable[np.ndarray],
+    device: str | torch.device = "cpu",
+    size: int = DEFAULT_SIZE,
+    max_kid_features: int | None = 10000,
+    net: torch.nn.Module | None = None,
 ) -> ReferenceStats:
     """Statistics of a reference set (e.g. FFHQ) for later FID/KID against it."""
     net = net or load_inception(device)

@@ -101,7 +101,11 @@ def niqe_gray(img: np.ndarray) -> float:
         normalised = (img - mu) / (sigma + 1)
         size = BLOCK // scale
         scales.append(
-            [_block_features(normalised[r * size : (r + 1) * size, c * size : (c + 1) * size]) for c in range(cols) for r in range(rows)]
+            [
+                _block_features(normalised[r * size : (r + 1) * size, c * size : (c + 1) * size])
+                for c in range(cols)
+                for r in range(rows)
+            ]
         )
         if scale == 1:
             img = imresize(img / 255.0, 0.5) * 255.0

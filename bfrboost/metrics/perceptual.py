@@ -39,8 +39,10 @@ def load_lpips_trunk(model: nn.Module, state: dict[str, torch.Tensor], source: s
     bad = [key for key, value in mapped.items() if value is None or value.shape != expected[key].shape]
     if bad:
         trunk = _TRUNK_NAMES.get(getattr(model, "pnet_type", ""), "AlexNet/VGG16")
-        raise WeightsError(f"{source}: not a torchvision {trunk} checkpoint, the LPIPS trunk ({len(bad)} tensor(s) missing or misshapen, "
-                           f"e.g. {'features.' + bad[0].split('.', 2)[2]!r}); run `bfrboost weights download lpips`")
+        raise WeightsError(
+            f"{source}: not a torchvision {trunk} checkpoint, the LPIPS trunk ({len(bad)} tensor(s) missing or misshapen, "
+            f"e.g. {'features.' + bad[0].split('.', 2)[2]!r}); run `bfrboost weights download lpips`"
+        )
     model.load_state_dict(mapped, strict=False)
 
 

@@ -44,10 +44,16 @@ def load_lora_state_dict(unet: nn.Module, state: dict[str, torch.Tensor], source
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         first = (missing or unexpected)[0]
-        raise WeightsError(f"{source}: LoRA weights do not match this UNet ({len(missing)} missing, {len(unexpected)} unexpected, e.g. {first}); re-create the refiner for this SD model")
+        raise WeightsError(
+            f"{source}: LoRA weights do not match this UNet ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"e.g. {first}); re-create the refiner for this SD model"
+        )
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
-            raise WeightsError(f"{source}: LoRA weight {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}; check the rank in config.json")
+            raise WeightsError(
+                f"{source}: LoRA weight {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}; "
+                "check the rank in config.json"
+            )
     unet.load_state_dict(state, strict=False)
 
 

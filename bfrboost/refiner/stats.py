@@ -116,7 +116,8 @@ def save_stats(directory: Path, stats: ManifoldStats) -> None:
 def refiner_vae(directory: Path, sd_model: str | Path | None = None) -> AutoencoderKL:
     """Only the frozen VAE is needed for statistics: skip loading the UNet."""
     if not (directory / CONFIG_NAME).is_file():
-        raise UsageError(f"{directory}: not a bfrboost refiner (no {CONFIG_NAME}); run `bfrboost refiner init` or train one first")
+        raise UsageError(
+            f"{directory}: not a bfrboost refiner (no {CONFIG_NAME}); run `bfrboost refiner init` or train one first"
+        )
     sd_dir = directory if is_self_contained(directory) else resolve_sd_dir(sd_model)
     return load_diffusers_module(AutoencoderKL, sd_dir / "vae")
-

@@ -152,11 +152,15 @@ class FileRunner:
         report.width, report.height = loaded.rgb.shape[1], loaded.rgb.shape[0]
         return loaded
 
-    def _flush(self, pending: list[tuple[FileReport, LoadedImage, OutputPlan, dict | None]], claims: Claims) -> Iterator[FileReport]:
+    def _flush(
+        self, pending: list[tuple[FileReport, LoadedImage, OutputPlan, dict | None]], claims: Claims
+    ) -> Iterator[FileReport]:
         if not pending:
             return
         results = self.restorer.restore_batch(
-            [loaded.rgb for _, loaded, _, _ in pending], [loaded.alpha for _, loaded, _, _ in pending], [targets for *_, targets in pending]
+            [loaded.rgb for _, loaded, _, _ in pending],
+            [loaded.alpha for _, loaded, _, _ in pending],
+            [targets for *_, targets in pending],
         )
         for (report, loaded, plan, _), result in zip(pending, results):
             yield self.deliver(report, loaded, plan, result, claims)
@@ -183,7 +187,9 @@ class FileRunner:
         image = result.image
         if options.draw_boxes and not self.restorer.aligned:
             image = draw_boxes(image, result.faces, self.restorer.upscale)
-        outputs = OutputSet(options.overwrite).add(plan.image, image_writer(plan.image, image, result.alpha, quality=options.quality, icc=icc))
+        outputs = OutputSet(options.overwrite).add(
+            plan.image, image_writer(plan.image, image, result.alpha, quality=options.quality, icc=icc)
+        )
         for index, face in enumerate(result.faces):
             files = plan.face_files(index)
             if "cropped" in files:
@@ -194,6 +200,8 @@ class FileRunner:
         return outputs
 
 
-def restore_files(restorer: Restorer, inputs: Sequence[Path], options: OutputOptions, images_per_batch: int = 4) -> Iterator[FileReport]:
+def restore_files(
+    restorer: Restorer, inputs: Sequence[Path], options: OutputOptions, images_per_batch: int = 4
+) -> Iterator[FileReport]:
     """Shorthand for ``FileRunner(restorer, options, images_per_batch).run(inputs)``."""
     return FileRunner(restorer, options, images_per_batch).run(inputs)

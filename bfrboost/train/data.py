@@ -22,17 +22,25 @@ def list_hq_faces(folder: Path) -> list[Path]:
     """Aligned faces under ``folder`` (recursive, sorted); an empty or missing folder is one line."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder of high-quality aligned faces; pass --data FFHQ_DIR (or faces from `bfrboost restore --save-faces`)")
+        raise InputError(
+            f"{folder}: no such folder of high-quality aligned faces; "
+            "pass --data FFHQ_DIR (or faces from `bfrboost restore --save-faces`)"
+        )
     paths = scan_folder(folder)
     if not paths:
-        raise InputError(f"{folder}: no images found; --data needs aligned 512 faces (FFHQ-512 layout, or `bfrboost restore --save-faces`)")
+        raise InputError(
+            f"{folder}: no images found; --data needs aligned 512 faces (FFHQ-512 layout, or `bfrboost restore --save-faces`)"
+        )
     return paths
 
 
 def split_faces(paths: Sequence[Path], val_count: int, seed: int) -> tuple[list[Path], list[Path]]:
     """(train, val): ``val_count`` faces chosen by ``seed``, the same on every run over the same folder."""
     if val_count < 0 or val_count >= len(paths):
-        raise InputError(f"need more faces than the validation split ({len(paths)} found, --val-count {val_count}); add faces or lower --val-count")
+        raise InputError(
+            f"need more faces than the validation split ({len(paths)} found, --val-count {val_count}); "
+            "add faces or lower --val-count"
+        )
     order = np.random.default_rng(seed).permutation(len(paths))
     val = sorted(int(i) for i in order[:val_count])
     chosen = set(val)

@@ -55,7 +55,10 @@ def load_vgg19_state(net: VGG19Features, state: dict[str, torch.Tensor], source:
     features = {k: v for k, v in state.items() if k in expected}
     missing = sorted(set(expected) - set(features))
     if missing or any(features[k].shape != expected[k].shape for k in expected):
-        raise WeightsError(f"{source}: not a torchvision VGG19 checkpoint ({len(missing)} missing, e.g. {missing[:1]}); run `bfrboost weights download vgg19`")
+        raise WeightsError(
+            f"{source}: not a torchvision VGG19 checkpoint ({len(missing)} missing, e.g. {missing[:1]}); "
+            "run `bfrboost weights download vgg19`"
+        )
     net.load_state_dict(features, strict=True)
 
 
@@ -99,5 +102,7 @@ class InfoBFRLoss(nn.Module):
             "lpips": self.lpips(x_hat, x).float().mean(),
             "info": info_loss.float(),
         }
-        terms["loss"] = w.mse * terms["mse"] + w.perceptual * terms["perceptual"] + w.lpips * terms["lpips"] + w.beta * terms["info"]
+        terms["loss"] = (
+            w.mse * terms["mse"] + w.perceptual * terms["perceptual"] + w.lpips * terms["lpips"] + w.beta * terms["info"]
+        )
         return terms

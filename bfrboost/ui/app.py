@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.errors import BfrboostError, InputError, UsageError
 from bfrboost.options import PasteOptions
 from bfrboost.ui.engine import (
     DEFAULT_MAX_PIXELS,
@@ -25,17 +25,24 @@ from bfrboost.ui.engine import (
     DEFAULT_MAX_VIDEO_MB,
     ClipOutcome,
     Engine,
+    Outcome,
     Settings,
     describe,
     has_fidelity,
 )
+from bfrboost.ui.jobs import Cancelled
 
 log = logging.getLogger("bfrboost.ui")
 
 DEFAULT_HOST = "127.0.0.1"
 PREVIEW_SIDE = 4096
 """Longest side of the images shown in the page; the download always has the full size."""
-_CSS = "#status p { margin: 0; } #status.error p { color: #b00020 !important; font-weight: 600; }"
+PREVIEW_UPLOAD = 1024
+"""Longest side of the upload's preview."""
+_CSS = (
+    "#status p { margin: 0; } #status.error p { color: #b00020 !important; font-weight: 600; } "
+    "#status.warning p { color: #a15c00 !important; font-weight: 600; }"
+)
 
 
 def _gradio() -> Any:
@@ -46,18 +53,127 @@ def _gradio() -> Any:
     return gradio
 
 
-def _preview(image: np.ndarray) -> np.ndarray:
+def _preview(image: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
     """A copy small enough for the browser: a 4× result of a big photo would be hundreds of MB as PNG."""
-    scale = PREVIEW_SIDE / max(image.shape[:2])
+    scale = side / max(image.shape[:2])
     if scale >= 1:
         return image
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def _status(text: str, error: bool = False) -> Any:
+def _status(text: str, kind: str = "") -> Any:
+    """The status line; ``kind`` ``error`` (red) or ``warning`` (orange) colours it."""
     gr = _gradio()
-    return gr.update(value=text, elem_classes=["error"] if error else [])
+    return gr.update(value=text, elem_classes=[kind] if kind else [])
+
+
+def _first_frame(path: Path, max_pixels: int) -> np.ndarray:
+    """The upload as the page previews it: a photo decoded as the restorer decodes it, a clip's first frame."""
+    from bfrboost.io.read import read_image
+    from bfrboost.io.video import is_video
+
+    if not is_video(path):
+        return read_image(path, name=path.name, max_pixels=max_pixels).rgb
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+            return frame.to_ndarray(format="rgb24")
+    except (av.FFmpegError, StopIteration, IndexError) as exc:
+        raise InputError(f"{path.name}: cannot decode video ({exc}); check that it is a complete video file") from None
+
+
+def _failed(text: str, kind: str = "error") -> tuple[Any, ...]:
+    """The run's outputs for a failure (or a cancel): one line in the status, no stale result."""
+    gr = _gradio()
+    hidden = gr.update(value=None, visible=False)
+    return _status(text, kind), gr.update(value=None), gr.update(value=None), hidden, hidden, hidden, gr.update(value=[])
+
+
+def _cleared() -> tuple[Any, ...]:
+    """The run's outputs the moment Restore is pressed: the last result and message go, the image
+    outputs show (empty) so the progress bar has a place."""
+    gr = _gradio()
+    empty, hidden = gr.update(value=None, visible=True), gr.update(value=None, visible=False)
+    return _status("starting…"), empty, empty, hidden, hidden, hidden, gr.update(value=[], visible=True)
+
+
+def _shown(outcome: Outcome | ClipOutcome) -> tuple[Any, ...]:
+    """The run's outputs for a result: the player for a clip, the slider, image and faces for a photo."""
+    gr = _gradio()
+    kind = "warning" if outcome.warnings else ""
+    if isinstance(outcome, ClipOutcome):
+        return (
+            _status(outcome.summary(), kind),
+            gr.update(value=None, visible=False),
+            gr.update(value=None, visible=False),
+            gr.update(value=str(outcome.video_path), visible=True),
+            gr.update(value=str(outcome.video_path), visible=True, label=f"download video ({outcome.video_path.name})"),
+            gr.update(value=str(outcome.report_path), visible=True),
+            gr.update(value=[], visible=False),
+        )
+    after = _preview(outcome.after)
+    summary = outcome.summary()
+    if after is not outcome.after:
+        height, width = outcome.after.shape[:2]
+        summary += f" · shown at {after.shape[1]}×{after.shape[0]}; the download has the full {width}×{height}"
+    return (
+        _status(summary, kind),
+        gr.update(value=(_preview(outcome.before), after), visible=True),
+        gr.update(value=after, visible=True),
+        gr.update(value=None, visible=False),
+        gr.update(value=str(outcome.image_path), visible=True, label=f"download image ({outcome.image_path.name})"),
+        gr.update(value=str(outcome.report_path), visible=True),
+        gr.update(value=outcome.faces, visible=True),
+    )
+
+
+def _settings(values: dict[str, Any]) -> Settings:
+    """The page's control values → :class:`Settings` (an empty face number means every face)."""
+    index = values["face_index"]
+    return Settings(
+        base=values["base"], fidelity=float(values["fidelity"]), refine=bool(values["refine"]), refiner=values["refiner"] or "",
+        refiner_strength=float(values["strength"]), bg_enhance=bool(values["bg"]), face_upsample=bool(values["face_upsample"]),
+        upscale=float(values["upscale"]), draw_boxes=bool(values["boxes"]), smooth=bool(values["smooth"]),
+        face_index=None if index is None or index == "" else int(index), largest=bool(values["largest"]),
+        person=tuple(str(p) for p in values["person"] or ()), blend=float(values["blend"]),
+    )
+
+
+def _run(engine: Engine, path: str | None, values: dict[str, Any], session: str, progress: Any) -> tuple[Any, ...]:
+    """One Restore press: wait in the engine's queue (the progress bar says what runs ahead), restore,
+    show. Cancelled (button, closed tab) or failed: one line, nothing stale."""
+    if not path:
+        return _failed("⚠ no image or video: upload one first")
+    name = Path(path).name
+    job = engine.submit(name, session)
+    try:
+        settings = _settings(values)
+        for line in engine.jobs.wait(job):
+            progress(0.0, desc=line)
+        outcome = engine.restore(path, settings, name=name, progress=lambda f, t: progress(f, desc=t), job=job)
+    except Cancelled:
+        return _failed("cancelled: nothing was kept; press Restore to run again", "warning")
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line on the page
+        if not isinstance(exc, BfrboostError):
+            log.exception("restore failed")  # the traceback goes to the server log, never the page
+        return _failed(f"⚠ {describe(exc)}")
+    finally:
+        engine.jobs.done(job)
+    return _shown(outcome)
+
+
+def _examples(engine: Engine) -> list[Path]:
+    """The project's demo photos (``bfrboost.demo``, from scikit-image's wheel), in the work folder."""
+    from bfrboost.demo import write_demo_photos
+
+    try:
+        return write_demo_photos(engine.root / "examples")
+    except Exception:  # noqa: BLE001 - examples are a convenience: the page works without them
+        log.exception("could not write the example photos")
+        return []
 
 
 def build_app(
@@ -75,120 +191,118 @@ def build_app(
     ``max_upload_mb`` caps images, ``max_video_mb`` clips.
     """
     gr = _gradio()
-
-    from bfrboost.backbones.registry import names
-
     engine = engine or Engine(
         device=device, cache_size=cache_size, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
         workdir=Path(workdir) if workdir is not None else None, max_video_mb=max_video_mb,
     )
-    bases = ["auto", *names()]
-
-    defaults = Settings()
     with gr.Blocks(title="bfrboost", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         app.engine = engine  # launch() reads its upload cap; tests read its cache
         gr.Markdown(
             "## bfrboost — blind face restoration\n"
             "Upload a photo or a video clip (mp4, mov, mkv, webm, avi), choose a base model (and optionally "
             "the InfoBFR refiner), press **Restore**. "
-            f"Images up to {engine.max_upload_mb:g} MB and {engine.max_pixels / 1e6:g} megapixels, "
-            f"clips up to {engine.max_video_mb:g} MB."
+            f"Images up to {engine.max_upload_mb:g} MB and {engine.max_pixels / 1e6:g} megapixels (larger results get a "
+            f"lower rescaling factor), clips up to {engine.max_video_mb:g} MB."
         )
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="input image or video", file_count="single", type="filepath", elem_id="upload")
-                base = gr.Dropdown(bases, value=defaults.base, label="base model", elem_id="base")
-                fidelity = gr.Slider(
-                    0, 1, value=defaults.fidelity, step=0.01, label="fidelity (0 = better quality, 1 = closer to the input)",
-                    info="CodeFormer w / VQFR fidelity ratio", interactive=has_fidelity("auto"), elem_id="fidelity",
-                )
-                with gr.Row():
-                    refine = gr.Checkbox(defaults.refine, label="InfoBFR refiner", elem_id="refine")
-                    strength = gr.Slider(
-                        0, 1, value=defaults.refiner_strength, step=0.05, label="refiner strength", elem_id="strength"
-                    )
-                refiner_dir = gr.Textbox(
-                    str(refiner or ""), label="refiner folder", placeholder="path to a refiner folder (save_pretrained layout)",
-                    elem_id="refiner",
-                )
-                with gr.Row():
-                    bg_enhance = gr.Checkbox(defaults.bg_enhance, label="background enhance (Real-ESRGAN)", elem_id="bg")
-                    face_upsample = gr.Checkbox(
-                        defaults.face_upsample, label="face upsample (with rescaling > 1)", elem_id="face-upsample"
-                    )
-                with gr.Row():
-                    draw_boxes = gr.Checkbox(defaults.draw_boxes, label="draw boxes (images)", elem_id="boxes")
-                    smooth = gr.Checkbox(
-                        defaults.smooth, label="steady faces (video: landmark smoothing)", elem_id="smooth"
-                    )
-                low, high = (PasteOptions.__dataclass_fields__["upscale"].metadata[k] for k in ("min", "max"))
-                upscale = gr.Slider(
-                    low, high, value=defaults.upscale, step=0.5, label=f"rescaling factor (up to {high:g})", elem_id="upscale"
-                )
-                run = gr.Button("Restore", variant="primary", elem_id="run")
+                upload, controls, run, cancel = _controls(gr, engine, refiner)
             with gr.Column(scale=2):
-                status = gr.Markdown("", elem_id="status")
-                compare = gr.ImageSlider(label="before / after", type="numpy", format="png", elem_id="compare")
-                result = gr.Image(label="result", type="numpy", format="png", interactive=False, elem_id="result")
-                video = gr.Video(label="restored video", format=None, interactive=False, visible=False, elem_id="video")
-                with gr.Row():
-                    get_image = gr.DownloadButton("download result", visible=False, elem_id="get-result")
-                    get_report = gr.DownloadButton("download JSON report", visible=False, elem_id="get-report")
-                gallery = gr.Gallery(label="faces: before | after", columns=2, object_fit="contain", format="png", elem_id="faces")
+                outputs = _outputs(gr)
+        status = outputs[0]
+        preview = controls.pop("preview")
+        upload.change(lambda path: _on_upload(engine, path), upload, [preview, status], queue=False)
+        names = list(controls)  # the settings' inputs, by the names _settings reads
 
-        def on_base(name: str) -> Any:
-            return gr.update(interactive=has_fidelity(name))
+        def on_run(data: dict, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio injects both
+            values = {name: data[controls[name]] for name in names}
+            return _run(engine, data[upload], values, request.session_hash or "", progress)
 
-        base.change(on_base, base, fidelity)
+        def on_cancel(request: gr.Request) -> None:
+            engine.jobs.cancel(request.session_hash or "")
 
-        def on_run(path, base_name, fid, refine_on, refiner_path, strength_value, bg, face_up, boxes, smooth_on, scale,
-                   progress=gr.Progress()):  # noqa: B008 - Gradio injects the tracker through this default
-            hidden = gr.update(visible=False)
-            if not path:
-                return _status("no image or video: upload one first", error=True), None, None, hidden, hidden, hidden, []
-            settings = Settings(
-                base=base_name, fidelity=float(fid), refine=bool(refine_on), refiner=refiner_path or "",
-                refiner_strength=float(strength_value), bg_enhance=bool(bg), face_upsample=bool(face_up),
-                upscale=float(scale), draw_boxes=bool(boxes), smooth=bool(smooth_on),
-            )
-            try:
-                outcome = engine.restore(path, settings, name=Path(path).name, progress=lambda f, t: progress(f, desc=t))
-            except Exception as exc:  # noqa: BLE001 - every failure becomes one line on the page
-                if not isinstance(exc, BfrboostError):
-                    log.exception("restore failed")  # the traceback goes to the server log, never the page
-                return _status(f"⚠ {describe(exc)}", error=True), None, None, hidden, hidden, hidden, []
-            if isinstance(outcome, ClipOutcome):
-                return (
-                    _status(outcome.summary()),
-                    gr.update(value=None, visible=False),
-                    gr.update(value=None, visible=False),
-                    gr.update(value=str(outcome.video_path), visible=True),
-                    gr.update(value=str(outcome.video_path), visible=True, label=f"download video ({outcome.video_path.name})"),
-                    gr.update(value=str(outcome.report_path), visible=True),
-                    gr.update(value=[], visible=False),
-                )
-            after = _preview(outcome.after)
-            summary = outcome.summary()
-            if after is not outcome.after:
-                height, width = outcome.after.shape[:2]
-                summary += f" · shown at {after.shape[1]}×{after.shape[0]}; the download has the full {width}×{height}"
-            return (
-                _status(summary),
-                gr.update(value=(_preview(outcome.before), after), visible=True),
-                gr.update(value=after, visible=True),
-                gr.update(value=None, visible=False),
-                gr.update(value=str(outcome.image_path), visible=True, label=f"download image ({outcome.image_path.name})"),
-                gr.update(value=str(outcome.report_path), visible=True),
-                gr.update(value=outcome.faces, visible=True),
-            )
-
-        run.click(
-            on_run,
-            [upload, base, fidelity, refine, refiner_dir, strength, bg_enhance, face_upsample, draw_boxes, smooth, upscale],
-            [status, compare, result, video, get_image, get_report, gallery],
-            concurrency_limit=1,  # one restore at a time: models are shared, CPU/GPU is the bottleneck
-        )
+        for handler in (on_run, on_cancel):  # the real class: Gradio finds the request by its annotation
+            handler.__annotations__["request"] = gr.Request
+        clear = run.click(_cleared, None, outputs, queue=False)
+        clear.then(on_run, {upload, *(controls[n] for n in names)}, outputs, concurrency_limit=16)
+        cancel.click(on_cancel, None, None, queue=False)
+        app.unload(on_cancel)  # a closed or reloaded tab cancels its jobs
     return app
+
+
+def _on_upload(engine: Engine, path: str | None) -> tuple[Any, Any]:
+    gr = _gradio()
+    if not path:
+        return gr.update(value=None, visible=False), _status("")
+    try:
+        return gr.update(value=_preview(_first_frame(Path(path), engine.max_pixels), PREVIEW_UPLOAD), visible=True), _status("")
+    except BfrboostError as exc:
+        return gr.update(value=None, visible=False), _status(f"⚠ {describe(exc)}", "error")
+
+
+def _controls(gr: Any, engine: Engine, refiner: str | Path | None) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The left column: upload, preview, examples, the restore options, face selection, Restore and Cancel."""
+    from bfrboost.backbones.registry import names
+
+    defaults = Settings()  # every default and bound comes from bfrboost.options, through Settings
+    upload = gr.File(label="input image or video", file_count="single", type="filepath", elem_id="upload")
+    c: dict[str, Any] = {"preview": gr.Image(label="preview", type="numpy", interactive=False, visible=False, height=220,
+                                             elem_id="preview")}
+    examples = _examples(engine)
+    if examples:
+        gr.Examples([[str(p)] for p in examples], inputs=[upload], label="example photos", elem_id="examples")
+    c["base"] = gr.Dropdown(["auto", *names()], value=defaults.base, label="base model", elem_id="base")
+    c["fidelity"] = gr.Slider(
+        0, 1, value=defaults.fidelity, step=0.01, label="fidelity (0 = better quality, 1 = closer to the input)",
+        info="CodeFormer w / VQFR fidelity ratio", interactive=has_fidelity("auto"), elem_id="fidelity",
+    )
+    c["base"].change(lambda name: gr.update(interactive=has_fidelity(name)), c["base"], c["fidelity"])
+    with gr.Row():
+        c["refine"] = gr.Checkbox(defaults.refine, label="InfoBFR refiner", elem_id="refine")
+        c["strength"] = gr.Slider(0, 1, value=defaults.refiner_strength, step=0.05, label="refiner strength", elem_id="strength")
+    c["refiner"] = gr.Textbox(str(refiner or ""), label="refiner folder", elem_id="refiner",
+                              placeholder="path to a refiner folder (save_pretrained layout)")
+    with gr.Row():
+        c["bg"] = gr.Checkbox(defaults.bg_enhance, label="background enhance (Real-ESRGAN)", elem_id="bg")
+        c["face_upsample"] = gr.Checkbox(
+            defaults.face_upsample, label="face upsample (with rescaling > 1)", elem_id="face-upsample"
+        )
+    with gr.Row():
+        c["boxes"] = gr.Checkbox(defaults.draw_boxes, label="draw boxes (images)", elem_id="boxes")
+        c["smooth"] = gr.Checkbox(defaults.smooth, label="steady faces (video: landmark smoothing)", elem_id="smooth")
+    low, high = (PasteOptions.__dataclass_fields__["upscale"].metadata[k] for k in ("min", "max"))
+    c["upscale"] = gr.Slider(
+        low, high, value=defaults.upscale, step=0.5, label=f"rescaling factor (up to {high:g})", elem_id="upscale"
+    )
+    with gr.Accordion("faces to restore", open=False, elem_id="faces-to-restore"):
+        with gr.Row():
+            c["face_index"] = gr.Number(
+                defaults.face_index, label="only face number (0 = leftmost; empty = all)", precision=0, minimum=0,
+                elem_id="face-index",
+            )
+            c["largest"] = gr.Checkbox(defaults.largest, label="only the largest face", elem_id="largest")
+        c["person"] = gr.File(label="only this person: reference photo(s), one person each", file_count="multiple",
+                              type="filepath", elem_id="person")
+        c["blend"] = gr.Slider(
+            0, 1, value=defaults.blend, step=0.05, label="blend (1 = restored face, 0 = original face)", elem_id="blend"
+        )
+    with gr.Row():
+        run = gr.Button("Restore", variant="primary", elem_id="run")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+    return upload, c, run, cancel
+
+
+def _outputs(gr: Any) -> list[Any]:
+    """The right column: status, before/after slider, result, player, downloads, faces (the run's outputs, in order)."""
+    status = gr.Markdown("", elem_id="status")
+    compare = gr.ImageSlider(label="before / after", type="numpy", format="png", elem_id="compare")
+    result = gr.Image(label="result", type="numpy", format="png", interactive=False, elem_id="result")
+    video = gr.Video(label="restored video", format=None, interactive=False, visible=False, elem_id="video")
+    with gr.Row():
+        get_image = gr.DownloadButton("download result", visible=False, elem_id="get-result")
+        get_report = gr.DownloadButton("download JSON report", visible=False, elem_id="get-report")
+    gallery = gr.Gallery(label="faces: before | after", columns=2, object_fit="contain", format="png", elem_id="faces")
+    return [status, compare, result, video, get_image, get_report, gallery]
 
 
 def launch(

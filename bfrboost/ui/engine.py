@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,21 +24,26 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, UsageError
-from bfrboost.options import OutputOptions, PasteOptions, RestoreOptions, VideoOptions, default_of
+from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions, VideoOptions, default_of
 from bfrboost.safety import one_line, write_bytes
+from bfrboost.ui.jobs import Checked, Job, JobQueue
+from bfrboost.ui.words import web_words
 
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_VIDEO_MB = 200
 DEFAULT_MAX_PIXELS = 40_000_000
-"""A web upload is a stranger's file: refuse big ones before decoding (the CLI's own guard is 200 MP)."""
+"""A web upload is a stranger's file: refuse big ones before decoding (the CLI's own guard is 200 MP).
+Results are capped at the same size: a larger rescaling factor is lowered, as CodeFormer's demo does."""
 
 Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The page's controls; everything but ``draw_boxes``, ``refiner_strength`` and ``smooth`` selects
-    the models. ``draw_boxes`` is for images, ``smooth`` (``--smooth/--no-smooth``) for clips."""
+    """The page's controls. The models depend on base, fidelity, refiner, background enhance, face
+    upsample and rescaling; the others are set on the loaded restorer for each run: ``draw_boxes``
+    (images), ``smooth`` (``--smooth/--no-smooth``, clips), and face selection: ``face_index``
+    (0 = leftmost), ``largest``, ``person`` (reference photo paths, one person each), ``blend``."""
 
     base: str = default_of(RestoreOptions, "base")
     fidelity: float = 0.5  # where the slider starts: CodeFormer's own w (the CLI leaves the base's default)
@@ -50,6 +55,10 @@ class Settings:
     upscale: float = default_of(PasteOptions, "upscale")
     draw_boxes: bool = default_of(OutputOptions, "draw_boxes")
     smooth: bool = default_of(VideoOptions, "smooth")
+    face_index: int | None = default_of(DetectOptions, "face_index")
+    largest: bool = default_of(DetectOptions, "largest")
+    person: tuple[str, ...] = default_of(DetectOptions, "person")
+    blend: float = default_of(PasteOptions, "blend")
 
     def restorer_kwargs(self, device: str) -> dict[str, Any]:
         """Keyword arguments of :class:`Restorer`, as ``bfrboost restore`` would build them.
@@ -125,9 +134,12 @@ class Outcome:
     report: dict[str, Any]
     faces: list[tuple[np.ndarray, str]] = field(default_factory=list)  # crop | restored, caption
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown first and in the warning colour
+    restored: bool = True  # False when the base fell back to none: faces found, not restored
 
     def summary(self) -> str:
-        return _summary(f"{len(self.faces)} face(s) restored", self.report["seconds"], self.notes)
+        what = f"{len(self.faces)} face(s) {'restored' if self.restored else 'found, none restored'}"
+        return _summary(what, self.report["seconds"], self.notes, self.warnings)
 
 
 @dataclass
@@ -138,9 +150,12 @@ class ClipOutcome:
     report_path: Path
     report: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    restored: bool = True
 
     def summary(self) -> str:
-        return _summary(f"{self.report['frames']} frames, {self.report['face_count']} face(s) restored", self.report["seconds"], self.notes)
+        faces = f"{self.report['face_count']} face(s) {'restored' if self.restored else 'found, none restored'}"
+        return _summary(f"{self.report['frames']} frames, {faces}", self.report["seconds"], self.notes, self.warnings)
 
 
 class Engine:
@@ -164,10 +179,12 @@ class Engine:
         self.max_pixels = max_pixels
         self.root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="bfrboost-ui-"))
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_output_pixels = max_pixels
         self.keep = keep
+        self.jobs = JobQueue()
         self._runs: list[Path] = []
         self._lock = threading.Lock()
-        self._busy = threading.Lock()
+        self._embedder: Any = None
 
     @property
     def max_request_bytes(self) -> int:
@@ -182,44 +199,107 @@ class Engine:
         if is_video(name) and size > self.max_video_bytes:
             raise InputError(
                 f"{name}: {size / 1024 / 1024:.1f} MB is over this app's video upload limit of {self.max_video_mb:g} MB; "
-                "upload a shorter clip, or restore it with `bfrboost restore` (--start/--duration restore a part)"
+                "upload a shorter clip"
             )
         if not is_video(name) and size > self.max_upload_bytes:
             raise InputError(
                 f"{name}: {size / 1024 / 1024:.1f} MB is over this app's upload limit of {self.max_upload_mb:g} MB; "
-                "use a smaller image, or the `bfrboost restore` command"
+                "use a smaller image"
             )
 
+    def submit(self, name: str, session: str = "") -> Job:
+        """Queue a job for the upload called ``name`` (its kind shows to the jobs behind it)."""
+        from bfrboost.io.video import is_video
+
+        return self.jobs.submit("clip" if is_video(name) else "photo", session)
+
     def restore(
-        self, upload: Path | str, settings: Settings, name: str | None = None, progress: Progress | None = None
+        self, upload: Path | str, settings: Settings, name: str | None = None, progress: Progress | None = None,
+        job: Job | None = None,
     ) -> Outcome | ClipOutcome:
         """Restore one uploaded file as ``bfrboost restore FILE`` would: a clip (by its extension, as
         the CLI decides) through the video runner, anything else as an image. Raises
-        :class:`BfrboostError` with one line naming the file (``name``: what the user called it)."""
+        :class:`BfrboostError` with one line naming the file (``name``: what the user called it), in
+        web words, and :class:`~bfrboost.ui.jobs.Cancelled` when ``job`` is cancelled. ``job``: from
+        :meth:`submit`, its turn already come (:meth:`JobQueue.wait`); without one, this call waits its turn."""
         from bfrboost.io.video import is_video
 
         upload = Path(upload)
         name = one_line(name or upload.name)
-        progress = progress or (lambda fraction, text: None)
-        progress(0.0, "checking the upload")
-        self.check_upload(upload, name)
-        if is_video(name):
-            return self._restore_clip(upload, settings, name, progress)
-        return self._restore_image(upload, settings, name, progress)
+        own = job is None
+        if job is None:
+            job = self.submit(name)
+            for _ in self.jobs.wait(job):
+                pass
+        report = progress or (lambda fraction, text: None)
 
-    def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress) -> Outcome:
+        def tracked(fraction: float, text: str) -> None:
+            job.progress = text
+            report(fraction, text)
+
+        try:
+            tracked(0.0, "checking the upload")
+            self.check_upload(upload, name)
+            if is_video(name):
+                return self._restore_clip(upload, settings, name, tracked, job)
+            return self._restore_image(upload, settings, name, tracked, job)
+        except BfrboostError as exc:
+            raise type(exc)(web_words(str(exc))) from None
+        finally:
+            if own:
+                self.jobs.done(job)
+
+    def _loaded(self, settings: Settings, progress: Progress) -> Any:
+        """The cached restorer for ``settings``, with this run's strength, face selection and blend."""
+        from bfrboost.faces.select import FaceSelector, PersonMatcher, Selection, load_embedder
+        from bfrboost.io.read import read_image
+
+        strength = _strength(settings.refiner_strength)
+        selection = Selection(face_index=settings.face_index, largest=settings.largest)
+        references = [(Path(p).name, read_image(p, name=Path(p).name, max_pixels=self.max_pixels).rgb) for p in settings.person]
+        restorer = self.cache.get(settings, progress)
+        restorer.refiner_strength = strength
+        restorer.paster.blend = _blend(settings.blend)
+        person = None
+        if references:
+            self._embedder = self._embedder or load_embedder("dlib")
+            person = PersonMatcher.from_photos(references, self._embedder, restorer.finder.detector)
+        restorer.finder.selector = FaceSelector(selection, person)
+        return restorer
+
+    def _fit(self, upload: Path, settings: Settings) -> tuple[Settings, list[str]]:
+        """Settings whose result stays under :attr:`max_output_pixels` (CodeFormer's demo lowers its
+        rescaling factor for big photos the same way), and the note that says so."""
+        import dataclasses
+
+        from PIL import Image
+
+        try:
+            with Image.open(upload) as image:
+                width, height = image.size
+        except Exception:  # noqa: BLE001 - not an image: the decoder says so, with its own message
+            return settings, []
+        scale = settings.upscale
+        while scale > 1 and width * height * scale * scale > self.max_output_pixels:
+            scale = max(1.0, scale - 0.5)
+        if scale == settings.upscale:
+            return settings, []
+        result = width * height * settings.upscale**2 / 1e6
+        note = (f"rescaling factor lowered from {settings.upscale:g} to {scale:g}: a {settings.upscale:g}× result of this "
+                f"{width}×{height} photo would be {result:.3g} MP, over this app's {self.max_output_pixels / 1e6:g} MP limit")
+        return dataclasses.replace(settings, upscale=scale), [note]
+
+    def _restore_image(self, upload: Path, settings: Settings, name: str, progress: Progress, job: Job) -> Outcome:
         from bfrboost.io.read import read_image
         from bfrboost.runners.files import FileRunner
 
-        strength = _strength(settings.refiner_strength)
+        settings, notes = self._fit(upload, settings)
         run = self._new_run()
         options = OutputOptions(outdir=run, draw_boxes=settings.draw_boxes, max_pixels=self.max_pixels)
-        with self._busy:  # one restore at a time: the cached models (and their strength) are shared
-            restorer = self.cache.get(settings, progress)
-            restorer.refiner_strength = strength
-            progress(0.3, "restoring faces")
-            (report,) = FileRunner(restorer, options).run([upload])
-            notes = list(restorer.notes)
+        restorer = self._loaded(settings, progress)
+        progress(0.3, "restoring faces")
+        (report,) = FileRunner(Checked(restorer, job), options).run([upload])
+        notes, warnings = _notes(restorer, settings, notes)
         if report.error is not None:
             raise InputError(_named(report.error, upload, name))
         progress(0.9, "preparing the result")
@@ -232,13 +312,12 @@ class Engine:
             for i, face in enumerate(report.faces)
         ]
         progress(1.0, "done")
-        return Outcome(before, after, image_path, report_path, payload, faces, notes)
+        return Outcome(before, after, image_path, report_path, payload, faces, notes, warnings, restored=not warnings)
 
-    def _restore_clip(self, upload: Path, settings: Settings, name: str, progress: Progress) -> ClipOutcome:
+    def _restore_clip(self, upload: Path, settings: Settings, name: str, progress: Progress, job: Job) -> ClipOutcome:
         """``bfrboost restore CLIP`` with the CLI's video defaults (mp4, crf 18, preset medium)."""
         from bfrboost.runners.video import VideoRunner
 
-        strength = _strength(settings.refiner_strength)
         run = self._new_run()
         options = VideoOptions(outdir=run, smooth=settings.smooth)
 
@@ -248,20 +327,18 @@ class Engine:
             else:
                 progress(0.3, f"restoring frames: {frames}")
 
-        with self._busy:
-            restorer = self.cache.get(settings, progress)
-            restorer.refiner_strength = strength
-            progress(0.3, "restoring frames")
-            (report,) = VideoRunner(restorer, options, progress=frames_done).run([upload])
-            notes = list(restorer.notes)
+        restorer = self._loaded(settings, progress)
+        progress(0.3, "restoring frames")
+        (report,) = VideoRunner(Checked(restorer, job), options, progress=frames_done).run([upload])
+        notes, warnings = _notes(restorer, settings, [])
         if report.error is not None:
             raise InputError(_named(report.error, upload, name))
         if settings.draw_boxes:
-            notes.append("draw boxes applies to images only (as with `bfrboost restore`)")
+            notes.append("draw boxes applies to photos only")
         video_path = Path(report.output)
         payload, report_path = _write_report(report, name, video_path)
         progress(1.0, "done")
-        return ClipOutcome(video_path, report_path, payload, notes)
+        return ClipOutcome(video_path, report_path, payload, notes, warnings, restored=not warnings)
 
     def close(self) -> None:
         """Remove the work folder and drop the models."""
@@ -286,10 +363,30 @@ def _write_report(report: Any, name: str, output: Path) -> tuple[dict[str, Any],
     return payload, path
 
 
-def _summary(what: str, seconds: dict[str, float], notes: list[str]) -> str:
-    """The page's status line: what was restored, total and per-stage seconds, then the notes."""
+def _summary(what: str, seconds: dict[str, float], notes: list[str], warnings: Sequence[str] = ()) -> str:
+    """The page's status line: warnings first, what was restored, total and per-stage seconds, then the notes."""
     stages = ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())
-    return " · ".join([f"{what}, {sum(seconds.values()):.2f} s ({stages})", *(f"note: {n}" for n in notes)])
+    total = f"{what}, {sum(seconds.values()):.2f} s ({stages})"
+    return " · ".join([*(f"⚠ {w}" for w in warnings), total, *(f"note: {n}" for n in notes)])
+
+
+def _notes(restorer: Any, settings: Settings, notes: list[str]) -> tuple[list[str], list[str]]:
+    """The run's notes in web words, and the warning when ``auto`` found no base weights (the
+    restorer's note about it names the missing file; the page says what it means instead)."""
+    from bfrboost.pipeline import AUTO_BASE
+
+    warnings = []
+    if settings.base == "auto" and restorer.base.name == "none":
+        warnings.append(f"no base model is installed on this server (the {AUTO_BASE} weights are missing): faces were only "
+                        "aligned and pasted back, not restored; choose a base model whose weights are installed")
+    kept = [web_words(n) for n in restorer.notes if not (warnings and "restoring with base 'none'" in n)]
+    return notes + kept, warnings
+
+
+def _blend(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"blend must be between 0 (original face) and 1 (restored face), got {value:g}")
+    return float(value)
 
 
 def _strength(value: float) -> float:
@@ -313,7 +410,7 @@ def _resized(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def describe(exc: BaseException) -> str:
     """The one line the page shows for any failure (no traceback ever reaches the page)."""
     if isinstance(exc, BfrboostError):
-        return one_line(exc)
+        return web_words(one_line(exc))
     return one_line(f"unexpected error ({type(exc).__name__}: {exc}); the server log has the details")
 
 

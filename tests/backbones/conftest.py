@@ -48,7 +48,9 @@ class Checkpoint(NamedTuple):
     state_dict: dict[str, torch.Tensor]
 
 
-def roundtrip_checkpoint(spec: BaseSpec, tmp_path: Path, wrapper: str | None = "params_ema", net: nn.Module | None = None) -> Checkpoint:
+def roundtrip_checkpoint(
+    spec: BaseSpec, tmp_path: Path, wrapper: str | None = "params_ema", net: nn.Module | None = None
+) -> Checkpoint:
     """Write ``net``'s (default: ``spec.build(None)``'s) weights as the official ``.pth`` and as safetensors."""
     net = spec.build(None) if net is None else net
     state_dict = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}

@@ -25,7 +25,9 @@ from bfrboost.weights import load_state_dict
 
 SPEC = difface.SPECS[0]
 TINY = DifFaceConfig(
-    unet=UNetConfig(image_size=64, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_resolutions=(16,), num_head_channels=32),
+    unet=UNetConfig(
+        image_size=64, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_resolutions=(16,), num_head_channels=32
+    ),
     restorer=RestorerConfig(img_size=64, embed_dim=16, depths=(2,), num_heads=(2,)),
 )
 
@@ -58,8 +60,14 @@ OFFICIAL_SHAPES = {
     "out.0.weight": (32,),
     "out.2.weight": (6, 32, 3, 3),
 }
-NOT_OFFICIAL = ["input_blocks.10.1.qkv.weight", "input_blocks.11.1.norm.weight", "output_blocks.12.1.qkv.weight",
-                "output_blocks.22.1.conv.weight", "input_blocks.1.0.skip_connection.weight", "label_emb.weight"]
+NOT_OFFICIAL = [
+    "input_blocks.10.1.qkv.weight",
+    "input_blocks.11.1.norm.weight",
+    "output_blocks.12.1.qkv.weight",
+    "output_blocks.22.1.conv.weight",
+    "input_blocks.1.0.skip_connection.weight",
+    "label_emb.weight",
+]
 OFFICIAL_FILE_BYTES = 639_362_581
 
 
@@ -170,8 +178,10 @@ def test_loads_released_layouts_and_restores_real_faces(testdata, tmp_path):
     save_file(prior, str(tmp_path / "prior.safetensors"))
     torch.save({"state_dict": {f"module.{k}": v for k, v in _restorer_as_released(2).items()}}, tmp_path / "swinir.pth")
     restorer = load_state_dict(tmp_path / "swinir.pth")  # upstream loaders unwrap both, so do we
-    nets = [difface.build(load_state_dict(tmp_path / f"prior.{ext}"), restorer_state_dict=restorer, config=TINY)
-            for ext in ("pth", "safetensors")]
+    nets = [
+        difface.build(load_state_dict(tmp_path / f"prior.{ext}"), restorer_state_dict=restorer, config=TINY)
+        for ext in ("pth", "safetensors")
+    ]
     torch.testing.assert_close(nets[0].prior.state_dict(), prior)
 
     faces = _faces(testdata)

@@ -230,7 +230,13 @@ def test_describe_gives_the_readme_table_row():
     assert row["display_name"] == "CodeFormer"
     assert (row["license"], row["commercial_use"], row["size"]) == ("S-Lab License 1.0", False, 376637898)
     assert row["knobs"] == {
-        "fidelity": {"default": 0.5, "type": "float", "low": 0.0, "high": 1.0, "help": "0 = best quality, 1 = closest to the input (upstream -w)"}
+        "fidelity": {
+            "default": 0.5,
+            "type": "float",
+            "low": 0.0,
+            "high": 1.0,
+            "help": "0 = best quality, 1 = closest to the input (upstream -w)",
+        }
     }
     assert registry.describe("none")["weight_file"] is None
     assert registry.describe("gfpgan-1.3")["size"] == 348632874

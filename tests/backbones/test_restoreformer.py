@@ -37,7 +37,15 @@ OFFICIAL_SHAPES = {
     "decoder.conv_out.weight": (3, 64, 3, 3),
 }
 # Same class at 32 base channels, one block per level, tiny codebook; run on 64 px crops.
-TINY = {**restoreformer.CONFIG, "ch": 32, "ch_mult": (1, 1, 1, 1, 1, 1), "num_res_blocks": 1, "n_embed": 64, "embed_dim": 16, "z_channels": 32}
+TINY = {
+    **restoreformer.CONFIG,
+    "ch": 32,
+    "ch_mult": (1, 1, 1, 1, 1, 1),
+    "num_res_blocks": 1,
+    "n_embed": 64,
+    "embed_dim": 16,
+    "z_channels": 32,
+}
 
 
 @pytest.fixture(scope="module")

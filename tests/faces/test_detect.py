@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bfrboost.errors import UsageError, WeightsError
-from bfrboost.faces import DETECTORS, Face, estimate_affine, get_detector, select_faces
+from bfrboost.faces import DETECTORS, Face, estimate_affine, get_detector
 from bfrboost.faces.detect import five_points_from_68, resolve
 from tests.faces.conftest import load_rgb
 
@@ -137,19 +137,6 @@ def test_retinaface_wrong_checkpoint_is_refused(_isolated_cache, trust_cache):
 
 def _face(x1, y1, x2, y2) -> Face:
     return Face(box=np.array([x1, y1, x2, y2], float), score=1.0, landmarks=np.zeros((5, 2)))
-
-
-def test_select_faces():
-    small, big, central = _face(0, 0, 20, 30), _face(10, 10, 110, 90), _face(180, 80, 220, 120)
-    faces = [small, big, central]
-    assert select_faces(faces, (200, 400)) == faces
-    assert select_faces(faces, (200, 400), min_face=30) == [small, big, central]
-    assert select_faces(faces, (200, 400), min_face=31) == [big, central]
-    assert select_faces(faces, (200, 400), only_center=True) == [central]
-    assert select_faces(faces, (200, 400), only_largest=True) == [big]
-    assert select_faces(faces, (200, 400), only_center=True, min_face=200) == []
-    with pytest.raises(UsageError, match="not both"):
-        select_faces(faces, (200, 400), only_center=True, only_largest=True)
 
 
 def test_retinaface_file_that_fails_verification_is_never_loaded(_isolated_cache):

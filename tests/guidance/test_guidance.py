@@ -131,7 +131,8 @@ def test_mask_zeroes_the_gradient_inside(data, tiny_prior):
     schedule, k = Schedule.respaced(20), 10
     prop = Unmasked(data["y"], data["mask"])
     plain = guided_step(tiny_prior, schedule, k, data["x"], Guidance(update="mean", scale=0.0), data["noise"])
-    guided = guided_step(tiny_prior, schedule, k, data["x"], Guidance([(1.0, prop)], "mean", 1.0, mask=data["mask"]), data["noise"])
+    guidance = Guidance([(1.0, prop)], "mean", 1.0, mask=data["mask"])
+    guided = guided_step(tiny_prior, schedule, k, data["x"], guidance, data["noise"])
     inside = data["mask"].bool().expand_as(plain)
     torch.testing.assert_close(guided[inside], plain[inside])
     assert (guided[~inside] - plain[~inside]).abs().mean() > 1e-3

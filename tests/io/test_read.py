@@ -237,11 +237,14 @@ def test_decompression_bomb_guard_and_override(tmp_path: Path, blocks: np.ndarra
     assert str(info.value) == (
         "bomb.png: image is 20000x15000 (300 MP), above the 200 MP safety limit; pass --max-pixels 300000000 to allow it"
     )
-    with pytest.raises(InputError, match=r"^bomb\.png: truncated image data \(the file is cut short\); re-download or re-export it$"):  # past the guard: decoding starts
+    truncated = r"^bomb\.png: truncated image data \(the file is cut short\); re-download or re-export it$"
+    with pytest.raises(InputError, match=truncated):  # past the guard: decoding starts
         read_image(bomb, name="bomb.png", max_pixels=300_000_000)
     assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's own guard is restored
     # 190 MP is under our limit but over Pillow's (2 x 89.5 MP): ours decides, Pillow's does not interfere
-    with pytest.raises(InputError, match=r"^big\.png: truncated image data \(the file is cut short\); re-download or re-export it$"):
+    with pytest.raises(
+        InputError, match=r"^big\.png: truncated image data \(the file is cut short\); re-download or re-export it$"
+    ):
         read_image(png_bytes(19000, 10000, 8, 0, bytes(1000)), name="big.png")
 
     path = _save(Image.fromarray(blocks), tmp_path / "small.png")
@@ -273,8 +276,14 @@ def test_damaged_header_and_non_images(tmp_path: Path, blocks: np.ndarray) -> No
     cases = {
         "header.png": (_encoded(blocks, "PNG")[:30], "damaged image data (unreadable PNG header); re-download or re-export it"),
         "empty.jpg": (b"", "empty file (0 bytes); re-export or re-download it"),
-        "notes.jpg": (b"shopping list: eggs, milk\n", "not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"),
-        "sound.webp": (b"RIFF\x24\x00\x00\x00WAVEfmt ", "not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file"),
+        "notes.jpg": (
+            b"shopping list: eggs, milk\n",
+            "not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file",
+        ),
+        "sound.webp": (
+            b"RIFF\x24\x00\x00\x00WAVEfmt ",
+            "not an image (unrecognised file format); give a JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF file",
+        ),
         "cut.webp": (b"RIFF\x24\x00\x00\x00WEBP", "damaged image data (unreadable WEBP header); re-download or re-export it"),
     }
     for name, (data, reason) in cases.items():
@@ -290,7 +299,10 @@ def test_damaged_header_and_non_images(tmp_path: Path, blocks: np.ndarray) -> No
     assert str(info.value) == f"{tmp_path / 'missing.png'}: no such file; check the path"
     with pytest.raises(InputError) as info:
         read_image(tmp_path)
-    assert str(info.value) == f"{tmp_path}: is a folder, not an image file; give the folder itself as an input to restore the images in it"
+    assert (
+        str(info.value)
+        == f"{tmp_path}: is a folder, not an image file; give the folder itself as an input to restore the images in it"
+    )
 
 
 def test_unreadable_and_special_files_say_what_to_do(tmp_path: Path, blocks: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,7 +311,11 @@ def test_unreadable_and_special_files_say_what_to_do(tmp_path: Path, blocks: np.
     os.mkfifo(tmp_path / "pipe.png")
     with pytest.raises(InputError) as info:  # never opened: reading a FIFO would block
         read_image(tmp_path / "pipe.png")
-    assert str(info.value) == f"{tmp_path / 'pipe.png'}: is a named pipe (FIFO), not a regular file; save the image to a file, or pipe it in with '-'"
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'pipe.png'}: is a named pipe (FIFO), not a regular file; "
+        "save the image to a file, or pipe it in with '-'"
+    )
     path = _save(Image.fromarray(blocks), tmp_path / "locked.png")
 
     def denied(self: Path) -> bytes:

@@ -42,7 +42,10 @@ def paired(tmp_path, aligned_faces) -> tuple[Path, Path]:
 
 def test_eval_identical_folders(paired, niqe_file, arcface_file):
     _, hq = paired
-    result = runner.invoke(app, ["eval", "--restored", str(hq), "--reference", str(hq), "--metrics", "psnr,ssim,ids,niqe", "--device", "cpu", "--json"])
+    result = runner.invoke(
+        app,
+        ["eval", "--restored", str(hq), "--reference", str(hq), "--metrics", "psnr,ssim,ids,niqe", "--device", "cpu", "--json"],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     metrics = report["metrics"]
@@ -56,13 +59,18 @@ def test_eval_without_reference_skips_paired_metrics_with_a_line(paired):
     lq, _ = paired
     result = runner.invoke(app, ["eval", "--restored", str(lq), "--metrics", "psnr", "--device", "cpu"])
     assert result.exit_code == 0
-    assert "bfrboost: psnr: skipped, it compares each face with its reference: pass --reference HQ_DIR (files matched by name)" in result.stderr
+    assert (
+        "bfrboost: psnr: skipped, it compares each face with its reference: pass --reference HQ_DIR (files matched by name)"
+        in result.stderr
+    )
 
 
 def test_eval_reports_a_bad_file_and_goes_on(paired):
     lq, hq = paired
     (lq / "9999.png").write_bytes(b"not an image")
-    result = runner.invoke(app, ["eval", "--restored", str(lq), "--reference", str(hq), "--metrics", "psnr", "--device", "cpu", "--json"])
+    result = runner.invoke(
+        app, ["eval", "--restored", str(lq), "--reference", str(hq), "--metrics", "psnr", "--device", "cpu", "--json"]
+    )
     assert result.exit_code == 1
     assert json.loads(result.stdout)["pairs"] == 3
     assert re.search(r"9999\.png: .*\n", result.stderr)
@@ -72,7 +80,11 @@ def test_eval_missing_weights_is_one_line_naming_the_command(paired):
     lq, hq = paired
     result = runner.invoke(app, ["eval", "--restored", str(lq), "--reference", str(hq), "--metrics", "ids", "--device", "cpu"])
     assert result.exit_code == 1
-    assert result.stderr == "bfrboost: recognition_arcface_ir_se50.pth: the IDS weights are not in the cache; run `bfrboost weights download arcface`\n"
+    assert (
+        result.stderr
+        == "bfrboost: recognition_arcface_ir_se50.pth: the IDS weights are not in the cache; "
+        "run `bfrboost weights download arcface`\n"
+    )
 
 
 def test_eval_usage_errors(paired, tmp_path):
@@ -94,7 +106,9 @@ def test_eval_stats_then_kid_against_them(paired, inception_file, tmp_path):
     again = runner.invoke(app, ["eval", "stats", str(hq), "-o", str(out)])
     assert again.exit_code == 2 and "already exists; pass --overwrite" in again.stderr
     # KID against the saved statistics: the same faces give the KID of the stored features with themselves
-    result = runner.invoke(app, ["eval", "--restored", str(hq), "--reference-stats", str(out), "--metrics", "kid", "--device", "cpu", "--json"])
+    result = runner.invoke(
+        app, ["eval", "--restored", str(hq), "--reference-stats", str(out), "--metrics", "kid", "--device", "cpu", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["metrics"]["kid"]["value"] == pytest.approx(kid(stats.features, stats.features), abs=1e-6)
 
@@ -126,8 +140,17 @@ def test_boost_writes_tables_that_agree(paired, tiny_refiner, inception_file, ni
     lq, hq = paired
     out = tmp_path / "boost"
     metrics = ["fid", "kid", "niqe", "psnr", "ssim", "ids"]
-    report = run_boost(["none"], tiny_refiner, lq, out, reference=hq, metrics=metrics, device="cpu",
-                       models=MetricModels("cpu", inception_feature="64"), batch_size=3)
+    report = run_boost(
+        ["none"],
+        tiny_refiner,
+        lq,
+        out,
+        reference=hq,
+        metrics=metrics,
+        device="cpu",
+        models=MetricModels("cpu", inception_feature="64"),
+        batch_size=3,
+    )
     assert set(report.files) == {"boost.md", "boost.csv", "boost.json", "boost.png", "index.html"}
     assert all(p.is_file() and p.stat().st_size > 0 for p in report.files.values())
     data = json.loads((out / "boost.json").read_text())
@@ -150,11 +173,22 @@ def test_boost_writes_tables_that_agree(paired, tiny_refiner, inception_file, ni
     # base "none" returns the LQ crop: PSNR/SSIM without the refiner are those of LQ vs HQ
     from bfrboost.metrics.fidelity import psnr
 
-    lq_psnr = np.mean([psnr(np.asarray(Image.open(p).convert("RGB")), np.asarray(Image.open(hq / p.name).convert("RGB"))) for p in sorted(lq.iterdir())])
+    lq_psnr = np.mean(
+        [
+            psnr(np.asarray(Image.open(p).convert("RGB")), np.asarray(Image.open(hq / p.name).convert("RGB")))
+            for p in sorted(lq.iterdir())
+        ]
+    )
     assert rows[("none", "psnr")]["without"] == pytest.approx(lq_psnr)
     assert rows[("none", "psnr")]["with"] != rows[("none", "psnr")]["without"]  # the refiner changed the faces
     page = (out / "index.html").read_text()
-    for rel in ("faces/input/0000.png", "faces/none/without/0000.png", "faces/none/with/0000.png", "faces/reference/0000.png", "boost.png"):
+    for rel in (
+        "faces/input/0000.png",
+        "faces/none/without/0000.png",
+        "faces/none/with/0000.png",
+        "faces/reference/0000.png",
+        "boost.png",
+    ):
         assert rel in page and (out / rel).is_file()
     assert Image.open(out / "boost.png").format == "PNG"
 
@@ -162,15 +196,35 @@ def test_boost_writes_tables_that_agree(paired, tiny_refiner, inception_file, ni
 def test_boost_cli_refuses_to_overwrite_and_checks_inputs(paired, tiny_refiner, tmp_path):
     lq, hq = paired
     out = tmp_path / "boost"
-    args = ["eval", "boost", "--base", "none", "--refiner", str(tiny_refiner), "--data", str(lq), "--reference", str(hq),
-            "--metrics", "psnr,ssim", "-o", str(out), "--device", "cpu", "--json"]
+    args = [
+        "eval",
+        "boost",
+        "--base",
+        "none",
+        "--refiner",
+        str(tiny_refiner),
+        "--data",
+        str(lq),
+        "--reference",
+        str(hq),
+        "--metrics",
+        "psnr,ssim",
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [r["metric"] for r in data["rows"]] == ["psnr", "ssim"]
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and again.stderr.startswith(f"bfrboost: {out / 'boost.md'}: already exists; pass --overwrite")
-    missing = runner.invoke(app, ["eval", "boost", "--base", "none", "--refiner", str(tmp_path / "nope"), "--data", str(lq), "-o", str(tmp_path / "x")])
+    missing = runner.invoke(
+        app,
+        ["eval", "boost", "--base", "none", "--refiner", str(tmp_path / "nope"), "--data", str(lq), "-o", str(tmp_path / "x")],
+    )
     assert missing.exit_code == 2 and "no such refiner folder" in missing.stderr
 
 
@@ -212,9 +266,23 @@ class _FakeRestorer:
 
 def test_boost_with_several_bases_keeps_their_order_and_directions(paired, tiny_refiner, tmp_path):
     lq, hq = paired
-    report = run_boost(["sharp", "blurry"], tiny_refiner, hq, tmp_path / "b", reference=hq, metrics="psnr,ssim", device="cpu",
-                       restorer_factory=_FakeRestorer, html_faces=2)
-    assert [(r.base, r.metric) for r in report.rows] == [("sharp", "psnr"), ("sharp", "ssim"), ("blurry", "psnr"), ("blurry", "ssim")]
+    report = run_boost(
+        ["sharp", "blurry"],
+        tiny_refiner,
+        hq,
+        tmp_path / "b",
+        reference=hq,
+        metrics="psnr,ssim",
+        device="cpu",
+        restorer_factory=_FakeRestorer,
+        html_faces=2,
+    )
+    assert [(r.base, r.metric) for r in report.rows] == [
+        ("sharp", "psnr"),
+        ("sharp", "ssim"),
+        ("blurry", "psnr"),
+        ("blurry", "ssim"),
+    ]
     sharp_psnr = report.rows[0]
     assert sharp_psnr.without == float("inf") and sharp_psnr.better == "without"  # the base alone is the reference itself
     assert sharp_psnr.difference is None  # no finite difference to inf

@@ -43,7 +43,9 @@ def test_psnr_and_ssim_equal_scikit_image_on_real_photos(aligned_faces):
     for face, quality in zip(aligned_faces[:3], (20, 50, 80)):
         degraded = _jpeg(face, quality)
         y, y_ref = rgb_to_y(degraded), rgb_to_y(face)
-        expected_ssim = structural_similarity(y, y_ref, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+        expected_ssim = structural_similarity(
+            y, y_ref, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+        )
         assert ssim(degraded, face) == pytest.approx(expected_ssim, abs=1e-9)
         assert psnr(degraded, face) == pytest.approx(peak_signal_noise_ratio(y_ref, y, data_range=255), abs=1e-9)
     assert ssim(_jpeg(face, 10), face) < ssim(_jpeg(face, 90), face) < 1
@@ -71,9 +73,14 @@ def test_fid_of_a_set_against_itself_is_zero_and_positive_against_another(incept
 def test_fid_matches_torchmetrics(inception64, inception_file, aligned_faces):
     torchmetrics_fid = pytest.importorskip("torchmetrics.image.fid")
     a, b = aligned_faces[:3] + [f[::-1] for f in aligned_faces[:3]], aligned_faces[3:] + [f[:, ::-1] for f in aligned_faces[3:]]
-    ours = fid(ReferenceStats.from_features(inception_features(inception64, a), 512), ReferenceStats.from_features(inception_features(inception64, b), 512))
+    ours = fid(
+        ReferenceStats.from_features(inception_features(inception64, a), 512),
+        ReferenceStats.from_features(inception_features(inception64, b), 512),
+    )
     # antialias=False: torchmetrics' default antialiased resize departs from the TF-exact one of FID
-    metric = torchmetrics_fid.FrechetInceptionDistance(feature=64, feature_extractor_weights_path=str(inception_file), antialias=False)
+    metric = torchmetrics_fid.FrechetInceptionDistance(
+        feature=64, feature_extractor_weights_path=str(inception_file), antialias=False
+    )
     metric.update(torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).contiguous(), real=True)
     metric.update(torch.from_numpy(np.stack(b)).permute(0, 3, 1, 2).contiguous(), real=False)
     assert ours == pytest.approx(float(metric.compute()), rel=1e-3)
@@ -153,7 +160,9 @@ def test_lpips_refuses_a_non_vgg_checkpoint(_isolated_cache, trust_cache):
     torch.save({"conv1.weight": torch.zeros(1)}, _isolated_cache / VGG16_FILE)
     with pytest.raises(WeightsError) as err:
         load_lpips()
-    assert "not a torchvision VGG16 checkpoint" in str(err.value) and str(err.value).endswith("run `bfrboost weights download lpips`")
+    assert "not a torchvision VGG16 checkpoint" in str(err.value) and str(err.value).endswith(
+        "run `bfrboost weights download lpips`"
+    )
 
 
 def test_ids_of_identical_faces_is_one(aligned_faces, monkeypatch):
@@ -237,7 +246,11 @@ def test_musiq_through_pyiqa_loads_the_cached_checkpoint_quietly(_isolated_cache
 @pytest.mark.parametrize(
     ("metric", "message"),
     [
-        ("fid", "weights-inception-2015-12-05-6726825d.pth: the FID weights are not in the cache; run `bfrboost weights download inception`"),
+        (
+            "fid",
+            "weights-inception-2015-12-05-6726825d.pth: the FID weights are not in the cache; "
+            "run `bfrboost weights download inception`",
+        ),
         ("lpips", "vgg16-397923af.pth: the LPIPS weights are not in the cache; run `bfrboost weights download lpips`"),
         ("ids", "recognition_arcface_ir_se50.pth: the IDS weights are not in the cache; run `bfrboost weights download arcface`"),
         ("niqe", "niqe_pris_params.npz: the NIQE weights are not in the cache; run `bfrboost weights download niqe`"),

@@ -54,11 +54,22 @@ def make_sd_folder(tiny_dir: Path, sd: Path, scheduler: dict | None = None):
     (sd / "tokenizer").mkdir()
     (sd / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
     (sd / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!")
+    tokenizer = CLIPTokenizer(
+        str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!"
+    )
     tokenizer.save_pretrained(str(sd / "tokenizer"))
     torch.manual_seed(0)
-    text_config = CLIPTextConfig(vocab_size=3, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 max_position_embeddings=5, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    text_config = CLIPTextConfig(
+        vocab_size=3,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=5,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     encoder = CLIPTextModel(text_config).eval()
     encoder.save_pretrained(str(sd / "text_encoder"))
     return encoder

@@ -75,7 +75,9 @@ def test_per_element_statistics_are_used_elementwise():
     b.set_stats(mean, torch.full((8, 4, 4), 1e-6))
     z = b(torch.zeros(3, 8, 4, 4)).z
     torch.testing.assert_close(z, mean.expand(3, -1, -1, -1), atol=0.05, rtol=0)  # σ clamped to 0.01
-    with pytest.raises(UsageError, match=r"per-element statistics are \(4, 4\) but the manifold is \(8, 8\); recompute stats at this face size"):
+    with pytest.raises(
+        UsageError, match=r"per-element statistics are \(4, 4\) but the manifold is \(8, 8\); recompute stats at this face size"
+    ):
         b(torch.zeros(1, 8, 8, 8))
 
 

@@ -52,7 +52,9 @@ def test_at_init_lora_is_a_noop_and_x0_follows_the_scheduler(tiny_dir, predictio
     with torch.no_grad():
         got = model.denoise(latent)
         pred = plain(latent, 499, encoder_hidden_states=prompt.expand(2, -1, -1)).sample
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type, clip_sample=False)
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type, clip_sample=False
+    )
     want = scheduler.step(pred, 499, latent).pred_original_sample
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -109,7 +111,9 @@ def test_refine_maps_unit_range_to_unit_range_deterministically(tiny_dir, faces)
     assert y.shape == x01.shape and y.dtype == torch.float32
     assert y.min() >= 0 and y.max() <= 1
     assert torch.equal(refiner.refine(x01), y)  # seeded inference noise: same face, same output
-    with pytest.raises(UsageError, match=r"^refiner input must be \(B, 3, H, W\) with H, W multiples of 8, got \(2, 3, 60, 64\)$"):
+    with pytest.raises(
+        UsageError, match=r"^refiner input must be \(B, 3, H, W\) with H, W multiples of 8, got \(2, 3, 60, 64\)$"
+    ):
         refiner.refine(x01[..., :60, :])
 
 
@@ -119,7 +123,9 @@ def test_saving_a_fused_refiner_is_refused(tiny_dir, tmp_path):
 
 
 def test_missing_refiner_and_missing_sd_model_are_one_line_errors(tiny, tmp_path):
-    with pytest.raises(WeightsError, match=rf"^{tmp_path}: not a bfrboost refiner \(needs config.json and refiner.safetensors\); "):
+    with pytest.raises(
+        WeightsError, match=rf"^{tmp_path}: not a bfrboost refiner \(needs config.json and refiner.safetensors\); "
+    ):
         InfoBFR.from_pretrained(tmp_path)
     tiny.save_pretrained(tmp_path)
     with pytest.raises(WeightsError) as err:  # SD 2.1 is not in the (empty, offline) weights cache
@@ -153,7 +159,9 @@ def test_lora_rank_mismatch_is_refused(tiny, tiny_dir, tmp_path):
     tiny.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(config | {"rank": 8, "lora_alpha": 8}))
-    with pytest.raises(WeightsError, match=r"LoRA weight .* has shape \(4, .*\), expected \(8, .*\); check the rank in config.json"):
+    with pytest.raises(
+        WeightsError, match=r"LoRA weight .* has shape \(4, .*\), expected \(8, .*\); check the rank in config.json"
+    ):
         InfoBFR.from_pretrained(tmp_path, sd_model=tiny_dir)
 
 
@@ -212,7 +220,10 @@ def test_a_refiner_without_statistics_is_refused_for_training_and_inference(tiny
     (tmp_path / "config.json").write_text(json.dumps(config))
     shutil.copytree(tiny_dir / "vae", tmp_path / "vae")
     shutil.copytree(tiny_dir / "unet", tmp_path / "unet")
-    hint = r"no manifold statistics \(stats_faces = 0\); compute them with `bfrboost refiner stats --faces HQ_FACES_DIR --refiner REFINER_DIR` \(train computes its own\)$"
+    hint = (
+        r"no manifold statistics \(stats_faces = 0\); compute them with "
+        r"`bfrboost refiner stats --faces HQ_FACES_DIR --refiner REFINER_DIR` \(train computes its own\)$"
+    )
     with pytest.raises(UsageError, match=f"^{tmp_path}: " + hint):
         load_refiner(tmp_path)
     model = InfoBFR.from_pretrained(tmp_path, fuse_lora=False).train()
@@ -251,9 +262,20 @@ def test_a_mismatching_text_encoder_is_refused(tmp_path):
     (sd / "tokenizer").mkdir(parents=True)
     (sd / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
     (sd / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!").save_pretrained(str(sd / "tokenizer"))
-    text_config = CLIPTextConfig(vocab_size=3, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 max_position_embeddings=5, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    CLIPTokenizer(
+        str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!"
+    ).save_pretrained(str(sd / "tokenizer"))
+    text_config = CLIPTextConfig(
+        vocab_size=3,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=5,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     CLIPTextModel(text_config).save_pretrained(str(sd / "text_encoder"))
     weights_file = sd / "text_encoder" / "model.safetensors"
     state = load_file(weights_file)
@@ -265,5 +287,7 @@ def test_a_mismatching_text_encoder_is_refused(tmp_path):
     key = next(k for k in state if k.endswith("final_layer_norm.weight"))
     del state[key]
     save_file(state, str(weights_file))
-    with pytest.raises(WeightsError, match=r"text-encoder weights do not match .*\(1 missing, e.g. '(text_model\.)?final_layer_norm.weight'\)"):
+    with pytest.raises(
+        WeightsError, match=r"text-encoder weights do not match .*\(1 missing, e.g. '(text_model\.)?final_layer_norm.weight'\)"
+    ):
         encode_empty_prompt(sd)

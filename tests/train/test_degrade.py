@@ -64,8 +64,10 @@ def test_every_range_is_honoured():
     skipped = sum(4 - len(p.order) for p in draws) / (4 * len(draws))
     assert 0.05 < skipped < 0.15  # skip_prob 0.1
     defaults = [sample_params(s) for s in range(300)]
-    assert all(0.1 <= min(p.sigma) and max(p.sigma) <= 10 and 0.8 <= p.scale <= 8 and 0 <= p.noise <= 20 and 60 <= p.quality <= 100
-               for p in defaults)
+    assert all(
+        0.1 <= min(p.sigma) and max(p.sigma) <= 10 and 0.8 <= p.scale <= 8 and 0 <= p.noise <= 20 and 60 <= p.quality <= 100
+        for p in defaults
+    )
     assert all(p.order == ["blur", "down", "noise", "jpeg"] for p in draws if len(p.order) == 4)  # the formula's order
     shuffled = [sample_params(s, DegradeConfig(shuffle_prob=1.0, skip_prob=0.0)).order for s in range(50)]
     assert len({tuple(o) for o in shuffled}) > 5
@@ -74,12 +76,16 @@ def test_every_range_is_honoured():
 def test_each_operation_alone_is_what_it_says(face):
     only = lambda op, **kw: apply_degradation(face, DegradeParams(order=[op], **kw))  # noqa: E731
     blurred = only("blur", sigma=(2.0, 2.0))
-    want = cv2.filter2D(face.astype(np.float32), -1, gaussian_kernel(41, 2.0).astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
+    want = cv2.filter2D(
+        face.astype(np.float32), -1, gaussian_kernel(41, 2.0).astype(np.float32), borderType=cv2.BORDER_REFLECT_101
+    )
     np.testing.assert_array_equal(blurred, np.clip(np.rint(want), 0, 255).astype(np.uint8))
     down = only("down", scale=4.0)
     assert down.shape == face.shape
     small = cv2.resize(face.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(down, np.clip(np.rint(cv2.resize(small, (128, 128), interpolation=cv2.INTER_CUBIC)), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        down, np.clip(np.rint(cv2.resize(small, (128, 128), interpolation=cv2.INTER_CUBIC)), 0, 255).astype(np.uint8)
+    )
     noisy = only("noise", noise=10.0, noise_seed=3).astype(np.float64) - face
     assert abs(noisy[(face > 40) & (face < 215)].std() - 10.0) < 0.3
 
@@ -111,7 +117,9 @@ def test_cli_is_reproducible_per_file_and_never_overwrites_inputs(testdata, tmp_
     first = runner.invoke(app, ["degrade", str(src), "-o", str(tmp_path / "a"), "--seed", "5"])
     assert first.exit_code == 1  # the broken file fails, the others are written
     assert "broken.png" in first.stderr and first.stdout == f"2 image(s) degraded into {tmp_path / 'a'}, 1 failed (seed 5)\n"
-    alone = runner.invoke(app, ["degrade", str(src / "0368.png"), "-o", str(tmp_path / "b"), "--seed", "5", "--jpeg-quality", "60", "100"])
+    alone = runner.invoke(
+        app, ["degrade", str(src / "0368.png"), "-o", str(tmp_path / "b"), "--seed", "5", "--jpeg-quality", "60", "100"]
+    )
     assert alone.exit_code == 0, alone.output
     a, b = (np.asarray(Image.open(tmp_path / d / "0368.png")) for d in ("a", "b"))
     assert np.array_equal(a, b)  # same file, same seed: same output, whatever else was in the run

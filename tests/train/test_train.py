@@ -30,8 +30,22 @@ TINY = ["--tiny", "--base", "none", "--steps", str(STEPS), "--batch-size", "2", 
 @pytest.fixture(scope="module")
 def run(testdata, tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "run"
-    config = TrainConfig(out=out, data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=STEPS, batch_size=2, lr=3e-2,
-                         warmup=1, val_count=2, repeats=2, checkpoint_every=15, val_every=15, device="cpu")
+    config = TrainConfig(
+        out=out,
+        data=testdata / "aligned",
+        bases=["none"],
+        tiny=True,
+        size=64,
+        steps=STEPS,
+        batch_size=2,
+        lr=3e-2,
+        warmup=1,
+        val_count=2,
+        repeats=2,
+        checkpoint_every=15,
+        val_every=15,
+        device="cpu",
+    )
     warnings = []
     trainer = Trainer(config, warn=warnings.append, arcface=random_arcface(0))
     result = trainer.run()
@@ -80,8 +94,10 @@ def test_validation_ids_is_the_arcface_cosine_of_refined_and_ground_truth(run):
 def test_validation_uses_the_cached_arcface_or_says_once_why_not(monkeypatch):
     notes = []
     assert validation_arcface("cpu", notes.append) is None
-    assert notes == ["validation without identity cosine (ids): the ArcFace weights are not in the cache; "
-                     "run `bfrboost weights download arcface` to add it"]
+    assert notes == [
+        "validation without identity cosine (ids): the ArcFace weights are not in the cache; "
+        "run `bfrboost weights download arcface` to add it"
+    ]
     path = weights.manifest()[ARCFACE_FILE].path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"present")
@@ -126,7 +142,9 @@ def test_resume_from_a_mid_run_checkpoint_gives_exactly_the_next_losses(run, tmp
     shutil.rmtree(copy / "refiner")
     result = runner.invoke(app, ["train", "--out", str(copy), "--resume", *TINY])
     assert result.exit_code == 0, result.output
-    assert read(copy / "log.jsonl") == [{**r, "seconds": r2["seconds"]} for r, r2 in zip(read(out / "log.jsonl"), read(copy / "log.jsonl"))]
+    assert read(copy / "log.jsonl") == [
+        {**r, "seconds": r2["seconds"]} for r, r2 in zip(read(out / "log.jsonl"), read(copy / "log.jsonl"))
+    ]
     first, again = read(out / "log.jsonl")[15:], read(copy / "log.jsonl")[15:]
     assert [r["loss"] for r in again] == [r["loss"] for r in first]  # bit for bit, from step 16 on
     assert [r["step"] for r in read(copy / "val.jsonl")] == [0, 15, 30]
@@ -145,7 +163,9 @@ def test_one_line_errors(tmp_path, run):
     (tmp_path / "empty").mkdir()
     empty = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "empty"), *TINY])
     assert empty.exit_code == 1
-    assert empty.stderr.endswith("no images found; --data needs aligned 512 faces (FFHQ-512 layout, or `bfrboost restore --save-faces`)\n")
+    assert empty.stderr.endswith(
+        "no images found; --data needs aligned 512 faces (FFHQ-512 layout, or `bfrboost restore --save-faces`)\n"
+    )
     assert empty.stderr.count("\n") == 1
     again = runner.invoke(app, ["train", "--out", str(out), "--data", str(tmp_path / "empty"), *TINY])
     assert again.exit_code == 2 and "already holds a training run; pass --resume to continue it" in again.stderr
@@ -154,8 +174,23 @@ def test_one_line_errors(tmp_path, run):
 
 
 def test_training_from_cached_vae_moments(testdata, tmp_path):
-    config = TrainConfig(out=tmp_path / "run", data=testdata / "aligned", bases=["none"], tiny=True, size=64, steps=3, batch_size=2, lr=3e-2,
-                         warmup=1, val_count=2, repeats=1, checkpoint_every=3, val_every=3, moments=True, device="cpu")
+    config = TrainConfig(
+        out=tmp_path / "run",
+        data=testdata / "aligned",
+        bases=["none"],
+        tiny=True,
+        size=64,
+        steps=3,
+        batch_size=2,
+        lr=3e-2,
+        warmup=1,
+        val_count=2,
+        repeats=1,
+        checkpoint_every=3,
+        val_every=3,
+        moments=True,
+        device="cpu",
+    )
     result = Trainer(config, warn=lambda m: None).run()
     assert (result / "refiner.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "cache" / "cache.json").read_text())["config"]["moments"] is True
@@ -169,16 +204,33 @@ def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
     init_tiny(tmp_path / "r")
     config = json.loads((tmp_path / "r" / "config.json").read_text()) | {"stats_faces": 0}
     (tmp_path / "r" / "config.json").write_text(json.dumps(config))
-    result = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--cache", str(out / "cache"), "--stats-from", str(tmp_path / "r"), *TINY])
+    result = runner.invoke(
+        app, ["train", "--out", str(tmp_path / "new"), "--cache", str(out / "cache"), "--stats-from", str(tmp_path / "r"), *TINY]
+    )
     assert result.exit_code == 2
-    assert result.stderr == (f"bfrboost: {tmp_path / 'r'}: --stats-from has no statistics either; "
-                             f"run `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n")
+    assert result.stderr == (
+        f"bfrboost: {tmp_path / 'r'}: --stats-from has no statistics either; "
+        f"run `bfrboost refiner stats --faces HQ_DIR --refiner {tmp_path / 'r'}`\n"
+    )
 
 
 def test_bf16_autocast_keeps_trainables_float32_and_frozen_parts_bf16(run, tmp_path):
     out, _, _, _ = run
-    config = TrainConfig(out=tmp_path / "run", cache=out / "cache", bases=["none"], tiny=True, size=64, steps=2, batch_size=2, lr=3e-2,
-                         warmup=1, checkpoint_every=2, val_every=2, device="cpu", precision="bf16")
+    config = TrainConfig(
+        out=tmp_path / "run",
+        cache=out / "cache",
+        bases=["none"],
+        tiny=True,
+        size=64,
+        steps=2,
+        batch_size=2,
+        lr=3e-2,
+        warmup=1,
+        checkpoint_every=2,
+        val_every=2,
+        device="cpu",
+        precision="bf16",
+    )
     trainer = Trainer(config, warn=lambda m: None)
     result = trainer.run()
     log = read(tmp_path / "run" / "log.jsonl")
@@ -199,12 +251,25 @@ def test_out_of_memory_names_the_flags_that_help(run, tmp_path, monkeypatch):
     monkeypatch.setattr(losses.InfoBFRLoss, "forward", oom)
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--cache", str(out / "cache"), *TINY])
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[-1] + "\n" == ("bfrboost: out of GPU memory at --batch-size 2, 64 px; pass --grad-checkpoint, "
-                             "or a smaller --batch-size with --accumulate N to keep the effective batch\n")
+    assert result.stderr.splitlines()[-1] + "\n" == (
+        "bfrboost: out of GPU memory at --batch-size 2, 64 px; pass --grad-checkpoint, "
+        "or a smaller --batch-size with --accumulate N to keep the effective batch\n"
+    )
 
 
 def small_run(cache, out, **kw) -> Trainer:
-    settings = dict(bases=["none"], tiny=True, size=64, steps=3, batch_size=2, lr=3e-2, warmup=1, checkpoint_every=1, val_every=100, device="cpu")
+    settings = dict(
+        bases=["none"],
+        tiny=True,
+        size=64,
+        steps=3,
+        batch_size=2,
+        lr=3e-2,
+        warmup=1,
+        checkpoint_every=1,
+        val_every=100,
+        device="cpu",
+    )
     config = TrainConfig(out=out, cache=cache, **(settings | kw))
     trainer = Trainer(config, warn=lambda m: None)
     trainer.run()
@@ -245,9 +310,35 @@ def test_two_processes_with_torchrun(run, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "bfrboost", "train",
-               "--out", str(tmp_path / "ddp"), "--cache", str(out / "cache"), "--tiny", "--base", "none", "--steps", "2", "--batch-size", "1",
-               "--warmup", "1", "--checkpoint-every", "2", "--val-every", "2", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "-m",
+        "bfrboost",
+        "train",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--cache",
+        str(out / "cache"),
+        "--tiny",
+        "--base",
+        "none",
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--warmup",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--val-every",
+        "2",
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("trained refiner written") == 1  # one line per run, not per process
@@ -261,8 +352,27 @@ def test_resume_refuses_another_cache(run, tmp_path, testdata):
     out, _, _, _ = run
     copy = tmp_path / "run"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("refiner"))
-    other = runner.invoke(app, ["train", "cache", "--data", str(testdata / "aligned"), "-o", str(tmp_path / "other"), "--base", "none",
-                                "--size", "64", "--repeats", "1", "--val-count", "2", "--device", "cpu"])
+    other = runner.invoke(
+        app,
+        [
+            "train",
+            "cache",
+            "--data",
+            str(testdata / "aligned"),
+            "-o",
+            str(tmp_path / "other"),
+            "--base",
+            "none",
+            "--size",
+            "64",
+            "--repeats",
+            "1",
+            "--val-count",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )
     assert other.exit_code == 0, other.output
     result = runner.invoke(app, ["train", "--out", str(copy), "--cache", str(tmp_path / "other"), "--resume", *TINY])
     assert result.exit_code == 2 and "not the cache this run was trained on" in result.stderr

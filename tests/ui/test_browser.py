@@ -19,7 +19,14 @@ import pytest
 from PIL import Image
 
 CHROMIUM = Path(os.environ.get("BFRBOOST_CHROMIUM", "/usr/bin/chromium"))  # Debian's package: make browser
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 TIMEOUT_MS = 90_000
 
 
@@ -39,7 +46,9 @@ def served(tmp_path_factory):
     from bfrboost.ui import launch
 
     port = _free_port()
-    app = launch(port=port, block=False, device="cpu", max_upload_mb=5, max_video_mb=5, workdir=tmp_path_factory.mktemp("ui_work"))
+    app = launch(
+        port=port, block=False, device="cpu", max_upload_mb=5, max_video_mb=5, workdir=tmp_path_factory.mktemp("ui_work")
+    )
     url = f"http://127.0.0.1:{port}/"
     elsewhere: list[str] = []
 
@@ -127,7 +136,9 @@ def test_restore_in_the_browser_equals_the_cli(served, testdata: Path, tmp_path:
         page.locator("#get-report").click()
     report = json.loads(Path(download.value.path()).read_text())
     assert report.keys() == line.keys()
-    assert {k: report[k] for k in ("width", "height", "faces", "error")} == {k: line[k] for k in ("width", "height", "faces", "error")}
+    assert {k: report[k] for k in ("width", "height", "faces", "error")} == {
+        k: line[k] for k in ("width", "height", "faces", "error")
+    }
     assert (report["input"], report["output"]) == ("00.jpg", "00.jpg")
 
     status = page.locator("#status").inner_text().strip()
@@ -146,7 +157,10 @@ def test_a_text_file_shows_one_line_in_the_page(served, tmp_path: Path):
     if page.locator("#upload button[aria-label='Clear']").count():
         page.locator("#upload button[aria-label='Clear']").first.click()
     upload(page, text)
+    page.wait_for_selector("#status.error")  # the preview already says so, before Restore
+    assert page.locator("#status").inner_text().strip().startswith("⚠ notes.txt: not an image")
     page.locator("#run").click()
+    page.wait_for_function("() => !document.querySelector('#status').classList.contains('error')")  # cleared at once
     page.wait_for_selector("#status.error")
     screenshot(page, tmp_path, "ui_error")
     message = page.locator("#status").inner_text().strip()
@@ -216,4 +230,138 @@ def test_an_upload_over_the_cap_is_refused_with_a_clear_message(served, tmp_path
     assert '"big.png"' in toast.inner_text()
     assert app.engine.max_upload_bytes == 5 * 1024 * 1024
     assert not list(Path(app.engine.root).rglob("big.png"))  # never reached the restorer
+    assert elsewhere == []
+
+
+def fresh(page) -> None:
+    """The page as a new visitor sees it (a reload: a new session, every control at its default)."""
+    page.reload()
+    page.wait_for_selector("#run")
+
+
+def _second_tab(page, elsewhere: list[str]):
+    """Another tab of the same browser: a session of its own, held to the app like the first."""
+    url = page.url
+    other = page.context.browser.new_page(viewport={"width": 1280, "height": 900})
+    other.set_default_timeout(TIMEOUT_MS)
+
+    def only_loopback(route):
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    other.route("**/*", only_loopback)
+    other.goto(url)
+    other.wait_for_selector("#run")
+    return other
+
+
+def _until(page, done, what: str, timeout: float = 60.0):
+    """Poll ``done()`` through Playwright's own wait: a plain sleep would hold the page's routed
+    requests (sync Playwright answers them only while the test is inside a Playwright call)."""
+    deadline = time.monotonic() + timeout
+    while not (value := done()):
+        assert time.monotonic() < deadline, what
+        page.wait_for_timeout(20)
+    return value
+
+
+def test_cancel_queue_and_closed_tab(served, testdata: Path, tmp_path: Path, monkeypatch):
+    """A long clip runs in tab 1; tab 2's photo waits and says what runs ahead (a clip, its frame
+    progress); Cancel stops the clip within 2 s and tab 2's photo runs; closing a tab stops its clip."""
+    from bfrboost.io.read import read_image
+    from bfrboost.pipeline import Restorer
+    from tests.support.clips import make_pan_clip
+
+    app, page, elsewhere = served
+    clip = make_pan_clip(read_image(testdata / "whole" / "03.jpg").rgb, tmp_path / "long.mp4", (320, 180), 60, audio=False)
+    finish = Restorer.finish
+    monkeypatch.setattr(Restorer, "finish", lambda self, prepared: (time.sleep(0.2), finish(self, prepared))[1])  # 12 s or more
+    fresh(page)
+    upload(page, clip)
+    choose_base(page, "none")
+    page.locator("#run").click()
+    job = _until(page, app.engine.jobs.running, "no job started")
+    other = _second_tab(page, elsewhere)
+    upload(other, testdata / "whole" / "04.jpg")
+    choose_base(other, "none")
+    other.locator("#run").click()
+    other.wait_for_function("() => /waiting: 1 job ahead — a clip, restoring frames: \\d+ of 60/.test(document.body.innerText)")
+    screenshot(other, tmp_path, "ui_queue")
+
+    start = time.monotonic()
+    page.locator("#cancel").click()
+    cancel_s = _until(page, lambda: job.ended, "the clip did not stop") - start
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('cancelled: nothing was kept')")
+    screenshot(page, tmp_path, "ui_cancelled")
+    assert cancel_s < 2.0, f"cancel took {cancel_s:.2f} s"
+    other.wait_for_selector("#result img")
+    assert other.locator("#status").inner_text().strip().startswith("1 face(s) restored, ")
+    assert not list(Path(app.engine.root).rglob("long.mp4"))  # nothing of the cancelled clip is kept
+
+    other.locator("#upload button[aria-label='Clear']").first.click()
+    upload(other, clip)
+    other.locator("#run").click()
+    second = _until(other, lambda: (job := app.engine.jobs.running()) and "restoring frames:" in job.progress and job, "no clip")
+    start = time.monotonic()
+    other.close()
+    closed_s = _until(page, lambda: second.ended, "closing the tab did not stop the clip") - start
+    assert second.cancelled.is_set() and closed_s < 5.0, f"closing the tab stopped the clip after {closed_s:.2f} s"
+    print(f"cancel button: {cancel_s:.2f} s, closed tab: {closed_s:.2f} s")
+    assert elsewhere == []
+
+
+def test_examples_preview_web_words_and_face_selection(served, testdata: Path, tmp_path: Path):
+    """An example photo with base auto and no weights: a preview, then a warning in web words. A group
+    photo with face number 2 and a lowered rescaling factor: one face, and a note saying why."""
+    from bfrboost.ui.words import has_cli_words
+
+    app, page, elsewhere = served
+    fresh(page)
+    page.locator("#examples").get_by_text("astronaut_degraded.jpg").click()
+    page.wait_for_selector("#upload :text('astronaut_degraded')")  # the page shows the name and extension apart
+    page.wait_for_selector("#preview img")
+    choose_base(page, "auto")
+    page.locator("#run").click()
+    page.wait_for_selector("#status.warning")
+    status = page.locator("#status").inner_text().strip()
+    assert status.startswith("⚠ no base model is installed on this server (the gfpgan weights are missing)")
+    assert "face(s) found, none restored" in status and not has_cli_words(status)
+    screenshot(page, tmp_path, "ui_fallback")
+
+    page.locator("#upload button[aria-label='Clear']").first.click()
+    upload(page, testdata / "whole" / "01.jpg")  # 4 faces, 248×189
+    choose_base(page, "none")
+    page.get_by_text("faces to restore").click()
+    page.locator("#face-index input").fill("2")
+    app.engine.max_output_pixels = 100_000  # 2× would be 187 500 pixels
+    try:
+        page.locator("#run").click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('1 face(s) restored')")
+    finally:
+        app.engine.max_output_pixels = app.engine.max_pixels
+    status = page.locator("#status").inner_text()
+    assert "note: rescaling factor lowered from 2 to 1: a 2× result of this 248×189 photo would be 0.187 MP" in status
+    assert page.locator("#faces img").count() == 1
+    screenshot(page, tmp_path, "ui_face_index")
+
+    folder = testdata / "faces" / "whole"  # two people side by side; the reference: another photo of the right one
+    pair = [np.asarray(Image.open(folder / n).convert("RGB")) for n in ("dlib_John_Savage_000264_01099001.jpg",
+                                                                         "dlib_John_Simm_000288_00470387.jpg")]
+    Image.fromarray(np.concatenate(pair, axis=1)).save(tmp_path / "two.png")
+    page.locator("#upload button[aria-label='Clear']").first.click()
+    upload(page, tmp_path / "two.png")
+    page.locator("#face-index input").fill("")
+    page.locator("#person input[type=file]").set_input_files(str(folder / "dlib_John_Simm_000300_00470148.jpg"))
+    page.wait_for_selector("#person :text('dlib_John_Simm_000300_00470148')")
+    page.locator("#blend input[type=number]").fill("0.5")
+    page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('1 face(s) restored')")
+    with page.expect_download() as download:
+        page.locator("#get-report").click()
+    (face,) = json.loads(Path(download.value.path()).read_text())["faces"]
+    assert face["box"][0] > 150  # the right-hand person (each photo is 150 px wide)
+    screenshot(page, tmp_path, "ui_person")
     assert elsewhere == []
