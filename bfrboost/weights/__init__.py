@@ -28,6 +28,6 @@ from bfrboost.weights.fetch import download
 
 __all__ = [
     "LOCK_FILE", "VERIFY_CACHE", "Card", "CheckpointMismatch", "WeightFile", "cards", "cards_dir", "check_state_dict",
-    "download", "ensure", "home", "import_file", "is_offline", "load_checkpoint", "load_into", "load_state_dict", "manifest", "resolve",
-    "sd21_dir", "status", "verify",
+    "download", "ensure", "home", "import_file", "is_offline", "load_checkpoint", "load_into", "load_state_dict", "manifest",
+    "resolve", "sd21_dir", "status", "verify",
 ]
