@@ -28,7 +28,6 @@ from bfrboost import weights
 from bfrboost.backbones.spec import CheckpointMismatch, build_strict
 from bfrboost.errors import UsageError, WeightsError
 
-METHODS = ("codeformer", "pgdiff")
 #: Tasks each one-pass network serves: file, architecture settings, fidelity weight w, AdaIN.
 NETWORKS: dict[str, dict] = {
     "colorize": dict(file="codeformer_colorization.pth", codebook_size=1024, w=0.0, adain=True),
