@@ -58,7 +58,7 @@ bench: setup
 	$(PY) bench/bench_faces.py
 	$(PY) bench/bench_backbones.py
 	$(PY) bench/bench_refiner.py --real
-	$(PY) bench/bench_guidance.py --real
+	$(PY) bench/bench_guidance.py --cuda
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_video.py
 	$(PY) bench/bench_train.py

@@ -25,7 +25,15 @@ VIDEO_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", 
 PASTE_MODES = ("residual", "direct")
 RUNTIMES = ("torch", "onnx")
 BG_UPSAMPLERS = ("none", "realesrgan")
-REF_LOSSES = ("mse", "cos")
+#: Default identity weight per loss, on L2-normalised ArcFace embeddings. Cosine ignores the
+#: embedding's norm, so upstream's ``-cos × 1e4`` carries over unchanged; on unit vectors
+#: ‖a − b‖² = 2 − 2·cos, whose gradient is twice −cos's, so the same pull needs 1e4 / 2 = 5e3 with
+#: ``mse`` (upstream's raw-embedding ``mse × 25`` equals it when the raw norm is √(5e3/25) ≈ 14).
+IDENTITY_WEIGHT = {"mse": 5e3, "cos": 1e4}
+REF_LOSSES = tuple(IDENTITY_WEIGHT)
+#: ``pgdiff``: guided sampling from the FFHQ prior; ``codeformer``: CodeFormer's one-pass task networks
+#: (colorize, inpaint); ``auto``: codeformer on a CPU where it has a network for the task, else pgdiff.
+GUIDED_METHODS = ("auto", "codeformer", "pgdiff")
 #: Per-channel mean/std of x̂₀ in [-1, 1] that colourisation aims for: PGDiff's default "style 0",
 #: the average over a CelebA-HQ subset.
 CELEBA_HQ_COLOR_MEAN = (0.03202754, -0.16308397, -0.26475719)
@@ -327,6 +335,19 @@ class GuidanceOptions:
     """
 
     task: str = setting("restore", "Guided task.", choices=GUIDED_TASKS, what="guided task")
+    method: str = setting(
+        "auto",
+        "pgdiff (guided diffusion), codeformer (one pass, seconds per face; colorize/inpaint) or auto: codeformer on a CPU, "
+        "pgdiff on a GPU or with --prior.",
+        flag="--method",
+        choices=GUIDED_METHODS,
+        what="method",
+    )
+    keep_known: bool | None = setting(
+        None, "Put the known pixels back after inpainting (default: on for codeformer, off for pgdiff).", flag="--keep-known"
+    )
+    force: bool = setting(False, "Colourise photos that are already in colour.", flag="--force")
+    tiny: bool = setting(False, "A random 64 px demo prior (and random RRDB/ArcFace/CodeFormer): no download.", flag="--tiny")
     guide: str = setting(
         "rrdb", "Smooth-semantics restorer: rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …).", flag="--guide"
     )
@@ -361,8 +382,8 @@ class GuidanceOptions:
     )
     color_weight: float = setting(0.05, "Weight of the colour-statistics property.", flag="--color-weight", min=0.0)
     unmasked_weight: float = setting(1.0, "Weight of the unmasked-region property.", flag="--unmasked-weight", min=0.0)
-    ref_weight: float = setting(
-        25.0, "Weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).", flag="--ref-weight", min=0.0
+    ref_weight: float | None = setting(
+        None, "Weight of the identity property (default: 5e3 with mse, 1e4 with cos).", flag="--ref-weight", min=0.0
     )
     ref_loss: str = setting(
         "mse", "Identity distance, mse or cos (−cosine).", flag="--ref-loss", choices=REF_LOSSES, what="identity loss"
@@ -377,6 +398,11 @@ class GuidanceOptions:
 
     def scale_for(self, task: str) -> float:
         return DEFAULT_SCALE[task] if self.scale is None else self.scale
+
+    @property
+    def identity_weight(self) -> float:
+        """``ref_weight``, or the default of ``ref_loss`` (see :data:`IDENTITY_WEIGHT`)."""
+        return IDENTITY_WEIGHT[self.ref_loss] if self.ref_weight is None else self.ref_weight
 
 
 TINY_LR = 1e-2  # --tiny: hundreds of steps, not a million

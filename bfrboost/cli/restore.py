@@ -144,7 +144,8 @@ def restore(
         list[Path] | None,
         typer.Option(
             "--reference",
-            help="--base pgdiff: photo(s) of the same person; guides towards their ArcFace identity. Repeatable.",
+            help="--base pgdiff: photo(s) of the same person, or one folder of references named like the inputs; "
+            "guides each photo's largest face towards their ArcFace identity. Repeatable.",
         ),
     ] = None,
     prior: Annotated[
@@ -179,7 +180,9 @@ def restore(
         float,
         GuidanceOptions,
         "ref_weight",
-        help="--base pgdiff: weight of the identity property (25 with mse; PGDiff uses 1e4 with cos).",
+        show_default=False,
+        help="--base pgdiff: weight of the identity property (default 5e3 with mse, 1e4 with cos: PGDiff's scale, "
+        "docs/guided.md).",
     ) = opt.GUIDANCE.ref_weight,
     ref_loss: opt.option(
         str,
@@ -193,6 +196,12 @@ def restore(
         "repeats",
         help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].",
     ) = opt.GUIDANCE.repeats,
+    tiny: opt.option(
+        bool,
+        GuidanceOptions,
+        "tiny",
+        help="--base pgdiff: demo with a small random prior and guide, no download (results are noise).",
+    ) = opt.GUIDANCE.tiny,
     workers: Annotated[
         int,
         typer.Option(
@@ -230,6 +239,7 @@ def restore(
             "ref_weight",
             "ref_loss",
             "repeats",
+            "tiny",
         )
         given = [_flag(ctx, name) for name in guided if _given(ctx, name)]
         if base != "pgdiff" and given:
@@ -307,6 +317,7 @@ def restore(
                 ss_weight=ss_weight,
                 ref_weight=ref_weight,
                 ref_loss=ref_loss,
+                tiny=tiny,
             )
             if base == "pgdiff"
             else None,
@@ -337,7 +348,18 @@ def restore(
         start=start,
         video_options=video_options,
         workers=workers,
+        targets=_reference_targets(reference) if base == "pgdiff" else None,
     )
+
+
+def _reference_targets(reference: list[Path] | None) -> Targets | None:
+    """A folder of references named like the inputs: each input's reference, found by its name."""
+    folders = [r for r in reference or () if Path(r).is_dir()]
+    if not folders:
+        return None
+    from bfrboost.guidance.masks import mask_targets
+
+    return mask_targets(None, folders[0])
 
 
 def _notes(restorer: Restorer, as_json: bool) -> None:

@@ -25,6 +25,7 @@ class FaceFinder:
                               min_face=int(options.min_face))
         self.detector = None if options.aligned else get_detector(options.detector, device=str(device))
         self.selector = FaceSelector(selection, self._person(options, device))
+        self._detector_name, self._device, self._reference_detector = options.detector, device, self.detector
 
     def _person(self, options: DetectOptions, device: torch.device) -> PersonMatcher | None:
         if not options.person:
@@ -51,14 +52,21 @@ class FaceFinder:
         if not self.aligned:
             warp_faces(image, faces, size=FACE_SIZE)
 
-    def reference_crop(self, image: np.ndarray, problem: str) -> np.ndarray:
-        """An aligned crop of a reference photo: a square image is taken as aligned, else its largest face."""
+    def reference_crop(self, image: np.ndarray, problem: str, need_face: bool = True) -> np.ndarray:
+        """An aligned crop of a reference photo: a square image is taken as aligned, else its largest face.
+
+        ``need_face``: the photo must show a face (an identity reference), also when it is square and with
+        ``aligned`` (a detector is then loaded for the references alone); refused with ``problem`` otherwise."""
         h, w = image.shape[:2]
-        if h == w or self.detector is None:
+        faces = []
+        if need_face or h != w:
+            if self._reference_detector is None:
+                self._reference_detector = get_detector(self._detector_name, device=str(self._device))
+            faces = self._reference_detector.detect(image)
+            if not faces:
+                raise InputError(f"{problem}; give a photo or an aligned 512×512 crop of the face")
+        if h == w:
             return cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA if h > FACE_SIZE else cv2.INTER_CUBIC)
-        faces = self.detector.detect(image)
-        if not faces:
-            raise InputError(f"{problem}; give an aligned 512×512 face crop")
         largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         warp_faces(image, [largest], size=FACE_SIZE)
         return largest.crop

@@ -138,14 +138,19 @@ class Identity(Property):
     embed: Callable[[torch.Tensor], torch.Tensor]  # [0, 1] images (B, 3, H, W) → (B, D)
     reference: torch.Tensor  # (1 or B, D)
     kind: str = "mse"
+    faces: torch.Tensor | None = None  # (B,): 1 = guide this image's identity, 0 = leave it alone
     name: str = "identity"
 
     def loss(self, x0: torch.Tensor, step: Step) -> torch.Tensor:
         emb = self.embed((x0 + 1) / 2)
         ref = self.reference.to(emb).expand_as(emb)
         if self.kind == "cos":
-            return -F.cosine_similarity(emb, ref, dim=1).sum()
-        return F.mse_loss(emb, ref, reduction="sum")
+            per_face = -F.cosine_similarity(emb, ref, dim=1)
+        else:
+            per_face = (emb - ref).pow(2).sum(dim=1)
+        if self.faces is not None:
+            per_face = per_face * self.faces.to(per_face)
+        return per_face.sum()
 
 
 def guidance_gradient(

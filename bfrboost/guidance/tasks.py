@@ -2,7 +2,7 @@
 
 | task | properties (default weight) | update | default s |
 |---|---|---|---|
-| ``restore`` | smooth semantics (1) [+ identity (25)] | mean shift | 0.1 |
+| ``restore`` | smooth semantics (1) [+ identity (5e3 ``mse`` / 1e4 ``cos``)] | mean shift | 0.1 |
 | ``colorize`` | lightness of the input (1) + colour statistics (0.05) | dynamic, per channel | 0.01 |
 | ``inpaint`` | unmasked region (1), gradient zeroed in the mask | dynamic | 0.01 |
 | ``old-photo`` | restorer lightness outside the mask (1) + colour statistics (0.5), gradient zeroed in the mask | dynamic, per channel | 0.002 |
@@ -45,8 +45,10 @@ def make_guidance(
     restorer: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     mask: torch.Tensor | None = None,
     identity: tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+    identity_faces: torch.Tensor | None = None,
 ) -> Guidance:
-    """The properties of ``task`` for inputs ``y`` (all (B, C, H, W) in [-1, 1], mask 1 = missing)."""
+    """The properties of ``task`` for inputs ``y`` (all (B, C, H, W) in [-1, 1], mask 1 = missing);
+    ``identity_faces`` (B,) 1 for the faces the identity guides (default: all)."""
     if task not in GUIDED_TASKS:
         raise UsageError(f"unknown guided task {task!r}; use one of {', '.join(GUIDED_TASKS)}")
     o = options
@@ -58,7 +60,8 @@ def make_guidance(
     if task == "restore":
         terms = [(o.ss_weight, semantics)]
         if identity is not None:
-            terms.append((o.ref_weight, Identity(embed=identity[0], reference=identity[1], kind=o.ref_loss)))
+            identity_term = Identity(embed=identity[0], reference=identity[1], kind=o.ref_loss, faces=identity_faces)
+            terms.append((o.identity_weight, identity_term))
         return Guidance(terms=terms, update="mean", **common)
     if identity is not None:
         raise UsageError("a reference identity guides restoration only; use `bfrboost restore --base pgdiff --reference REF`")
@@ -89,6 +92,21 @@ def load_prior(path: str | Path | None = None, config: UNetConfig | None = None)
 
 #: The architecture ``load_prior`` builds by default (DifFace's released configuration).
 PRIOR_CONFIG = UNetConfig()
+#: ``--tiny``: the same architecture class at 64 px with seeded random weights (no download), to try
+#: every guided command in seconds; its faces are noise-like, not restorations.
+TINY_PRIOR_CONFIG = UNetConfig(
+    image_size=64, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_resolutions=(16,), num_head_channels=32
+)
+
+
+def tiny_prior(seed: int = 1) -> IDDPMUNet:
+    """The ``--tiny`` demo prior: :data:`TINY_PRIOR_CONFIG` with weights drawn N(0, 0.1²) from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    net = IDDPMUNet(TINY_PRIOR_CONFIG)
+    with torch.no_grad():
+        for tensor in net.state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+    return net.eval().requires_grad_(False)
 
 
 def _resize(x: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
@@ -128,6 +146,7 @@ class PGDiff(nn.Module):
         targets: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         reference: torch.Tensor | None = None,
+        reference_faces: torch.Tensor | None = None,
         on_step: Callable[[int, int], None] | None = None,
         log: Callable[[int, Mapping[str, float]], None] | None = None,
     ) -> torch.Tensor:
@@ -135,7 +154,8 @@ class PGDiff(nn.Module):
 
         ``targets``: a restorer's outputs for the crops ([0, 1], the smooth-semantics target) unless
         the RRDB restorer is loaded; ``masks``: (B, 1, S, S), 1 = fill; ``reference``: ArcFace
-        embedding(s) of the reference identity, (1 or B, D).
+        embedding(s) of the reference identity, (1 or B, D); ``reference_faces``: (B,) 1 for the crops
+        the identity guides, 0 for the others (default: all).
         """
         options = options or GuidanceOptions()
         device, size = crops.device, self.size
@@ -153,7 +173,9 @@ class PGDiff(nn.Module):
         identity = (self.arcface.embed, reference) if reference is not None else None
         if identity is not None and self.arcface is None:
             raise UsageError("identity guidance needs an ArcFace model; none is loaded")
-        guidance = make_guidance(task, options, y, target=target, restorer=restorer, mask=mask, identity=identity)
+        guidance = make_guidance(
+            task, options, y, target=target, restorer=restorer, mask=mask, identity=identity, identity_faces=reference_faces
+        )
         out = sample(self.prior, y.shape, guidance, steps=options.steps, seed=options.seed, device=device, on_step=on_step, log=log)
         out = (out + 1) / 2
         if (height, width) != (size, size):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,8 @@ class TimeRRDB(nn.Module):
 
 #: The architecture :func:`build` and :func:`load` use by default (the released configuration).
 RRDB_CONFIG = RRDBConfig()
+#: ``--tiny``: a one-block, 8-channel restorer with random weights (no download).
+TINY_RRDB_CONFIG = RRDBConfig(mid_channels=8, num_blocks=1, growth_channels=4)
 
 
 def build(state_dict: Mapping[str, torch.Tensor] | None = None, config: RRDBConfig | None = None) -> TimeRRDB:
@@ -108,13 +111,61 @@ def build(state_dict: Mapping[str, torch.Tensor] | None = None, config: RRDBConf
     return build_strict(lambda: TimeRRDB(cfg), state_dict).eval().requires_grad_(False)
 
 
-def load(path: str | Path) -> TimeRRDB:
-    """The restorer from a checkpoint file (tensor-only ``.pth``, ``state_dict`` wrapper, or safetensors)."""
-    state = weights.load_state_dict(path)
+#: Training wrappers the released file (or a re-saved copy) may nest the state dict in, by preference.
+WRAPPERS = ("params_ema", "params", "state_dict")
+#: A copy of the generator kept by some trainers; used only when the plain ``generator.*`` is absent.
+EMA_PREFIX = "generator_ema."
+
+
+def unwrap_tolerant(checkpoint: Any, expected: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tensors of ``checkpoint`` that ``expected`` names, and the keys left out (wrapper siblings such as
+    ``meta``/``optimizer``/``iter``, an EMA copy, a discriminator, counters).
+
+    Upstream loads this file with ``strict=False``; we keep the strictness that matters (every expected
+    key present with its shape, checked by the caller) and name what was ignored instead of dropping
+    it silently.
+    """
+    ignored: list[str] = []
+    while isinstance(checkpoint, dict):
+        wrapper = next((k for k in WRAPPERS if isinstance(checkpoint.get(k), dict)), None)
+        if wrapper is None:
+            break
+        ignored += [str(k) for k in checkpoint if k != wrapper]
+        checkpoint = checkpoint[wrapper]
+    if not isinstance(checkpoint, dict):
+        raise CheckpointMismatch(f"holds a {type(checkpoint).__name__}, not a state dict")
+    state = {str(k)[len("module.") :] if str(k).startswith("module.") else str(k): v for k, v in checkpoint.items()}
+    if not any(k.startswith("generator.") for k in state) and any(k.startswith(EMA_PREFIX) for k in state):
+        state = {("generator." + k[len(EMA_PREFIX) :] if k.startswith(EMA_PREFIX) else k): v for k, v in state.items()}
+    kept = {k: v for k, v in state.items() if k in expected and isinstance(v, torch.Tensor)}
+    ignored += [k for k in state if k not in kept]
+    return kept, ignored
+
+
+def describe_ignored(keys: list[str], limit: int = 4) -> str:
+    """``a, b, c, d and 12 more`` — the keys a tolerant load left out, for a note."""
+    groups = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in keys})
+    shown = ", ".join(groups[:limit])
+    return shown + (f" and {len(groups) - limit} more" if len(groups) > limit else "")
+
+
+def load(path: str | Path, notes: list[str] | None = None) -> TimeRRDB:
+    """The restorer from a checkpoint file (tensor-only ``.pth`` or safetensors, wrapped or not).
+
+    Every key of the restorer must be present with its shape; anything else in the file (training
+    wrappers, counters, an EMA or discriminator copy) is ignored and named in ``notes``.
+    """
+    with torch.device("meta"):
+        expected = TimeRRDB(RRDB_CONFIG).state_dict()
     try:
-        return build(state)
+        state, ignored = unwrap_tolerant(weights.load_checkpoint(path), expected)
+        net = build(state)
     except (CheckpointMismatch, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0]
         raise WeightsError(
             f"{path}: not PGDiff's RRDB restorer ({reason}); use {RRDB_FILE} from `bfrboost weights download pgdiff`"
         ) from None
+    if ignored and notes is not None:
+        entries = "entry" if len(ignored) == 1 else "entries"
+        notes.append(f"{path}: ignored {len(ignored)} {entries} that are not the restorer's: {describe_ignored(ignored)}")
+    return net

@@ -14,9 +14,12 @@ from bfrboost.restorers.protocol import FaceRestorer
 
 
 def _pgdiff(restore: RestoreOptions, guidance: GuidanceOptions | None, device: torch.device, **parts: Any) -> FaceRestorer:
-    from bfrboost.restorers.guided import GuidedFaceRestorer
+    from bfrboost.restorers.guided import GuidedFaceRestorer, OnePassFaceRestorer, resolve_method
 
-    return GuidedFaceRestorer(restore, guidance or GuidanceOptions(), device, align_reference=parts.get("align_reference"))
+    guidance = guidance or GuidanceOptions()
+    if resolve_method(guidance, device) == "codeformer":
+        return OnePassFaceRestorer(restore, guidance, device)
+    return GuidedFaceRestorer(restore, guidance, device, align_reference=parts.get("align_reference"))
 
 
 #: Face restorers that are not a plain base model, by the ``--base`` name that selects them.

@@ -27,6 +27,12 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
     Training wrappers (``params_ema`` preferred, then ``params``, ``state_dict``, ``g_ema``) are
     unwrapped and a DataParallel ``module.`` prefix is stripped.
     """
+    return _unwrap(load_checkpoint(path, expected_sha256), Path(path))
+
+
+def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> Any:
+    """The checkpoint's content as stored (wrappers, counters and all), loaded without running code:
+    for loaders that must look past a training wrapper themselves."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint; run `bfrboost weights download NAME` or give the right path")
@@ -48,7 +54,7 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
             sd = torch_load_safely(path)
         except DamagedFile:
             raise _damaged(path) from None
-    return _unwrap(sd, path)
+    return sd
 
 
 class DamagedFile(WeightsError):

@@ -13,23 +13,21 @@ import pytest
 import torch
 from PIL import Image
 
-from bfrboost.nets.iddpm import IDDPMUNet, UNetConfig
-from bfrboost.nets.rrdb import RRDBConfig
+from bfrboost.guidance import tasks
+from bfrboost.guidance.tasks import TINY_PRIOR_CONFIG as TINY_PRIOR
+from bfrboost.nets.iddpm import IDDPMUNet
+from bfrboost.nets.rrdb import TINY_RRDB_CONFIG as TINY_RRDB
 
-TINY_PRIOR = UNetConfig(image_size=64, channel_mult=(1, 1, 2), num_res_blocks=(1, 1, 1), attention_resolutions=(16,), num_head_channels=32)
-TINY_RRDB = RRDBConfig(mid_channels=8, num_blocks=1, growth_channels=4)
+__all__ = ["TINY_PRIOR", "TINY_RRDB", "load_rgb", "to_batch"]
 
 
 def random_prior_state(seed: int = 1) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return {k: torch.randn_like(v) * 0.1 for k, v in IDDPMUNet(TINY_PRIOR).state_dict().items()}
+    return tasks.tiny_prior(seed).state_dict()
 
 
 @pytest.fixture(scope="session")
 def tiny_prior() -> IDDPMUNet:
-    net = IDDPMUNet(TINY_PRIOR)
-    net.load_state_dict(random_prior_state())
-    return net.eval().requires_grad_(False)
+    return tasks.tiny_prior(1)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,8 @@ def invoke(command: str, *args, prior: Path, steps: int = 4):
     argv = [command, *map(str, args), "--prior", str(prior), "--steps", str(steps), "--ext", "png", "-s", "1"]
     if command == "restore":
         argv += ["--base", "pgdiff"]
+    if command in ("colorize", "inpaint"):
+        argv += ["--method", "pgdiff"]
     return runner.invoke(app, argv)
 
 
@@ -53,7 +55,7 @@ def chroma(image: np.ndarray) -> float:
 def test_colorize_a_whole_gray_photo_pastes_colour_faces_in_place(tmp_path, testdata, prior_file):
     photo = tmp_path / "gray.png"
     Image.fromarray(load_rgb(testdata / "whole" / "04.jpg")).convert("L").convert("RGB").save(photo)
-    [line] = ok(invoke("colorize", photo, "-o", tmp_path / "out", "--json", "--scale", "0.5", prior=prior_file))
+    [line] = ok(invoke("colorize", photo, "-o", tmp_path / "out", "--json", "--guidance-scale", "0.5", prior=prior_file))
     out = tmp_path / "out" / "restored_imgs" / "gray.png"
     assert line["output"] == str(out) and line["faces"] and line["seconds"]["guidance"] > 0
     before, after = load_rgb(photo), load_rgb(out)
@@ -69,14 +71,14 @@ def test_colorize_aligned_crops_and_colour_references(tmp_path, testdata, prior_
     assert default.shape == (512, 512, 3) and chroma(default) > 1
     ref = tmp_path / "red.png"
     Image.new("RGB", (512, 512), (230, 40, 40)).save(ref)
-    [line] = ok(invoke("colorize", source, "--aligned", "-o", tmp_path / "b", "--json", "--color-ref", ref, "--scale", "1", prior=prior_file))
+    [line] = ok(invoke("colorize", source, "--aligned", "-o", tmp_path / "b", "--json", "--color-ref", ref, "--guidance-scale", "1", prior=prior_file))
     reddish = load_rgb(Path(line["output"])).astype(float)
     assert (reddish[..., 0] - reddish[..., 2]).mean() > (default[..., 0].astype(float) - default[..., 2]).mean()
 
 
 def test_inpaint_aligned_with_a_mask_file_and_a_mask_folder(tmp_path, testdata, prior_file):
     face, mask = testdata / "masked" / "00059.png", testdata / "masked" / "masks" / "00059.png"
-    [line] = ok(invoke("inpaint", face, "--aligned", "--mask", mask, "-o", tmp_path / "one", "--json", "--scale", "1", prior=prior_file))
+    [line] = ok(invoke("inpaint", face, "--aligned", "--mask", mask, "-o", tmp_path / "one", "--json", "--guidance-scale", "1", prior=prior_file))
     before, after, hole = load_rgb(face).astype(float), load_rgb(Path(line["output"])).astype(float), load_rgb(mask)[..., 0] > 127
     assert np.abs(after - before)[~hole].mean() < 15  # unmasked pixels kept (within 15/255 on average)
     assert np.abs(after - before)[hole].mean() > 40  # the white strokes are filled
@@ -97,7 +99,7 @@ def test_inpaint_a_whole_photo_painted_white(tmp_path, testdata, prior_file):
     painted[STROKE] = 255  # a white stroke across the forehead (the face is at x 84–145, y 58–118)
     src = tmp_path / "painted.png"
     Image.fromarray(painted).save(src)
-    [line] = ok(invoke("inpaint", src, "--mask-color", "white", "-o", tmp_path / "out", "--json", "--scale", "1", prior=prior_file))
+    [line] = ok(invoke("inpaint", src, "--mask-color", "white", "-o", tmp_path / "out", "--json", "--guidance-scale", "1", prior=prior_file))
     after = load_rgb(Path(line["output"])).astype(float)
     assert np.abs(after[STROKE] - 255).mean() > 40  # no longer white
     assert np.array_equal(after[~face_regions(photo.shape[:2], line["faces"])], painted[~face_regions(photo.shape[:2], line["faces"])])
