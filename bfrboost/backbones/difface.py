@@ -81,7 +81,7 @@ def _new_restorer(cfg: RestorerConfig) -> nn.Module:
     )
 
 
-def _load_restorer(state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+def load_restorer(state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """DifFace's SwinIR via spandrel, which detects its config from the keys and loads strictly."""
     from spandrel import ModelLoader, UnsupportedModelError
 
@@ -157,7 +157,7 @@ def build(
     if state_dict is not None and restorer_state_dict is None:
         restorer_state_dict = weights.load_state_dict(weights.ensure(RESTORER_FILE))
     if restorer_state_dict is not None:
-        restorer = _load_restorer(restorer_state_dict)
+        restorer = load_restorer(restorer_state_dict)
     else:
         restorer = _new_restorer(config.restorer)
     return DifFace(prior, restorer).eval()

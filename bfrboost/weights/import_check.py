@@ -104,10 +104,10 @@ def _mismatch(entry: WeightFile, state: dict[str, torch.Tensor]) -> str | None:
         return f"{len(missing)} expected key(s) missing, e.g. {missing[0]!r}" if missing else None
     name = PurePosixPath(entry.file).name
     if name == "swinir_restoration512_L1.pth":
-        from bfrboost.backbones.difface import _load_restorer
+        from bfrboost.backbones.difface import load_restorer
 
         try:
-            _load_restorer(state)
+            load_restorer(state)
         except WeightsError:
             return "not a SwinIR restorer"
         return None
