@@ -315,7 +315,9 @@ def test_ctrl_c_while_starting_up_exits_130() -> None:
     script = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "sys.stderr.write('ready\\n'); sys.stderr.flush(); "
-        "sys.argv = ['bfrboost', 'weights', 'list']; import runpy; runpy.run_module('bfrboost', run_name='__main__')"
+        # restore loads torch and the models' code first (seconds): the signal lands in that startup
+        "sys.argv = ['bfrboost', 'restore', '/nonexistent/x.jpg', '-o', '/nonexistent/out']; "
+        "import runpy; runpy.run_module('bfrboost', run_name='__main__')"
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     assert process.stderr.readline() == b"ready\n"  # the handler is set; importing bfrboost.cli (torch, typer …) follows

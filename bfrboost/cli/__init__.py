@@ -38,6 +38,13 @@ def main() -> None:
       other tools die of SIGPIPE (the files finished so far stay; the one being written is removed);
     - SIGTERM/SIGINT/SIGHUP end the run within 2 s (:mod:`bfrboost.cli.stop`).
     """
+    try:
+        _run()
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling is set up (e.g. starting the watcher): 130
+        raise SystemExit(130) from None
+
+
+def _run() -> None:
     # spandrel's architectures still call torch.jit.script at import: not the user's concern
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     _reopen_closed_std_streams()
