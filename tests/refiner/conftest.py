@@ -45,13 +45,22 @@ def make_sd_folder(tiny_dir: Path, sd: Path, scheduler: dict | None = None):
     import json
     import shutil
 
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     shutil.copytree(tiny_dir / "vae", sd / "vae")
     shutil.copytree(tiny_dir / "unet", sd / "unet")
     (sd / "scheduler").mkdir()
     (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler or {}))
-    (sd / "tokenizer").mkdir()
+    return write_tiny_text_encoder(sd)
+
+
+def write_tiny_text_encoder(sd: Path):
+    """A tiny CLIP tokenizer (vocabulary: BOS, EOS, "!" as padding) and text encoder in SD's folder layout.
+    Returns the text encoder."""
+    import json
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    (sd / "tokenizer").mkdir(parents=True)
     (sd / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
     (sd / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(

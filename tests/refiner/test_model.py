@@ -13,7 +13,7 @@ from bfrboost.errors import UsageError, WeightsError
 from bfrboost.refiner import InfoBFR, InfoBFRConfig, load_refiner
 from bfrboost.refiner.lora import has_lora
 from bfrboost.refiner.model import load_diffusers_module
-from tests.refiner.conftest import make_sd_folder, randomize_trainables
+from tests.refiner.conftest import make_sd_folder, randomize_trainables, write_tiny_text_encoder
 
 
 def test_shapes_through_every_stage(tiny, faces):
@@ -254,29 +254,12 @@ def test_inference_posterior_sample_is_seeded(tiny_dir, faces):
 
 
 def test_a_mismatching_text_encoder_is_refused(tmp_path):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     from bfrboost.refiner import encode_empty_prompt
 
     sd = tmp_path / "sd"
-    (sd / "tokenizer").mkdir(parents=True)
-    (sd / "tokenizer" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}))
-    (sd / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(
-        str(sd / "tokenizer" / "vocab.json"), str(sd / "tokenizer" / "merges.txt"), model_max_length=5, pad_token="!"
-    ).save_pretrained(str(sd / "tokenizer"))
-    text_config = CLIPTextConfig(
-        vocab_size=3,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=5,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
-    CLIPTextModel(text_config).save_pretrained(str(sd / "text_encoder"))
+    write_tiny_text_encoder(sd)
     weights_file = sd / "text_encoder" / "model.safetensors"
     state = load_file(weights_file)
     # the SD file's own key names ("text_model." prefix) load, whatever transformers' module layout is
