@@ -88,7 +88,12 @@ class Restorer:
         device = resolve_device(restore.device)
         finder = FaceFinder(detect, device)
         face_restorer = build_face_restorer(restore, device, guidance, align_reference=finder.reference_crop)
-        self._assemble(finder, face_restorer, Paster(paste, device, aligned=detect.aligned), device)
+        paster = Paster(paste, device, aligned=detect.aligned)
+        if restore.runtime == "onnx":  # the detector's and the parser's networks too
+            from bfrboost.onnx.faces import parts_on_onnx
+
+            parts_on_onnx(finder, paster, restore, device)
+        self._assemble(finder, face_restorer, paster, device)
 
     @classmethod
     def from_options(cls, restore: RestoreOptions | None = None, detect: DetectOptions | None = None,

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from torch import nn
 
 from bfrboost.backbones.registry import BaseSpec, get_spec, load_base
 from bfrboost.errors import UsageError, WeightsError
+from bfrboost.onnx.rewrite import exportable
 from bfrboost.safety import atomic_path, one_line
 
 #: GridSample (VQFR) needs opset 16; 18 is well supported by every current runtime.
@@ -150,7 +149,7 @@ def export_onnx(
             psnr = _psnr_vs_torch(graph, temp, image)
         diff = parity(graph, temp, image)
         meta[META_PREFIX + "parity_max_abs_diff"] = f"{diff:.3e}"
-        _write_metadata(temp, meta)
+        write_metadata(temp, meta)
         digest = file_sha256(temp)
     precision = "fp16" if fp16 else "fp32"
     return ExportReport(out, name, opset, precision, weights_sha, digest, diff, psnr, time.perf_counter() - start)
@@ -190,7 +189,7 @@ def _knob_settings(spec: BaseSpec) -> list[dict[str, float]]:
 
 def parity(graph: GraphModule, path: Path, image: torch.Tensor) -> float:
     """Largest |graph − PyTorch| on ``image``, at each fidelity knob's default and its two ends."""
-    session = _plain_session(path)
+    session = plain_session(path)
     worst = 0.0
     for knobs in _knob_settings(graph.spec):
         ours = _run(session, graph.spec, image, knobs)
@@ -201,7 +200,7 @@ def parity(graph: GraphModule, path: Path, image: torch.Tensor) -> float:
 
 
 def _psnr_vs_torch(graph: GraphModule, path: Path, image: torch.Tensor) -> float:
-    session = _plain_session(path)
+    session = plain_session(path)
     knobs = {k: float(graph.spec.knob(k).default) for k in graph.knob_names}
     ours = _run(session, graph.spec, image, knobs)
     with torch.inference_mode():
@@ -215,7 +214,7 @@ def _run(session: Any, spec: BaseSpec, image: torch.Tensor, knobs: Mapping[str, 
     return session.run([OUTPUT], feeds)[0].astype(np.float32)
 
 
-def _plain_session(path: Path) -> Any:
+def plain_session(path: Path) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -223,36 +222,20 @@ def _plain_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class _SizeKeyedDict(nn.ModuleDict):
-    """CodeFormer finds its fusion blocks by ``str(x.shape[-1])``; while tracing, sizes are 0-d tensors
-    spelt ``tensor(32)``. This dict (the same modules) accepts both spellings."""
-
-    def __getitem__(self, key: str) -> nn.Module:
-        return super().__getitem__(re.sub(r"^tensor\((\d+)\)$", r"\1", key))
-
-
-@contextmanager
-def _traceable(net: nn.Module) -> Iterator[None]:
-    """``net`` with the lookups tracing would break swapped for tracing-proof ones, for the block only."""
-    fuse = getattr(net, "fuse_convs_dict", None)
-    if not isinstance(fuse, nn.ModuleDict):
-        yield
-        return
-    net.fuse_convs_dict = _SizeKeyedDict(fuse)
-    try:
-        yield
-    finally:
-        net.fuse_convs_dict = fuse
-
-
 def _trace(graph: GraphModule, image: torch.Tensor, path: Path, opset: int) -> None:
     knobs = tuple(torch.tensor(_TRACE_KNOB) for _ in graph.knob_names)
-    with warnings.catch_warnings(), torch.no_grad(), _traceable(graph.net):
-        # the tracer warns about Python-side branches on the knob; the docstring says why they are right
+    # the tracer warns about Python-side branches on the knob; the module docstring says why they are right
+    trace(graph, (image, *knobs), path, opset, [INPUT, *graph.knob_names], [OUTPUT])
+
+
+def trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int, input_names: list[str],
+          output_names: list[str], dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> None:
+    """``torch.onnx.export`` of ``module`` (its exportable equivalents swapped in, see :mod:`bfrboost.onnx.rewrite`)."""
+    with warnings.catch_warnings(), torch.no_grad(), exportable(module):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph, (image, *knobs), str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=[INPUT, *graph.knob_names], output_names=[OUTPUT],
+            module, args, str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
+            input_names=input_names, output_names=output_names, dynamic_axes=dict(dynamic_axes or {}),
         )
 
 
@@ -269,7 +252,7 @@ def _metadata(spec: BaseSpec, weights_sha: str, opset: int, precision: str) -> d
     return {META_PREFIX + k: v for k, v in values.items()}
 
 
-def _write_metadata(path: Path, meta: Mapping[str, str]) -> None:
+def write_metadata(path: Path, meta: Mapping[str, str]) -> None:
     import onnx
 
     model = onnx.load(str(path))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,17 +79,31 @@ def choose_providers(requested: Sequence[str] | None = None, device: str | torch
     """
     have = available_providers()
     if requested:
-        for name in requested:
-            if name not in PROVIDERS:
-                raise UsageError(f"unknown execution provider {name!r}; known: {', '.join(PROVIDERS)}")
-            if name not in have:
-                raise UsageError(f"execution provider {name!r} is not in this onnxruntime (it offers: {', '.join(have)}); "
-                                 "install the onnxruntime build that has it (e.g. onnxruntime-gpu for cuda)")
+        unknown = [name for name in requested if name not in PROVIDERS]
+        if unknown:
+            raise UsageError(f"unknown execution provider {unknown[0]!r}; known: {', '.join(PROVIDERS)}")
+        missing = [name for name in dict.fromkeys(requested) if name not in have]
+        if missing:
+            raise UsageError(_missing_message(missing, have))
         chosen = list(dict.fromkeys(requested))
     else:
         preferred = _DEVICE_PROVIDER.get(torch.device(device).type)
         chosen = [preferred] if preferred in have else []
     return [PROVIDERS[name] for name in dict.fromkeys([*chosen, "cpu"])]
+
+
+#: The onnxruntime build that brings each provider (pip package names).
+_PROVIDER_BUILDS = {"cuda": "onnxruntime-gpu", "tensorrt": "onnxruntime-gpu with TensorRT", "coreml": "onnxruntime (macOS)",
+                    "directml": "onnxruntime-directml", "openvino": "onnxruntime-openvino"}
+
+
+def _missing_message(missing: Sequence[str], have: Sequence[str]) -> str:
+    """One line: which requested providers this onnxruntime lacks, what it has, and what to install."""
+    plural = "s" if len(missing) > 1 else ""
+    builds = ", ".join(dict.fromkeys(_PROVIDER_BUILDS[name] for name in missing))
+    verb = "are" if plural else "is"
+    return (f"--providers: execution provider{plural} {', '.join(missing)} {verb} not in this onnxruntime "
+            f"(installed: {', '.join(have)}); install {builds}, or leave out --providers")
 
 
 def cache_dir() -> Path:
@@ -104,12 +118,20 @@ def cached_graph(name: str, weights: Path | str | None = None, opset: int = DEFA
     """The verified exported graph of base ``name`` (its cached checkpoint, or ``weights``), made on first use."""
     spec = check_exportable(name)
     source = Path(weights) if weights is not None else weights_manager.ensure(spec.weight_file)
-    weights_sha = _weights_sha256(source)
+
+    def export(path: Path) -> dict[str, Any]:
+        report = export_onnx(name, path, weights=source, opset=opset, overwrite=True)
+        return {"sha256": report.sha256, "parity_max_abs_diff": report.max_abs_diff}
+
+    return cached_export(name, weights_sha256(source), opset, export)
+
+
+def cached_export(name: str, weights_sha: str, opset: int, export: Callable[[Path], dict[str, Any]]) -> Path:
+    """``<cache>/onnx/NAME-<sha16>-opsetN.onnx``, written by ``export(path)`` on first use (which returns the
+    record's ``sha256`` of the file and its ``parity_max_abs_diff``), then verified against its record."""
     path = cache_dir() / f"{name}-{weights_sha[:16]}-opset{opset}.onnx"
     if not path.exists():
-        report = export_onnx(name, path, weights=source, opset=opset, overwrite=True)
-        record = {"sha256": report.sha256, "base": name, "weights_sha256": report.weights_sha256, "opset": opset,
-                  "parity_max_abs_diff": report.max_abs_diff}
+        record = {"base": name, "weights_sha256": weights_sha, "opset": opset, **export(path)}
         with atomic_open(record_path(path), overwrite=True) as f:
             f.write(json.dumps(record, indent=1).encode())
     verify_cached(path, name, weights_sha)
@@ -134,7 +156,8 @@ def _weights_sha256_at(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(Path(path))
 
 
-def _weights_sha256(path: Path) -> str:
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint, hashed once per (path, size, mtime)."""
     try:
         st = path.stat()
     except OSError:
@@ -241,11 +264,11 @@ def load_onnx_base(
     if baked:
         raise UsageError(f"base {name!r} option {baked[0]} is fixed in the ONNX graph at {spec.knob(baked[0]).default}; "
                          "use --runtime torch to change it")
+    chosen = choose_providers(providers, device)  # before a first-use export, which takes minutes
     explicit = weights is not None and Path(weights).suffix.lower() == ".onnx"
     path = Path(weights) if explicit else cached_graph(name, weights)
     if explicit and not path.is_file():
         raise WeightsError(f"{one_line(path)}: no such ONNX file; export one with `bfrboost export onnx --base {name} -o {path}`")
-    chosen = choose_providers(providers, device)
     sess = session(path, chosen, threads)
     meta = check_graph(sess, path, spec)
     return OnnxBase(spec, sess, values, path, batch_size=batch_size or 1, device=torch.device("cpu"),

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, UsageError
-from bfrboost.options import PasteOptions
+from bfrboost.options import RUNTIMES, PasteOptions
 from bfrboost.ui.engine import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -135,6 +135,7 @@ def _settings(values: dict[str, Any]) -> Settings:
     index = values["face_index"]
     return Settings(
         base=values["base"],
+        runtime=values["runtime"],
         fidelity=float(values["fidelity"]),
         refine=bool(values["refine"]),
         refiner=values["refiner"] or "",
@@ -277,6 +278,10 @@ def _controls(gr: Any, engine: Engine, refiner: str | Path | None) -> tuple[Any,
         elem_id="fidelity",
     )
     c["base"].change(lambda name: gr.update(interactive=has_fidelity(name)), c["base"], c["fidelity"])
+    c["runtime"] = gr.Radio(
+        list(RUNTIMES), value=defaults.runtime, label="runtime", info="onnx: ONNX Runtime, faster on a CPU (made on first use)",
+        elem_id="runtime",
+    )
     with gr.Row():
         c["refine"] = gr.Checkbox(defaults.refine, label="InfoBFR refiner", elem_id="refine")
         c["strength"] = gr.Slider(0, 1, value=defaults.refiner_strength, step=0.05, label="refiner strength", elem_id="strength")

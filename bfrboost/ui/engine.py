@@ -41,12 +41,13 @@ Progress = Callable[[float, str], None]
 
 @dataclass(frozen=True)
 class Settings:
-    """The page's controls. The models depend on base, fidelity, refiner, background enhance, face
+    """The page's controls. The models depend on base, runtime, fidelity, refiner, background enhance, face
     upsample and rescaling; the others are set on the loaded restorer for each run: ``draw_boxes``
     (images), ``smooth`` (``--smooth/--no-smooth``, clips), and face selection: ``face_index``
     (0 = leftmost), ``largest``, ``person`` (reference photo paths, one person each), ``blend``."""
 
     base: str = default_of(RestoreOptions, "base")
+    runtime: str = default_of(RestoreOptions, "runtime")
     fidelity: float = 0.5  # where the slider starts: CodeFormer's own w (the CLI leaves the base's default)
     refine: bool = False
     refiner: str = ""
@@ -66,11 +67,14 @@ class Settings:
 
         The bounds are :mod:`bfrboost.options`' (the CLI's), checked here so a bad value fails before any model loads."""
         PasteOptions(upscale=float(self.upscale))
+        RestoreOptions(runtime=self.runtime)
         if self.refine and not self.refiner.strip():
             raise UsageError("the refiner is on but no refiner folder is given: enter its path, or turn the refiner off")
         kwargs: dict[str, Any] = dict(base=self.base, upscale=float(self.upscale), device=device)
         if has_fidelity(self.base):
             kwargs["fidelity"] = float(self.fidelity)
+        if self.runtime != default_of(RestoreOptions, "runtime"):
+            kwargs["runtime"] = self.runtime
         if self.refine:
             kwargs.update(refine=True, refiner=Path(self.refiner.strip()).expanduser())
         if self.bg_enhance:

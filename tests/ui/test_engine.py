@@ -196,6 +196,28 @@ def test_face_upsample_is_the_clis_face_upsample(engine: Engine, testdata: Path,
     assert plain.read_bytes() != expected.read_bytes()  # the option changed the result
 
 
+def test_runtime_is_the_clis_runtime(engine: Engine, cached, testdata: Path, tmp_path: Path, cli, monkeypatch):
+    """The runtime control is ``--runtime``: onnx runs the base on ONNX Runtime, the same bytes as the CLI's onnx run."""
+    pytest.importorskip("onnxruntime")
+    from bfrboost.onnx.runtime import OnnxBase
+    from tests.test_onnx import narrow
+
+    cached("GPEN-BFR-512.pth", narrow(monkeypatch, "gpen", seed=3).state_dict(), wrapper=None)
+    assert Settings(base="gpen", runtime="onnx").restorer_kwargs("cpu")["runtime"] == "onnx"
+    assert "runtime" not in Settings(base="gpen").restorer_kwargs("cpu")  # torch: the CLI's default, as the CLI builds it
+    with pytest.raises(UsageError, match=r"^unknown runtime 'tf'; use one of: torch, onnx$"):
+        Settings(runtime="tf").restorer_kwargs("cpu")
+    photo = testdata / "whole" / "03.jpg"  # one face
+    on_onnx = engine.restore(photo, Settings(base="gpen", upscale=1, runtime="onnx"))
+    assert isinstance(next(iter(engine.cache._items.values())).face_restorer.base, OnnxBase)
+    expected, _ = cli(photo, tmp_path / "cli", "--base", "gpen", "-s", "1", "--runtime", "onnx")
+    assert on_onnx.image_path.read_bytes() == expected.read_bytes()
+    on_torch = engine.restore(photo, Settings(base="gpen", upscale=1))
+    diff = np.abs(on_onnx.after.astype(int) - on_torch.after.astype(int))
+    # 1 level apart before JPEG (tests/test_onnx.py compares PNGs); the page's results are JPEG-decoded
+    assert engine.cache.loads == 2 and diff.max() <= 4 and diff.mean() < 0.05
+
+
 def _decoded(path: Path) -> list[np.ndarray]:
     import av
 
