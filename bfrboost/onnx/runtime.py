@@ -170,18 +170,22 @@ def session(path: Path, providers: Sequence[str], threads: int | None = None) ->
     key = (str(Path(path).resolve()), tuple(providers), threads)
     with _LOCK:
         if key not in _SESSIONS:
-            _SESSIONS[key] = _open(Path(path), providers, threads)
+            _SESSIONS[key] = open_session(Path(path), providers, threads)
         return _SESSIONS[key]
 
 
-def _open(path: Path, providers: Sequence[str], threads: int | None) -> Any:
+def open_session(path: Path, providers: Sequence[str], threads: int | None = None) -> Any:
+    """A new session (not cached): every graph optimisation, ``threads`` intra-op threads spinning between
+    ops (the cores are ours while a face runs), one inter-op thread, ops in sequence."""
     ort = _ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     if threads:
         options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own untyped errors for damaged files
