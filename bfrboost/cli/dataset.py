@@ -75,21 +75,18 @@ def restore_dataset(
     from bfrboost.reports import summary
     from bfrboost.runners.dataset.cluster import restore_dataset as run
 
-    start = time.perf_counter()
+    start, params = time.perf_counter(), dict(locals())  # the options by name: each options object takes its fields
+    runtime_flags = (runtime, providers, threads)
     with interruptible(resume="re-run the same command: finished outputs are skipped"):
         try:
             reports = run(
                 src, dst, ray_address, images_per_batch=images_per_batch, gpus=gpus, rebuild_manifest=rebuild_manifest,
-                output=OutputOptions(ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels),
-                detect_options=DetectOptions(
-                    detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face,
-                ),
+                output=OutputOptions(**opt.pick(OutputOptions, params, ext=ext.value)),
+                detect_options=DetectOptions(**opt.pick(DetectOptions, params)),
                 restore_options=RestoreOptions(
-                    base=base, weights=weights, fidelity=fidelity, knobs=opt.parse_knobs(knob or []), batch_size=batch_size,
-                    refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model,
-                    **opt.runtime_options(runtime, providers, threads),
+                    **opt.pick(RestoreOptions, params, knobs=opt.parse_knobs(knob or []), **opt.runtime_options(*runtime_flags))
                 ),
-                paste_options=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler),
+                paste_options=PasteOptions(**opt.pick(PasteOptions, params)),
             )
         except BfrboostError as exc:
             raise fail(exc) from None

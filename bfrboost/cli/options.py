@@ -5,6 +5,7 @@ default or a bound is written once, in ``bfrboost/options.py``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,6 +117,11 @@ RepeatFrom = option(float, GuidanceOptions, "repeat_from")
 Workers = option(int, RunnerOptions, "workers")
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
+
+
+def pick(cls: type, params: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+    """The fields of options class ``cls`` among a command's ``params`` (by name), ``values`` over them."""
+    return {name: params[name] for name in cls.__dataclass_fields__ if name in params} | values
 
 
 def parse_knobs(knob: list[str]) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def restore(
     from bfrboost.pipeline import Restorer
     from bfrboost.runners.files import restore_bytes
 
-    start = time.perf_counter()
+    start, params = time.perf_counter(), dict(locals())  # the options by name: each options object takes its fields
     stdin_mode = inputs == ["-"]
     try:
         if "-" in inputs and not stdin_mode:
@@ -197,80 +197,25 @@ def restore(
         given = [_flag(ctx, name) for name in _GUIDED if _given(ctx, name)]
         if base != "pgdiff" and given:
             raise UsageError(f"{', '.join(given)} guide the diffusion prior: use them with --base pgdiff")
-        knobs = opt.parse_knobs(knob or [])
-        video_options = VideoOptions(
-            outdir=outdir,
-            suffix=suffix,
-            ext=ext.value if ext.value in _VIDEO_EXTS else "mp4",
-            overwrite=overwrite,
-            crf=crf,
-            preset=preset.value,
-            start=clip_start,
-            duration=duration,
-            smooth=smooth,
-            frames_per_batch=frames_per_batch,
-            detect_every=detect_every,
-            max_pixels=max_pixels,
-        )
-        options = OutputOptions(
-            outdir=outdir,
-            suffix=suffix,
-            ext="auto" if ext.value in _VIDEO_EXTS else ext.value,
-            quality=quality,
-            overwrite=overwrite,
-            save_faces=save_faces,
-            save_cmp=save_cmp,
-            draw_boxes=draw_boxes,
-            max_pixels=max_pixels,
-        )
+        knobs, runtime_options = opt.parse_knobs(knob or []), opt.runtime_options(runtime, providers, threads)
+        video_ext = ext.value if ext.value in _VIDEO_EXTS else "mp4"
+        video_options = VideoOptions(**opt.pick(VideoOptions, params, ext=video_ext, preset=preset.value, start=clip_start))
+        options = OutputOptions(**opt.pick(OutputOptions, params, ext="auto" if ext.value in _VIDEO_EXTS else ext.value))
         parts = dict(
-            detect=DetectOptions(
-                detector=detector,
-                aligned=aligned,
-                only_center_face=only_center_face,
-                min_face=min_face,
-                face_index=face_index,
-                largest=largest,
-                person=tuple(str(p) for p in person or ()),
-                person_model=person_model,
-                person_threshold=person_threshold,
-            ),
+            detect=DetectOptions(**opt.pick(DetectOptions, params, person=tuple(str(p) for p in person or ()))),
             restore=RestoreOptions(
-                base=base,
-                weights=weights,
-                fidelity=fidelity,
-                knobs=knobs,
-                batch_size=batch_size,
-                refine=refine,
-                refiner=refiner,
-                refiner_strength=refiner_strength,
-                sd_model=sd_model,
-                compile=compile_refiner,
-                device=device,
-                **opt.runtime_options(runtime, providers, threads),
+                **opt.pick(RestoreOptions, params, knobs=knobs, compile=compile_refiner, **runtime_options)
             ),
-            paste=PasteOptions(
-                upscale=upscale,
-                paste=paste,
-                color_match=color_match,
-                bg_upsampler=bg_upsampler,
-                bg_tile=bg_tile,
-                blend=blend,
-                face_upsample=face_upsample,
-            ),
+            paste=PasteOptions(**opt.pick(PasteOptions, params)),
             guidance=GuidanceOptions(
-                task="restore",
-                guide=guide,
-                prior=prior,
-                reference=tuple(reference or ()),
-                scale=guidance_scale,
-                steps=steps,
-                seed=seed,
-                repeats=repeats,
-                ss_weight=ss_weight,
-                ref_weight=ref_weight,
-                ref_loss=ref_loss,
-                tiny=tiny,
+                **opt.pick(
+                    GuidanceOptions,
+                    params,
+                    task="restore",
+                    scale=guidance_scale,
+                    reference=tuple(reference or ()),
+                    batch_size=opt.GUIDANCE.batch_size,  # --batch-size is the base model's; the sampler keeps its own
+                )
             )
             if base == "pgdiff"
             else None,
