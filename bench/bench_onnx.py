@@ -116,6 +116,7 @@ def random_checkpoints(home: Path) -> None:
     torch.manual_seed(0)
     detector = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
     for head in detector.ClassHead:  # random heads score thousands of boxes: NMS would be timed, not the network
+        head.conv1x1.weight.data.zero_()
         head.conv1x1.bias.data = torch.tensor([8.0, -8.0] * (head.conv1x1.bias.numel() // 2))
     torch.save(detector.state_dict(), home / RETINAFACE_FILES["resnet50"])
     torch.save(ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(), home / PARSENET_FILE)
@@ -190,6 +191,7 @@ def bench_photos(count: int, repeat: int, threads: int, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", metavar="NAME", help="bench only this base (repeatable); default: all")
+    parser.add_argument("--no-bases", action="store_true", help="skip the per-face table (e.g. --parts alone)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=3, help="interleaved pairs per cell; the median is reported")
@@ -210,7 +212,7 @@ def main() -> None:
     rows: list[dict] = []
     parts: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only or BASES:
+        for name in [] if args.no_bases else args.only or BASES:
             rows += bench_base(name, args.batch, args.threads, args.repeat, Path(tmp))
         os.environ["BFRBOOST_HOME"] = str(Path(tmp))  # random RetinaFace/ParseNet weights, the ONNX graphs
         random_checkpoints(Path(tmp))
