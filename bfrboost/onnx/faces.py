@@ -12,6 +12,7 @@ dlib (no network) keeps running as it is.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +88,11 @@ def _export_checked(name: str, net: nn.Module, trace_input: torch.Tensor, checks
     return {"sha256": digest, "parity_max_abs_diff": worst, "seconds": round(time.perf_counter() - start, 1)}
 
 
+def _cpu_copy(net: nn.Module) -> nn.Module:
+    """The float32 CPU network to export and check against (the running one may be on a GPU)."""
+    return copy.deepcopy(net).float().cpu().eval()
+
+
 def _photo_input(height: int, width: int) -> torch.Tensor:
     """A real photo (scikit-image's astronaut) as RetinaFace's input: BGR, means subtracted, (1, 3, H, W)."""
     from skimage import data
@@ -98,13 +104,12 @@ def _photo_input(height: int, width: int) -> torch.Tensor:
 def retinaface_graph(network: str, net: nn.Module, weights: Path) -> Path:
     """RetinaFace ``network`` as a verified cached graph, any image size (exported on first use)."""
     sha = runtime.weights_sha256(weights)
-    net = net.eval()
 
     def export(path: Path) -> dict[str, Any]:
         anchors = {1: "anchors"}
         axes = {"input": {2: "height", 3: "width"}, "loc": anchors, "conf": anchors, "landmarks": anchors}
         checks = [_photo_input(640, 640), _photo_input(480, 720)]
-        return _export_checked(f"retinaface_{network}", net, _photo_input(320, 416), checks, path,
+        return _export_checked(f"retinaface_{network}", _cpu_copy(net), _photo_input(320, 416), checks, path,
                                ["loc", "conf", "landmarks"], axes, sha)
 
     return runtime.cached_export(f"retinaface_{network}", sha, DEFAULT_OPSET, export)
@@ -113,12 +118,11 @@ def retinaface_graph(network: str, net: nn.Module, weights: Path) -> Path:
 def parsenet_graph(net: nn.Module, weights: Path, resolution: int = 512) -> Path:
     """ParseNet's parsing logits as a verified cached graph, any batch (exported on first use)."""
     sha = runtime.weights_sha256(weights)
-    head = _MaskHead(net).eval()
 
     def export(path: Path) -> dict[str, Any]:
         face = cv2.resize(default_check_face(), (resolution, resolution), interpolation=cv2.INTER_LINEAR)
         x = torch.from_numpy(face).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        return _export_checked("parsenet", head, x, [torch.cat([x, x.flip(-1)])], path, ["logits"],
+        return _export_checked("parsenet", _MaskHead(_cpu_copy(net)).eval(), x, [torch.cat([x, x.flip(-1)])], path, ["logits"],
                                {"input": {0: "batch"}, "logits": {0: "batch"}}, sha)
 
     return runtime.cached_export(f"parsenet-{resolution}", sha, DEFAULT_OPSET, export)
