@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from bfrboost.errors import UsageError
+from bfrboost.options import TinySdOptions, default_of
 from bfrboost.refiner.model import TINY_PROMPT_SHAPE, alpha_bar, one_step_x0, vae_moments
 from bfrboost.safety import atomic_dir
 
@@ -66,9 +67,9 @@ LOGVAR_INIT = -8.0
 class TinyFit:
     """How the tiny SD is fitted (stored in ``fit.json`` next to it)."""
 
-    size: int = 32
-    vae_steps: int = 300
-    unet_steps: int = 100
+    size: int = default_of(TinySdOptions, "size")
+    vae_steps: int = default_of(TinySdOptions, "vae_steps")
+    unet_steps: int = default_of(TinySdOptions, "unet_steps")
     batch_size: int = 16
     lr: float = 2e-3
     kl_weight: float = 1e-6  # SD's VAE: a KL weight of 1e-6 keeps the latent near a Gaussian without blurring
