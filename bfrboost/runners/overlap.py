@@ -24,7 +24,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,7 +242,7 @@ class _Flow:
 
     def flush(self) -> Iterator[FileReport]:
         """Restore the pending batch on the device, hand its images to the finish threads (largest first),
-        and yield reports while more than ``queue_size`` images are being finished."""
+        wait while more than ``queue_size`` images are being finished, and yield the reports that are ready."""
         pending = self.pending
         if pending:
             self.runner.restorer.restore_faces([prepared for _, _, prepared, _ in pending])
@@ -251,8 +251,17 @@ class _Flow:
                 finishing[i] = self.finish_pool.submit(self.runner._finish, *pending[i], self.claims)
             self.out.extend(finishing)
             self.pending = []
-        while sum(isinstance(item, Future) for item in self.out) > self.runner.queue_size:
-            yield _result(self.out.popleft())
+        # Wait for *any* image to finish, not the oldest: one slow paste (a group photo) must not keep this
+        # thread from planning and preparing the next inputs. Reports still leave in input order; at most
+        # 4 × queue_size wait behind a slow one (each holds its faces).
+        limit = self.runner.queue_size
+        while True:
+            yield from _ready(self.out)
+            futures = [item for item in self.out if isinstance(item, Future)]
+            running = [future for future in futures if not future.done()]
+            if len(running) <= limit and len(futures) <= 4 * limit:
+                return
+            wait(running, return_when=FIRST_COMPLETED)
 
     def cancel(self) -> None:
         """A run left early (error, Ctrl-C, consumer stopped): drop the images not started yet."""
