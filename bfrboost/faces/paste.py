@@ -6,7 +6,7 @@ crop can hold; everything finer that the frame has (a face larger than 512 px, a
 from a background upsampler) is kept instead of being replaced by an interpolated copy, and the
 frame's own pixels are never re-sampled twice (frame → crop → frame), so an unchanged face comes
 back bit-exact. ``residual=False`` pastes the restored pixels directly (facexlib's behaviour); its
-identity round trip is 49–60 dB on the test photos (facexlib: 47–55 dB), see bench/bench_faces.py.
+identity round trip is 47–60 dB on the test photos (facexlib: 47–55 dB), see bench/bench_faces.py.
 """
 
 from __future__ import annotations
