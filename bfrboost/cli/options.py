@@ -4,6 +4,7 @@ default or a bound is written once, in ``bfrboost/options.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -152,9 +153,12 @@ def with_parameters(extra: Sequence[inspect.Parameter]) -> Callable[[Callable[..
     return wrap
 
 
-def pick(cls: type, params: Mapping[str, Any], **values: Any) -> dict[str, Any]:
-    """The fields of options class ``cls`` among a command's ``params`` (by name), ``values`` over them."""
-    return {name: params[name] for name in cls.__dataclass_fields__ if name in params} | values
+def pick(target: Any, params: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+    """What of a command's ``params`` (by name) ``target`` takes: the fields of an options class, or the
+    parameters of a library function; ``values`` over them. The command passes its options on without
+    restating each name."""
+    names = target.__dataclass_fields__ if dataclasses.is_dataclass(target) else inspect.signature(target).parameters
+    return {name: params[name] for name in names if name in params} | values
 
 
 def parse_knobs(knob: list[str]) -> dict[str, Any]:
