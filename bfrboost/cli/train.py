@@ -112,6 +112,7 @@ def cache_command(
     degrade_size: opt.option(int, CacheOptions, "degrade_size") = C.degrade_size,
 ) -> None:
     """Degrade each HQ face K times, run the frozen base(s) once and store the outputs in sharded safetensors."""
+    params = dict(locals())  # the options by name: the cache's settings take the ones they have
     import torch
 
     from bfrboost.train.cache import CacheConfig
@@ -121,16 +122,7 @@ def cache_command(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        config = CacheConfig(
-            bases=_bases(base),
-            size=size,
-            repeats=repeats,
-            seed=seed,
-            val_count=val_count,
-            shard_faces=shard_faces,
-            moments=moments,
-            degrade_size=degrade_size or None,
-        )
+        config = CacheConfig(**opt.pick(CacheConfig, params, bases=_bases(base), degrade_size=degrade_size or None))
         total = len(list_hq_faces(data))
         resume = "re-run the same command: finished shards are kept and the build continues"
         with interruptible(total=total, noun="face", resume=resume) as done, _progress("cache") as progress:
@@ -251,29 +243,19 @@ def pilot_command(
     device: opt.option(str, TrainConfig, "device", help="auto or cpu.") = T.device,
 ) -> None:
     """A short sweep over β (and optionally timestep, lr) that ranks the values and recommends one; --ablations: Table III."""
-    from bfrboost.train.loop import TrainConfig
+    params = dict(locals())  # the options by name: each run's TrainConfig takes the ones it has
     from bfrboost.train.pilot import ablate, pilot
 
     try:
         beta_values = _floats(betas, "--betas")
         config = TrainConfig(
-            out=out,
-            data=data,
-            cache=cache,
-            bases=_bases(base),
-            steps=steps,
-            batch_size=batch_size,
-            timestep=timestep,
-            val_count=val_count,
-            repeats=repeats,
-            size=size or (TINY_SIZE if tiny else TRAIN_SIZE),
-            tiny=tiny,
-            tiny_sd=tiny_sd,
-            sd_model=sd_model,
-            stats_from=stats_from,
-            seed=seed,
-            device=device,
-            beta=beta_values[0] if beta_values else None,
+            **opt.pick(
+                TrainConfig,
+                params,
+                bases=_bases(base),
+                size=size or (TINY_SIZE if tiny else TRAIN_SIZE),
+                beta=beta_values[0] if beta_values else None,
+            )
         )
         if ablations:
             ablate(config, note=err)
