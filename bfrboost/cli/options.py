@@ -5,6 +5,7 @@ default or a bound is written once, in ``bfrboost/options.py``."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -126,15 +127,24 @@ def _parameters(names: Sequence[str], classes: Sequence[type], special: Mapping[
 
 def with_parameters(extra: Sequence[inspect.Parameter]) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command (whose last parameter is ``**params``) the ``extra`` parameters after its own: Typer reads
-    them from the signature, so options shared by several commands, or generated, are declared once."""
+    them from the signature, so options shared by several commands, or generated, are declared once. A direct
+    call gets the defaults of the options it leaves out, as from the command line."""
 
     def wrap(command: Callable[..., None]) -> Callable[..., None]:
         own = inspect.signature(command, eval_str=True)
         kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        command.__signature__ = own.replace(parameters=[*kept, *extra])  # type: ignore[attr-defined]
+        signature = own.replace(parameters=[*kept, *extra])
         hints = get_type_hints(command, include_extras=True)
-        command.__annotations__ = {p.name: hints[p.name] for p in kept if p.name in hints} | {p.name: p.annotation for p in extra}
-        return command
+
+        @functools.wraps(command)
+        def call(*args: Any, **kwargs: Any) -> None:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return command(*bound.args, **bound.kwargs)
+
+        call.__signature__ = signature  # type: ignore[attr-defined]
+        call.__annotations__ = {p.name: hints[p.name] for p in kept if p.name in hints} | {p.name: p.annotation for p in extra}
+        return call
 
     return wrap
 
