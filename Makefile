@@ -63,6 +63,8 @@ bench: setup
 	$(PY) bench/bench_video.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_throughput.py
+	$(PY) bench/bench_workers.py
+	$(PY) bench/bench_workers.py --set family --cli
 	$(PY) bench/bench_onnx.py
 
 # ruff with pyproject's rules: 130-character lines (E501), McCabe complexity 10 per function (C901)

@@ -6,19 +6,20 @@ crop can hold; everything finer that the frame has (a face larger than 512 px, a
 from a background upsampler) is kept instead of being replaced by an interpolated copy, and the
 frame's own pixels are never re-sampled twice (frame → crop → frame), so an unchanged face comes
 back bit-exact. ``residual=False`` pastes the restored pixels directly (facexlib's behaviour); its
-identity round trip is 49–60 dB on the test photos (facexlib: 47–55 dB), see bench/bench_faces.py.
+identity round trip is 47–60 dB on the test photos (facexlib: 47–55 dB), see bench/bench_faces.py.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 from bfrboost.errors import UsageError
-from bfrboost.faces.align import compose, invert, quad_bounds, translate, warp_affine
+from bfrboost.faces.align import compose, invert, quad_bounds, scale_of, translate, warp_affine
 from bfrboost.faces.types import Face
 
 
@@ -85,28 +86,74 @@ def paste_faces(
     for index, face in enumerate(faces):
         if face.restored is None:
             continue
-        restored = face.restored
-        size = restored.shape[0]
-        if face.affine is None or face.crop is None or face.crop.shape != restored.shape:
-            raise UsageError(
-                f"face {index}: paste needs the aligned crop and a restored face of the same size ({restored.shape})"
-            )
-        mask = soft_square_mask(size) if masks is None or masks[index] is None else np.asarray(masks[index], np.float32)
-        if mask.shape != (size, size):
-            raise UsageError(f"face {index}: mask is {mask.shape}, expected ({size}, {size}) like the restored face")
-        if color_match:
-            restored = match_color(restored, face.crop, mask)
-        # Colour (or residual) and mask travel in one 4-channel float image: a single warp each.
-        colour = cv2.subtract(restored, face.crop, dtype=cv2.CV_32F) if residual else restored.astype(np.float32)
-        source = cv2.merge([colour, mask])
+        colour, mask = _face_layers(index, face, None if masks is None else masks[index], residual, color_match)
         crop_to_frame = compose(to_upscaled, invert(face.affine))
-        x0, y0, x1, y1 = quad_bounds(crop_to_frame, size, out.shape, margin=2)
-        warped = warp_affine(source, compose(translate(-x0, -y0), crop_to_frame), (x1 - x0, y1 - y0))
-        alpha = np.clip(warped[..., 3:], 0.0, 1.0)
+        x0, y0, x1, y1 = quad_bounds(crop_to_frame, colour.shape[0], out.shape, margin=2)
+        colour, alpha = _warped_layers(colour, mask, compose(translate(-x0, -y0), crop_to_frame), (x1 - x0, y1 - y0))
         region = out[y0:y1, x0:x1].astype(np.float32)
         if residual:
-            region += alpha * warped[..., :3]
+            region += alpha * colour
         else:
-            region += alpha * (warped[..., :3] - region)
+            region += alpha * (colour - region)
         out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     return out
+
+
+def _face_layers(
+    index: int, face: Face, mask: np.ndarray | None, residual: bool, color_match: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What gets warped for one face, in crop space: its colour (``restored − crop`` when ``residual``,
+    else the restored pixels) as float32, and its blend mask (None: the soft square)."""
+    restored = face.restored
+    size = restored.shape[0]
+    if face.affine is None or face.crop is None or face.crop.shape != restored.shape:
+        raise UsageError(f"face {index}: paste needs the aligned crop and a restored face of the same size ({restored.shape})")
+    if mask is not None:
+        mask = np.asarray(mask, np.float32)
+        if mask.shape != (size, size):
+            raise UsageError(f"face {index}: mask is {mask.shape}, expected ({size}, {size}) like the restored face")
+    if color_match:
+        restored = match_color(restored, face.crop, soft_square_mask(size) if mask is None else mask)
+    colour = cv2.subtract(restored, face.crop, dtype=cv2.CV_32F) if residual else restored.astype(np.float32)
+    return colour, mask
+
+
+def _warped_layers(
+    colour: np.ndarray, mask: np.ndarray | None, matrix: np.ndarray, dsize: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``colour`` and ``mask`` (None: the soft square) warped by ``matrix`` into
+    a ``dsize`` region: (colour, alpha clipped to 0–1, H×W×1).
+
+    A face shrunk more than 2× (a small face in a photo) is first box-filtered by a whole factor ``k``
+    (:func:`_box_shrink`; the soft square's shrunk copies are cached) so that the bicubic warp shrinks
+    it by less than 2× (no aliasing), and colour and mask then travel in one small 4-channel image:
+    a fractional ``INTER_AREA`` of the full 512 crop cost more than the rest of the paste on small photos.
+    """
+    size = colour.shape[0]
+    scale = scale_of(matrix)
+    if scale < 0.5:
+        k = math.ceil(0.5 / scale)
+        mask = _soft_mask_shrunk(size, k) if mask is None else _box_shrink(mask, k)
+        # box pixel j averages crop pixels [o + jk, o + jk + k), o = (size % k) // 2: its centre is o + jk + (k − 1) / 2
+        shift = (size % k) // 2 + (k - 1) / 2.0
+        matrix = compose(matrix, np.array([[k, 0.0, shift], [0.0, k, shift]]))
+        warped = cv2.warpAffine(cv2.merge([_box_shrink(colour, k), mask]), matrix, dsize, flags=cv2.INTER_CUBIC)
+        return warped[..., :3], np.clip(warped[..., 3:], 0.0, 1.0)
+    colour = warp_affine(colour, matrix, dsize)
+    alpha = warp_affine(soft_square_mask(size) if mask is None else mask, matrix, dsize)
+    return colour, np.clip(alpha, 0.0, 1.0)[..., None]
+
+
+def _box_shrink(image: np.ndarray, k: int) -> np.ndarray:
+    """Mean of every ``k``×``k`` block of a square image, the blocks centred (the ``size % k`` pixels left over
+    at the border, where blend masks are 0, are dropped): OpenCV's fast integer ``INTER_AREA`` on a view."""
+    size = image.shape[0]
+    n, start = size // k, (size % k) // 2
+    return cv2.resize(image[start : start + n * k, start : start + n * k], (n, n), interpolation=cv2.INTER_AREA)
+
+
+@functools.lru_cache(maxsize=32)
+def _soft_mask_shrunk(size: int, k: int) -> np.ndarray:
+    mask = _box_shrink(soft_square_mask(size), k)
+    mask.setflags(write=False)
+    return mask

@@ -24,10 +24,10 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,6 @@ from bfrboost.runners.outputs import Claims, OutputPlan
 MODES = ("auto", "process", "thread")
 
 _Job = tuple[FileReport, "LoadedImage | None", "Prepared | None"]
-_Planned = tuple[FileReport, "OutputPlan | None"]
 #: The runner a forked prepare process works for (inherited through ``fork``, never pickled).
 _WORKER_RUNNER: OverlapRunner | None = None
 
@@ -158,77 +157,117 @@ class OverlapRunner:
         return self.files.deliver(report, loaded, plan, self.restorer.finish(prepared), claims)
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
+        """One report per input, in input order, as each is done (see the class docstring)."""
         inputs = list(inputs)
         claims = self.files.start(inputs)
-        todo = iter(inputs)
-        # planned inputs in input order: [report, plan, prepare future or None, path, cost]
-        ahead: deque[list[Any]] = deque()
-        out: deque[FileReport | Future[FileReport]] = deque()  # delivered or being finished, in order
-        pending: list[tuple[FileReport, LoadedImage, Prepared, OutputPlan]] = []
         prepare_pool = self._prepare_executor()
-        window = 2 * self.queue_size
         with ExitStack() as stack:
             finish_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bfrboost-finish")
             stack.callback(finish_pool.shutdown, wait=True, cancel_futures=True)
-            stack.callback(self._cancel, ahead)
-
-            def submit(entry: list[Any]) -> None:
-                entry[2] = prepare_pool.submit(self._submit_target(), entry[0], entry[3])
-
-            def fill() -> None:
-                while len(ahead) < window:
-                    path = next(todo, None)
-                    if path is None:
-                        break
-                    report, plan = self.files.planned(path, claims)
-                    ahead.append([report, plan, None, path, _cost(path)])
-                waiting = sorted((e for e in ahead if e[1] is not None and e[2] is None), key=lambda e: -e[4])
-                in_flight = sum(e[2] is not None for e in ahead)
-                for entry in waiting[: max(self.queue_size - in_flight, 0)]:
-                    submit(entry)
-
-            def flush() -> Iterator[FileReport]:
-                if pending:
-                    self.restorer.restore_faces([prepared for _, _, prepared, _ in pending])
-                    finishing: list[Future[FileReport] | None] = [None] * len(pending)
-                    for i in sorted(range(len(pending)), key=lambda i: -pending[i][2].image.size):  # largest first
-                        finishing[i] = finish_pool.submit(self._finish, *pending[i], claims)
-                    out.extend(finishing)
-                    pending.clear()
-                while sum(isinstance(item, Future) for item in out) > self.queue_size:
-                    yield _result(out.popleft())
-
-            fill()
-            while ahead:
-                if ahead[0][1] is not None and ahead[0][2] is None:  # its turn came before a free slot did
-                    submit(ahead[0])
-                report, plan, future, _, _ = ahead.popleft()
-                if future is not None:
-                    report, loaded, prepared = future.result()
-                    fill()
-                    if loaded is not None:
-                        pending.append((report, loaded, prepared, plan))
-                        if len(pending) >= self.images_per_batch:
-                            yield from flush()
-                        yield from _ready(out)
-                        continue
-                fill()
-                yield from flush()
-                out.append(report)
-                yield from _ready(out)
-            yield from flush()
-            while out:
-                yield _result(out.popleft())
+            flow = _Flow(self, inputs, claims, prepare_pool, finish_pool)
+            stack.callback(flow.cancel)
+            yield from flow.reports()
 
     def _submit_target(self):  # noqa: ANN202 - a bound method for threads, a module function for processes
         return self._prepare if self.mode == "thread" else _prepare_in_worker
 
-    @staticmethod
-    def _cancel(ahead: deque[list[Any]]) -> None:
+
+@dataclass
+class _Planned:
+    """An input whose outputs are planned (``plan`` None: failed or skipped), and its prepare job once submitted."""
+
+    report: FileReport
+    plan: OutputPlan | None
+    path: Path
+    cost: int
+    future: Future[_Job] | None = None
+
+
+class _Flow:
+    """One :meth:`OverlapRunner.run`: inputs planned ahead, prepared images waiting for the device,
+    and the reports (or their finish jobs) in input order."""
+
+    def __init__(self, runner: OverlapRunner, inputs: list[Path], claims: Claims, prepare: Executor, finish: Executor) -> None:
+        self.runner, self.claims, self.prepare_pool, self.finish_pool = runner, claims, prepare, finish
+        self.todo = iter(inputs)
+        self.ahead: deque[_Planned] = deque()  # planned inputs, in input order
+        self.pending: list[tuple[FileReport, LoadedImage, Prepared, OutputPlan]] = []  # the next device batch
+        self.out: deque[FileReport | Future[FileReport]] = deque()  # delivered or being finished, in order
+        self.window = 2 * runner.queue_size
+
+    def reports(self) -> Iterator[FileReport]:
+        self.fill()
+        while self.ahead:
+            yield from self.step()
+        yield from self.flush()
+        while self.out:
+            yield _result(self.out.popleft())
+
+    def submit(self, entry: _Planned) -> None:
+        entry.future = self.prepare_pool.submit(self.runner._submit_target(), entry.report, entry.path)
+
+    def fill(self) -> None:
+        """Plan inputs up to the window; start the costliest planned ones while fewer than ``queue_size`` run."""
+        while len(self.ahead) < self.window:
+            path = next(self.todo, None)
+            if path is None:
+                break
+            report, plan = self.runner.files.planned(path, self.claims)
+            self.ahead.append(_Planned(report, plan, path, _cost(path)))
+        waiting = sorted((e for e in self.ahead if e.plan is not None and e.future is None), key=lambda e: -e.cost)
+        in_flight = sum(e.future is not None for e in self.ahead)
+        for entry in waiting[: max(self.runner.queue_size - in_flight, 0)]:
+            self.submit(entry)
+
+    def step(self) -> Iterator[FileReport]:
+        """Take the first planned input: into the device batch when it decoded, else its report in its place."""
+        entry = self.ahead[0]
+        if entry.plan is not None and entry.future is None:  # its turn came before a free slot did
+            self.submit(entry)
+        self.ahead.popleft()
+        report = entry.report
+        if entry.future is not None:
+            report, loaded, prepared = entry.future.result()
+            self.fill()
+            if loaded is not None:
+                self.pending.append((report, loaded, prepared, entry.plan))
+                if len(self.pending) >= self.runner.images_per_batch:
+                    yield from self.flush()
+                yield from _ready(self.out)
+                return
+        self.fill()
+        yield from self.flush()
+        self.out.append(report)
+        yield from _ready(self.out)
+
+    def flush(self) -> Iterator[FileReport]:
+        """Restore the pending batch on the device, hand its images to the finish threads (largest first),
+        wait while more than ``queue_size`` images are being finished, and yield the reports that are ready."""
+        pending = self.pending
+        if pending:
+            self.runner.restorer.restore_faces([prepared for _, _, prepared, _ in pending])
+            finishing: list[Future[FileReport] | None] = [None] * len(pending)
+            for i in sorted(range(len(pending)), key=lambda i: -pending[i][2].image.size):  # largest first
+                finishing[i] = self.finish_pool.submit(self.runner._finish, *pending[i], self.claims)
+            self.out.extend(finishing)
+            self.pending = []
+        # Wait for *any* image to finish, not the oldest: one slow paste (a group photo) must not keep this
+        # thread from planning and preparing the next inputs. Reports still leave in input order; at most
+        # 4 × queue_size wait behind a slow one (each holds its faces).
+        limit = self.runner.queue_size
+        while True:
+            yield from _ready(self.out)
+            futures = [item for item in self.out if isinstance(item, Future)]
+            running = [future for future in futures if not future.done()]
+            if len(running) <= limit and len(futures) <= 4 * limit:
+                return
+            wait(running, return_when=FIRST_COMPLETED)
+
+    def cancel(self) -> None:
         """A run left early (error, Ctrl-C, consumer stopped): drop the images not started yet."""
-        for _, _, future, _, _ in ahead:
-            if future is not None:
-                future.cancel()
+        for entry in self.ahead:
+            if entry.future is not None:
+                entry.future.cancel()
 
 
 def _cost(path: Path) -> int:

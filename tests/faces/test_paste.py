@@ -68,6 +68,19 @@ def test_upscale_two_puts_the_face_at_the_right_subpixel_place():
     assert _psnr(out[inside], frame[inside]) > 40  # 49 dB measured; half a frame pixel off gives 33 dB
 
 
+@pytest.mark.parametrize("zoom", [4.0, 5.5, 9.0, 13.0])
+def test_small_faces_land_at_the_right_subpixel_place(zoom):
+    """Faces shrunk 4–13× on the way back take the box-filtered path (k = 2, 3, 5, 7: with and without
+    leftover crop pixels); box centres off by one crop pixel (a tenth of a frame pixel) fail."""
+    image = _sine_image(240, 240)
+    landmarks = FFHQ_TEMPLATE_512 / zoom + [30.0, 25.0]
+    faces = _identity_restore(image, [Face(box=np.zeros(4), score=1.0, landmarks=landmarks)])
+    out = paste_faces(image, faces, 1.0, residual=False)
+    lo, hi = 30 + round(140 / zoom), 25 + round(380 / zoom)  # where the soft square is 1
+    inside = (slice(lo, hi), slice(lo, hi))
+    assert _psnr(out[inside], image[inside]) > 45  # 55–61 dB measured; the blocks off by one crop pixel: 34–38 dB
+
+
 def test_soft_square_mask_shape():
     mask = soft_square_mask(512)
     assert mask.shape == (512, 512) and mask.dtype == np.float32
@@ -134,7 +147,8 @@ def test_paste_works_on_face_regions_only(whole_detections, monkeypatch):
         )
     paste_faces(image, faces, 1.0)
     assert {name for name, _ in calls} <= {"warpAffine", "resize"}
-    assert all(shape[:2] in ((512, 512),) or shape[0] * shape[1] < 200 * 200 for _, shape in calls), calls
+    # crop-sized (the 512 crop, or a view of it) or a face's region, never the 1328×568 frame
+    assert all(max(shape[:2]) <= 512 or shape[0] * shape[1] < 200 * 200 for _, shape in calls), calls
 
 
 def test_match_color_restores_the_original_statistics():
