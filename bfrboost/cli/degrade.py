@@ -14,7 +14,7 @@ from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError
-from bfrboost.options import DegradeConfig, DegradeRunOptions
+from bfrboost.options import DegradeConfig, DegradeRunOptions, OutputOptions
 
 RANGES, RUN = opt.defaults(DegradeConfig), opt.defaults(DegradeRunOptions)
 
@@ -40,7 +40,7 @@ def degrade_command(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into subfolders.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")] = False,
     log: opt.option(bool, DegradeRunOptions, "log", "--log/--no-log") = RUN.log,
-    max_pixels: opt.MaxPixels = None,
+    max_pixels: opt.option(int | None, OutputOptions, "max_pixels") = None,
 ) -> None:
     """Degrade HQ faces: y = JPEG_q((x ⊛ k_σ)↓r + n_δ)↑r with random order/skips (bfrboost.train.degrade)."""
     from bfrboost.io.inputs import collect_inputs

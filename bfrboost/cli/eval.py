@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -55,6 +55,14 @@ def _device(device: str) -> str:
 
 
 @eval_app.callback()
+@opt.with_parameters(
+    opt.parameters(
+        "reference_stats metrics size batch_size device as_json",
+        EvalOptions,
+        reference_stats=ReferenceStats,
+        as_json=(Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")], False),
+    )
+)
 def evaluate(
     ctx: typer.Context,
     restored: Annotated[
@@ -69,15 +77,10 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    reference_stats: ReferenceStats = E.reference_stats,
-    metrics: MetricsOpt = E.metrics,
-    size: SizeOpt = E.size,
-    batch_size: opt.option(int, EvalOptions, "batch_size") = E.batch_size,
-    device: DeviceOpt = E.device,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")] = False,
+    **params: Any,
 ) -> None:
     """Score a folder of restored faces (run with --restored DIR), or run a subcommand."""
-    params = dict(locals())  # the options by name: the library call takes the ones it has
+    device, as_json, reference_stats = params["device"], params["as_json"], params["reference_stats"]
     if ctx.invoked_subcommand is not None:
         if restored is not None:
             err(

@@ -6,7 +6,6 @@ progress, errors and exit codes are ``restore``'s (``OUTDIR/restored_imgs/…``)
 
 from __future__ import annotations
 
-import inspect
 import time
 from enum import Enum
 from pathlib import Path
@@ -66,21 +65,13 @@ PGDIFF_FLAGS = {"--steps": "steps", "--guidance-scale": "scale", "--seed": "seed
 _OUTPUT = ("suffix", "quality", "overwrite", "save_faces", "save_cmp", "max_pixels")
 
 
-def _shared(
-    steps: opt.Steps = G.steps, scale: Scale = G.scale, old_scale: ScaleAlias = None, seed: opt.Seed = G.seed,
-    repeats: opt.Repeats = G.repeats, repeat_from: opt.RepeatFrom = G.repeat_from, prior: Prior = G.prior,
-    upscale: opt.Upscale = opt.PASTE.upscale, aligned: opt.Aligned = opt.DETECT.aligned,
-    only_center_face: opt.OnlyCenterFace = opt.DETECT.only_center_face, min_face: opt.MinFace = opt.DETECT.min_face,
-    detector: opt.Detector = opt.DETECT.detector, paste: opt.Paste = opt.PASTE.paste, device: opt.Device = opt.RESTORE.device,
-    batch_size: Batch = G.batch_size, save_faces: opt.SaveFaces = OUT.save_faces, save_cmp: opt.SaveCmp = OUT.save_cmp,
-    suffix: opt.Suffix = OUT.suffix, ext: Ext = ExtChoice(OUT.ext), quality: opt.Quality = OUT.quality,
-    max_pixels: opt.MaxPixels = OUT.max_pixels, as_json: opt.AsJson = False, overwrite: opt.Overwrite = OUT.overwrite,
-    recursive: opt.Recursive = False, tiny: Tiny = G.tiny,
-) -> None:
-    """The options every guided command takes after its own (sampler, photo, output); never called."""
-
-
-SHARED = list(inspect.signature(_shared, eval_str=True).parameters.values())
+#: The options every guided command takes after its own (sampler, photo, output), in ``--help`` order.
+SHARED = opt.parameters(
+    "steps scale old_scale seed repeats repeat_from prior upscale aligned only_center_face min_face detector paste device "
+    "batch_size save_faces save_cmp suffix ext quality max_pixels as_json overwrite recursive tiny",
+    GuidanceOptions, PasteOptions, DetectOptions, RestoreOptions, OutputOptions,
+    scale=Scale, old_scale=(ScaleAlias, None), prior=Prior, batch_size=Batch, ext=(Ext, ExtChoice(OUT.ext)), tiny=Tiny,
+)
 
 
 def _scale(guidance_scale: float | None, scale: float | None) -> float | None:

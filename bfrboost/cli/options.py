@@ -5,13 +5,14 @@ default or a bound is written once, in ``bfrboost/options.py``."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Annotated, Any, get_type_hints
+from types import SimpleNamespace, UnionType
+from typing import Annotated, Any, get_args, get_type_hints
 
 import typer
 
@@ -57,20 +58,22 @@ def option(kind: Any, cls: type, name: str, *flags: str, **overrides: Any) -> An
 
 Preset = Enum("Preset", {name: name for name in X264_PRESETS if name != "placebo"}, type=str)  # type: ignore[misc]
 
-Refine = option(bool | None, RestoreOptions, "refine", "--refine/--no-refine", show_default=False)
-Refiner = option(Path | None, RestoreOptions, "refiner")
-RefinerStrength = option(float, RestoreOptions, "refiner_strength")
-SdModel = option(Path | None, RestoreOptions, "sd_model")
-Compile = option(bool, RestoreOptions, "compile")
-Base = option(str, RestoreOptions, "base")
-Weights = option(Path | None, RestoreOptions, "weights")
-Fidelity = option(float | None, RestoreOptions, "fidelity")
-Knob = option(list[str] | None, RestoreOptions, "knobs")
-BatchSize = option(int | None, RestoreOptions, "batch_size")
-Device = option(str, RestoreOptions, "device")
-Runtime = option(str, RestoreOptions, "runtime")
-Providers = option(str | None, RestoreOptions, "providers")
-Threads = option(int | None, RestoreOptions, "threads")
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
+Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
+#: How the commands spell these fields, unlike the dataclass: short flags, a list given by repeating the flag, a
+#: choice; and the switches that are no field. :func:`parameters` uses them wherever a command lists the name.
+SPELLED: dict[str, Any] = dict(
+    outdir=option(Path, OutputOptions, "outdir", "-o", "--outdir"),
+    upscale=option(float, PasteOptions, "upscale", "-s", "--upscale"),
+    refine=option(bool | None, RestoreOptions, "refine", "--refine/--no-refine", show_default=False),
+    person=(option(list[Path] | None, DetectOptions, "person", show_default=False), None),
+    knobs=(option(list[str] | None, RestoreOptions, "knobs"), None),
+    providers=option(str | None, RestoreOptions, "providers"),
+    preset=(option(Preset, VideoOptions, "preset"), Preset(VIDEO.preset)),
+    smooth=option(bool, VideoOptions, "smooth", "--smooth/--no-smooth"),
+    as_json=(AsJson, False),
+    recursive=(Recursive, False),
+)
 
 
 def runtime_options(runtime: str, providers: str | None, threads: int | None) -> dict[str, Any]:
@@ -81,74 +84,67 @@ def runtime_options(runtime: str, providers: str | None, threads: int | None) ->
         torch.set_num_threads(threads)
     names = tuple(p.strip().lower() for p in providers.split(",") if p.strip()) if providers else None
     return {"runtime": runtime, "providers": names, "threads": threads}
-Upscale = option(float, PasteOptions, "upscale", "-s", "--upscale")
-BgUpsampler = option(str, PasteOptions, "bg_upsampler")
-BgTile = option(int, PasteOptions, "bg_tile")
-FaceUpsample = option(bool, PasteOptions, "face_upsample")
-Paste = option(str, PasteOptions, "paste")
-ColorMatch = option(bool, PasteOptions, "color_match")
-Aligned = option(bool, DetectOptions, "aligned")
-OnlyCenterFace = option(bool, DetectOptions, "only_center_face")
-MinFace = option(int, DetectOptions, "min_face")
-Detector = option(str, DetectOptions, "detector")
-FaceIndex = option(int | None, DetectOptions, "face_index", show_default=False)
-Largest = option(bool, DetectOptions, "largest")
-Person = option(list[Path] | None, DetectOptions, "person", show_default=False)
-PersonModel = option(str, DetectOptions, "person_model")
-PersonThreshold = option(float | None, DetectOptions, "person_threshold", show_default=False)
-Blend = option(float, PasteOptions, "blend")
-Outdir = option(Path, OutputOptions, "outdir", "-o", "--outdir")
-Suffix = option(str | None, OutputOptions, "suffix")
-Quality = option(int, OutputOptions, "quality")
-MaxPixels = option(int | None, OutputOptions, "max_pixels")
-Overwrite = option(bool, OutputOptions, "overwrite")
-SaveFaces = option(bool, OutputOptions, "save_faces")
-SaveCmp = option(bool, OutputOptions, "save_cmp")
-DrawBoxes = option(bool, OutputOptions, "draw_boxes")
-Smooth = option(bool, VideoOptions, "smooth", "--smooth/--no-smooth")
-Crf = option(int, VideoOptions, "crf")
-VideoPreset = option(Preset, VideoOptions, "preset")
-Start = option(float | None, VideoOptions, "start")
-Duration = option(float | None, VideoOptions, "duration")
-FramesPerBatch = option(int, VideoOptions, "frames_per_batch")
-DetectEvery = option(int, VideoOptions, "detect_every")
-Steps = option(int, GuidanceOptions, "steps")
-Seed = option(int, GuidanceOptions, "seed")
-Repeats = option(int, GuidanceOptions, "repeats")
-RepeatFrom = option(float, GuidanceOptions, "repeat_from")
-Workers = option(int, RunnerOptions, "workers")
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
-Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
+
+
+def _cli_kind(hint: Any) -> Any:
+    """The type a flag reads for a field typed ``hint``: a field that takes a name or a path reads a path."""
+    args = get_args(hint) if isinstance(hint, UnionType) else ()
+    if Path in args:
+        return Path | None if type(None) in args else Path
+    return hint
 
 
 def field_parameters(cls: type, **special: tuple[Any, Any]) -> list[inspect.Parameter]:
     """One keyword parameter per flagged field of ``cls``, in field order: its type, :func:`option` and
     default, so a command's signature is generated, not retyped. ``special[name] = (annotation, default)``
     replaces a field's parameter where the command spells it differently (a list given comma-separated)."""
-    hints = get_type_hints(cls)
+    names = [name for name, f in cls.__dataclass_fields__.items() if name in special or f.metadata.get("flag")]
+    return _parameters(names, (cls,), special)
+
+
+def parameters(names: str, *classes: type, **special: Any) -> list[inspect.Parameter]:
+    """The keyword parameters ``names`` (space-separated, in ``--help`` order), each made from the field of that
+    name of the first of ``classes`` that has it; ``special[name]`` (an annotation, or ``(annotation, default)``)
+    and :data:`SPELLED` replace a field's parameter where the command spells it differently, or add one that is
+    no field (``--json``); an annotation alone defaults to the default of the field its option names."""
+    return _parameters(names.split(), classes, SPELLED | special)
+
+
+def _parameters(names: Sequence[str], classes: Sequence[type], special: Mapping[str, Any]) -> list[inspect.Parameter]:
     params = []
-    for name, f in cls.__dataclass_fields__.items():
+    for name in names:
+        owner = next((cls for cls in classes if name in cls.__dataclass_fields__), None)
         if name in special:
-            annotation, default = special[name]
-        elif f.metadata.get("flag"):
-            annotation, default = option(hints[name], cls, name), default_of(cls, name)
+            given = special[name]
+            annotation, default = given if isinstance(given, tuple) else (given, default_of(*given.__metadata__[0].options_field))
+        elif owner is not None:
+            annotation, default = option(_cli_kind(get_type_hints(owner)[name]), owner, name), default_of(owner, name)
         else:
-            continue
+            raise TypeError(f"{name} is no field of {', '.join(c.__name__ for c in classes)}")
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default))
     return params
 
 
 def with_parameters(extra: Sequence[inspect.Parameter]) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command (whose last parameter is ``**params``) the ``extra`` parameters after its own: Typer reads
-    them from the signature, so options shared by several commands, or generated, are declared once."""
+    them from the signature, so options shared by several commands, or generated, are declared once. A direct
+    call gets the defaults of the options it leaves out, as from the command line."""
 
     def wrap(command: Callable[..., None]) -> Callable[..., None]:
         own = inspect.signature(command, eval_str=True)
         kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        command.__signature__ = own.replace(parameters=[*kept, *extra])  # type: ignore[attr-defined]
+        signature = own.replace(parameters=[*kept, *extra])
         hints = get_type_hints(command, include_extras=True)
-        command.__annotations__ = {p.name: hints[p.name] for p in kept if p.name in hints} | {p.name: p.annotation for p in extra}
-        return command
+
+        @functools.wraps(command)
+        def call(*args: Any, **kwargs: Any) -> None:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return command(*bound.args, **bound.kwargs)
+
+        call.__signature__ = signature  # type: ignore[attr-defined]
+        call.__annotations__ = {p.name: hints[p.name] for p in kept if p.name in hints} | {p.name: p.annotation for p in extra}
+        return call
 
     return wrap
 

@@ -30,6 +30,7 @@ from bfrboost.options import (
     OutputOptions,
     PasteOptions,
     RestoreOptions,
+    RunnerOptions,
     VideoOptions,
 )
 from bfrboost.safety import one_line
@@ -79,35 +80,47 @@ Ext = opt.option(
     "ext",
     help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).",
 )
-Guide = _pgdiff(
-    str, "guide", "smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
-    "--weights/--fidelity/--knob apply to it."
+#: The options of ``--base pgdiff`` only: given without it they are a usage error.
+_PGDIFF: dict[str, Any] = dict(
+    guide=_pgdiff(
+        str, "guide", "smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
+        "--weights/--fidelity/--knob apply to it."
+    ),
+    reference=(_pgdiff(
+        list[Path] | None, "reference", "photo(s) of the same person, or one folder of references named like the inputs; "
+        "guides each photo's largest face towards their ArcFace identity. Repeatable.", show_default=False
+    ), None),
+    prior=_pgdiff(Path | None, "prior", "diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's)."),
+    steps=_pgdiff(int, "steps", "denoising steps (respaced from 1000; upstream recommends >= 100)."),
+    scale=(_pgdiff(
+        float, "scale", "guidance scale s (0.05–0.1 usual; larger = closer to the guide).", "--guidance-scale", show_default="0.1"
+    ), opt.GUIDANCE.scale),
+    seed=_pgdiff(int, "seed", "seed of the diffusion noise."),
+    ss_weight=_pgdiff(float, "ss_weight", "weight of the smooth-semantics property."),
+    ref_weight=_pgdiff(
+        float,
+        "ref_weight",
+        "weight of the identity property (default 5e3 with mse, 1e4 with cos: PGDiff's scale, docs/guided.md).",
+        show_default=False,
+    ),
+    ref_loss=_pgdiff(str, "ref_loss", "identity distance, mse or cos."),
+    repeats=_pgdiff(int, "repeats", "gradient steps N per timestep for t in (0.7T, T]."),
+    tiny=_pgdiff(bool, "tiny", "demo with a small random prior and guide, no download (results are noise)."),
 )
-Reference = _pgdiff(
-    list[Path] | None, "reference", "photo(s) of the same person, or one folder of references named like the inputs; "
-    "guides each photo's largest face towards their ArcFace identity. Repeatable.", show_default=False
-)
-Prior = _pgdiff(Path | None, "prior", "diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")
-Steps = _pgdiff(int, "steps", "denoising steps (respaced from 1000; upstream recommends >= 100).")
-GuidanceScale = _pgdiff(
-    float, "scale", "guidance scale s (0.05–0.1 usual; larger = closer to the guide).", "--guidance-scale", show_default="0.1"
-)
-Seed = _pgdiff(int, "seed", "seed of the diffusion noise.")
-SsWeight = _pgdiff(float, "ss_weight", "weight of the smooth-semantics property.")
-RefWeight = _pgdiff(
-    float, "ref_weight", "weight of the identity property (default 5e3 with mse, 1e4 with cos: PGDiff's scale, docs/guided.md).",
-    show_default=False,
-)
-RefLoss = _pgdiff(str, "ref_loss", "identity distance, mse or cos.")
-Repeats = _pgdiff(int, "repeats", "gradient steps N per timestep for t in (0.7T, T].")
-Tiny = _pgdiff(bool, "tiny", "demo with a small random prior and guide, no download (results are noise).")
-#: The parameters above: given without --base pgdiff they are a usage error.
-_GUIDED = (
-    "reference", "prior", "guide", "steps", "guidance_scale", "seed", "ss_weight", "ref_weight", "ref_loss", "repeats", "tiny"
+#: ``restore``'s options in ``--help`` order, each made from its field in bfrboost/options.py.
+OPTIONS = opt.parameters(
+    "outdir base refine refiner refiner_strength sd_model compile upscale face_upsample bg_upsampler bg_tile aligned "
+    "only_center_face min_face face_index largest person person_model person_threshold blend paste color_match detector "
+    "weights fidelity knobs batch_size save_faces save_cmp draw_boxes suffix ext quality device runtime providers threads "
+    "max_pixels as_json overwrite recursive smooth crf preset start duration frames_per_batch detect_every "
+    "guide reference prior steps scale seed ss_weight ref_weight ref_loss repeats tiny workers",
+    OutputOptions, RestoreOptions, PasteOptions, DetectOptions, VideoOptions, RunnerOptions,
+    ext=(Ext, ExtChoice(opt.OUTPUT.ext)), **_PGDIFF,
 )
 
 
 @app.command()
+@opt.with_parameters(OPTIONS)
 def restore(
     inputs: Annotated[
         list[str],
@@ -117,73 +130,16 @@ def restore(
             show_default=False,
         ),
     ],
-    outdir: opt.Outdir = opt.OUTPUT.outdir,
-    base: opt.Base = opt.RESTORE.base,
-    refine: opt.Refine = opt.RESTORE.refine,
-    refiner: opt.Refiner = opt.RESTORE.refiner,
-    refiner_strength: opt.RefinerStrength = opt.RESTORE.refiner_strength,
-    sd_model: opt.SdModel = opt.RESTORE.sd_model,
-    compile_refiner: opt.Compile = opt.RESTORE.compile,
-    upscale: opt.Upscale = opt.PASTE.upscale,
-    face_upsample: opt.FaceUpsample = opt.PASTE.face_upsample,
-    bg_upsampler: opt.BgUpsampler = opt.PASTE.bg_upsampler,
-    bg_tile: opt.BgTile = opt.PASTE.bg_tile,
-    aligned: opt.Aligned = opt.DETECT.aligned,
-    only_center_face: opt.OnlyCenterFace = opt.DETECT.only_center_face,
-    min_face: opt.MinFace = opt.DETECT.min_face,
-    face_index: opt.FaceIndex = opt.DETECT.face_index,
-    largest: opt.Largest = opt.DETECT.largest,
-    person: opt.Person = None,
-    person_model: opt.PersonModel = opt.DETECT.person_model,
-    person_threshold: opt.PersonThreshold = opt.DETECT.person_threshold,
-    blend: opt.Blend = opt.PASTE.blend,
-    paste: opt.Paste = opt.PASTE.paste,
-    color_match: opt.ColorMatch = opt.PASTE.color_match,
-    detector: opt.Detector = opt.DETECT.detector,
-    weights: opt.Weights = opt.RESTORE.weights,
-    fidelity: opt.Fidelity = opt.RESTORE.fidelity,
-    knob: opt.Knob = None,
-    batch_size: opt.BatchSize = opt.RESTORE.batch_size,
-    save_faces: opt.SaveFaces = opt.OUTPUT.save_faces,
-    save_cmp: opt.SaveCmp = opt.OUTPUT.save_cmp,
-    draw_boxes: opt.DrawBoxes = opt.OUTPUT.draw_boxes,
-    suffix: opt.Suffix = opt.OUTPUT.suffix,
-    ext: Ext = ExtChoice(opt.OUTPUT.ext),
-    quality: opt.Quality = opt.OUTPUT.quality,
-    device: opt.Device = opt.RESTORE.device,
-    runtime: opt.Runtime = opt.RESTORE.runtime,
-    providers: opt.Providers = opt.RESTORE.providers,
-    threads: opt.Threads = opt.RESTORE.threads,
-    max_pixels: opt.MaxPixels = opt.OUTPUT.max_pixels,
-    as_json: opt.AsJson = False,
-    overwrite: opt.Overwrite = opt.OUTPUT.overwrite,
-    recursive: opt.Recursive = False,
-    smooth: opt.Smooth = opt.VIDEO.smooth,
-    crf: opt.Crf = opt.VIDEO.crf,
-    preset: opt.VideoPreset = opt.Preset(opt.VIDEO.preset),
-    clip_start: opt.Start = opt.VIDEO.start,
-    duration: opt.Duration = opt.VIDEO.duration,
-    frames_per_batch: opt.FramesPerBatch = opt.VIDEO.frames_per_batch,
-    detect_every: opt.DetectEvery = opt.VIDEO.detect_every,
-    guide: Guide = opt.GUIDANCE.guide,
-    reference: Reference = None,
-    prior: Prior = opt.GUIDANCE.prior,
-    steps: Steps = opt.GUIDANCE.steps,
-    guidance_scale: GuidanceScale = opt.GUIDANCE.scale,
-    seed: Seed = opt.GUIDANCE.seed,
-    ss_weight: SsWeight = opt.GUIDANCE.ss_weight,
-    ref_weight: RefWeight = opt.GUIDANCE.ref_weight,
-    ref_loss: RefLoss = opt.GUIDANCE.ref_loss,
-    repeats: Repeats = opt.GUIDANCE.repeats,
-    tiny: Tiny = opt.GUIDANCE.tiny,
-    workers: opt.Workers = opt.RUNNER.workers,
     ctx: typer.Context = None,  # type: ignore[assignment]  # Typer passes it; a direct call has none
+    **params: Any,
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
     from bfrboost.pipeline import Restorer
     from bfrboost.runners.files import restore_bytes
 
-    start, params = time.perf_counter(), dict(locals())  # the options by name: each options object takes its fields
+    start, as_json, ext, base, reference = (
+        time.perf_counter(), params["as_json"], params["ext"], params["base"], params["reference"]
+    )
     stdin_mode = inputs == ["-"]
     try:
         if "-" in inputs and not stdin_mode:
@@ -194,25 +150,23 @@ def restore(
             raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
         if stdin_mode and sys.stdout.isatty():
             raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
-        given = [_flag(ctx, name) for name in _GUIDED if _given(ctx, name)]
+        given = [_flag(ctx, name) for name in _PGDIFF if _given(ctx, name)]
         if base != "pgdiff" and given:
             raise UsageError(f"{', '.join(given)} guide the diffusion prior: use them with --base pgdiff")
-        knobs, runtime_options = opt.parse_knobs(knob or []), opt.runtime_options(runtime, providers, threads)
+        knobs = opt.parse_knobs(params["knobs"] or [])
+        runtime_options = opt.runtime_options(params["runtime"], params["providers"], params["threads"])
         video_ext = ext.value if ext.value in _VIDEO_EXTS else "mp4"
-        video_options = VideoOptions(**opt.pick(VideoOptions, params, ext=video_ext, preset=preset.value, start=clip_start))
+        video_options = VideoOptions(**opt.pick(VideoOptions, params, ext=video_ext, preset=params["preset"].value))
         options = OutputOptions(**opt.pick(OutputOptions, params, ext="auto" if ext.value in _VIDEO_EXTS else ext.value))
         parts = dict(
-            detect=DetectOptions(**opt.pick(DetectOptions, params, person=tuple(str(p) for p in person or ()))),
-            restore=RestoreOptions(
-                **opt.pick(RestoreOptions, params, knobs=knobs, compile=compile_refiner, **runtime_options)
-            ),
+            detect=DetectOptions(**opt.pick(DetectOptions, params, person=tuple(str(p) for p in params["person"] or ()))),
+            restore=RestoreOptions(**opt.pick(RestoreOptions, params, knobs=knobs, **runtime_options)),
             paste=PasteOptions(**opt.pick(PasteOptions, params)),
             guidance=GuidanceOptions(
                 **opt.pick(
                     GuidanceOptions,
                     params,
                     task="restore",
-                    scale=guidance_scale,
                     reference=tuple(reference or ()),
                     batch_size=opt.GUIDANCE.batch_size,  # --batch-size is the base model's; the sampler keeps its own
                 )
@@ -232,7 +186,9 @@ def restore(
                 restorer = make_restorer()
                 _notes(restorer, as_json)
                 fmt = "png" if ext is ExtChoice.auto else ext.value
-                data, _ = restore_bytes(restorer, sys.stdin.buffer.read(), fmt=fmt, quality=quality, max_pixels=max_pixels)
+                data, _ = restore_bytes(
+                    restorer, sys.stdin.buffer.read(), fmt=fmt, quality=params["quality"], max_pixels=params["max_pixels"]
+                )
             except BfrboostError as exc:
                 raise _fail(exc) from None
             write_stdout(data)
@@ -241,11 +197,11 @@ def restore(
         make_restorer,
         inputs,
         options,
-        recursive=recursive,
+        recursive=params["recursive"],
         as_json=as_json,
         start=start,
         video_options=video_options,
-        workers=workers,
+        workers=params["workers"],
         targets=_reference_targets(reference) if base == "pgdiff" else None,
     )
 
