@@ -222,8 +222,8 @@ def tiny_sd_command(
         ),
     ] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fit and of the split it leaves out.")] = 0,
-    vae_steps: Annotated[int, typer.Option("--vae-steps", help="VAE optimiser steps.")] = 300,
-    unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet optimiser steps.")] = 100,
+    vae_steps: Annotated[int, typer.Option("--vae-steps", help="VAE optimiser steps.")] = 800,
+    unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet optimiser steps.")] = 300,
 ) -> None:
     """Fit the tiny SD of the CPU-scale configuration (minutes on a CPU, seeded) on the training split of --data."""
     from bfrboost.io.read import read_face

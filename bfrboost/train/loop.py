@@ -359,7 +359,9 @@ class Trainer:
         if config.tiny and accelerator.is_main_process:
             write_tiny_sd(config, run, self.warn)
         accelerator.wait_for_everyone()
-        model = make_model(config, run).to(device)  # before the cache: a tiny run's cached moments need its tiny VAE
+        with torch.random.fork_rng(devices=[]):  # the trainables' random init (LoRA A, Transformer) follows --seed alone
+            torch.manual_seed(config.seed)
+            model = make_model(config, run).to(device)  # before the cache: a tiny run's cached moments need its tiny VAE
         cache_dir = self._cache(accelerator)
         train_set, val_set = CachedFaces(cache_dir, "train"), CachedFaces(cache_dir, "val")
         if len(train_set) == 0:
