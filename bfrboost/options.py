@@ -40,7 +40,8 @@ CELEBA_HQ_COLOR_MEAN = (0.03202754, -0.16308397, -0.26475719)
 CELEBA_HQ_COLOR_STD = (0.53549316, 0.47539538, 0.46814889)
 GUIDED_TASKS = ("restore", "colorize", "inpaint", "old-photo")
 DEFAULT_SCALE = {"restore": 0.1, "colorize": 0.01, "inpaint": 0.01, "old-photo": 0.002}  # guidance scale per task
-TRAIN_SIZE = 512  # training face size (``--tiny``: 32)
+TRAIN_SIZE = 512  # training face size (``--tiny``: TINY_SIZE)
+TINY_SIZE = 32  # face size of the CPU-scale configuration (``--tiny``, ``train tiny-sd``)
 PAPER_STATS_FACES = 3000  # faces behind the manifold statistics μ_R, σ_R in the paper
 
 
@@ -503,7 +504,8 @@ class TrainConfig:
         for name in ("out", "data", "cache", "sd_model", "stats_from", "tiny_sd"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
-        tiny_defaults = {"size": (32, TRAIN_SIZE), "lr": (TINY_LR, 5e-5), "warmup": (5, 100)}  # the CPU-scale runs are short
+        # the CPU-scale runs are short
+        tiny_defaults = {"size": (TINY_SIZE, TRAIN_SIZE), "lr": (TINY_LR, 5e-5), "warmup": (5, 100)}
         for name, (tiny, full) in tiny_defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, tiny if self.tiny else full)
@@ -515,6 +517,181 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How files are fed through a restorer: stage overlap on one machine, image batches on a Ray cluster."""
+
+    workers: int = setting(
+        0,
+        "Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or"
+        " 1: one stage at a time).",
+        flag="--workers",
+        min=0,
+    )
+    images_per_batch: int = setting(4, "Images whose faces go to a device actor together.", flag="--images-per-batch", min=1)
+    gpus: int | None = setting(
+        None, "Device actors, one GPU each (default: every GPU of the cluster; 0: one CPU actor).", flag="--gpus", min=0
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass
+class DegradeConfig:
+    """Ranges of the paper's synthetic degradation (inclusive); every field is a `bfrboost degrade` option.
+
+    Stored in each training cache's ``cache.json`` (so it stays a plain dataclass with these fields only)."""
+
+    blur_sigma: tuple[float, float] = setting((0.1, 10.0), "Blur σ range LOW HIGH.", flag="--blur-sigma")  # pixels
+    kernel_size: int = setting(41, "Blur kernel size (odd).", flag="--kernel-size")
+    anisotropic_prob: float = setting(  # anisotropic kernel (σx, σy ∈ blur_sigma, random angle) instead of isotropic
+        0.5, "Probability of an anisotropic kernel.", flag="--anisotropic-prob"
+    )
+    scale: tuple[float, float] = setting(  # down-sampling factor r (r < 1 enlarges)
+        (0.8, 8.0), "Down-sampling factor range LOW HIGH.", flag="--scale"
+    )
+    noise: tuple[float, float] = setting((0.0, 20.0), "Gaussian noise σ range LOW HIGH (0..255 scale).", flag="--noise")
+    jpeg_quality: tuple[int, int] = setting((60, 100), "JPEG quality range LOW HIGH.", flag="--jpeg-quality")
+    skip_prob: float = setting(0.1, "Each operation is skipped with this probability.", flag="--skip-prob")
+    shuffle_prob: float = setting(0.0, "Probability of a random operation order.", flag="--shuffle-prob")
+
+    def __post_init__(self) -> None:
+        for name in ("blur_sigma", "scale", "noise", "jpeg_quality"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise UsageError(f"degrade: {name} range must be LOW HIGH with LOW ≤ HIGH, got {low} {high}")
+            setattr(self, name, (low, high))
+        if self.blur_sigma[0] <= 0 or self.scale[0] <= 0 or self.noise[0] < 0:
+            raise UsageError("degrade: blur sigma and scale must be > 0 and noise ≥ 0")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise UsageError(f"degrade: JPEG quality must lie in [1, 100], got {self.jpeg_quality}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise UsageError(f"degrade: kernel size must be odd and positive, got {self.kernel_size}")
+        for name in ("anisotropic_prob", "skip_prob", "shuffle_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"degrade: {name} must lie in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DegradeRunOptions:
+    """A `bfrboost degrade` run beyond the ranges: its seed and its parameter log."""
+
+    seed: int = setting(0, "Run seed; each file's seed is derived from it and the file name.", flag="--seed")
+    log: bool = setting(True, "Write degrade.jsonl (parameters per file) into OUT.", flag="--log")
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """Building a training cache (`bfrboost train cache`) beyond what the run's :class:`TrainConfig` fixes."""
+
+    size: int = setting(TRAIN_SIZE, "Training face size the outputs are stored at.", flag="--size")
+    shard_faces: int = setting(256, "Faces per shard file.", flag="--shard-faces")
+    workers: int = setting(0, "Threads that load, degrade and compress faces (0: min(8, cores)).", flag="--workers")
+    degrade_size: int = setting(0, "Size faces are degraded at (0: the base's input size).", flag="--degrade-size")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.", flag="--device")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class TinySdOptions:
+    """Fitting the tiny SD of the CPU-scale configuration (`bfrboost train tiny-sd`)."""
+
+    size: int = setting(TINY_SIZE, "Face size (the --size of the runs that use it).", flag="--size")
+    vae_steps: int = setting(800, "VAE optimiser steps.", flag="--vae-steps")  # 28.4 dB at 32 px (300: 25.5 dB)
+    unet_steps: int = setting(300, "UNet optimiser steps.", flag="--unet-steps")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class PilotOptions:
+    """A `bfrboost train pilot` sweep: short runs, one per value, on a small cache."""
+
+    betas: str = setting("0.001,0.01,0.1,1,20", "β values to try, comma-separated.", flag="--betas")
+    steps: int = setting(300, "Steps per value (K).", flag="--steps")
+    batch_size: int = setting(4, "Faces per step.", flag="--batch-size")
+    repeats: int = setting(2, "Degradations per face.", flag="--repeats")
+    size: int = setting(0, f"Face size ({TRAIN_SIZE}; --tiny: {TINY_SIZE}).", flag="--size")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+ALL_METRICS = "fid,kid,niqe,musiq,lpips,psnr,ssim,ids"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Scoring faces (`bfrboost eval`, `eval stats`, `eval boost`)."""
+
+    metrics: str = setting(ALL_METRICS, f"Comma-separated metrics, or all: {ALL_METRICS}.", flag="--metrics")
+    size: int = setting(
+        512, "FID/KID: images are brought to SIZE×SIZE first (512 as BFR papers).", flag="--size", min=64
+    )
+    batch_size: int = setting(8, "Faces per metric batch.", flag="--batch-size", min=1)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", flag="--device")
+    reference_stats: Path | None = setting(
+        None, "FID/KID reference statistics from `bfrboost eval stats`.", flag="--reference-stats"
+    )
+    max_kid_features: int = setting(
+        10000, "Features kept for KID (a seeded subset; FID uses all).", flag="--max-kid-features", min=2
+    )
+    boost_batch_size: int = setting(4, "Faces per restore batch.", flag="--batch-size", min=1)
+    html_faces: int = setting(24, "Faces shown side by side in index.html.", flag="--html-faces", min=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class RefinerToolOptions:
+    """`bfrboost refiner stats | info | init`: the manifold statistics and the size report."""
+
+    count: int = setting(
+        PAPER_STATS_FACES, "Use at most this many faces (the paper: 3000 FFHQ faces).", flag="--count", min=1
+    )
+    per_element: bool = setting(
+        True, "One μ, σ per element of r (IBA's estimator, the default) or per channel (any face size).", flag="--per-element"
+    )
+    batch_size: int = setting(4, "Faces per VAE batch.", flag="--batch-size", min=1)
+    size: int = setting(512, "Faces are resized to SIZE×SIZE (the refiner's input size).", flag="--size", min=8)
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto.", flag="--device")
+    flops: bool = setting(True, "Also count FLOPs per face and stage.", flag="--flops")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """`bfrboost export onnx`."""
+
+    opset: int = setting(18, "ONNX opset.", flag="--opset", min=16)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class UiOptions:
+    """`bfrboost ui`: where the web app listens and what it accepts."""
+
+    host: str = setting("127.0.0.1", "Address to listen on; 0.0.0.0 opens the app to your whole network.", flag="--host")
+    port: int | None = setting(None, "Port (default: the first free one from 7860).", flag="--port", min=1, max=65535)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", flag="--device")
+    max_upload_mb: float = setting(20.0, "Largest image upload accepted, in MB.", flag="--max-upload-mb", min=0.01)
+    max_video_mb: float = setting(200.0, "Largest video clip upload accepted, in MB.", flag="--max-video-mb", min=0.01)
+    max_pixels: int = setting(40_000_000, "Largest image accepted, in pixels.", flag="--max-pixels", min=1)
+    cache_size: int = setting(2, "Model sets kept loaded (one per settings combination).", flag="--cache-size", min=1)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def restorer_options(

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
 from enum import Enum
 from pathlib import Path
 
 import pytest
 from typer.main import get_command
+from typer.utils import get_params_from_function
 
 from bfrboost import options as o
 from bfrboost.cli import app
 from bfrboost.errors import UsageError
 
-RESTORING = (o.DetectOptions, o.RestoreOptions, o.PasteOptions, o.OutputOptions)
-COMMANDS = {
-    "restore": (*RESTORING, o.VideoOptions, o.GuidanceOptions),
-    "restore-dataset": RESTORING,
-    "colorize": (*RESTORING, o.GuidanceOptions),
-    "inpaint": (*RESTORING, o.GuidanceOptions),
-    "old-photo": (*RESTORING, o.GuidanceOptions),
-    "train": (o.TrainConfig,),
-}
-ALIASES = {"compile_refiner": "compile", "clip_start": "start", "knob": "knobs", "guidance_scale": "scale", "base": "bases"}
+
+def _walk(command, path: tuple[str, ...] = ()):
+    """Every command of the app with its path (``("train", "pilot")``); groups first, then their commands."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _walk(sub, (*path, name))
 
 
-def _commands() -> dict:
-    root = get_command(app)
-    return {name: root.commands[name] for name in COMMANDS}
+def _commands() -> dict[str, object]:
+    return {" ".join(path): command for path, command in _walk(get_command(app)) if path}
 
 
 def _plain(value: object) -> object:
@@ -42,36 +37,51 @@ def _plain(value: object) -> object:
     return value
 
 
-def _field(classes: tuple[type, ...], name: str) -> dataclasses.Field | None:
-    for cls in classes:
-        for key in (name, ALIASES.get(name)):
-            if key in cls.__dataclass_fields__:
-                return cls.__dataclass_fields__[key]
-    return None
+def _unset(value: object) -> bool:
+    """A default that says "not given": off, absent or empty. It holds no number or name that could drift."""
+    return value is None or value is False or (isinstance(value, (str, tuple, list)) and len(value) == 0)
 
 
-def test_every_command_option_takes_its_default_and_bounds_from_the_options_objects() -> None:
-    checked = 0
-    for command, classes in COMMANDS.items():
-        for param in _commands()[command].params:
-            field = _field(classes, param.name) if param.param_type_name == "option" else None
-            if field is None or not field.metadata:
+def test_every_option_of_every_command_takes_its_default_and_bounds_from_an_options_field() -> None:
+    """An option made by ``cli/options.py::option`` names its field: its default and bounds must be the field's.
+    Any other option may only be a switch that is off, or a value that is absent, until given (``--json``,
+    ``--overwrite``, ``--data DIR``), with no bounds: a literal number, name or bound has to live in options.py."""
+    checked, commands = 0, _commands()
+    assert {"restore", "train", "train pilot", "train tiny-sd", "eval boost", "refiner stats", "ui", "degrade"} <= set(commands)
+    for name, command in commands.items():
+        if command.callback is None:
+            continue
+        declared = get_params_from_function(command.callback.__wrapped__)
+        for param in command.params:
+            if param.param_type_name != "option":
                 continue
-            default = o.default_of(next(c for c in classes if field.name in c.__dataclass_fields__), field.name)
-            assert _plain(param.default) == _plain(default), f"{command} {param.opts}: default {param.default!r} != {default!r}"
-            low = field.metadata["min"] if field.metadata["min"] is not None else field.metadata["above"]
             bounds = (getattr(param, "min", None), getattr(param, "max", None))
-            assert bounds == (low, field.metadata["max"]), f"{command} {param.opts}: bounds {bounds}"
+            where = f"{name} {max(param.opts, key=len)}"
+            tag = getattr(declared[param.name].default, "options_field", None)
+            if tag is None:
+                assert param.required or (_unset(param.default) and bounds == (None, None)), (
+                    f"{where}: default {param.default!r}, bounds {bounds} written in the command; make it with "
+                    "cli/options.py::option from a field of bfrboost/options.py"
+                )
+                continue
+            cls, field_name = tag
+            md = cls.__dataclass_fields__[field_name].metadata
+            default = o.default_of(cls, field_name)
+            same = _plain(param.default) == _plain(default) or param.required
+            assert same, f"{where}: default {param.default!r} != {default!r}"
+            low = md["min"] if md["min"] is not None else md["above"]
+            assert bounds == (low, md["max"]), f"{where}: bounds {bounds} != {(low, md['max'])}"
             checked += 1
-    assert checked >= 120  # every restoring, guided and training flag, not a handful
+    assert checked >= 250  # restoring, guided, training, evaluation, refiner, web app and export flags
 
 
 def test_upscale_has_one_bound_everywhere() -> None:
     from bfrboost.pipeline import Restorer
     from bfrboost.ui.engine import Settings
 
+    commands = _commands()
     for command in ("restore", "restore-dataset", "colorize"):
-        (upscale,) = [p for p in _commands()[command].params if p.name == "upscale"]
+        (upscale,) = [p for p in commands[command].params if p.name == "upscale"]
         assert (upscale.min, upscale.max) == (1.0, 4.0)
     for make in (lambda: o.PasteOptions(upscale=4.5), lambda: Settings(upscale=4.5).restorer_kwargs("cpu"),
                  lambda: Restorer("none", upscale=4.5, device="cpu")):

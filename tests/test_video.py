@@ -161,6 +161,25 @@ def test_failure_leaves_no_partial_file_and_the_batch_goes_on(
     assert len(frames) == 10
 
 
+def test_clips_share_the_image_runners_collision_planning(clip: Path, tmp_path: Path) -> None:
+    """a/x.mp4 and b/x.mp4 into one folder: the second fails in one line, the first is restored; a clip whose
+    output would be an input (the first output, restored again into its own folder) fails before anything is written."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(clip, tmp_path / folder / "x.mp4")
+    first, second, out = tmp_path / "a" / "x.mp4", tmp_path / "b" / "x.mp4", tmp_path / "out"
+    result = run(first, second, "-o", out, "--base", "none", "--detector", "dlib", "-s", "1")
+    assert result.exit_code == 1
+    taken = f"{second}: its output {out / 'restored_videos' / 'x.mp4'} is already taken by {first}"
+    assert result.stderr.splitlines()[0] == f"bfrboost: {taken}; restore it separately or with --suffix"
+    assert len(decode(out / "restored_videos" / "x.mp4")[0]) == 10
+    source = out / "restored_videos" / "x.mp4"  # restoring the output again, into the same folder: onto itself
+    before = source.read_bytes()
+    [report] = VideoRunner(restorer(), VideoOptions(out, overwrite=True)).run([source])
+    assert report.error == f"{source}: would overwrite the input {source}; choose another -o or --suffix"
+    assert source.read_bytes() == before and report.output is None
+
+
 def test_cli_mixes_images_and_videos_from_a_folder(clip: Path, tmp_path: Path, testdata: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,7 +16,12 @@ from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.cli.restore import ExtChoice
 from bfrboost.errors import BfrboostError
-from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions
+from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions, RunnerOptions
+
+
+def OnWorkers(name: str, what: str) -> Any:  # noqa: N802  (an option type, named like one)
+    """A path option of RestoreOptions' field ``name`` that every Ray worker reads: the help says so."""
+    return opt.option(Path | None, RestoreOptions, name, help=f"{what}; must exist on every worker.")
 
 
 @app.command("restore-dataset")
@@ -35,15 +40,9 @@ def restore_dataset(
     )] = None,
     base: opt.option(str, RestoreOptions, "base", help="Base restorer, as for `restore`.") = opt.RESTORE.base,
     refine: opt.Refine = opt.RESTORE.refine,
-    refiner: opt.option(
-        Path | None, RestoreOptions, "refiner",
-        help="Trained InfoBFR refiner folder; must exist on every worker.",
-    ) = opt.RESTORE.refiner,
+    refiner: OnWorkers("refiner", "Trained InfoBFR refiner folder") = opt.RESTORE.refiner,
     refiner_strength: opt.RefinerStrength = opt.RESTORE.refiner_strength,
-    sd_model: opt.option(
-        Path | None, RestoreOptions, "sd_model",
-        help="Local Stable Diffusion 2.1 diffusers folder on every worker.",
-    ) = opt.RESTORE.sd_model,
+    sd_model: OnWorkers("sd_model", "Local Stable Diffusion 2.1 diffusers folder") = opt.RESTORE.sd_model,
     upscale: opt.Upscale = opt.PASTE.upscale,
     bg_upsampler: opt.BgUpsampler = opt.PASTE.bg_upsampler,
     aligned: opt.Aligned = opt.DETECT.aligned,
@@ -52,25 +51,16 @@ def restore_dataset(
     paste: opt.Paste = opt.PASTE.paste,
     color_match: opt.ColorMatch = opt.PASTE.color_match,
     detector: opt.Detector = opt.DETECT.detector,
-    weights: opt.option(
-        Path | None, RestoreOptions, "weights",
-        help="Custom base checkpoint; must exist on every worker.",
-    ) = opt.RESTORE.weights,
+    weights: OnWorkers("weights", "Custom base checkpoint") = opt.RESTORE.weights,
     fidelity: opt.Fidelity = opt.RESTORE.fidelity,
     knob: opt.Knob = None,
     batch_size: opt.BatchSize = opt.RESTORE.batch_size,
     runtime: opt.Runtime = opt.RESTORE.runtime,
     providers: opt.Providers = opt.RESTORE.providers,
     threads: opt.Threads = opt.RESTORE.threads,
-    images_per_batch: Annotated[int, typer.Option(
-        "--images-per-batch", min=1,
-        help="Images whose faces go to a device actor together.",
-    )] = 4,
-    gpus: Annotated[int | None, typer.Option(
-        "--gpus", min=0,
-        help="Device actors, one GPU each (default: every GPU of the cluster; 0: one CPU actor).",
-    )] = None,
-    ext: Annotated[ExtChoice, typer.Option("--ext", help="Output format; auto keeps the input's.")] = ExtChoice(opt.OUTPUT.ext),
+    images_per_batch: opt.option(int, RunnerOptions, "images_per_batch") = opt.RUNNER.images_per_batch,
+    gpus: opt.option(int | None, RunnerOptions, "gpus") = opt.RUNNER.gpus,
+    ext: opt.option(ExtChoice, OutputOptions, "ext", help="Output format; auto keeps the input's.") = ExtChoice(opt.OUTPUT.ext),
     quality: opt.Quality = opt.OUTPUT.quality,
     max_pixels: opt.MaxPixels = opt.OUTPUT.max_pixels,
     overwrite: opt.option(
@@ -85,21 +75,18 @@ def restore_dataset(
     from bfrboost.reports import summary
     from bfrboost.runners.dataset.cluster import restore_dataset as run
 
-    start = time.perf_counter()
+    start, params = time.perf_counter(), dict(locals())  # the options by name: each options object takes its fields
+    runtime_flags = (runtime, providers, threads)
     with interruptible(resume="re-run the same command: finished outputs are skipped"):
         try:
             reports = run(
                 src, dst, ray_address, images_per_batch=images_per_batch, gpus=gpus, rebuild_manifest=rebuild_manifest,
-                output=OutputOptions(ext=ext.value, quality=quality, overwrite=overwrite, max_pixels=max_pixels),
-                detect_options=DetectOptions(
-                    detector=detector, aligned=aligned, only_center_face=only_center_face, min_face=min_face,
-                ),
+                output=OutputOptions(**opt.pick(OutputOptions, params, ext=ext.value)),
+                detect_options=DetectOptions(**opt.pick(DetectOptions, params)),
                 restore_options=RestoreOptions(
-                    base=base, weights=weights, fidelity=fidelity, knobs=opt.parse_knobs(knob or []), batch_size=batch_size,
-                    refine=refine, refiner=refiner, refiner_strength=refiner_strength, sd_model=sd_model,
-                    **opt.runtime_options(runtime, providers, threads),
+                    **opt.pick(RestoreOptions, params, knobs=opt.parse_knobs(knob or []), **opt.runtime_options(*runtime_flags))
                 ),
-                paste_options=PasteOptions(upscale=upscale, paste=paste, color_match=color_match, bg_upsampler=bg_upsampler),
+                paste_options=PasteOptions(**opt.pick(PasteOptions, params)),
             )
         except BfrboostError as exc:
             raise fail(exc) from None

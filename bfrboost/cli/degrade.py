@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,27 +14,32 @@ from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError
+from bfrboost.options import DegradeConfig, DegradeRunOptions
+
+RANGES, RUN = opt.defaults(DegradeConfig), opt.defaults(DegradeRunOptions)
+
+
+def Range(kind: type, name: str) -> Any:  # noqa: N802  (an option type, named like one)
+    """A LOW HIGH range option of DegradeConfig's field ``name``."""
+    return opt.option(tuple[kind, kind], DegradeConfig, name)
 
 
 @app.command("degrade")
 def degrade_command(
     inputs: Annotated[list[str], typer.Argument(help="Images, folders or globs of high-quality faces.")],
     out: Annotated[Path, typer.Option("-o", "--output", help="Output folder (PNG, same file stems).")],
-    seed: Annotated[int, typer.Option("--seed", help="Run seed; each file's seed is derived from it and the file name.")] = 0,
-    blur_sigma: Annotated[tuple[float, float], typer.Option("--blur-sigma", help="Blur σ range LOW HIGH.")] = (0.1, 10.0),
-    kernel_size: Annotated[int, typer.Option("--kernel-size", help="Blur kernel size (odd).")] = 41,
-    anisotropic_prob: Annotated[float, typer.Option("--anisotropic-prob", help="Probability of an anisotropic kernel.")] = 0.5,
-    scale: Annotated[tuple[float, float], typer.Option("--scale", help="Down-sampling factor range LOW HIGH.")] = (0.8, 8.0),
-    noise: Annotated[tuple[float, float], typer.Option("--noise", help="Gaussian noise σ range LOW HIGH (0..255 scale).")] = (
-        0.0,
-        20.0,
-    ),
-    jpeg_quality: Annotated[tuple[int, int], typer.Option("--jpeg-quality", help="JPEG quality range LOW HIGH.")] = (60, 100),
-    skip_prob: Annotated[float, typer.Option("--skip-prob", help="Each operation is skipped with this probability.")] = 0.1,
-    shuffle_prob: Annotated[float, typer.Option("--shuffle-prob", help="Probability of a random operation order.")] = 0.0,
+    seed: opt.option(int, DegradeRunOptions, "seed") = RUN.seed,
+    blur_sigma: Range(float, "blur_sigma") = RANGES.blur_sigma,
+    kernel_size: opt.option(int, DegradeConfig, "kernel_size") = RANGES.kernel_size,
+    anisotropic_prob: opt.option(float, DegradeConfig, "anisotropic_prob") = RANGES.anisotropic_prob,
+    scale: Range(float, "scale") = RANGES.scale,
+    noise: Range(float, "noise") = RANGES.noise,
+    jpeg_quality: Range(int, "jpeg_quality") = RANGES.jpeg_quality,
+    skip_prob: opt.option(float, DegradeConfig, "skip_prob") = RANGES.skip_prob,
+    shuffle_prob: opt.option(float, DegradeConfig, "shuffle_prob") = RANGES.shuffle_prob,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into subfolders.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")] = False,
-    log: Annotated[bool, typer.Option("--log/--no-log", help="Write degrade.jsonl (parameters per file) into OUT.")] = True,
+    log: opt.option(bool, DegradeRunOptions, "log", "--log/--no-log") = RUN.log,
     max_pixels: opt.MaxPixels = None,
 ) -> None:
     """Degrade HQ faces: y = JPEG_q((x ⊛ k_σ)↓r + n_δ)↑r with random order/skips (bfrboost.train.degrade)."""
@@ -42,7 +47,6 @@ def degrade_command(
     from bfrboost.io.read import DEFAULT_MAX_PIXELS
     from bfrboost.runners.degrade import degrade_files, merge_log
     from bfrboost.safety import one_line
-    from bfrboost.train.degrade import DegradeConfig
 
     try:
         config = DegradeConfig(blur_sigma, kernel_size, anisotropic_prob, scale, noise, jpeg_quality, skip_prob, shuffle_prob)

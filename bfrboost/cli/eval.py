@@ -13,8 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bfrboost.cli import app
+from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.options import EvalOptions
 
 if TYPE_CHECKING:  # imported when a command runs: the metrics pull in torch
     from bfrboost.evaluation.folders import FolderReport
@@ -26,12 +28,12 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
-ALL = "fid,kid,niqe,musiq,lpips,psnr,ssim,ids"
-MetricsOpt = Annotated[str, typer.Option("--metrics", help=f"Comma-separated metrics, or all: {ALL}.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-SizeOpt = Annotated[
-    int, typer.Option("--size", min=64, help="FID/KID: images are brought to SIZE×SIZE first (512 as BFR papers).")
-]
+E = opt.defaults(EvalOptions)
+MetricsOpt = opt.option(str, EvalOptions, "metrics")
+DeviceOpt = opt.option(str, EvalOptions, "device")
+SizeOpt = opt.option(int, EvalOptions, "size")
+ReferenceStats = opt.option(Path | None, EvalOptions, "reference_stats", show_default=False)
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 
 
 def _progress(console: Console) -> Progress:
@@ -67,14 +69,11 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    reference_stats: Annotated[
-        Path | None,
-        typer.Option("--reference-stats", help="FID/KID reference statistics from `bfrboost eval stats`.", show_default=False),
-    ] = None,
-    metrics: MetricsOpt = ALL,
-    size: SizeOpt = 512,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per metric batch.")] = 8,
-    device: DeviceOpt = "auto",
+    reference_stats: ReferenceStats = E.reference_stats,
+    metrics: MetricsOpt = E.metrics,
+    size: SizeOpt = E.size,
+    batch_size: opt.option(int, EvalOptions, "batch_size") = E.batch_size,
+    device: DeviceOpt = E.device,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")] = False,
 ) -> None:
     """Score a folder of restored faces (run with --restored DIR), or run a subcommand."""
@@ -156,11 +155,9 @@ def _print_table(report: FolderReport) -> None:
 def stats(
     folder: Annotated[Path, typer.Argument(help="Reference faces, e.g. FFHQ (any size; brought to --size).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Statistics file to write (.npz).", show_default=False)],
-    size: SizeOpt = 512,
-    max_kid_features: Annotated[
-        int, typer.Option("--max-kid-features", min=2, help="Features kept for KID (a seeded subset; FID uses all).")
-    ] = 10000,
-    device: DeviceOpt = "auto",
+    size: SizeOpt = E.size,
+    max_kid_features: opt.option(int, EvalOptions, "max_kid_features") = E.max_kid_features,
+    device: DeviceOpt = E.device,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
 ) -> None:
     """Inception statistics of a reference folder, so FID/KID read FFHQ once."""
@@ -209,20 +206,17 @@ def boost(
         Path | None,
         typer.Option("--reference", help="Ground-truth faces with the same file names as --data.", show_default=False),
     ] = None,
-    reference_stats: Annotated[
-        Path | None,
-        typer.Option("--reference-stats", help="FID/KID reference statistics from `bfrboost eval stats`.", show_default=False),
-    ] = None,
-    metrics: MetricsOpt = ALL,
-    size: SizeOpt = 512,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per restore batch.")] = 4,
-    html_faces: Annotated[int, typer.Option("--html-faces", min=0, help="Faces shown side by side in index.html.")] = 24,
+    reference_stats: ReferenceStats = E.reference_stats,
+    metrics: MetricsOpt = E.metrics,
+    size: SizeOpt = E.size,
+    batch_size: opt.option(int, EvalOptions, "boost_batch_size") = E.boost_batch_size,
+    html_faces: opt.option(int, EvalOptions, "html_faces") = E.html_faces,
     sd_model: Annotated[
         Path | None,
         typer.Option("--sd-model", help="Local Stable Diffusion 2.1 diffusers folder for the refiner.", show_default=False),
     ] = None,
-    device: DeviceOpt = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    device: DeviceOpt = E.device,
+    overwrite: Overwrite = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
 ) -> None:
     """Every base with and without the refiner on the same faces: the paper's Table I, as files."""

@@ -8,8 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bfrboost.cli import app
+from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, writes_files
 from bfrboost.errors import BfrboostError
+from bfrboost.options import ExportOptions, default_of
+
+OPSET = default_of(ExportOptions, "opset")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,7 +27,7 @@ app.add_typer(export_app, name="export")
 def export_onnx_command(
     base: Annotated[str, typer.Option("--base", help="Base model: gfpgan, gfpgan-1.3, restoreformer, codeformer, gpen, vqfr.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="ONNX file to write (default: BASE.onnx).")] = None,
-    opset: Annotated[int, typer.Option("--opset", min=16, help="ONNX opset.")] = 18,
+    opset: opt.option(int, ExportOptions, "opset") = OPSET,
     fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights and activations (float32 in/out); for GPUs.")] = False,
     weights: Annotated[Path | None, typer.Option("--weights", help="Checkpoint to export instead of the cached one.")] = None,
     check_image: Annotated[Path | None, typer.Option("--check-image", help="Aligned face for the parity check.")] = None,

@@ -5,6 +5,7 @@ default or a bound is written once, in ``bfrboost/options.py``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from bfrboost.options import (
     OutputOptions,
     PasteOptions,
     RestoreOptions,
+    RunnerOptions,
     TrainConfig,
     VideoOptions,
     default_of,
@@ -33,6 +35,7 @@ def defaults(cls: type) -> SimpleNamespace:
 
 DETECT, RESTORE, PASTE = defaults(DetectOptions), defaults(RestoreOptions), defaults(PasteOptions)
 OUTPUT, VIDEO, GUIDANCE, TRAIN = defaults(OutputOptions), defaults(VideoOptions), defaults(GuidanceOptions), defaults(TrainConfig)
+RUNNER = defaults(RunnerOptions)
 
 
 def option(kind: Any, cls: type, name: str, *flags: str, **overrides: Any) -> Any:
@@ -45,7 +48,9 @@ def option(kind: Any, cls: type, name: str, *flags: str, **overrides: Any) -> An
     if md["max"] is not None:
         settings["max"] = md["max"]
     settings.update(overrides)
-    return Annotated[kind, typer.Option(*(flags or (md["flag"],)), **settings)]
+    info = typer.Option(*(flags or (md["flag"],)), **settings)
+    info.options_field = (cls, name)  # type: ignore[attr-defined]  # tests/test_options.py checks the default against it
+    return Annotated[kind, info]
 
 
 Preset = Enum("Preset", {name: name for name in X264_PRESETS if name != "placebo"}, type=str)  # type: ignore[misc]
@@ -109,8 +114,14 @@ Steps = option(int, GuidanceOptions, "steps")
 Seed = option(int, GuidanceOptions, "seed")
 Repeats = option(int, GuidanceOptions, "repeats")
 RepeatFrom = option(float, GuidanceOptions, "repeat_from")
+Workers = option(int, RunnerOptions, "workers")
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON lines).")]
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
+
+
+def pick(cls: type, params: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+    """The fields of options class ``cls`` among a command's ``params`` (by name), ``values`` over them."""
+    return {name: params[name] for name in cls.__dataclass_fields__ if name in params} | values
 
 
 def parse_knobs(knob: list[str]) -> dict[str, Any]:

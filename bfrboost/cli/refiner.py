@@ -12,9 +12,13 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bfrboost.cli import app
+from bfrboost.cli import options as opt
 from bfrboost.cli.common import fail as _refiner_fail
 from bfrboost.cli.common import interruptible, writes_files
 from bfrboost.errors import BfrboostError, UsageError
+from bfrboost.options import RefinerToolOptions, TrainConfig
+
+R = opt.defaults(RefinerToolOptions)
 
 refiner_app = typer.Typer(no_args_is_help=True, help="InfoBFR refiner: statistics, info, tiny test refiners.")
 app.add_typer(refiner_app, name="refiner")
@@ -26,22 +30,14 @@ def refiner_stats(
         Path, typer.Option("--faces", help="Folder of high-quality aligned 512 faces (searched recursively, sorted).")
     ],
     refiner: Annotated[Path, typer.Option("--refiner", help="Refiner folder whose statistics are replaced.")],
-    count: Annotated[
-        int, typer.Option("-n", "--count", min=1, help="Use at most this many faces (the paper: 3000 FFHQ faces).")
-    ] = 3000,
-    per_element: Annotated[
-        bool,
-        typer.Option(
-            "--per-element/--per-channel",
-            help="One μ, σ per element of r (IBA's estimator, the default) or per channel (any face size).",
-        ),
-    ] = True,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per VAE batch.")] = 4,
-    size: Annotated[int, typer.Option("--size", min=8, help="Faces are resized to SIZE×SIZE (the refiner's input size).")] = 512,
+    count: opt.option(int, RefinerToolOptions, "count", "-n", "--count") = R.count,
+    per_element: opt.option(bool, RefinerToolOptions, "per_element", "--per-element/--per-channel") = R.per_element,
+    batch_size: opt.option(int, RefinerToolOptions, "batch_size") = R.batch_size,
+    size: opt.option(int, RefinerToolOptions, "size") = R.size,
     sd_model: Annotated[
         Path | None, typer.Option("--sd-model", help="Local SD 2.1 diffusers folder (vae/) instead of the weights cache.")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
+    device: opt.option(str, RefinerToolOptions, "device") = R.device,
 ) -> None:
     """Compute μ_R, σ_R of the VAE manifold over clean faces and store them in the refiner."""
     import torch
@@ -71,9 +67,9 @@ def refiner_stats(
 
 @refiner_app.command("info")
 def refiner_info(
-    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank (the paper studies 2, 4, 8).")] = 4,
+    rank: opt.option(int, TrainConfig, "rank", help="LoRA rank (the paper studies 2, 4, 8).") = opt.TRAIN.rank,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
-    flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Also count FLOPs per face and stage.")] = True,
+    flops: opt.option(bool, RefinerToolOptions, "flops", "--flops/--no-flops") = R.flops,
 ) -> None:
     """Trainable parameters and FLOPs of the real SD 2.1-base refiner (built without weights)."""
     from bfrboost.refiner import describe_sd21
@@ -111,14 +107,16 @@ def refiner_init(
             "--sd21", help="Write an untrained SD 2.1-base refiner here (for `refiner stats`, then `train --stats-from`)."
         ),
     ] = None,
-    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank of an --sd21 refiner.")] = 4,
+    rank: opt.option(int, TrainConfig, "rank", help="LoRA rank of an --sd21 refiner.") = opt.TRAIN.rank,
     sd_model: Annotated[
         Path | None,
         typer.Option(
             "--sd-model", help="Local SD 2.1 diffusers folder (with text_encoder/, tokenizer/) instead of the weights cache."
         ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the tiny weights (or of the --sd21 trainable init).")] = 0,
+    seed: opt.option(
+        int, TrainConfig, "seed", help="Random seed of the tiny weights (or of the --sd21 trainable init)."
+    ) = opt.TRAIN.seed,
 ) -> None:
     """Create a refiner folder: a tiny random one (statistics computed here) or an untrained SD 2.1 one."""
     import torch

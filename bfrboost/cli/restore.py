@@ -68,6 +68,45 @@ def _flag(ctx: typer.Context, name: str) -> str:
     return max(next(p for p in ctx.command.params if p.name == name).opts, key=len)
 
 
+def _pgdiff(kind: Any, name: str, help: str, *flags: str, **settings: Any) -> Any:
+    """Option of GuidanceOptions' field ``name`` whose help says it applies to ``--base pgdiff`` only."""
+    return opt.option(kind, GuidanceOptions, name, *flags, help=f"--base pgdiff: {help}", **settings)
+
+
+Ext = opt.option(
+    ExtChoice,
+    OutputOptions,
+    "ext",
+    help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).",
+)
+Guide = _pgdiff(
+    str, "guide", "smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
+    "--weights/--fidelity/--knob apply to it."
+)
+Reference = _pgdiff(
+    list[Path] | None, "reference", "photo(s) of the same person, or one folder of references named like the inputs; "
+    "guides each photo's largest face towards their ArcFace identity. Repeatable.", show_default=False
+)
+Prior = _pgdiff(Path | None, "prior", "diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).")
+Steps = _pgdiff(int, "steps", "denoising steps (respaced from 1000; upstream recommends >= 100).")
+GuidanceScale = _pgdiff(
+    float, "scale", "guidance scale s (0.05–0.1 usual; larger = closer to the guide).", "--guidance-scale", show_default="0.1"
+)
+Seed = _pgdiff(int, "seed", "seed of the diffusion noise.")
+SsWeight = _pgdiff(float, "ss_weight", "weight of the smooth-semantics property.")
+RefWeight = _pgdiff(
+    float, "ref_weight", "weight of the identity property (default 5e3 with mse, 1e4 with cos: PGDiff's scale, docs/guided.md).",
+    show_default=False,
+)
+RefLoss = _pgdiff(str, "ref_loss", "identity distance, mse or cos.")
+Repeats = _pgdiff(int, "repeats", "gradient steps N per timestep for t in (0.7T, T].")
+Tiny = _pgdiff(bool, "tiny", "demo with a small random prior and guide, no download (results are noise).")
+#: The parameters above: given without --base pgdiff they are a usage error.
+_GUIDED = (
+    "reference", "prior", "guide", "steps", "guidance_scale", "seed", "ss_weight", "ref_weight", "ref_loss", "repeats", "tiny"
+)
+
+
 @app.command()
 def restore(
     inputs: Annotated[
@@ -109,13 +148,7 @@ def restore(
     save_cmp: opt.SaveCmp = opt.OUTPUT.save_cmp,
     draw_boxes: opt.DrawBoxes = opt.OUTPUT.draw_boxes,
     suffix: opt.Suffix = opt.OUTPUT.suffix,
-    ext: Annotated[
-        ExtChoice,
-        typer.Option(
-            "--ext",
-            help="Output format: png/jpg/webp for images (auto keeps the input's), mp4/mkv/mov/webm/avi for videos (auto: mp4).",
-        ),
-    ] = ExtChoice(opt.OUTPUT.ext),
+    ext: Ext = ExtChoice(opt.OUTPUT.ext),
     quality: opt.Quality = opt.OUTPUT.quality,
     device: opt.Device = opt.RESTORE.device,
     runtime: opt.Runtime = opt.RESTORE.runtime,
@@ -132,92 +165,25 @@ def restore(
     duration: opt.Duration = opt.VIDEO.duration,
     frames_per_batch: opt.FramesPerBatch = opt.VIDEO.frames_per_batch,
     detect_every: opt.DetectEvery = opt.VIDEO.detect_every,
-    guide: Annotated[
-        str,
-        typer.Option(
-            "--guide",
-            help="--base pgdiff: smooth-semantics restorer, rrdb (PGDiff's own) or a base name (gfpgan, codeformer, …); "
-            "--weights/--fidelity/--knob apply to it.",
-        ),
-    ] = opt.GUIDANCE.guide,
-    reference: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--reference",
-            help="--base pgdiff: photo(s) of the same person, or one folder of references named like the inputs; "
-            "guides each photo's largest face towards their ArcFace identity. Repeatable.",
-        ),
-    ] = None,
-    prior: Annotated[
-        Path | None,
-        typer.Option(
-            "--prior",
-            help="--base pgdiff: diffusion prior checkpoint in the official IDDPM FFHQ-512 format (default: DifFace's).",
-        ),
-    ] = opt.GUIDANCE.prior,
-    steps: opt.option(
-        int,
-        GuidanceOptions,
-        "steps",
-        help="--base pgdiff: denoising steps (respaced from 1000; upstream recommends >= 100).",
-    ) = opt.GUIDANCE.steps,
-    guidance_scale: opt.option(
-        float,
-        GuidanceOptions,
-        "scale",
-        "--guidance-scale",
-        help="--base pgdiff: guidance scale s (0.05–0.1 usual; larger = closer to the guide).",
-        show_default="0.1",
-    ) = opt.GUIDANCE.scale,
-    seed: opt.option(int, GuidanceOptions, "seed", help="--base pgdiff: seed of the diffusion noise.") = opt.GUIDANCE.seed,
-    ss_weight: opt.option(
-        float,
-        GuidanceOptions,
-        "ss_weight",
-        help="--base pgdiff: weight of the smooth-semantics property.",
-    ) = opt.GUIDANCE.ss_weight,
-    ref_weight: opt.option(
-        float,
-        GuidanceOptions,
-        "ref_weight",
-        show_default=False,
-        help="--base pgdiff: weight of the identity property (default 5e3 with mse, 1e4 with cos: PGDiff's scale, "
-        "docs/guided.md).",
-    ) = opt.GUIDANCE.ref_weight,
-    ref_loss: opt.option(
-        str,
-        GuidanceOptions,
-        "ref_loss",
-        help="--base pgdiff: identity distance, mse or cos.",
-    ) = opt.GUIDANCE.ref_loss,
-    repeats: opt.option(
-        int,
-        GuidanceOptions,
-        "repeats",
-        help="--base pgdiff: gradient steps N per timestep for t in (0.7T, T].",
-    ) = opt.GUIDANCE.repeats,
-    tiny: opt.option(
-        bool,
-        GuidanceOptions,
-        "tiny",
-        help="--base pgdiff: demo with a small random prior and guide, no download (results are noise).",
-    ) = opt.GUIDANCE.tiny,
-    workers: Annotated[
-        int,
-        typer.Option(
-            "--workers",
-            min=0,
-            help="Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or"
-            " 1: one stage at a time).",
-        ),
-    ] = 0,
+    guide: Guide = opt.GUIDANCE.guide,
+    reference: Reference = None,
+    prior: Prior = opt.GUIDANCE.prior,
+    steps: Steps = opt.GUIDANCE.steps,
+    guidance_scale: GuidanceScale = opt.GUIDANCE.scale,
+    seed: Seed = opt.GUIDANCE.seed,
+    ss_weight: SsWeight = opt.GUIDANCE.ss_weight,
+    ref_weight: RefWeight = opt.GUIDANCE.ref_weight,
+    ref_loss: RefLoss = opt.GUIDANCE.ref_loss,
+    repeats: Repeats = opt.GUIDANCE.repeats,
+    tiny: Tiny = opt.GUIDANCE.tiny,
+    workers: opt.Workers = opt.RUNNER.workers,
     ctx: typer.Context = None,  # type: ignore[assignment]  # Typer passes it; a direct call has none
 ) -> None:
     """Restore every face in INPUT images and videos and paste them back."""
     from bfrboost.pipeline import Restorer
     from bfrboost.runners.files import restore_bytes
 
-    start = time.perf_counter()
+    start, params = time.perf_counter(), dict(locals())  # the options by name: each options object takes its fields
     stdin_mode = inputs == ["-"]
     try:
         if "-" in inputs and not stdin_mode:
@@ -228,96 +194,28 @@ def restore(
             raise UsageError("'-' reads the image from stdin, which is a terminal; pipe an image in: " + _STDIN_EXAMPLE)
         if stdin_mode and sys.stdout.isatty():
             raise UsageError("'-' writes the restored image to stdout, which is a terminal; redirect it: " + _STDIN_EXAMPLE)
-        guided = (
-            "reference",
-            "prior",
-            "guide",
-            "steps",
-            "guidance_scale",
-            "seed",
-            "ss_weight",
-            "ref_weight",
-            "ref_loss",
-            "repeats",
-            "tiny",
-        )
-        given = [_flag(ctx, name) for name in guided if _given(ctx, name)]
+        given = [_flag(ctx, name) for name in _GUIDED if _given(ctx, name)]
         if base != "pgdiff" and given:
             raise UsageError(f"{', '.join(given)} guide the diffusion prior: use them with --base pgdiff")
-        knobs = opt.parse_knobs(knob or [])
-        video_options = VideoOptions(
-            outdir=outdir,
-            suffix=suffix,
-            ext=ext.value if ext.value in _VIDEO_EXTS else "mp4",
-            overwrite=overwrite,
-            crf=crf,
-            preset=preset.value,
-            start=clip_start,
-            duration=duration,
-            smooth=smooth,
-            frames_per_batch=frames_per_batch,
-            detect_every=detect_every,
-            max_pixels=max_pixels,
-        )
-        options = OutputOptions(
-            outdir=outdir,
-            suffix=suffix,
-            ext="auto" if ext.value in _VIDEO_EXTS else ext.value,
-            quality=quality,
-            overwrite=overwrite,
-            save_faces=save_faces,
-            save_cmp=save_cmp,
-            draw_boxes=draw_boxes,
-            max_pixels=max_pixels,
-        )
+        knobs, runtime_options = opt.parse_knobs(knob or []), opt.runtime_options(runtime, providers, threads)
+        video_ext = ext.value if ext.value in _VIDEO_EXTS else "mp4"
+        video_options = VideoOptions(**opt.pick(VideoOptions, params, ext=video_ext, preset=preset.value, start=clip_start))
+        options = OutputOptions(**opt.pick(OutputOptions, params, ext="auto" if ext.value in _VIDEO_EXTS else ext.value))
         parts = dict(
-            detect=DetectOptions(
-                detector=detector,
-                aligned=aligned,
-                only_center_face=only_center_face,
-                min_face=min_face,
-                face_index=face_index,
-                largest=largest,
-                person=tuple(str(p) for p in person or ()),
-                person_model=person_model,
-                person_threshold=person_threshold,
-            ),
+            detect=DetectOptions(**opt.pick(DetectOptions, params, person=tuple(str(p) for p in person or ()))),
             restore=RestoreOptions(
-                base=base,
-                weights=weights,
-                fidelity=fidelity,
-                knobs=knobs,
-                batch_size=batch_size,
-                refine=refine,
-                refiner=refiner,
-                refiner_strength=refiner_strength,
-                sd_model=sd_model,
-                compile=compile_refiner,
-                device=device,
-                **opt.runtime_options(runtime, providers, threads),
+                **opt.pick(RestoreOptions, params, knobs=knobs, compile=compile_refiner, **runtime_options)
             ),
-            paste=PasteOptions(
-                upscale=upscale,
-                paste=paste,
-                color_match=color_match,
-                bg_upsampler=bg_upsampler,
-                bg_tile=bg_tile,
-                blend=blend,
-                face_upsample=face_upsample,
-            ),
+            paste=PasteOptions(**opt.pick(PasteOptions, params)),
             guidance=GuidanceOptions(
-                task="restore",
-                guide=guide,
-                prior=prior,
-                reference=tuple(reference or ()),
-                scale=guidance_scale,
-                steps=steps,
-                seed=seed,
-                repeats=repeats,
-                ss_weight=ss_weight,
-                ref_weight=ref_weight,
-                ref_loss=ref_loss,
-                tiny=tiny,
+                **opt.pick(
+                    GuidanceOptions,
+                    params,
+                    task="restore",
+                    scale=guidance_scale,
+                    reference=tuple(reference or ()),
+                    batch_size=opt.GUIDANCE.batch_size,  # --batch-size is the base model's; the sampler keeps its own
+                )
             )
             if base == "pgdiff"
             else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,10 +15,16 @@ from bfrboost.cli import app
 from bfrboost.cli import options as opt
 from bfrboost.cli.common import err, fail, interruptible
 from bfrboost.errors import BfrboostError, UsageError
-from bfrboost.options import TRAIN_SIZE, TrainConfig
+from bfrboost.options import TINY_SIZE, TRAIN_SIZE, CacheOptions, PilotOptions, TinySdOptions, TrainConfig
 
 T = opt.TRAIN
 T_BASES = ",".join(T.bases)  # the default --base, spelled as the option takes it
+C, TINY, P = opt.defaults(CacheOptions), opt.defaults(TinySdOptions), opt.defaults(PilotOptions)
+
+
+def Bases(help: str) -> Any:  # noqa: N802  (an option type, named like one)
+    """``--base`` of TrainConfig's ``bases``, comma-separated, with this command's help."""
+    return opt.option(str, TrainConfig, "bases", help=help)
 
 train_app = typer.Typer(
     help="Train the InfoBFR refiner on HQ faces (`bfrboost train --help`), or precompute its cache (`train cache`)."
@@ -51,7 +57,7 @@ def train_command(
     ctx: typer.Context,
     out: opt.option(Path | None, TrainConfig, "out", "--out", "-o") = T.out,
     data: opt.option(Path | None, TrainConfig, "data") = T.data,
-    base: opt.option(str, TrainConfig, "bases") = T_BASES,
+    base: Bases(TrainConfig.__dataclass_fields__["bases"].metadata["help"]) = T_BASES,
     cache: opt.option(Path | None, TrainConfig, "cache") = T.cache,
     steps: opt.option(int, TrainConfig, "steps") = T.steps,
     batch_size: opt.option(int, TrainConfig, "batch_size") = T.batch_size,
@@ -121,39 +127,20 @@ def train_command(
 def cache_command(
     data: Annotated[Path, typer.Option("--data", help="Folder of HQ aligned 512 faces.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder.")],
-    base: Annotated[
-        str,
-        typer.Option(
-            "--base",
-            help="Base model(s), comma-separated; every degraded face goes through each.",
-        ),
-    ] = ",".join(T.bases),
+    base: Bases("Base model(s), comma-separated; every degraded face goes through each.") = T_BASES,
     repeats: opt.option(int, TrainConfig, "repeats", help="Degradations per face (K).") = T.repeats,
-    size: Annotated[int, typer.Option("--size", help="Training face size the outputs are stored at.")] = TRAIN_SIZE,
+    size: opt.option(int, CacheOptions, "size") = C.size,
     seed: opt.option(int, TrainConfig, "seed", help="Seed of the split and the degradations.") = T.seed,
     val_count: opt.option(int, TrainConfig, "val_count", help="Faces held out for validation.") = T.val_count,
-    shard_faces: Annotated[int, typer.Option("--shard-faces", help="Faces per shard file.")] = 256,
+    shard_faces: opt.option(int, CacheOptions, "shard_faces") = C.shard_faces,
     moments: opt.option(
-        bool,
-        TrainConfig,
-        "moments",
-        help="Also store the SD VAE moments of the base outputs (fp16).",
+        bool, TrainConfig, "moments", help="Also store the SD VAE moments of the base outputs (fp16)."
     ) = T.moments,
-    sd_model: Annotated[
-        Path | None,
-        typer.Option(
-            "--sd-model",
-            help="Local SD 2.1-base diffusers folder (for --moments).",
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    sd_model: opt.option(Path | None, TrainConfig, "sd_model", help="Local SD 2.1-base diffusers folder (for --moments).") = None,
+    device: opt.option(str, CacheOptions, "device") = C.device,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild an existing cache.")] = False,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Threads that load, degrade and compress faces (0: min(8, cores)).")
-    ] = 0,
-    degrade_size: Annotated[
-        int, typer.Option("--degrade-size", help="Size faces are degraded at (0: the base's input size).")
-    ] = 0,
+    workers: opt.option(int, CacheOptions, "workers") = C.workers,
+    degrade_size: opt.option(int, CacheOptions, "degrade_size") = C.degrade_size,
 ) -> None:
     """Degrade each HQ face K times, run the frozen base(s) once and store the outputs in sharded safetensors."""
     import torch
@@ -213,17 +200,13 @@ def cache_command(
 def tiny_sd_command(
     data: Annotated[Path, typer.Option("--data", help="Folder of aligned faces to fit on (never the faces you evaluate on).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the tiny SD (vae/, unet/, prompt.pt, fit.json).")],
-    size: Annotated[int, typer.Option("--size", help="Face size (the --size of the runs that use it).")] = 32,
-    val_count: Annotated[
-        int,
-        typer.Option(
-            "--val-count",
-            help="Leave out the validation split a run with this --val-count and --seed uses.",
-        ),
-    ] = 16,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fit and of the split it leaves out.")] = 0,
-    vae_steps: Annotated[int, typer.Option("--vae-steps", help="VAE optimiser steps.")] = 800,
-    unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet optimiser steps.")] = 300,
+    size: opt.option(int, TinySdOptions, "size") = TINY.size,
+    val_count: opt.option(
+        int, TrainConfig, "val_count", help="Leave out the validation split a run with this --val-count and --seed uses."
+    ) = T.val_count,
+    seed: opt.option(int, TrainConfig, "seed", help="Seed of the fit and of the split it leaves out.") = T.seed,
+    vae_steps: opt.option(int, TinySdOptions, "vae_steps") = TINY.vae_steps,
+    unet_steps: opt.option(int, TinySdOptions, "unet_steps") = TINY.unet_steps,
 ) -> None:
     """Fit the tiny SD of the CPU-scale configuration (minutes on a CPU, seeded) on the training split of --data."""
     from bfrboost.io.read import read_face
@@ -261,33 +244,22 @@ def _floats(text: str, flag: str) -> list[float]:
 @train_app.command("pilot")
 def pilot_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs, pilot.json, pilot.md and pilot.png.")],
-    data: Annotated[Path | None, typer.Option("--data", help="HQ aligned faces (a cache is built once in OUT/cache).")] = None,
-    cache: Annotated[
-        Path | None,
-        typer.Option(
-            "--cache",
-            help="A cache from `bfrboost train cache` (use a subset of FFHQ: K steps need few faces).",
-        ),
-    ] = None,
-    base: Annotated[str, typer.Option("--base", help="Base model(s), comma-separated.")] = "gfpgan",
-    betas: Annotated[str, typer.Option("--betas", help="β values to try, comma-separated.")] = "0.001,0.01,0.1,1,20",
+    data: opt.option(Path | None, TrainConfig, "data", help="HQ aligned faces (a cache is built once in OUT/cache).") = None,
+    cache: opt.option(
+        Path | None, TrainConfig, "cache",
+        help="A cache from `bfrboost train cache` (use a subset of FFHQ: K steps need few faces).",
+    ) = None,
+    base: Bases("Base model(s), comma-separated.") = T_BASES,
+    betas: opt.option(str, PilotOptions, "betas") = P.betas,
     timesteps: Annotated[
-        str,
-        typer.Option(
-            "--timesteps",
-            help="Timesteps to try as well, comma-separated (default: --timestep only).",
-        ),
+        str, typer.Option("--timesteps", help="Timesteps to try as well, comma-separated (default: --timestep only).")
     ] = "",
     lrs: Annotated[
-        str,
-        typer.Option(
-            "--lrs",
-            help="Learning rates to try as well, comma-separated (default: the --lr of train).",
-        ),
+        str, typer.Option("--lrs", help="Learning rates to try as well, comma-separated (default: the --lr of train).")
     ] = "",
-    steps: Annotated[int, typer.Option("--steps", help="Steps per value (K).")] = 300,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per step.")] = 4,
-    timestep: Annotated[int, typer.Option("--timestep", help="The timestep when --timesteps is not given.")] = 499,
+    steps: opt.option(int, PilotOptions, "steps") = P.steps,
+    batch_size: opt.option(int, PilotOptions, "batch_size") = P.batch_size,
+    timestep: opt.option(int, TrainConfig, "timestep", help="The timestep when --timesteps is not given.") = T.timestep,
     ablations: Annotated[
         bool,
         typer.Option(
@@ -295,27 +267,19 @@ def pilot_command(
             help="Instead of a sweep: the paper's Table III (full, no Transformer, no MIB, no LoRA) at --betas' first value.",
         ),
     ] = False,
-    val_count: Annotated[int, typer.Option("--val-count", help="Held-out validation faces.")] = 16,
-    repeats: Annotated[int, typer.Option("--repeats", help="Degradations per face.")] = 2,
-    size: Annotated[int, typer.Option("--size", help="Face size (512; --tiny: 32).")] = 0,
-    tiny: Annotated[
-        bool,
-        typer.Option(
-            "--tiny",
-            help="The CPU-scale configuration (tiny SD fitted once, shared by every value).",
-        ),
-    ] = False,
-    tiny_sd: Annotated[Path | None, typer.Option("--tiny-sd", help="--tiny: a tiny SD from `bfrboost train tiny-sd`.")] = None,
-    sd_model: Annotated[Path | None, typer.Option("--sd-model", help="Local SD 2.1-base diffusers folder.")] = None,
-    stats_from: Annotated[
-        Path | None,
-        typer.Option(
-            "--stats-from",
-            help="μ_R, σ_R of a refiner folder from `bfrboost refiner stats`.",
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every run.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto or cpu.")] = "auto",
+    val_count: opt.option(int, TrainConfig, "val_count", help="Held-out validation faces.") = T.val_count,
+    repeats: opt.option(int, PilotOptions, "repeats") = P.repeats,
+    size: opt.option(int, PilotOptions, "size") = P.size,
+    tiny: opt.option(
+        bool, TrainConfig, "tiny", help="The CPU-scale configuration (tiny SD fitted once, shared by every value)."
+    ) = T.tiny,
+    tiny_sd: opt.option(Path | None, TrainConfig, "tiny_sd", help="--tiny: a tiny SD from `bfrboost train tiny-sd`.") = None,
+    sd_model: opt.option(Path | None, TrainConfig, "sd_model", help="Local SD 2.1-base diffusers folder.") = None,
+    stats_from: opt.option(
+        Path | None, TrainConfig, "stats_from", help="μ_R, σ_R of a refiner folder from `bfrboost refiner stats`."
+    ) = None,
+    seed: opt.option(int, TrainConfig, "seed", help="Seed of every run.") = T.seed,
+    device: opt.option(str, TrainConfig, "device", help="auto or cpu.") = T.device,
 ) -> None:
     """A short sweep over β (and optionally timestep, lr) that ranks the values and recommends one; --ablations: Table III."""
     from bfrboost.train.loop import TrainConfig
@@ -333,7 +297,7 @@ def pilot_command(
             timestep=timestep,
             val_count=val_count,
             repeats=repeats,
-            size=size or (32 if tiny else 512),
+            size=size or (TINY_SIZE if tiny else TRAIN_SIZE),
             tiny=tiny,
             tiny_sd=tiny_sd,
             sd_model=sd_model,

@@ -8,22 +8,21 @@ from typing import Annotated
 import typer
 
 from bfrboost.cli import app
+from bfrboost.cli import options as opt
 from bfrboost.cli.common import err as _err
 from bfrboost.cli.common import fail, interruptible
 from bfrboost.errors import BfrboostError
+from bfrboost.options import UiOptions
+
+UI = opt.defaults(UiOptions)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @app.command("ui")
 def ui(
-    host: Annotated[
-        str, typer.Option("--host", help="Address to listen on; 0.0.0.0 opens the app to your whole network.")
-    ] = "127.0.0.1",
-    port: Annotated[
-        int | None,
-        typer.Option("--port", min=1, max=65535, help="Port (default: the first free one from 7860).", show_default=False),
-    ] = None,
+    host: opt.option(str, UiOptions, "host") = UI.host,
+    port: opt.option(int | None, UiOptions, "port", show_default=False) = UI.port,
     share: Annotated[
         bool,
         typer.Option(
@@ -31,18 +30,12 @@ def ui(
             help="Ask Gradio for a public link (needs internet; anyone with the link uses your machine). Off by default.",
         ),
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: opt.option(str, UiOptions, "device") = UI.device,
     refiner: Annotated[Path | None, typer.Option("--refiner", help="Refiner folder pre-filled in the page.")] = None,
-    max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", min=0.01, help="Largest image upload accepted, in MB.")
-    ] = 20.0,
-    max_video_mb: Annotated[
-        float, typer.Option("--max-video-mb", min=0.01, help="Largest video clip upload accepted, in MB.")
-    ] = 200.0,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest image accepted, in pixels.")] = 40_000_000,
-    cache_size: Annotated[
-        int, typer.Option("--cache-size", min=1, help="Model sets kept loaded (one per settings combination).")
-    ] = 2,
+    max_upload_mb: opt.option(float, UiOptions, "max_upload_mb") = UI.max_upload_mb,
+    max_video_mb: opt.option(float, UiOptions, "max_video_mb") = UI.max_video_mb,
+    max_pixels: opt.option(int, UiOptions, "max_pixels") = UI.max_pixels,
+    cache_size: opt.option(int, UiOptions, "cache_size") = UI.cache_size,
 ) -> None:
     """Serve the web app: upload a photo or a clip, pick the options, compare before/after, download."""
     from bfrboost.ui import launch

@@ -30,6 +30,7 @@ from bfrboost.evaluation.folders import list_images, read_reference, read_rgb, r
 from bfrboost.io.write import write_image
 from bfrboost.metrics import METRICS, MetricValue, parse_metrics
 from bfrboost.metrics.inception import DEFAULT_SIZE
+from bfrboost.options import EvalOptions, default_of
 from bfrboost.safety import InputGuard, one_line, write_bytes
 
 VARIANTS = ("without", "with")
@@ -299,8 +300,8 @@ def run_boost(
     metrics: str | Sequence[str] = "all",
     device: str = "auto",
     sd_model: Path | str | None = None,
-    batch_size: int = 4,
-    html_faces: int = 24,
+    batch_size: int = default_of(EvalOptions, "boost_batch_size"),
+    html_faces: int = default_of(EvalOptions, "html_faces"),
     size: int = DEFAULT_SIZE,
     overwrite: bool = False,
     models: MetricModels | None = None,

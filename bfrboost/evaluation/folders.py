@@ -20,6 +20,7 @@ from bfrboost.io.inputs import collect_inputs
 from bfrboost.io.read import DEFAULT_MAX_PIXELS, read_image
 from bfrboost.metrics import METRICS, MetricValue, parse_metrics
 from bfrboost.metrics.inception import DEFAULT_SIZE, ReferenceStats, compute_reference_stats
+from bfrboost.options import EvalOptions, default_of
 from bfrboost.safety import one_line
 
 Progress = Callable[[int], None]  # called with the number of images just processed
@@ -123,7 +124,7 @@ def evaluate_folder(
     device: str = "cpu",
     *,
     size: int = DEFAULT_SIZE,
-    batch_size: int = 8,
+    batch_size: int = default_of(EvalOptions, "batch_size"),
     models: MetricModels | None = None,
     on_progress: Progress | None = None,
 ) -> FolderReport:
@@ -208,7 +209,7 @@ def compute_stats_folder(
     device: str = "cpu",
     *,
     size: int = DEFAULT_SIZE,
-    max_kid_features: int | None = 10000,
+    max_kid_features: int | None = default_of(EvalOptions, "max_kid_features"),
     overwrite: bool = False,
     models: MetricModels | None = None,
     on_progress: Progress | None = None,

@@ -5,7 +5,7 @@
 | ``restore`` | smooth semantics (1) [+ identity (5e3 ``mse`` / 1e4 ``cos``)] | mean shift | 0.1 |
 | ``colorize`` | lightness of the input (1) + colour statistics (0.05) | dynamic, per channel | 0.01 |
 | ``inpaint`` | unmasked region (1), gradient zeroed in the mask | dynamic | 0.01 |
-| ``old-photo`` | restorer lightness outside the mask (1) + colour statistics (0.5), gradient zeroed in the mask | dynamic, per channel | 0.002 |
+| ``old-photo`` | restorer lightness off the mask (1) + colour statistics (0.5), mask gradient 0 | dynamic, per channel | 0.002 |
 
 Defaults are the public code's (``inference_pgdiff.py``); its README gives s ∈ [0.05, 0.1] for
 restoration and s ∈ [0.0015, 0.005] for old photos.
@@ -66,7 +66,8 @@ def make_guidance(
     if identity is not None:
         raise UsageError("a reference identity guides restoration only; use `bfrboost restore --base pgdiff --reference REF`")
     if task == "colorize":
-        return Guidance(terms=[(o.lightness_weight, Lightness(y)), (o.color_weight, color)], update="dynamic", per_channel=True, **common)
+        terms = [(o.lightness_weight, Lightness(y)), (o.color_weight, color)]
+        return Guidance(terms=terms, update="dynamic", per_channel=True, **common)
     if mask is None:
         mask = torch.zeros_like(y[:, :1])
     if task == "inpaint":
@@ -86,7 +87,9 @@ def load_prior(path: str | Path | None = None, config: UNetConfig | None = None)
         prior = build_strict(lambda: IDDPMUNet(config), state)
     except (CheckpointMismatch, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0]
-        raise WeightsError(f"{path}: not an IDDPM FFHQ-512 prior ({reason}); use {PRIOR_FILE} from `bfrboost weights download difface`") from None
+        raise WeightsError(
+            f"{path}: not an IDDPM FFHQ-512 prior ({reason}); use {PRIOR_FILE} from `bfrboost weights download difface`"
+        ) from None
     return prior.eval().requires_grad_(False)
 
 
@@ -176,7 +179,9 @@ class PGDiff(nn.Module):
         guidance = make_guidance(
             task, options, y, target=target, restorer=restorer, mask=mask, identity=identity, identity_faces=reference_faces
         )
-        out = sample(self.prior, y.shape, guidance, steps=options.steps, seed=options.seed, device=device, on_step=on_step, log=log)
+        out = sample(
+            self.prior, y.shape, guidance, steps=options.steps, seed=options.seed, device=device, on_step=on_step, log=log
+        )
         out = (out + 1) / 2
         if (height, width) != (size, size):
             out = F.interpolate(out, size=(height, width), mode="bicubic", antialias=True, align_corners=False)

@@ -23,12 +23,13 @@ import torch
 
 from bfrboost.errors import InputError
 from bfrboost.metrics._common import metric_weights, weights_only_torch_load
+from bfrboost.options import EvalOptions, default_of
 from bfrboost.safety import atomic_open
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 FEATURE = "2048"  # the pool3 layer every FID/KID number in the literature uses
 FEATURES = ("64", "192", "768", "2048")  # torch-fidelity's pooled layers (smaller ones: quick checks only)
-DEFAULT_SIZE = 512
+DEFAULT_SIZE = default_of(EvalOptions, "size")
 STATS_FORMAT = "bfrboost-inception-stats-1"
 
 

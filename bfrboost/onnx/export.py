@@ -36,10 +36,11 @@ from torch import nn
 
 from bfrboost.backbones.registry import BaseSpec, get_spec, load_base
 from bfrboost.errors import UsageError, WeightsError
+from bfrboost.options import ExportOptions, default_of
 from bfrboost.safety import atomic_path, one_line
 
 #: GridSample (VQFR) needs opset 16; 18 is well supported by every current runtime.
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = default_of(ExportOptions, "opset")
 MIN_OPSET = 16
 INPUT = "image"
 OUTPUT = "restored"

@@ -17,6 +17,7 @@ from bfrboost import weights
 from bfrboost.errors import InputError, UsageError
 from bfrboost.io.inputs import IMAGE_EXTENSIONS, scan_folder
 from bfrboost.io.read import read_face
+from bfrboost.options import RefinerToolOptions, default_of
 from bfrboost.refiner.bottleneck import STATS_MODES
 from bfrboost.refiner.model import (
     CONFIG_NAME,
@@ -86,8 +87,8 @@ def compute_manifold_stats(
     vae: AutoencoderKL,
     faces: Sequence[Path],
     per_element: bool = False,
-    batch_size: int = 4,
-    size: int = 512,
+    batch_size: int = default_of(RefinerToolOptions, "batch_size"),
+    size: int = default_of(RefinerToolOptions, "size"),
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> ManifoldStats:

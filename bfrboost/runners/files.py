@@ -20,11 +20,13 @@ from bfrboost.errors import BfrboostError
 from bfrboost.faces.types import Face
 from bfrboost.io.read import LoadedImage, read_image
 from bfrboost.io.write import encode_image, image_writer, output_ext
-from bfrboost.options import OutputOptions
+from bfrboost.options import OutputOptions, RunnerOptions, default_of
 from bfrboost.pipeline import Restorer, Result
 from bfrboost.reports import FileReport
 from bfrboost.runners.outputs import OUTPUT_SUBDIRS, Claims, OutputPlan, plan_output
 from bfrboost.safety import InputGuard, OutputSet, clean_stale_temps, one_line
+
+IMAGES_PER_BATCH = default_of(RunnerOptions, "images_per_batch")
 
 #: ``targets(path, rgb)``: per-input extras for :meth:`Restorer.restore_batch` (e.g. a guidance mask
 #: found by the file's name); files stay here, the restorer sees arrays.
@@ -78,7 +80,7 @@ class FileRunner:
     """
 
     def __init__(
-        self, restorer: Restorer, options: OutputOptions, images_per_batch: int = 4, targets: Targets | None = None
+        self, restorer: Restorer, options: OutputOptions, images_per_batch: int = IMAGES_PER_BATCH, targets: Targets | None = None
     ) -> None:
         self.restorer = restorer
         self.options = options

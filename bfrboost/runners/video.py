@@ -36,7 +36,7 @@ from bfrboost.io.video import av_module, encoder, open_input, want_hardware
 from bfrboost.options import VIDEO_FORMATS, VideoOptions
 from bfrboost.pipeline import Prepared, Restorer
 from bfrboost.reports import FileReport
-from bfrboost.runners.outputs import plan_output
+from bfrboost.runners.outputs import Claims, OutputPlan, plan_output
 from bfrboost.safety import InputGuard, atomic_path, one_line
 
 __all__ = ["VideoOptions", "VideoRunner", "restore_videos"]
@@ -70,18 +70,14 @@ class VideoRunner:
         return plan_output(path, self.options.outdir, "restored_videos", self.options.suffix, self.options.ext)
 
     def run(self, inputs: Sequence[Path]) -> Iterator[FileReport]:
-        guard = InputGuard(inputs)
-        planned: dict[Path, Path] = {}
+        """Each clip into its planned output, with the image runner's claims: an output that is an input,
+        or that an earlier input of the run already took, fails that input in one line."""
+        claims = Claims(InputGuard(inputs))
         for path in inputs:
             report = FileReport(input=str(path), extra={"kind": "video"})
             try:
                 out = self.plan(path)
-                guard.check(out)
-                if out in planned:
-                    raise OutputError(
-                        f"{path}: its output {out} is already taken by {planned[out]}; restore it separately or with --suffix"
-                    )
-                planned[out] = path
+                claims.claim(path, OutputPlan(out, self.options.outdir, path.stem))
                 if out.exists() and not self.options.overwrite:
                     report.skipped = f"{out}: already exists; pass --overwrite to replace it"
                 else:

@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 
 from bfrboost.errors import InputError, UsageError
 from bfrboost.io.read import read_face
-from bfrboost.options import TRAIN_SIZE, TrainConfig, default_of
+from bfrboost.options import CacheOptions, TrainConfig, default_of
 from bfrboost.safety import atomic_path, write_bytes
 from bfrboost.train.data import list_hq_faces, split_faces
 from bfrboost.train.degrade import DegradeConfig, degrade, file_seed
@@ -55,11 +55,11 @@ class CacheConfig:
     """What a cache holds; stored in ``cache.json`` so training can check it matches the run."""
 
     bases: list[str]
-    size: int = TRAIN_SIZE  # training face size (base outputs are resized to it)
+    size: int = default_of(CacheOptions, "size")  # training face size (base outputs are resized to it)
     repeats: int = default_of(TrainConfig, "repeats")  # degradations per face (K)
     seed: int = default_of(TrainConfig, "seed")
     val_count: int = default_of(TrainConfig, "val_count")  # faces held out for validation (fixed by the seed)
-    shard_faces: int = 256
+    shard_faces: int = default_of(CacheOptions, "shard_faces")
     moments: bool = default_of(TrainConfig, "moments")  # also store the VAE moments of the base outputs (fp16)
     degrade_size: int | None = None  # size the HQ face is degraded at (None: the base's input size; --tiny: 2 × size)
 

@@ -19,38 +19,9 @@ import cv2
 import numpy as np
 
 from bfrboost.errors import UsageError
+from bfrboost.options import DegradeConfig  # the ranges live with every other option (one copy of each default)
 
 OPERATIONS = ("blur", "down", "noise", "jpeg")
-
-
-@dataclass
-class DegradeConfig:
-    """Ranges of the degradation (inclusive); every field is a `bfrboost degrade` option."""
-
-    blur_sigma: tuple[float, float] = (0.1, 10.0)  # Gaussian kernel σ (pixels)
-    kernel_size: int = 41  # odd
-    anisotropic_prob: float = 0.5  # anisotropic kernel (σx, σy ∈ blur_sigma, random angle) instead of isotropic
-    scale: tuple[float, float] = (0.8, 8.0)  # down-sampling factor r (r < 1 enlarges)
-    noise: tuple[float, float] = (0.0, 20.0)  # Gaussian noise σ δ on the 0..255 scale
-    jpeg_quality: tuple[int, int] = (60, 100)
-    skip_prob: float = 0.1  # each operation is left out with this probability
-    shuffle_prob: float = 0.0  # the operations run in a random order with this probability
-
-    def __post_init__(self) -> None:
-        for name in ("blur_sigma", "scale", "noise", "jpeg_quality"):
-            low, high = getattr(self, name)
-            if low > high:
-                raise UsageError(f"degrade: {name} range must be LOW HIGH with LOW ≤ HIGH, got {low} {high}")
-            setattr(self, name, (low, high))
-        if self.blur_sigma[0] <= 0 or self.scale[0] <= 0 or self.noise[0] < 0:
-            raise UsageError("degrade: blur sigma and scale must be > 0 and noise ≥ 0")
-        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
-            raise UsageError(f"degrade: JPEG quality must lie in [1, 100], got {self.jpeg_quality}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise UsageError(f"degrade: kernel size must be odd and positive, got {self.kernel_size}")
-        for name in ("anisotropic_prob", "skip_prob", "shuffle_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise UsageError(f"degrade: {name} must lie in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass

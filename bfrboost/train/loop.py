@@ -274,6 +274,28 @@ def copy_stats(model, source: Path) -> None:
 # ---- the run -------------------------------------------------------------------------------------
 
 
+def _silent(message: str) -> None:
+    """Where only the main process speaks."""
+
+
+@dataclasses.dataclass
+class _Live:
+    """What a run carries from step to step: the model (and its distributed wrapper), loss, optimizer, data, position."""
+
+    accelerator: Any
+    model: Any
+    ddp_model: Any
+    loss_fn: Any
+    optimizer: Any
+    scheduler: Any
+    train_set: CachedFaces
+    val_set: CachedFaces
+    identity: ArcFace | None = None
+    ema: dict[str, torch.Tensor] | None = None
+    step: int = 0
+    position: int = 0
+
+
 class Trainer:
     """One training run; :meth:`run` returns the refiner folder inside RUN_DIR."""
 
@@ -337,49 +359,87 @@ class Trainer:
     def run(self) -> Path:
         config, run = self.config, self.config.out
         accelerator = self._accelerator()
-        device = accelerator.device
-        log_path, val_path = run / LOG_NAME, run / VAL_LOG_NAME
         loaded = resume_point(
             run,
             config.to_dict(),
             set(config.allow_changes),
-            (log_path, val_path),
-            self.warn if accelerator.is_main_process else (lambda message: None),
+            (run / LOG_NAME, run / VAL_LOG_NAME),
+            self.warn if accelerator.is_main_process else _silent,
         )
         run.mkdir(parents=True, exist_ok=True)
-        missing = config.cache or run / "cache"
+        self._refuse_unbuilt_cache(accelerator)
+        if config.tiny and accelerator.is_main_process:
+            write_tiny_sd(config, run, self.warn)
+        accelerator.wait_for_everyone()
+        with torch.random.fork_rng(devices=[]):  # the trainables' random init (LoRA A, Transformer) follows --seed alone
+            torch.manual_seed(config.seed)
+            model = make_model(config, run).to(accelerator.device)  # before the cache: cached moments need the tiny VAE
+        cache_dir = self._cache(accelerator)
+        train_set, val_set = self._datasets(cache_dir)
+        self.r_clean = self._manifold_statistics(model, train_set, loaded is not None, accelerator)
+        live = self._prepare(model, accelerator, train_set, val_set)
+        if loaded is not None:
+            self._resume(live, loaded, cache_dir)
+        if config.resume and accelerator.is_main_process:  # from a checkpoint, or again from step 0 (-1: no line kept)
+            truncate_log(run / LOG_NAME, live.step if loaded is not None else -1)
+            truncate_log(run / VAL_LOG_NAME, live.step if loaded is not None else -1)
+        if config.ema > 0 and live.ema is None:
+            live.ema = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
+        live.ddp_model, live.optimizer = accelerator.prepare(model, live.optimizer)
+        live.identity = self._identity(accelerator)
+        try:
+            if live.step == 0:
+                self._validate(model, live.loss_fn, val_set, 0, run, live.identity, accelerator)
+            while live.step < config.steps:
+                record = self._train_step(live)
+                self._after_step(live, record)
+        except torch.OutOfMemoryError:
+            raise UsageError(
+                f"out of GPU memory at --batch-size {config.batch_size}, {config.size} px; pass --grad-checkpoint, "
+                "or a smaller --batch-size with --accumulate N to keep the effective batch"
+            ) from None
+        self.model = model
+        return self._save_result(model, live.ema, run, accelerator)
+
+    def _refuse_unbuilt_cache(self, accelerator) -> None:
+        """Several processes cannot wait for a cache to be built (hours on FFHQ, beyond the process group's timeout)."""
+        config = self.config
+        missing = config.cache or config.out / "cache"
         if accelerator.num_processes > 1 and config.data is not None and not (missing / "cache.json").is_file():
-            # building takes hours on FFHQ, far beyond the process group's timeout: build it first, in one process
             raise UsageError(
                 f"{missing}: no cache yet, and {accelerator.num_processes} processes cannot wait for one to be "
                 f"built; run `bfrboost train cache --data {config.data} --base {','.join(config.bases)} "
                 f"--size {config.size} --repeats {config.repeats} --val-count {config.val_count} -o CACHE_DIR` first, "
                 "then launch with --cache CACHE_DIR"
             )
-        if config.tiny and accelerator.is_main_process:
-            write_tiny_sd(config, run, self.warn)
-        accelerator.wait_for_everyone()
-        with torch.random.fork_rng(devices=[]):  # the trainables' random init (LoRA A, Transformer) follows --seed alone
-            torch.manual_seed(config.seed)
-            model = make_model(config, run).to(device)  # before the cache: a tiny run's cached moments need its tiny VAE
-        cache_dir = self._cache(accelerator)
+
+    def _datasets(self, cache_dir: Path) -> tuple[CachedFaces, CachedFaces]:
         train_set, val_set = CachedFaces(cache_dir, "train"), CachedFaces(cache_dir, "val")
         if len(train_set) == 0:
             raise InputError(f"{cache_dir}: the cache has no training entries; add faces to --data")
-        if train_set.config.size != config.size:
+        if train_set.config.size != self.config.size:
             raise UsageError(
-                f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {config.size}; "
+                f"{cache_dir}: cache faces are {train_set.config.size} px but --size is {self.config.size}; "
                 f"rebuild the cache or pass --size {train_set.config.size}"
             )
+        return train_set, val_set
+
+    def _manifold_statistics(self, model, train_set: CachedFaces, resumed: bool, accelerator) -> torch.Tensor | None:
+        """μ_R, σ_R: copied (--stats-from), computed from the clean faces, or kept from the checkpoint; the clean moments."""
+        config = self.config
         if config.stats_from is not None:
             copy_stats(model, config.stats_from)  # first: a --stats-from without statistics is refused before any work
         r_clean = None
         if config.stats_from is None or config.stats_every:
-            note = self.warn if accelerator.is_main_process else (lambda message: None)
+            note = self.warn if accelerator.is_main_process else _silent
             r_clean = clean_manifold(model, train_set, config.stats_faces, note)
-        if config.stats_from is None and loaded is None:  # a resumed run keeps the statistics of its checkpoint
+        if config.stats_from is None and not resumed:  # a resumed run keeps the statistics of its checkpoint
             set_manifold_stats(model, r_clean)
-        self.r_clean = r_clean
+        return r_clean
+
+    def _prepare(self, model, accelerator, train_set: CachedFaces, val_set: CachedFaces) -> _Live:
+        """Loss networks, precision, optimizer and schedule of a run starting at step 0."""
+        config, device = self.config, accelerator.device
         with torch.random.fork_rng(devices=[]):  # --tiny's random loss nets: the same on every (resumed) run
             torch.manual_seed(config.seed)
             loss_fn = InfoBFRLoss(
@@ -402,98 +462,103 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, config.warmup, config.steps, config.schedule)
         )
-        step, position, ema = 0, 0, None
-        if loaded is not None:
-            state, ema = apply_checkpoint(loaded, model, optimizer, scheduler)
-            if state.get("cache") not in (None, train_set.manifest["config"]):
-                source = loaded.folder / "state.json"
-                raise UsageError(
-                    f"{cache_dir}: not the cache this run was trained on (settings differ from {source}); "
-                    "resume with the same --cache"
-                )
-            step, position = state["step"], state["position"]
-        if config.resume and accelerator.is_main_process:  # from a checkpoint, or again from step 0 (-1: no line kept)
-            truncate_log(log_path, step if loaded is not None else -1)
-            truncate_log(val_path, step if loaded is not None else -1)
-        if config.ema > 0 and ema is None:
-            ema = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
-        ddp_model, optimizer = accelerator.prepare(model, optimizer)
-        rank, world = accelerator.process_index, accelerator.num_processes
+        return _Live(accelerator, model, model, loss_fn, optimizer, scheduler, train_set, val_set)
+
+    def _resume(self, live: _Live, loaded, cache_dir: Path) -> None:
+        state, live.ema = apply_checkpoint(loaded, live.model, live.optimizer, live.scheduler)
+        if state.get("cache") not in (None, live.train_set.manifest["config"]):
+            source = loaded.folder / "state.json"
+            raise UsageError(
+                f"{cache_dir}: not the cache this run was trained on (settings differ from {source}); "
+                "resume with the same --cache"
+            )
+        live.step, live.position = state["step"], state["position"]
+
+    def _identity(self, accelerator) -> ArcFace | None:
         identity = self.arcface
         if identity is None and accelerator.is_main_process:
-            identity = validation_arcface(device, self.warn)
-        if identity is not None:
-            identity = identity.to(device)
+            identity = validation_arcface(accelerator.device, self.warn)
+        return identity.to(accelerator.device) if identity is not None else None
 
-        try:
-            if step == 0:
-                self._validate(model, loss_fn, val_set, 0, run, identity, accelerator)
-            while step < config.steps:
-                started = time.perf_counter()
-                sums = dict.fromkeys((*TERMS, "lambda_mean"), 0.0)
-                for micro in range(config.accumulate):
-                    indices, position = batch_indices(len(train_set), config.batch_size * world, config.seed, position)
-                    mine = indices[rank * config.batch_size : (rank + 1) * config.batch_size]
-                    generator = torch.Generator(device).manual_seed(step_seed(config.seed, step, micro, rank))
-                    batch = train_set.batch(mine)
-                    flips = flip_mask(len(mine), torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank) ^ 1))
-                    gt = apply_flips(batch["gt"], flips).to(device)
-                    sync = accelerator.no_sync(ddp_model) if micro < config.accumulate - 1 and world > 1 else nullcontext()
-                    with sync, accelerator.autocast():
-                        if train_set.has_moments:
-                            r = torch.where(flips.view(-1, 1, 1, 1), batch["moments_flip"], batch["moments"]).to(device)
-                            x_hat, aux = ddp_model(r, generator, manifold=True)
-                        else:
-                            x_hat, aux = ddp_model(apply_flips(batch["base"], flips).to(device), generator)
-                        terms = loss_fn(x_hat, gt, aux.info_loss)
-                        accelerator.backward(terms["loss"] / config.accumulate)
-                    # One device→host copy per micro-step for every logged value (not one sync each).
-                    values = torch.stack([terms[k].detach().float() for k in TERMS] + [aux.lam.detach().mean().float()]).tolist()
-                    for key, value in zip(sums, values):
-                        sums[key] += value / config.accumulate
-                grad_norm = accelerator.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    with torch.no_grad():
-                        for n, p in model.named_parameters():
-                            if n in ema:
-                                ema[n].mul_(config.ema).add_(p.detach().float(), alpha=1 - config.ema)
-                step += 1
-                if world > 1:
-                    values = accelerator.reduce(torch.tensor([sums[k] for k in sums], device=device), reduction="mean")
-                    sums = dict(zip(sums, values.tolist()))
-                record = {
-                    "step": step,
-                    **{k: float(v) for k, v in sums.items()},
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "seconds": time.perf_counter() - started,
-                }
-                if accelerator.is_main_process:
-                    _append_line(log_path, record)
-                if self.progress is not None:
-                    self.progress(step, config.steps, record)
-                if step % config.val_every == 0 or step == config.steps:
-                    self._validate(model, loss_fn, val_set, step, run, identity, accelerator)
-                if config.stats_every and step % config.stats_every == 0 and r_clean is not None:
-                    set_manifold_stats(model, r_clean)  # h drifts from r as the Transformer trains: the KL and ε follow it
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    if accelerator.is_main_process:
-                        save_checkpoint(
-                            run, step, position, model, optimizer, scheduler, ema, config, train_set.manifest["config"]
-                        )
-                        plot_curves(log_path, run / CURVES_NAME)
-                    accelerator.wait_for_everyone()
-        except torch.OutOfMemoryError:
-            raise UsageError(
-                f"out of GPU memory at --batch-size {config.batch_size}, {config.size} px; pass --grad-checkpoint, "
-                "or a smaller --batch-size with --accumulate N to keep the effective batch"
-            ) from None
-        self.model = model
-        return self._save_result(model, ema, run, accelerator)
+    def _train_step(self, live: _Live) -> dict[str, Any]:
+        """One optimizer step over ``accumulate`` micro-batches; the step's log record (averaged over processes)."""
+        config, accelerator = self.config, live.accelerator
+        started = time.perf_counter()
+        sums = dict.fromkeys((*TERMS, "lambda_mean"), 0.0)
+        for micro in range(config.accumulate):
+            values = self._micro_step(live, micro)
+            for key, value in zip(sums, values):
+                sums[key] += value / config.accumulate
+        grad_norm = accelerator.clip_grad_norm_(live.model.trainable_parameters(), config.grad_clip)
+        lr = live.optimizer.param_groups[0]["lr"]
+        live.optimizer.step()
+        live.scheduler.step()
+        live.optimizer.zero_grad(set_to_none=True)
+        if live.ema is not None:
+            with torch.no_grad():
+                for n, p in live.model.named_parameters():
+                    if n in live.ema:
+                        live.ema[n].mul_(config.ema).add_(p.detach().float(), alpha=1 - config.ema)
+        live.step += 1
+        if accelerator.num_processes > 1:
+            values = accelerator.reduce(torch.tensor([sums[k] for k in sums], device=accelerator.device), reduction="mean")
+            sums = dict(zip(sums, values.tolist()))
+        return {
+            "step": live.step,
+            **{k: float(v) for k, v in sums.items()},
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "seconds": time.perf_counter() - started,
+        }
+
+    def _micro_step(self, live: _Live, micro: int) -> list[float]:
+        """Forward and backward of this process's share of one micro-batch; the logged values (loss terms, mean λ)."""
+        config, accelerator, device = self.config, live.accelerator, live.accelerator.device
+        rank, world, step, train_set = accelerator.process_index, accelerator.num_processes, live.step, live.train_set
+        indices, live.position = batch_indices(len(train_set), config.batch_size * world, config.seed, live.position)
+        mine = indices[rank * config.batch_size : (rank + 1) * config.batch_size]
+        generator = torch.Generator(device).manual_seed(step_seed(config.seed, step, micro, rank))
+        batch = train_set.batch(mine)
+        flips = flip_mask(len(mine), torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank) ^ 1))
+        gt = apply_flips(batch["gt"], flips).to(device)
+        sync = accelerator.no_sync(live.ddp_model) if micro < config.accumulate - 1 and world > 1 else nullcontext()
+        with sync, accelerator.autocast():
+            if train_set.has_moments:
+                r = torch.where(flips.view(-1, 1, 1, 1), batch["moments_flip"], batch["moments"]).to(device)
+                x_hat, aux = live.ddp_model(r, generator, manifold=True)
+            else:
+                x_hat, aux = live.ddp_model(apply_flips(batch["base"], flips).to(device), generator)
+            terms = live.loss_fn(x_hat, gt, aux.info_loss)
+            accelerator.backward(terms["loss"] / config.accumulate)
+        # One device→host copy per micro-step for every logged value (not one sync each).
+        return torch.stack([terms[k].detach().float() for k in TERMS] + [aux.lam.detach().mean().float()]).tolist()
+
+    def _after_step(self, live: _Live, record: dict[str, Any]) -> None:
+        """Log, progress, validation, statistics refresh and checkpoint due after a step."""
+        config, run, accelerator, step = self.config, self.config.out, live.accelerator, live.step
+        if accelerator.is_main_process:
+            _append_line(run / LOG_NAME, record)
+        if self.progress is not None:
+            self.progress(step, config.steps, record)
+        if step % config.val_every == 0 or step == config.steps:
+            self._validate(live.model, live.loss_fn, live.val_set, step, run, live.identity, accelerator)
+        if config.stats_every and step % config.stats_every == 0 and self.r_clean is not None:
+            set_manifold_stats(live.model, self.r_clean)  # h drifts from r as the Transformer trains: the KL and ε follow it
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            if accelerator.is_main_process:
+                save_checkpoint(
+                    run,
+                    step,
+                    live.position,
+                    live.model,
+                    live.optimizer,
+                    live.scheduler,
+                    live.ema,
+                    config,
+                    live.train_set.manifest["config"],
+                )
+                plot_curves(run / LOG_NAME, run / CURVES_NAME)
+            accelerator.wait_for_everyone()
 
     def _validate(
         self, model, loss_fn, val_set: CachedFaces, step: int, run: Path, identity, accelerator

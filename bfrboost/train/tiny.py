@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from bfrboost.errors import UsageError
+from bfrboost.options import TinySdOptions, default_of
 from bfrboost.refiner.model import TINY_PROMPT_SHAPE, alpha_bar, one_step_x0, vae_moments
 from bfrboost.safety import atomic_dir
 
@@ -66,10 +67,10 @@ LOGVAR_INIT = -8.0
 class TinyFit:
     """How the tiny SD is fitted (stored in ``fit.json`` next to it)."""
 
-    size: int = 32
-    vae_steps: int = 800  # 28.4 dB on the fitting faces (300 steps: 25.5 dB); batch 8 reaches it in half the time of 16
-    unet_steps: int = 300
-    batch_size: int = 8
+    size: int = default_of(TinySdOptions, "size")
+    vae_steps: int = default_of(TinySdOptions, "vae_steps")
+    unet_steps: int = default_of(TinySdOptions, "unet_steps")
+    batch_size: int = 8  # reaches the VAE's 28.4 dB in half the time of 16
     lr: float = 2e-3
     kl_weight: float = 1e-6  # SD's VAE: a KL weight of 1e-6 keeps the latent near a Gaussian without blurring
     seed: int = 0

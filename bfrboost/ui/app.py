@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, UsageError
-from bfrboost.options import PasteOptions
+from bfrboost.options import PasteOptions, UiOptions, default_of
 from bfrboost.ui.engine import (
+    DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_MAX_VIDEO_MB,
@@ -34,7 +35,7 @@ from bfrboost.ui.jobs import Cancelled
 
 log = logging.getLogger("bfrboost.ui")
 
-DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HOST = default_of(UiOptions, "host")
 PREVIEW_SIDE = 4096
 """Longest side of the images shown in the page; the download always has the full size."""
 PREVIEW_UPLOAD = 1024
@@ -187,7 +188,7 @@ def _examples(engine: Engine) -> list[Path]:
 
 def build_app(
     device: str = "auto",
-    cache_size: int = 2,
+    cache_size: int = DEFAULT_CACHE_SIZE,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     refiner: str | Path | None = None,

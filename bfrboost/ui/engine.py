@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 
 from bfrboost.errors import BfrboostError, InputError, UsageError
-from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions, VideoOptions, default_of
+from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions, UiOptions, VideoOptions, default_of
 from bfrboost.safety import one_line, write_bytes
 from bfrboost.ui.jobs import Checked, Job, JobQueue
 from bfrboost.ui.words import web_words
 
-DEFAULT_MAX_UPLOAD_MB = 20
-DEFAULT_MAX_VIDEO_MB = 200
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_UPLOAD_MB = default_of(UiOptions, "max_upload_mb")
+DEFAULT_MAX_VIDEO_MB = default_of(UiOptions, "max_video_mb")
+DEFAULT_MAX_PIXELS = default_of(UiOptions, "max_pixels")
+DEFAULT_CACHE_SIZE = default_of(UiOptions, "cache_size")
 """A web upload is a stranger's file: refuse big ones before decoding (the CLI's own guard is 200 MP).
 Results are capped at the same size: a larger rescaling factor is lowered, as CodeFormer's demo does."""
 
@@ -95,7 +96,7 @@ def has_fidelity(base: str) -> bool:
 class RestorerCache:
     """At most ``size`` loaded :class:`Restorer` objects, least recently used dropped first."""
 
-    def __init__(self, size: int = 2, device: str = "auto") -> None:
+    def __init__(self, size: int = DEFAULT_CACHE_SIZE, device: str = "auto") -> None:
         if size < 1:
             raise UsageError(f"the model cache must hold at least 1 restorer, got {size}")
         self.size = size
@@ -165,7 +166,7 @@ class Engine:
     def __init__(
         self,
         device: str = "auto",
-        cache_size: int = 2,
+        cache_size: int = DEFAULT_CACHE_SIZE,
         max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         workdir: Path | None = None,

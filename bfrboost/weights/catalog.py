@@ -129,63 +129,74 @@ def _parse_card(path: Path, pins: Mapping[str, Any]) -> Card:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise WeightsError(f"{path}: not a readable TOML model card ({exc}); fix it following backbones/FORMAT.md") from None
-
-    def bad(what: str) -> WeightsError:
-        return WeightsError(f"{path}: {what}; see backbones/FORMAT.md")
-
-    missing = sorted(_CARD_KEYS - data.keys())
-    if missing:
-        raise bad(f"missing key(s) {', '.join(missing)}")
-    for key in ("name", "display_name", "license", "homepage"):
-        if not isinstance(data[key], str) or not data[key]:
-            raise bad(f"{key!r} must be a non-empty string")
-    if data["name"] != path.stem:
-        raise bad(f"name {data['name']!r} must equal the file name {path.stem!r}")
-    if not isinstance(data["commercial_use"], bool):
-        raise bad("'commercial_use' must be true or false")
-    if not isinstance(data["weights"], list) or not data["weights"]:
-        raise bad("needs at least one [[weights]] entry")
-
-    entries = []
-    for raw in data["weights"]:
-        if not isinstance(raw, dict):
-            raise bad("[[weights]] entries must be tables")
-        unknown = sorted(raw.keys() - _ENTRY_KEYS)
-        if unknown:
-            raise bad(f"unknown [[weights]] key(s) {', '.join(unknown)} (allowed: file, url, size, sha256)")
-        file, url = raw.get("file"), raw.get("url")
-        if not isinstance(file, str) or not _is_safe_relpath(file):
-            raise bad(f"[[weights]] file {file!r} must be a relative path inside the cache ('/' separators, no '..')")
-        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            raise bad(f"{file}: 'url' must be an http(s) URL")
-        size, sha = raw.get("size"), raw.get("sha256")
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-            raise bad(f"{file}: 'size' must be a positive number of bytes")
-        if sha is not None and (not isinstance(sha, str) or not _SHA256.fullmatch(sha)):
-            raise bad(f"{file}: 'sha256' must be 64 lowercase hex digits")
-        pin = pins.get(file, {})
-        pinned = sha is None and "sha256" in pin
-        entries.append(
-            WeightFile(
-                file=file,
-                url=url,
-                size=size if size is not None else pin.get("size") if pinned else None,
-                sha256=sha if sha is not None else pin.get("sha256"),
-                card=data["name"],
-                license=data["license"],
-                commercial_use=data["commercial_use"],
-                pinned=pinned,
-            )
-        )
+    problem = _card_problem(path, data)
+    if problem is None:
+        problem = next((p for raw in data["weights"] if (p := _entry_problem(raw)) is not None), None)
+    if problem is not None:
+        raise WeightsError(f"{path}: {problem}; see backbones/FORMAT.md")
     return Card(
         name=data["name"],
         display_name=data["display_name"],
         license=data["license"],
         commercial_use=data["commercial_use"],
         homepage=data["homepage"],
-        weights=tuple(entries),
+        weights=tuple(_entry(raw, data, pins) for raw in data["weights"]),
         path=path,
         data=data,
+    )
+
+
+def _card_problem(path: Path, data: dict[str, Any]) -> str | None:
+    """What is wrong with a card's top-level keys, or None."""
+    missing = sorted(_CARD_KEYS - data.keys())
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    for key in ("name", "display_name", "license", "homepage"):
+        if not isinstance(data[key], str) or not data[key]:
+            return f"{key!r} must be a non-empty string"
+    if data["name"] != path.stem:
+        return f"name {data['name']!r} must equal the file name {path.stem!r}"
+    if not isinstance(data["commercial_use"], bool):
+        return "'commercial_use' must be true or false"
+    if not isinstance(data["weights"], list) or not data["weights"]:
+        return "needs at least one [[weights]] entry"
+    return None
+
+
+def _entry_problem(raw: Any) -> str | None:
+    """What is wrong with one ``[[weights]]`` table, or None."""
+    if not isinstance(raw, dict):
+        return "[[weights]] entries must be tables"
+    unknown = sorted(raw.keys() - _ENTRY_KEYS)
+    if unknown:
+        return f"unknown [[weights]] key(s) {', '.join(unknown)} (allowed: file, url, size, sha256)"
+    file, url = raw.get("file"), raw.get("url")
+    if not isinstance(file, str) or not _is_safe_relpath(file):
+        return f"[[weights]] file {file!r} must be a relative path inside the cache ('/' separators, no '..')"
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        return f"{file}: 'url' must be an http(s) URL"
+    size, sha = raw.get("size"), raw.get("sha256")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        return f"{file}: 'size' must be a positive number of bytes"
+    if sha is not None and (not isinstance(sha, str) or not _SHA256.fullmatch(sha)):
+        return f"{file}: 'sha256' must be 64 lowercase hex digits"
+    return None
+
+
+def _entry(raw: dict[str, Any], data: dict[str, Any], pins: Mapping[str, Any]) -> WeightFile:
+    """A checked ``[[weights]]`` table as a file of the card; size and hash from the pins when the card has none."""
+    file, size, sha = raw["file"], raw.get("size"), raw.get("sha256")
+    pin = pins.get(file, {})
+    pinned = sha is None and "sha256" in pin
+    return WeightFile(
+        file=file,
+        url=raw["url"],
+        size=size if size is not None else pin.get("size") if pinned else None,
+        sha256=sha if sha is not None else pin.get("sha256"),
+        card=data["name"],
+        license=data["license"],
+        commercial_use=data["commercial_use"],
+        pinned=pinned,
     )
 
 

@@ -71,14 +71,16 @@ def test_colorize_aligned_crops_and_colour_references(tmp_path, testdata, prior_
     assert default.shape == (512, 512, 3) and chroma(default) > 1
     ref = tmp_path / "red.png"
     Image.new("RGB", (512, 512), (230, 40, 40)).save(ref)
-    [line] = ok(invoke("colorize", source, "--aligned", "-o", tmp_path / "b", "--json", "--color-ref", ref, "--guidance-scale", "1", prior=prior_file))
+    args = ("--aligned", "-o", tmp_path / "b", "--json", "--color-ref", ref, "--guidance-scale", "1")
+    [line] = ok(invoke("colorize", source, *args, prior=prior_file))
     reddish = load_rgb(Path(line["output"])).astype(float)
     assert (reddish[..., 0] - reddish[..., 2]).mean() > (default[..., 0].astype(float) - default[..., 2]).mean()
 
 
 def test_inpaint_aligned_with_a_mask_file_and_a_mask_folder(tmp_path, testdata, prior_file):
     face, mask = testdata / "masked" / "00059.png", testdata / "masked" / "masks" / "00059.png"
-    [line] = ok(invoke("inpaint", face, "--aligned", "--mask", mask, "-o", tmp_path / "one", "--json", "--guidance-scale", "1", prior=prior_file))
+    args = ("--aligned", "--mask", mask, "-o", tmp_path / "one", "--json", "--guidance-scale", "1")
+    [line] = ok(invoke("inpaint", face, *args, prior=prior_file))
     before, after, hole = load_rgb(face).astype(float), load_rgb(Path(line["output"])).astype(float), load_rgb(mask)[..., 0] > 127
     assert np.abs(after - before)[~hole].mean() < 15  # unmasked pixels kept (within 15/255 on average)
     assert np.abs(after - before)[hole].mean() > 40  # the white strokes are filled
@@ -99,10 +101,12 @@ def test_inpaint_a_whole_photo_painted_white(tmp_path, testdata, prior_file):
     painted[STROKE] = 255  # a white stroke across the forehead (the face is at x 84–145, y 58–118)
     src = tmp_path / "painted.png"
     Image.fromarray(painted).save(src)
-    [line] = ok(invoke("inpaint", src, "--mask-color", "white", "-o", tmp_path / "out", "--json", "--guidance-scale", "1", prior=prior_file))
+    args = ("--mask-color", "white", "-o", tmp_path / "out", "--json", "--guidance-scale", "1")
+    [line] = ok(invoke("inpaint", src, *args, prior=prior_file))
     after = load_rgb(Path(line["output"])).astype(float)
     assert np.abs(after[STROKE] - 255).mean() > 40  # no longer white
-    assert np.array_equal(after[~face_regions(photo.shape[:2], line["faces"])], painted[~face_regions(photo.shape[:2], line["faces"])])
+    outside = ~face_regions(photo.shape[:2], line["faces"])
+    assert np.array_equal(after[outside], painted[outside])
 
 
 def test_inpaint_refuses_a_mask_of_the_wrong_size_in_one_line(tmp_path, testdata, prior_file):
@@ -116,13 +120,15 @@ def test_inpaint_refuses_a_mask_of_the_wrong_size_in_one_line(tmp_path, testdata
 
 def test_old_photo_with_auto_scratches_a_mask_folder_and_the_rrdb_guide(tmp_path, testdata, prior_file):
     source = testdata / "old_photo" / "0_7.jpg"
-    [line] = ok(invoke("old-photo", source, "--aligned", "--guide", "none", "--scratch-mask", "auto", "-o", tmp_path / "auto", "--json", prior=prior_file))
+    guide = ("--aligned", "--guide", "none", "--scratch-mask")
+    [line] = ok(invoke("old-photo", source, *guide, "auto", "-o", tmp_path / "auto", "--json", prior=prior_file))
     assert Path(line["output"]) == tmp_path / "auto" / "restored_imgs" / "0_7.png"
-    ok(invoke("old-photo", source, "--aligned", "--guide", "none", "--scratch-mask", testdata / "old_photo" / "masks", "-o", tmp_path / "dir", prior=prior_file))
+    ok(invoke("old-photo", source, *guide, testdata / "old_photo" / "masks", "-o", tmp_path / "dir", prior=prior_file))
     torch.manual_seed(0)
     rrdb_file = tmp_path / "rrdb_iter_100000.pth"
     torch.save({"state_dict": rrdb_module.TimeRRDB(TINY_RRDB).state_dict()}, rrdb_file)
-    [line] = ok(invoke("old-photo", source, "--aligned", "--weights", rrdb_file, "-o", tmp_path / "rrdb", "--json", prior=prior_file))
+    args = ("--aligned", "--weights", rrdb_file, "-o", tmp_path / "rrdb", "--json")
+    [line] = ok(invoke("old-photo", source, *args, prior=prior_file))
     assert chroma(load_rgb(Path(line["output"]))) > 1  # old photos come out in colour
     assert "base" not in line["seconds"]  # the RRDB guide runs inside the sampler
 

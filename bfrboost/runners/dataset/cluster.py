@@ -17,7 +17,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from bfrboost.errors import UsageError
-from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions, restorer_options
+from bfrboost.options import (
+    DetectOptions,
+    OutputOptions,
+    PasteOptions,
+    RestoreOptions,
+    RunnerOptions,
+    default_of,
+    restorer_options,
+)
 from bfrboost.reports import FileReport
 from bfrboost.runners.dataset import stages as ds
 
@@ -58,7 +66,7 @@ def restore_dataset(
     detect_options: DetectOptions | None = None,
     restore_options: RestoreOptions | None = None,
     paste_options: PasteOptions | None = None,
-    images_per_batch: int = 4,
+    images_per_batch: int = default_of(RunnerOptions, "images_per_batch"),
     gpus: int | None = None,
     rebuild_manifest: bool = False,
     **settings: Any,
