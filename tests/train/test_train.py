@@ -124,7 +124,7 @@ def test_the_refiner_learns_to_restore_faces_it_never_saw(learned):
     val = read(out / "val.jsonl")
     assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lpips_base", "lambda_mean", "info", "h_mean", "h_std"}
     start, end = val[0], val[-1]
-    # measured (seed 0): 19.18 → 19.60 dB, LPIPS 0.0224 → 0.0174; the base output 19.98 dB, 0.0213
+    # measured (seed 0, one thread): 19.18 → 19.67 dB, LPIPS 0.0224 → 0.0172; the base output 19.98 dB, 0.0213
     assert end["psnr"] > start["psnr"] + 0.25, (start, end)
     assert end["lpips"] < end["lpips_base"] - 0.002, end
     # Not above the base output's PSNR at this scale: see docs/training.md, "The CPU-scale configuration".
@@ -138,10 +138,14 @@ def test_the_refiner_learns_to_restore_faces_it_never_saw(learned):
 
 def test_statistics_follow_h_so_normalised_h_stays_standard_normal(learned):
     out, _, _ = learned
-    for record in read(out / "val.jsonl"):
-        # measured (one thread, 200 steps, refreshed every 10): h_mean −0.37, −0.32, 0.03, 0.00 and h_std 1.09, 1.09, 1.01, 1.00
-        # at steps 50–200; the earlier 0.51 came from a 60-step run at a constant lr, whose h moved more between refreshes
-        assert abs(record["h_mean"]) < 0.45 and 0.9 < record["h_std"] < 1.2, record
+    records = read(out / "val.jsonl")
+    # One thread, seeded init: the run is deterministic. Measured (refreshed every 10 steps, validated just before a
+    # refresh): step 50, at the peak of the cosine lr, h_mean −0.69 and h_std 1.39 (h moves most between refreshes
+    # there); steps 100–200: |h_mean| ≤ 0.10, h_std 1.00–1.03.
+    for record in records:
+        assert abs(record["h_mean"]) < 0.8 and 0.9 < record["h_std"] < 1.5, record
+    for record in records[2:]:
+        assert abs(record["h_mean"]) < 0.2 and 0.95 < record["h_std"] < 1.1, record
 
 
 def test_a_collapsing_beta_warns_once_naming_the_flag(faces_dir, tiny_sd, tmp_path):
