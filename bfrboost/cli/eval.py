@@ -77,6 +77,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")] = False,
 ) -> None:
     """Score a folder of restored faces (run with --restored DIR), or run a subcommand."""
+    params = dict(locals())  # the options by name: the library call takes the ones it has
     if ctx.invoked_subcommand is not None:
         if restored is not None:
             err(
@@ -88,7 +89,6 @@ def evaluate(
     if restored is None:
         err("give the faces to score with --restored DIR (or use `bfrboost eval stats` / `bfrboost eval boost`; see --help)")
         raise typer.Exit(2)
-    from bfrboost.evaluation.evaluator import MetricModels
     from bfrboost.evaluation.folders import evaluate_folder, list_images
 
     console = Console(stderr=True)
@@ -96,16 +96,8 @@ def evaluate(
         with interruptible(noun="face", resume="re-run the same command (it writes nothing)"), _progress(console) as progress:
             total = len(list_images(restored, "restored faces"))
             task = progress.add_task("scoring", total=total)
-            report = evaluate_folder(
-                restored,
-                reference,
-                reference_stats,
-                metrics,
-                size=size,
-                batch_size=batch_size,
-                models=MetricModels(_device(device)),
-                on_progress=lambda n: progress.advance(task, n),
-            )
+            settings = opt.pick(evaluate_folder, params, device=_device(device), on_progress=lambda n: progress.advance(task, n))
+            report = evaluate_folder(restored, reference, **settings)
     except BfrboostError as exc:
         raise fail(exc) from None
     for problem in report.problems:
@@ -161,22 +153,16 @@ def stats(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing statistics file.")] = False,
 ) -> None:
     """Inception statistics of a reference folder, so FID/KID read FFHQ once."""
-    from bfrboost.evaluation.evaluator import MetricModels
+    params = dict(locals())  # the options by name: the library call takes the ones it has
     from bfrboost.evaluation.folders import compute_stats_folder, list_images
 
     console = Console(stderr=True)
     try:
         with interruptible(resume="re-run the same command (nothing was written)"), _progress(console) as progress:
             task = progress.add_task("features", total=len(list_images(folder, "reference faces")))
-            result, problems = compute_stats_folder(
-                folder,
-                output,
-                size=size,
-                max_kid_features=max_kid_features,
-                overwrite=overwrite,
-                models=MetricModels(_device(device)),
-                on_progress=lambda n: progress.advance(task, n),
-            )
+            advance = progress.advance
+            settings = opt.pick(compute_stats_folder, params, device=_device(device), on_progress=lambda n: advance(task, n))
+            result, problems = compute_stats_folder(out=output, **settings)
     except BfrboostError as exc:
         raise fail(exc) from None
     except ValueError as exc:  # fewer than 2 readable images
@@ -220,6 +206,7 @@ def boost(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
 ) -> None:
     """Every base with and without the refiner on the same faces: the paper's Table I, as files."""
+    params = dict(locals())  # the options by name: the library call takes the ones it has
     from bfrboost.evaluation.boost import markdown_table, run_boost
     from bfrboost.evaluation.folders import list_images
 
@@ -233,22 +220,7 @@ def boost(
             def advance(label: str, n: int) -> None:
                 progress.update(task, advance=n, description=label)
 
-            report = run_boost(
-                bases,
-                refiner,
-                data,
-                output,
-                reference=reference,
-                reference_stats=reference_stats,
-                metrics=metrics,
-                device=device,
-                sd_model=sd_model,
-                batch_size=batch_size,
-                html_faces=html_faces,
-                size=size,
-                overwrite=overwrite,
-                on_progress=advance,
-            )
+            report = run_boost(bases=bases, out=output, **opt.pick(run_boost, params, on_progress=advance))
     except BfrboostError as exc:
         raise fail(exc) from None
     for problem in report.problems:

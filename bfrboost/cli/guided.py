@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any
 
 import typer
 
@@ -81,16 +80,7 @@ def _shared(
     """The options every guided command takes after its own (sampler, photo, output); never called."""
 
 
-def guided_command(command: Callable[..., None]) -> Callable[..., None]:
-    """Give ``command`` (whose last parameter is ``**shared``) the parameters of :func:`_shared`, in
-    order, after its own: Typer reads them from the signature, so they are declared once."""
-    own = inspect.signature(command, eval_str=True)
-    extra = list(inspect.signature(_shared, eval_str=True).parameters.values())
-    params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    command.__signature__ = own.replace(parameters=params + extra)  # type: ignore[attr-defined]
-    hints = {k: v for k, v in get_type_hints(command, include_extras=True).items() if k != "shared"}
-    command.__annotations__ = hints | {p.name: p.annotation for p in extra}
-    return command
+SHARED = list(inspect.signature(_shared, eval_str=True).parameters.values())
 
 
 def _scale(guidance_scale: float | None, scale: float | None) -> float | None:
@@ -156,7 +146,7 @@ def _run(
 
 
 @app.command()
-@guided_command
+@opt.with_parameters(SHARED)
 def colorize(
     inputs: Inputs,
     outdir: Outdir = OUT.outdir,
@@ -177,7 +167,7 @@ def colorize(
 
 
 @app.command()
-@guided_command
+@opt.with_parameters(SHARED)
 def inpaint(
     inputs: Inputs,
     outdir: Outdir = OUT.outdir,
@@ -206,7 +196,7 @@ def inpaint(
 
 
 @app.command("old-photo")
-@guided_command
+@opt.with_parameters(SHARED)
 def old_photo(
     inputs: Inputs,
     outdir: Outdir = OUT.outdir,

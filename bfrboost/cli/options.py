@@ -4,12 +4,14 @@ default or a bound is written once, in ``bfrboost/options.py``."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
@@ -119,9 +121,44 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per 
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.")]
 
 
-def pick(cls: type, params: Mapping[str, Any], **values: Any) -> dict[str, Any]:
-    """The fields of options class ``cls`` among a command's ``params`` (by name), ``values`` over them."""
-    return {name: params[name] for name in cls.__dataclass_fields__ if name in params} | values
+def field_parameters(cls: type, **special: tuple[Any, Any]) -> list[inspect.Parameter]:
+    """One keyword parameter per flagged field of ``cls``, in field order: its type, :func:`option` and
+    default, so a command's signature is generated, not retyped. ``special[name] = (annotation, default)``
+    replaces a field's parameter where the command spells it differently (a list given comma-separated)."""
+    hints = get_type_hints(cls)
+    params = []
+    for name, f in cls.__dataclass_fields__.items():
+        if name in special:
+            annotation, default = special[name]
+        elif f.metadata.get("flag"):
+            annotation, default = option(hints[name], cls, name), default_of(cls, name)
+        else:
+            continue
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default))
+    return params
+
+
+def with_parameters(extra: Sequence[inspect.Parameter]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command (whose last parameter is ``**params``) the ``extra`` parameters after its own: Typer reads
+    them from the signature, so options shared by several commands, or generated, are declared once."""
+
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(command, eval_str=True)
+        kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        command.__signature__ = own.replace(parameters=[*kept, *extra])  # type: ignore[attr-defined]
+        hints = get_type_hints(command, include_extras=True)
+        command.__annotations__ = {p.name: hints[p.name] for p in kept if p.name in hints} | {p.name: p.annotation for p in extra}
+        return command
+
+    return wrap
+
+
+def pick(target: Any, params: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+    """What of a command's ``params`` (by name) ``target`` takes: the fields of an options class, or the
+    parameters of a library function; ``values`` over them. The command passes its options on without
+    restating each name."""
+    names = target.__dataclass_fields__ if dataclasses.is_dataclass(target) else inspect.signature(target).parameters
+    return {name: params[name] for name in names if name in params} | values
 
 
 def parse_knobs(knob: list[str]) -> dict[str, Any]:

@@ -53,48 +53,17 @@ def _progress(label: str) -> Progress:
 
 
 @train_app.callback(invoke_without_command=True)
+@opt.with_parameters(
+    opt.field_parameters(
+        TrainConfig,
+        out=(opt.option(Path | None, TrainConfig, "out", "--out", "-o"), T.out),
+        bases=(Bases(TrainConfig.__dataclass_fields__["bases"].metadata["help"]), T_BASES),
+        allow_changes=(opt.option(str, TrainConfig, "allow_changes", metavar="KEY[,KEY]"), ""),
+    )
+)
 def train_command(
     ctx: typer.Context,
-    out: opt.option(Path | None, TrainConfig, "out", "--out", "-o") = T.out,
-    data: opt.option(Path | None, TrainConfig, "data") = T.data,
-    base: Bases(TrainConfig.__dataclass_fields__["bases"].metadata["help"]) = T_BASES,
-    cache: opt.option(Path | None, TrainConfig, "cache") = T.cache,
-    steps: opt.option(int, TrainConfig, "steps") = T.steps,
-    batch_size: opt.option(int, TrainConfig, "batch_size") = T.batch_size,
-    accumulate: opt.option(int, TrainConfig, "accumulate") = T.accumulate,
-    lr: opt.option(float | None, TrainConfig, "lr") = T.lr,
-    weight_decay: opt.option(float, TrainConfig, "weight_decay") = T.weight_decay,
-    warmup: opt.option(int | None, TrainConfig, "warmup") = T.warmup,
-    schedule: opt.option(str, TrainConfig, "schedule") = T.schedule,
-    grad_clip: opt.option(float, TrainConfig, "grad_clip") = T.grad_clip,
-    ema: opt.option(float, TrainConfig, "ema") = T.ema,
-    grad_checkpoint: opt.option(bool, TrainConfig, "grad_checkpoint") = T.grad_checkpoint,
-    checkpoint_every: opt.option(int, TrainConfig, "checkpoint_every") = T.checkpoint_every,
-    keep_last: opt.option(int, TrainConfig, "keep_last") = T.keep_last,
-    val_every: opt.option(int, TrainConfig, "val_every") = T.val_every,
-    val_count: opt.option(int, TrainConfig, "val_count") = T.val_count,
-    repeats: opt.option(int, TrainConfig, "repeats") = T.repeats,
-    moments: opt.option(bool, TrainConfig, "moments") = T.moments,
-    seed: opt.option(int, TrainConfig, "seed") = T.seed,
-    size: opt.option(int | None, TrainConfig, "size") = T.size,
-    rank: opt.option(int, TrainConfig, "rank") = T.rank,
-    timestep: opt.option(int, TrainConfig, "timestep") = T.timestep,
-    beta: opt.option(float | None, TrainConfig, "beta") = T.beta,
-    stats_every: opt.option(int, TrainConfig, "stats_every") = T.stats_every,
-    no_transformer: opt.option(bool, TrainConfig, "no_transformer") = T.no_transformer,
-    no_mib: opt.option(bool, TrainConfig, "no_mib") = T.no_mib,
-    no_lora: opt.option(bool, TrainConfig, "no_lora") = T.no_lora,
-    tiny_sd: opt.option(Path | None, TrainConfig, "tiny_sd") = T.tiny_sd,
-    lpips_net: opt.option(str, TrainConfig, "lpips_net") = T.lpips_net,
-    sd_model: opt.option(Path | None, TrainConfig, "sd_model") = T.sd_model,
-    stats_from: opt.option(Path | None, TrainConfig, "stats_from") = T.stats_from,
-    stats_faces: opt.option(int, TrainConfig, "stats_faces") = T.stats_faces,
-    per_channel_stats: opt.option(bool, TrainConfig, "per_channel_stats") = T.per_channel_stats,
-    tiny: opt.option(bool, TrainConfig, "tiny") = T.tiny,
-    resume: opt.option(bool, TrainConfig, "resume") = T.resume,
-    allow_changes: opt.option(str, TrainConfig, "allow_changes", metavar="KEY[,KEY]") = "",
-    device: opt.option(str, TrainConfig, "device") = T.device,
-    precision: opt.option(str, TrainConfig, "precision") = T.precision,
+    **settings: Any,
 ) -> None:
     """Train the InfoBFR refiner: MSE + VGG19 perceptual + LPIPS + β·L_info on cached base outputs.
 
@@ -104,10 +73,10 @@ def train_command(
         return
     from bfrboost.train.loop import train
 
-    settings = {name: value for name, value in ctx.params.items() if name in TrainConfig.__dataclass_fields__}
+    out, steps = settings["out"], settings["steps"]
     try:
-        allowed = [key.strip().replace("-", "_") for key in allow_changes.split(",") if key.strip()]
-        config = TrainConfig(**settings | {"allow_changes": allowed}, bases=_bases(base))
+        allowed = [key.strip().replace("-", "_") for key in settings["allow_changes"].split(",") if key.strip()]
+        config = TrainConfig(**settings | {"allow_changes": allowed, "bases": _bases(settings["bases"])})
         resume = f"re-run with --resume to continue from the last checkpoint in {out}/checkpoints"
         with interruptible(total=steps, noun="step", resume=resume) as done, _progress("train") as progress:
             task = progress.add_task("train", total=steps, info="")
@@ -143,6 +112,7 @@ def cache_command(
     degrade_size: opt.option(int, CacheOptions, "degrade_size") = C.degrade_size,
 ) -> None:
     """Degrade each HQ face K times, run the frozen base(s) once and store the outputs in sharded safetensors."""
+    params = dict(locals())  # the options by name: the cache's settings take the ones they have
     import torch
 
     from bfrboost.train.cache import CacheConfig
@@ -152,16 +122,7 @@ def cache_command(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        config = CacheConfig(
-            bases=_bases(base),
-            size=size,
-            repeats=repeats,
-            seed=seed,
-            val_count=val_count,
-            shard_faces=shard_faces,
-            moments=moments,
-            degrade_size=degrade_size or None,
-        )
+        config = CacheConfig(**opt.pick(CacheConfig, params, bases=_bases(base), degrade_size=degrade_size or None))
         total = len(list_hq_faces(data))
         resume = "re-run the same command: finished shards are kept and the build continues"
         with interruptible(total=total, noun="face", resume=resume) as done, _progress("cache") as progress:
@@ -282,29 +243,19 @@ def pilot_command(
     device: opt.option(str, TrainConfig, "device", help="auto or cpu.") = T.device,
 ) -> None:
     """A short sweep over β (and optionally timestep, lr) that ranks the values and recommends one; --ablations: Table III."""
-    from bfrboost.train.loop import TrainConfig
+    params = dict(locals())  # the options by name: each run's TrainConfig takes the ones it has
     from bfrboost.train.pilot import ablate, pilot
 
     try:
         beta_values = _floats(betas, "--betas")
         config = TrainConfig(
-            out=out,
-            data=data,
-            cache=cache,
-            bases=_bases(base),
-            steps=steps,
-            batch_size=batch_size,
-            timestep=timestep,
-            val_count=val_count,
-            repeats=repeats,
-            size=size or (TINY_SIZE if tiny else TRAIN_SIZE),
-            tiny=tiny,
-            tiny_sd=tiny_sd,
-            sd_model=sd_model,
-            stats_from=stats_from,
-            seed=seed,
-            device=device,
-            beta=beta_values[0] if beta_values else None,
+            **opt.pick(
+                TrainConfig,
+                params,
+                bases=_bases(base),
+                size=size or (TINY_SIZE if tiny else TRAIN_SIZE),
+                beta=beta_values[0] if beta_values else None,
+            )
         )
         if ablations:
             ablate(config, note=err)

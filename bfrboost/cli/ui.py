@@ -38,6 +38,7 @@ def ui(
     cache_size: opt.option(int, UiOptions, "cache_size") = UI.cache_size,
 ) -> None:
     """Serve the web app: upload a photo or a clip, pick the options, compare before/after, download."""
+    settings = dict(locals())  # every option is an argument of launch() (or of the app it builds), by name
     from bfrboost.ui import launch
 
     if host not in _LOOPBACK:
@@ -47,17 +48,7 @@ def ui(
     try:
         # Ctrl-C: Gradio stops the server and launch() returns; SIGTERM/SIGHUP: the same, then exit 143/129
         with interruptible(resume="the server has stopped; start it again with `bfrboost ui`"):
-            launch(
-                host=host,
-                port=port,
-                share=share,
-                device=device,
-                refiner=refiner,
-                max_upload_mb=max_upload_mb,
-                max_video_mb=max_video_mb,
-                max_pixels=max_pixels,
-                cache_size=cache_size,
-            )
+            launch(**settings)
     except BfrboostError as exc:
         raise fail(exc) from None
     except OSError as exc:  # port taken, address not available

@@ -67,44 +67,13 @@ def test_stats_command_stores_statistics(testdata, tiny_dir, tmp_path):
     import shutil
 
     shutil.copytree(tiny_dir, tmp_path / "r")
-    result = runner.invoke(
-        app,
-        [
-            "refiner",
-            "stats",
-            "--faces",
-            str(testdata / "aligned"),
-            "--refiner",
-            str(tmp_path / "r"),
-            "-n",
-            "2",
-            "--size",
-            "64",
-            "--device",
-            "cpu",
-        ],
-    )
+    stats = ["refiner", "stats", "--faces", str(testdata / "aligned"), "--refiner", str(tmp_path / "r"), "-n", "2"]
+    stats += ["--size", "64", "--device", "cpu"]
+    result = runner.invoke(app, stats)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{tmp_path / 'r'}: per-element statistics of r over 2 faces stored")  # the default
     assert json.loads((tmp_path / "r" / "config.json").read_text())["stats_mode"] == "element"
-    result = runner.invoke(
-        app,
-        [
-            "refiner",
-            "stats",
-            "--faces",
-            str(testdata / "aligned"),
-            "--refiner",
-            str(tmp_path / "r"),
-            "-n",
-            "2",
-            "--size",
-            "64",
-            "--device",
-            "cpu",
-            "--per-channel",
-        ],
-    )
+    result = runner.invoke(app, [*stats, "--per-channel"])
     assert result.stdout.startswith(f"{tmp_path / 'r'}: per-channel statistics of r over 2 faces stored")
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["stats_faces"] == 2

@@ -345,25 +345,8 @@ def test_stats_from_a_refiner_without_statistics_is_refused(run, tmp_path):
 
 
 def test_bf16_autocast_keeps_trainables_float32_and_frozen_parts_bf16(run, tmp_path):
-    out, _, _, _ = run
-    config = TrainConfig(
-        out=tmp_path / "run",
-        cache=out / "cache",
-        bases=["none"],
-        tiny=True,
-        tiny_sd=run[2].config.tiny_sd,
-        size=SIZE,
-        steps=2,
-        batch_size=2,
-        lr=3e-2,
-        warmup=1,
-        checkpoint_every=2,
-        val_every=2,
-        device="cpu",
-        precision="bf16",
-    )
-    trainer = Trainer(config, warn=lambda m: None)
-    result = trainer.run()
+    trainer = small_run(run, tmp_path / "run", steps=2, checkpoint_every=2, val_every=2, precision="bf16")
+    result = tmp_path / "run" / "refiner"
     log = read(tmp_path / "run" / "log.jsonl")
     assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
     assert {p.dtype for p in trainer.model.trainable_parameters()} == {torch.float32}
