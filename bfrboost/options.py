@@ -602,8 +602,8 @@ class TinySdOptions:
     """Fitting the tiny SD of the CPU-scale configuration (`bfrboost train tiny-sd`)."""
 
     size: int = setting(TINY_SIZE, "Face size (the --size of the runs that use it).", flag="--size")
-    vae_steps: int = setting(300, "VAE optimiser steps.", flag="--vae-steps")
-    unet_steps: int = setting(100, "UNet optimiser steps.", flag="--unet-steps")
+    vae_steps: int = setting(800, "VAE optimiser steps.", flag="--vae-steps")  # 28.4 dB at 32 px (300: 25.5 dB)
+    unet_steps: int = setting(300, "UNet optimiser steps.", flag="--unet-steps")
 
     def __post_init__(self) -> None:
         validate(self)

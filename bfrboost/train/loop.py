@@ -371,7 +371,9 @@ class Trainer:
         if config.tiny and accelerator.is_main_process:
             write_tiny_sd(config, run, self.warn)
         accelerator.wait_for_everyone()
-        model = make_model(config, run).to(accelerator.device)  # before the cache: a tiny run's cached moments need its tiny VAE
+        with torch.random.fork_rng(devices=[]):  # the trainables' random init (LoRA A, Transformer) follows --seed alone
+            torch.manual_seed(config.seed)
+            model = make_model(config, run).to(accelerator.device)  # before the cache: cached moments need the tiny VAE
         cache_dir = self._cache(accelerator)
         train_set, val_set = self._datasets(cache_dir)
         self.r_clean = self._manifold_statistics(model, train_set, loaded is not None, accelerator)

@@ -22,7 +22,7 @@ from bfrboost.train.data import list_hq_faces, split_faces
 
 SIZE = 32  # face size of the CPU-scale tests (the CLI default of --tiny is 64)
 VAL_COUNT = 16
-FIT = tiny.TinyFit(size=SIZE, vae_steps=300, unet_steps=100)
+FIT = tiny.TinyFit(size=SIZE)  # the defaults of `bfrboost train tiny-sd`
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ TINY = [
     "--device",
     "cpu",
 ]
-LEARN_STEPS = 60
+LEARN_STEPS = 200
 
 
 def tiny_args(run) -> list[str]:
@@ -104,8 +104,9 @@ def learned(faces_dir, tiny_sd, tmp_path_factory):
         val_count=VAL_COUNT,
         repeats=2,
         checkpoint_every=LEARN_STEPS,
-        val_every=LEARN_STEPS // 3,
+        val_every=LEARN_STEPS // 4,
         stats_every=10,
+        schedule="cosine",
         device="cpu",
     )
     warnings = []
@@ -123,9 +124,10 @@ def test_the_refiner_learns_to_restore_faces_it_never_saw(learned):
     val = read(out / "val.jsonl")
     assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lpips_base", "lambda_mean", "info", "h_mean", "h_std"}
     start, end = val[0], val[-1]
-    assert end["psnr"] > start["psnr"] + 1.0, (start, end)  # measured: 17.65 → 19.00 dB in 60 steps
-    # Not yet above the base output (19.98 dB) at this length: see docs/training.md, "The CPU-scale configuration".
-    assert end["lpips"] < start["lpips"]
+    # measured (seed 0, one thread): 19.18 → 19.67 dB, LPIPS 0.0224 → 0.0172; the base output 19.98 dB, 0.0213
+    assert end["psnr"] > start["psnr"] + 0.25, (start, end)
+    assert end["lpips"] < end["lpips_base"] - 0.002, end
+    # Not above the base output's PSNR at this scale: see docs/training.md, "The CPU-scale configuration".
     assert 0.05 < end["lambda_mean"] < 0.98, end
     assert not [w for w in warnings if "mean λ" in w]
     assert trainer.model.config.beta == InfoBFRConfig().beta  # the default objective
@@ -136,9 +138,14 @@ def test_the_refiner_learns_to_restore_faces_it_never_saw(learned):
 
 def test_statistics_follow_h_so_normalised_h_stays_standard_normal(learned):
     out, _, _ = learned
-    for record in read(out / "val.jsonl"):
-        # measured: |mean| ≤ 0.28 alone, 0.51 in a run beside another worker (thread count changes the float sums); std 0.91–1.13
-        assert abs(record["h_mean"]) < 0.6 and 0.8 < record["h_std"] < 1.2, record
+    records = read(out / "val.jsonl")
+    # One thread, seeded init: the run is deterministic. Measured (refreshed every 10 steps, validated just before a
+    # refresh): step 50, at the peak of the cosine lr, h_mean −0.69 and h_std 1.39 (h moves most between refreshes
+    # there); steps 100–200: |h_mean| ≤ 0.10, h_std 1.00–1.03.
+    for record in records:
+        assert abs(record["h_mean"]) < 0.8 and 0.9 < record["h_std"] < 1.5, record
+    for record in records[2:]:
+        assert abs(record["h_mean"]) < 0.2 and 0.95 < record["h_std"] < 1.1, record
 
 
 def test_a_collapsing_beta_warns_once_naming_the_flag(faces_dir, tiny_sd, tmp_path):
@@ -385,12 +392,9 @@ def small_run(run, out, **kw) -> Trainer:
     return trainer
 
 
-@pytest.mark.xfail(
-    reason="on the fitted tiny SD the step-2 loss differs with --grad-checkpoint (0.96-0.98 vs 1.05); "
-    "passed on the former random tiny SD; cause not found yet",
-    strict=False,
-)
 def test_grad_checkpointing_gives_the_same_losses(run, tmp_path):
+    """Also: two runs in one process start from the same trainables (LoRA A and the Transformer are drawn from --seed,
+    not from whatever the process drew before; the step-1 loss cannot show it, as LoRA B starts at zero)."""
     out, _, _, _ = run
     small_run(run, tmp_path / "plain")
     small_run(run, tmp_path / "ckpt", grad_checkpoint=True)
