@@ -416,8 +416,8 @@ def test_accumulation_ema_and_keep_last(run, tmp_path):
     assert torch.equal(result[name], ema[name]) and not torch.equal(ema[name], raw[name])  # the result holds the EMA weights
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """``bfrboost ARGS`` in two CPU processes (gloo) through torchrun."""
+def torchrun_train(run, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``bfrboost train --out OUT`` on the session's tiny SD, 2 steps, with ARGS, in two CPU processes (gloo) through torchrun."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -430,6 +430,9 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
         f"--master_port={port}",
         "-m",
         "bfrboost",
+        "train",
+        *("--out", str(out), "--tiny", "--tiny-sd", str(run[2].config.tiny_sd), "--size", str(SIZE)),
+        *("--base", "none", "--steps", "2", "--device", "cpu"),
         *args,
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -438,32 +441,8 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 def test_two_processes_with_torchrun(run, tmp_path):
     """The multi-GPU code path (DDP through accelerate) on two CPU processes (gloo): one log, one result."""
     out, _, _, _ = run
-    done = torchrun(
-        "train",
-        "--out",
-        str(tmp_path / "ddp"),
-        "--cache",
-        str(out / "cache"),
-        "--tiny",
-        "--tiny-sd",
-        str(run[2].config.tiny_sd),
-        "--size",
-        str(SIZE),
-        "--base",
-        "none",
-        "--steps",
-        "2",
-        "--batch-size",
-        "1",
-        "--warmup",
-        "1",
-        "--checkpoint-every",
-        "2",
-        "--val-every",
-        "2",
-        "--device",
-        "cpu",
-    )
+    every = ("--warmup", "1", "--checkpoint-every", "2", "--val-every", "2")
+    done = torchrun_train(run, tmp_path / "ddp", "--cache", str(out / "cache"), "--batch-size", "1", *every)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("trained refiner written") == 1  # one line per run, not per process
     assert [r["step"] for r in read(tmp_path / "ddp" / "log.jsonl")] == [1, 2]
@@ -474,28 +453,7 @@ def test_two_processes_with_torchrun(run, tmp_path):
 
 def test_two_processes_with_data_but_no_cache_are_refused_with_the_command_to_run(run, tmp_path, testdata):
     """Building an FFHQ cache takes hours, beyond the process group's timeout: several processes refuse at once."""
-    done = torchrun(
-        "train",
-        "--out",
-        str(tmp_path / "ddp"),
-        "--data",
-        str(testdata / "aligned"),
-        "--tiny",
-        "--tiny-sd",
-        str(run[2].config.tiny_sd),
-        "--size",
-        str(SIZE),
-        "--base",
-        "none",
-        "--steps",
-        "2",
-        "--val-count",
-        "2",
-        "--repeats",
-        "2",
-        "--device",
-        "cpu",
-    )
+    done = torchrun_train(run, tmp_path / "ddp", "--data", str(testdata / "aligned"), "--val-count", "2", "--repeats", "2")
     assert done.returncode != 0
     cache = tmp_path / "ddp" / "cache"
     assert (
