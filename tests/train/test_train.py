@@ -61,26 +61,18 @@ def tiny_args(run) -> list[str]:
     return [*TINY, "--tiny-sd", str(run[2].config.tiny_sd)]
 
 
+def tiny_config(tiny_sd: Path, out: Path, **kw) -> TrainConfig:
+    """A short CPU-scale run on the session's fitted tiny SD (base none, CPU); ``kw`` overrides any setting."""
+    settings = dict(bases=["none"], tiny=True, tiny_sd=tiny_sd, size=SIZE, batch_size=2, lr=3e-2, warmup=1, device="cpu")
+    return TrainConfig(out=out, **(settings | kw))
+
+
 @pytest.fixture(scope="module")
 def run(testdata, tiny_sd, tmp_path_factory):
     """Mechanics: a short run on the six aligned/ faces over the fitted tiny SD (resume, checkpoints, results)."""
     out = tmp_path_factory.mktemp("train") / "run"
-    config = TrainConfig(
-        out=out,
-        data=testdata / "aligned",
-        bases=["none"],
-        tiny=True,
-        tiny_sd=tiny_sd,
-        size=SIZE,
-        steps=STEPS,
-        batch_size=2,
-        lr=3e-2,
-        warmup=1,
-        val_count=2,
-        repeats=2,
-        checkpoint_every=15,
-        val_every=15,
-        device="cpu",
+    config = tiny_config(
+        tiny_sd, out, data=testdata / "aligned", steps=STEPS, val_count=2, repeats=2, checkpoint_every=15, val_every=15
     )
     warnings = []
     trainer = Trainer(config, warn=warnings.append, arcface=random_arcface(0))
@@ -293,23 +285,16 @@ def test_one_line_errors(tmp_path, run):
 
 
 def test_training_from_cached_vae_moments(testdata, tiny_sd, tmp_path):
-    config = TrainConfig(
-        out=tmp_path / "run",
+    config = tiny_config(
+        tiny_sd,
+        tmp_path / "run",
         data=testdata / "aligned",
-        bases=["none"],
-        tiny=True,
-        tiny_sd=tiny_sd,
-        size=SIZE,
         steps=3,
-        batch_size=2,
-        lr=3e-2,
-        warmup=1,
         val_count=2,
         repeats=1,
         checkpoint_every=3,
         val_every=3,
         moments=True,
-        device="cpu",
     )
     result = Trainer(config, warn=lambda m: None).run()
     assert (result / "refiner.safetensors").is_file()
@@ -372,21 +357,9 @@ def test_out_of_memory_names_the_flags_that_help(run, tmp_path, monkeypatch):
 
 
 def small_run(run, out, **kw) -> Trainer:
-    cache = run[0] / "cache"
-    settings = dict(
-        bases=["none"],
-        tiny=True,
-        tiny_sd=run[2].config.tiny_sd,
-        size=SIZE,
-        steps=3,
-        batch_size=2,
-        lr=3e-2,
-        warmup=1,
-        checkpoint_every=1,
-        val_every=100,
-        device="cpu",
+    config = tiny_config(
+        run[2].config.tiny_sd, out, cache=run[0] / "cache", **({"steps": 3, "checkpoint_every": 1, "val_every": 100} | kw)
     )
-    config = TrainConfig(out=out, cache=cache, **(settings | kw))
     trainer = Trainer(config, warn=lambda m: None)
     trainer.run()
     return trainer
