@@ -125,14 +125,14 @@ class InfoBFRConfig:
     beta_schedule: str = "scaled_linear"
     num_train_timesteps: int = 1000
     latent_choice: str = (
-        "sample"  # (ours) 8-channel z → 4-channel latent: posterior "sample" (all 8 channels matter) or "mean" half
+        "sample"  # (ours) 2C-channel z → C-channel latent: posterior "sample" (every channel matters) or "mean" half
     )
     scaling_factor: float = 0.18215  # SD VAE latent scale
     stats_mode: str = "element"  # μ_R, σ_R per "element" (IBA's estimator) or per "channel"
     sigma_min: float = 0.01  # clamp of σ_R
     beta: float = 0.01  # weight of L_info (nats per image pixel) against the per-pixel image losses; docs/training.md
     lambda_init: float = 0.99  # (ours) λ at init: the bottleneck keeps ≈ all of the manifold
-    manifold_channels: int = 8  # VAE mean + logvar
+    manifold_channels: int = 8  # VAE mean + logvar: 2 × the VAE's latent channels (SD 2.1: 2 × 4)
     transformer_width: int = 64  # (ours) token width of the bottleneck Transformer (rank 2/4/8 → 8.3/16.4/32.6 MB trainable)
     transformer_heads: int = 4
     transformer_mlp_ratio: float = 4.0
@@ -185,14 +185,14 @@ class InfoBFRConfig:
 class RefinerAux:
     """Side outputs of one forward pass, for the training losses and for inspection."""
 
-    r: torch.Tensor  # VAE moments (B, 8, h, w)
+    r: torch.Tensor  # VAE moments (B, 2 × latent channels, h, w)
     z: torch.Tensor  # bottleneck output, same shape
     lam: torch.Tensor  # λ, same shape
     info_loss: torch.Tensor  # scalar L_info (unweighted): the KL summed over the manifold, in nats per image pixel (3·H·W)
 
 
 def vae_moments(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
-    """r: the VAE moments after quant_conv (mean and log-variance, 4 + 4 channels), before sampling."""
+    """r: the VAE moments after quant_conv (mean and log-variance, 4 + 4 channels for SD), before sampling."""
     return vae.encode(x).latent_dist.parameters.float()
 
 
@@ -237,6 +237,11 @@ class InfoBFR(nn.Module):
         self, config: InfoBFRConfig, vae: AutoencoderKL, unet: UNet2DConditionModel, prompt_embeds: torch.Tensor
     ) -> None:
         super().__init__()
+        if config.manifold_channels != 2 * vae.config.latent_channels:
+            raise UsageError(
+                f"refiner config: manifold_channels is {config.manifold_channels} but the VAE has "
+                f"{vae.config.latent_channels} latent channels (mean + log-variance: {2 * vae.config.latent_channels})"
+            )
         self.config = config
         self.vae = vae.requires_grad_(False).eval()
         self.unet = unet.requires_grad_(False).eval()
@@ -274,7 +279,7 @@ class InfoBFR(nn.Module):
     def to_latent(
         self, z: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """8-channel z → scaled 4-channel SD latent, as the VAE's own posterior would.
+        """2C-channel z → scaled C-channel SD latent (SD: 8 → 4), as the VAE's own posterior would.
 
         With ``latent_choice="sample"`` (default) both halves of z reach the UNet, so the log-variance
         channels get gradients too; ``noise`` (standard normal, 4 channels) is drawn with ``generator``

@@ -196,6 +196,7 @@ def make_model(config: TrainConfig, run: Path):
         )
     tiny_config = dataclasses.replace(
         refiner_config,
+        manifold_channels=2 * vae.config.latent_channels,
         transformer_width=16,
         transformer_heads=2,
         sd_model="tiny-fitted",

@@ -4,7 +4,7 @@ A *random* tiny VAE reconstructs a face at ~10 dB and its decoder barely depends
 it no objective can be tested: the image losses give the bottleneck no reason to keep information at
 any β. Here the tiny SD is *fitted* instead, seeded and in minutes on a CPU:
 
-1. the VAE (×2 down-sampling, 4 latent channels: 32 px faces → 16×16×4 latents) on clean faces, with
+1. the VAE (×2 down-sampling, ``LATENT_CHANNELS`` = 4: 32 px faces → 16×16×4 latents) on clean faces, with
    the reconstruction loss and a small KL, like SD's VAE;
 2. the UNet as the one-step prior the refiner relies on: from the latent of a face whose VAE moments
    went through a bottleneck-like mix ``λ·r + (1 − λ)·ε`` (λ drawn per face in [0.5, 1], ε from the
@@ -36,11 +36,12 @@ from bfrboost.options import TinySdOptions, default_of
 from bfrboost.refiner.model import TINY_PROMPT_SHAPE, alpha_bar, one_step_x0, vae_moments
 from bfrboost.safety import atomic_dir
 
+LATENT_CHANNELS = 4  # 16×16×4 latents for 32 px faces; the refiner's manifold (mean + log-variance) follows: 8 channels
 VAE_CONFIG: dict[str, Any] = {
     "block_out_channels": [32, 64],
     "down_block_types": ["DownEncoderBlock2D"] * 2,
     "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "latent_channels": 4,
+    "latent_channels": LATENT_CHANNELS,
     "layers_per_block": 1,
     "norm_num_groups": 8,
     "sample_size": 64,
@@ -51,10 +52,10 @@ UNET_CONFIG: dict[str, Any] = {
     "block_out_channels": [32, 64],
     "cross_attention_dim": TINY_PROMPT_SHAPE[-1],
     "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "in_channels": 4,
+    "in_channels": LATENT_CHANNELS,
     "layers_per_block": 1,
     "norm_num_groups": 8,
-    "out_channels": 4,
+    "out_channels": LATENT_CHANNELS,
     "sample_size": 16,
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
     "use_linear_projection": True,
@@ -88,9 +89,12 @@ def _draw(count: int, fit: TinyFit, generator: torch.Generator) -> tuple[torch.T
 def _optimise(params, fit: TinyFit, steps: int, loss_of: Callable[[], torch.Tensor],
               progress: Callable[[str, int, int], None] | None, stage: str) -> float:
     """AdamW under a one-cycle schedule (warm up, then anneal): the most reconstruction per step of a short fit."""
-    optimizer = torch.optim.AdamW(params, lr=fit.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=fit.lr, total_steps=max(steps, 10), pct_start=0.1)
     loss = torch.zeros(())
+    if steps == 0:
+        return float(loss)
+    optimizer = torch.optim.AdamW(params, lr=fit.lr, weight_decay=0.0)
+    # at least 20 scheduled steps: the 10 % warm-up must span more than one step (OneCycleLR divides by it)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=fit.lr, total_steps=max(steps, 20), pct_start=0.1)
     for step in range(1, steps + 1):
         loss = loss_of()
         optimizer.zero_grad(set_to_none=True)

@@ -287,3 +287,21 @@ def test_info_loss_is_the_kl_summed_over_the_manifold_per_image_pixel(tiny, face
     expected = kl.sum((1, 2, 3)).mean() / (3 * faces.shape[2] * faces.shape[3])
     torch.testing.assert_close(aux.info_loss, expected, rtol=1e-4, atol=1e-6)
     assert tiny.info_per_pixel == 8 / (3 * 8 * 8)  # 8 manifold channels, VAE down-sampling 8
+
+
+def test_the_manifold_has_twice_the_vae_latent_channels(faces):
+    """A VAE with 8 latent channels gives a 16-channel manifold (mean + log-variance); a config that disagrees is refused."""
+    from bfrboost.refiner.model import TINY_PROMPT_SHAPE, TINY_UNET_CONFIG, TINY_VAE_CONFIG
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config({**TINY_VAE_CONFIG, "latent_channels": 8})
+    unet = UNet2DConditionModel.from_config({**TINY_UNET_CONFIG, "in_channels": 8, "out_channels": 8})
+    prompt = torch.zeros(TINY_PROMPT_SHAPE)
+    config = InfoBFRConfig(transformer_width=16, transformer_heads=2, stats_mode="channel", stats_faces=1, manifold_channels=16)
+    model = InfoBFR(config, vae, unet, prompt).eval()
+    x_hat, aux = model(faces)
+    assert aux.r.shape == aux.z.shape == (2, 16, 8, 8) and x_hat.shape == faces.shape
+    assert model.info_per_pixel == 16 / (3 * 8 * 8)
+    with pytest.raises(UsageError, match=r"^refiner config: manifold_channels is 8 but the VAE has 8 latent channels "
+                                         r"\(mean \+ log-variance: 16\)$"):
+        InfoBFR(dataclasses.replace(config, manifold_channels=8), vae, unet, prompt)
