@@ -229,7 +229,7 @@ def test_restore_onnx_gives_the_torch_picture(tmp_path: Path, testdata: Path, gp
     before = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
     assert np.abs(results["torch"] - before).max() > 20  # the face went through the network
     assert np.abs(results["onnx"] - results["torch"]).max() <= 1
-    cached = list(runtime.cache_dir().glob("gpen-*-opset18.onnx"))
+    cached = list(runtime.cache_dir().glob(f"gpen-*-opset18-g{runtime.GRAPH_VERSION}.onnx"))
     assert len(cached) == 1
     record = json.loads(runtime.record_path(cached[0]).read_text())
     assert record["base"] == "gpen" and record["parity_max_abs_diff"] <= 1e-4
@@ -322,7 +322,7 @@ def test_retinaface_on_onnx_finds_the_same_faces(_isolated_cache, testdata: Path
         np.testing.assert_allclose([f.box for f in got], [f.box for f in want], atol=1e-3)
         np.testing.assert_allclose([f.landmarks for f in got], [f.landmarks for f in want], atol=1e-3)
         np.testing.assert_allclose([f.score for f in got], [f.score for f in want], atol=1e-5)
-    (graph,) = runtime.cache_dir().glob("retinaface_mobile0.25-*-opset18.onnx")
+    (graph,) = runtime.cache_dir().glob(f"retinaface_mobile0.25-*-opset18-g{runtime.GRAPH_VERSION}.onnx")
     assert json.loads(runtime.record_path(graph).read_text())["parity_max_abs_diff"] <= 1e-4
     assert not faces_on_onnx.detector_on_onnx(get_detector("dlib"))  # no network to move
 
@@ -337,7 +337,7 @@ def test_parser_on_onnx_gives_the_same_masks(_isolated_cache) -> None:
     got = parser.masks(crops, batch_size=2)  # batches of 2 and 1: the graph takes any batch
     for mask, want in zip(got, expected, strict=True):
         np.testing.assert_allclose(mask, want, atol=1e-6)
-    (graph,) = runtime.cache_dir().glob("parsenet-64-*-opset18.onnx")
+    (graph,) = runtime.cache_dir().glob(f"parsenet-64-*-opset18-g{runtime.GRAPH_VERSION}.onnx")
     runtime.verify_cached(graph, "parsenet-64", runtime.file_sha256(_isolated_cache / "parsing_parsenet.pth"))
 
 
