@@ -30,8 +30,15 @@ from bfrboost.faces import get_detector, parse
 from bfrboost.faces.parse import load_parser
 from bfrboost.onnx import faces as faces_on_onnx
 from bfrboost.onnx import runtime
-from bfrboost.onnx.export import export_onnx
-from bfrboost.onnx.rewrite import ConstantKernelModConv, GFPGANModConv, GPENModConv, StableGroupNorm, exportable
+from bfrboost.onnx.export import export_onnx, trace
+from bfrboost.onnx.rewrite import (
+    ConstantKernelModConv,
+    GFPGANModConv,
+    GPENModConv,
+    StableGroupNorm,
+    exportable,
+    winograd_pays,
+)
 from bfrboost.pipeline import Restorer
 from tests.backbones.conftest import swap_spec
 from tests.backbones.test_gfpgan import TINY as GFPGAN_TINY
@@ -145,6 +152,40 @@ def test_modulated_conv_with_a_constant_kernel_is_the_same_map(make) -> None:
     assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+@pytest.mark.parametrize("padding", [0, 1])
+def test_winograd_convolution_in_onnx_runtime_is_the_direct_one(tmp_path: Path, padding: int) -> None:
+    """Wide 3 × 3 convolutions on small maps are exported as Winograd F(2 × 2, 3 × 3): the same outputs as
+    PyTorch's direct convolution (to its own rounding), the bias and the padding included, any batch."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(128, 160, 3, padding=padding).eval()
+    net, x = torch.nn.Sequential(conv), torch.randn(2, 128, 18, 20)
+    assert winograd_pays(128, 160, 18 - 2 + 2 * padding, 20 - 2 + 2 * padding)
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=padding)
+    path = tmp_path / "w.onnx"
+    trace(net, (x[:1],), path, 18, ["x"], ["y"], {"x": {0: "n"}, "y": {0: "n"}})
+    assert {n.op_type for n in onnx.load(str(path)).graph.node} >= {"DepthToSpace", "Conv"}  # the Winograd form
+    got = runtime.open_session(path, ["CPUExecutionProvider"], 1).run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - expected.numpy()).max() <= 1e-5 * float(expected.abs().max())
+    # a graph with a free image size keeps the direct convolution
+    trace(net, (x[:1],), path, 18, ["x"], ["y"], {"x": {2: "h", 3: "w"}})
+    assert "DepthToSpace" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_bilinear_halving_is_exported_as_the_same_average_pool(tmp_path: Path) -> None:
+    class Halve(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+
+    x = torch.rand(1, 3, 16, 12, generator=torch.Generator().manual_seed(0))
+    path, interpolate = tmp_path / "h.onnx", torch.nn.functional.interpolate
+    trace(Halve(), (x,), path, 18, ["x"], ["y"])
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["AveragePool"]
+    assert torch.nn.functional.interpolate is interpolate  # put back after the trace
+    got = runtime.open_session(path, ["CPUExecutionProvider"], 1).run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - Halve()(x).numpy()).max() <= 1e-6
+
+
 def test_deformable_conv_for_export_is_torchvisions() -> None:
     g = torch.Generator().manual_seed(0)
     x, offset = torch.rand(2, 8, 9, 7, generator=g), torch.randn(2, 2 * 18, 9, 7, generator=g) * 4  # many taps fall outside
@@ -188,7 +229,7 @@ def test_restore_onnx_gives_the_torch_picture(tmp_path: Path, testdata: Path, gp
     before = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
     assert np.abs(results["torch"] - before).max() > 20  # the face went through the network
     assert np.abs(results["onnx"] - results["torch"]).max() <= 1
-    cached = list(runtime.cache_dir().glob("gpen-*-opset18.onnx"))
+    cached = list(runtime.cache_dir().glob(f"gpen-*-opset18-g{runtime.GRAPH_VERSION}.onnx"))
     assert len(cached) == 1
     record = json.loads(runtime.record_path(cached[0]).read_text())
     assert record["base"] == "gpen" and record["parity_max_abs_diff"] <= 1e-4
@@ -281,7 +322,7 @@ def test_retinaface_on_onnx_finds_the_same_faces(_isolated_cache, testdata: Path
         np.testing.assert_allclose([f.box for f in got], [f.box for f in want], atol=1e-3)
         np.testing.assert_allclose([f.landmarks for f in got], [f.landmarks for f in want], atol=1e-3)
         np.testing.assert_allclose([f.score for f in got], [f.score for f in want], atol=1e-5)
-    (graph,) = runtime.cache_dir().glob("retinaface_mobile0.25-*-opset18.onnx")
+    (graph,) = runtime.cache_dir().glob(f"retinaface_mobile0.25-*-opset18-g{runtime.GRAPH_VERSION}.onnx")
     assert json.loads(runtime.record_path(graph).read_text())["parity_max_abs_diff"] <= 1e-4
     assert not faces_on_onnx.detector_on_onnx(get_detector("dlib"))  # no network to move
 
@@ -296,7 +337,7 @@ def test_parser_on_onnx_gives_the_same_masks(_isolated_cache) -> None:
     got = parser.masks(crops, batch_size=2)  # batches of 2 and 1: the graph takes any batch
     for mask, want in zip(got, expected, strict=True):
         np.testing.assert_allclose(mask, want, atol=1e-6)
-    (graph,) = runtime.cache_dir().glob("parsenet-64-*-opset18.onnx")
+    (graph,) = runtime.cache_dir().glob(f"parsenet-64-*-opset18-g{runtime.GRAPH_VERSION}.onnx")
     runtime.verify_cached(graph, "parsenet-64", runtime.file_sha256(_isolated_cache / "parsing_parsenet.pth"))
 
 

@@ -231,8 +231,10 @@ def _trace(graph: GraphModule, image: torch.Tensor, path: Path, opset: int) -> N
 
 def trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int, input_names: list[str],
           output_names: list[str], dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> None:
-    """``torch.onnx.export`` of ``module`` (its exportable equivalents swapped in, see :mod:`bfrboost.onnx.rewrite`)."""
-    with warnings.catch_warnings(), torch.no_grad(), exportable(module):
+    """``torch.onnx.export`` of ``module`` (its exportable equivalents swapped in, see :mod:`bfrboost.onnx.rewrite`;
+    Winograd convolutions only where the image size is static)."""
+    static_size = not any(axis >= 2 for axes in (dynamic_axes or {}).values() for axis in axes)
+    with warnings.catch_warnings(), torch.no_grad(), exportable(module, static_size):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, args, str(path), dynamo=False, opset_version=opset, do_constant_folding=True,

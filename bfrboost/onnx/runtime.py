@@ -126,10 +126,15 @@ def cached_graph(name: str, weights: Path | str | None = None, opset: int = DEFA
     return cached_export(name, weights_sha256(source), opset, export)
 
 
+#: Part of every cached graph's name: raised when the export writes different graphs (2: Winograd convolutions,
+#: average-pool halving), so graphs cached by an older export are exported again instead of used as they are.
+GRAPH_VERSION = 2
+
 def cached_export(name: str, weights_sha: str, opset: int, export: Callable[[Path], dict[str, Any]]) -> Path:
-    """``<cache>/onnx/NAME-<sha16>-opsetN.onnx``, written by ``export(path)`` on first use (which returns the
-    record's ``sha256`` of the file and its ``parity_max_abs_diff``), then verified against its record."""
-    path = cache_dir() / f"{name}-{weights_sha[:16]}-opset{opset}.onnx"
+    """``<cache>/onnx/NAME-<sha16>-opsetN-gV.onnx`` (V = :data:`GRAPH_VERSION`), written by ``export(path)`` on
+    first use (which returns the record's ``sha256`` of the file and its ``parity_max_abs_diff``), then verified
+    against its record."""
+    path = cache_dir() / f"{name}-{weights_sha[:16]}-opset{opset}-g{GRAPH_VERSION}.onnx"
     if not path.exists():
         record = {"base": name, "weights_sha256": weights_sha, "opset": opset, **export(path)}
         with atomic_open(record_path(path), overwrite=True) as f:
