@@ -13,6 +13,7 @@ image-right mouth corner), best score first.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -112,12 +113,19 @@ def retinaface_path(network: str) -> Path:
     return weights.home() / RETINAFACE_FILES[network]
 
 
+#: RetinaFace's network: a mean-subtracted BGR (1, 3, H, W) float tensor → (box offsets, class
+#: probabilities, landmark offsets) per prior. The PyTorch module, or the same graph on ONNX Runtime.
+RetinaFaceForward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 class RetinaFaceDetector:
     """facexlib's RetinaFace, weights from the bfrboost cache.
 
     Like GFPGAN and CodeFormer, the image is resized so its short side is ``short_side`` (640)
     before detection and faces scoring below ``score_threshold`` (0.97) are dropped; pass
-    ``short_side=None`` to detect at the original size.
+    ``short_side=None`` to detect at the original size. Pre- and post-processing (prior boxes,
+    decoding, NMS) are facexlib's ``detect_faces`` step for step; the network in between is
+    ``forward`` (the PyTorch module ``net``; :meth:`with_forward` gives one on another runtime).
     """
 
     def __init__(
@@ -141,6 +149,13 @@ class RetinaFaceDetector:
             net = RetinaFace(network_name=network, half=False, device=self.device)
         weights.load_into(net, path, f"RetinaFace {network}", "retinaface")
         self.net = net.to(self.device).eval()
+        self.forward: RetinaFaceForward = self.net
+
+    def with_forward(self, forward: RetinaFaceForward) -> RetinaFaceDetector:
+        """This detector with another network of the same graph (e.g. on ONNX Runtime); settings shared."""
+        other = copy.copy(self)
+        other.forward = forward
+        return other
 
     def detect(self, image: np.ndarray) -> list[Face]:
         _check_image(image)
@@ -151,12 +166,34 @@ class RetinaFaceDetector:
             bgr = cv2.resize(bgr, (round(w * zoom), round(h * zoom)), interpolation=cv2.INTER_LINEAR)
         fx, fy = bgr.shape[1] / w, bgr.shape[0] / h
         with torch.inference_mode():
-            rows = self.net.detect_faces(bgr, conf_threshold=self.score_threshold, nms_threshold=0.4, use_origin_size=True)
+            rows = self._rows(bgr)
         faces = []
         for row in np.asarray(rows, dtype=np.float64):
             box, points = _to_input_pixels(row[:4], row[5:15], fx, fy)
             faces.append(Face(box=box, score=float(row[4]), landmarks=points))
         return sorted(faces, key=lambda f: -f.score)
+
+    def _rows(self, bgr: np.ndarray, nms_threshold: float = 0.4) -> np.ndarray:
+        """facexlib's ``detect_faces(bgr, score_threshold, 0.4, use_origin_size=True)`` with ``forward`` as the
+        network: (N, 15) rows of box, score and five points, in ``bgr``'s pixels."""
+        from facexlib.detection.retinaface_utils import PriorBox, decode, decode_landm, py_cpu_nms
+
+        x = torch.from_numpy(bgr.astype(np.float32).transpose(2, 0, 1)).unsqueeze(0).to(self.device)
+        x = x - self.net.mean_tensor
+        height, width = x.shape[2:]
+        loc, conf, landmarks = self.forward(x)
+        priors = PriorBox(self.net.cfg, image_size=(height, width)).forward().to(self.device)
+        variance = self.net.cfg["variance"]
+        scale = torch.tensor([width, height] * 2, dtype=torch.float32, device=self.device)
+        boxes = (decode(loc.squeeze(0), priors, variance) * scale).cpu().numpy()
+        scores = conf.squeeze(0).cpu().numpy()[:, 1]
+        scale = torch.tensor([width, height] * 5, dtype=torch.float32, device=self.device)
+        points = (decode_landm(landmarks.squeeze(0), priors, variance) * scale).cpu().numpy()
+        keep = np.where(scores > self.score_threshold)[0]
+        order = keep[scores[keep].argsort()[::-1]]
+        rows = np.hstack((boxes[order], scores[order, np.newaxis])).astype(np.float32, copy=False)
+        kept = py_cpu_nms(rows, nms_threshold)
+        return np.concatenate((rows[kept, :], points[order][kept]), axis=1)
 
 
 # ---- registry --------------------------------------------------------------------------------
