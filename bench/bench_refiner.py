@@ -64,43 +64,32 @@ def flops_per_face(model: InfoBFR) -> int:
     return model.flops_per_stage(SIZE)["total"]
 
 
+def _row(config: str, device: str, batch: int, dtype: str, compiled: bool, sec: float, flops: int) -> dict:
+    """One result row, printed as it is made so a long run shows progress."""
+    row = {
+        "config": config,
+        "device": device,
+        "batch": batch,
+        "dtype": dtype,
+        "compiled": compiled,
+        "s_per_face": sec,
+        "gflops_per_face": flops / 1e9,
+        "tflops_per_s": flops / sec / 1e12,
+    }
+    print(_fmt(row), flush=True)
+    return row
+
+
 def bench_cpu(real: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         init_tiny(Path(tmp), seed=0)
         tiny = load_refiner(tmp, "cpu")
-        flops = flops_per_face(tiny)
-        sec = time_refine(tiny, batch=1, runs=3)
-        rows.append(
-            {
-                "config": "tiny",
-                "device": "cpu",
-                "batch": 1,
-                "dtype": "fp32",
-                "compiled": False,
-                "s_per_face": sec,
-                "gflops_per_face": flops / 1e9,
-                "tflops_per_s": flops / sec / 1e12,
-            }
-        )
-        print(_fmt(rows[-1]), flush=True)
+        rows.append(_row("tiny", "cpu", 1, "fp32", False, time_refine(tiny, batch=1, runs=3), flops_per_face(tiny)))
     if real:
         flops = flops_per_face(InfoBFR.sd21_on_meta())
         model = real_random_refiner(torch.device("cpu"))
-        sec = time_refine(model, batch=1, runs=1)
-        rows.append(
-            {
-                "config": "sd21-base",
-                "device": "cpu",
-                "batch": 1,
-                "dtype": "fp32",
-                "compiled": False,
-                "s_per_face": sec,
-                "gflops_per_face": flops / 1e9,
-                "tflops_per_s": flops / sec / 1e12,
-            }
-        )
-        print(_fmt(rows[-1]), flush=True)
+        rows.append(_row("sd21-base", "cpu", 1, "fp32", False, time_refine(model, batch=1, runs=1), flops))
     return rows
 
 
@@ -118,19 +107,10 @@ def bench_cuda(batches: tuple[int, ...] = (1, 8, 16)) -> list[dict]:
             for batch in batches:
                 torch.cuda.reset_peak_memory_stats()
                 sec = time_refine(model, batch, runs=5, warmup=3 if compiled else 1)
-                row = {
-                    "config": "sd21-base",
-                    "device": torch.cuda.get_device_name(),
-                    "batch": batch,
-                    "dtype": dtype_name + ("+tf32" if dtype is None else ""),
-                    "compiled": compiled,
-                    "s_per_face": sec,
-                    "gflops_per_face": flops / 1e9,
-                    "tflops_per_s": flops / sec / 1e12,
-                    "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                }
+                dtype_label = dtype_name + ("+tf32" if dtype is None else "")
+                row = _row("sd21-base", torch.cuda.get_device_name(), batch, dtype_label, compiled, sec, flops)
+                row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 rows.append(row)
-                print(_fmt(row), flush=True)
     return rows
 
 
