@@ -124,9 +124,7 @@ def random_checkpoints(home: Path) -> None:
 
 
 def bench_parts(count: int, repeat: int, threads: int) -> list[dict]:
-    """RetinaFace R50 s/photo and ParseNet s/face on both runtimes (the same objects, networks moved)."""
-    import copy
-
+    """RetinaFace R50 s/photo and ParseNet s/face on both runtimes (the same parts, each with its network)."""
     from bfrboost.faces.detect import RetinaFaceDetector
     from bfrboost.faces.parse import load_parser
     from bfrboost.io.read import read_image
@@ -137,9 +135,7 @@ def bench_parts(count: int, repeat: int, threads: int) -> list[dict]:
     detector = RetinaFaceDetector("resnet50")
     parser = load_parser(required=True)
     crops = [cv2.resize(im, (512, 512), interpolation=cv2.INTER_AREA) for im in images]  # face-sized pixels
-    on_onnx = copy.deepcopy(detector), copy.deepcopy(parser)
-    faces.detector_on_onnx(on_onnx[0], threads=threads)
-    faces.parser_on_onnx(on_onnx[1], threads=threads)
+    on_onnx = faces.onnx_detector(detector, threads=threads), faces.onnx_parser(parser, threads=threads)
     rows = []
     for what, torch_run, onnx_run, per in (
         ("RetinaFace R50, s/photo", lambda: [detector.detect(im) for im in images],

@@ -1,6 +1,6 @@
 """`restore --workers 2` against sequential on larger real photos, with where the time goes per stage.
 
-Run: ``python bench/bench_workers.py [--set family|second|both] [--repeat N] [--base none|gfpgan-tiny] [--cli]``.
+Run: ``python bench/bench_workers.py [--set family|second|both] [--repeat N] [--base none|gfpgan] [--photos N] [--cli]``.
 
 - ``family``: 24 photos of 0.3–2.5 MP from ``faces/whole`` (spread evenly over that range by pixel
   count; read in place, never copied) plus one undecodable file in the middle, like a real folder.
@@ -12,8 +12,10 @@ output folder, in alternating order, from a warmed restorer (``--cli``: the ``bf
 command itself, so start-up is in the wall time too). Prints the wall times, their ratio (median of
 the repeats is the number to quote), the 1-minute load average, and the per-stage seconds summed
 over the photos (decode, detect, align, base, paste, encode) with the CPU seconds each run used.
-``--base gfpgan-tiny`` runs GFPGAN's architecture at a small width with random weights, so a real
-network's stage is in the pipeline without minutes per face.
+``--base gfpgan`` (or any base with weights) runs that base in its official configuration with random
+weights (seeded, written to a temporary ``--weights`` file), so a real network's stage is in the
+pipeline without a download; ``--photos N`` takes N photos of the family set instead of 24 (a real
+base costs seconds per face on a CPU).
 """
 
 from __future__ import annotations
@@ -80,6 +82,21 @@ def cpu_seconds() -> float:
     return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
+def random_weights(base: str, folder: Path) -> Path | None:
+    """A seeded random checkpoint of ``base`` in its official configuration (``None`` for ``none``)."""
+    import torch
+
+    from bfrboost.backbones.registry import get_spec
+
+    spec = get_spec(base)
+    if not spec.weight_file:
+        return None
+    torch.manual_seed(0)
+    path = folder / f"random-{spec.weight_file}"
+    torch.save(spec.build(None).state_dict(), path)
+    return path
+
+
 def in_process(restorer: Restorer, paths: list[Path], outdir: Path, workers: int) -> tuple[float, float, dict]:
     """(wall s, CPU s, stage seconds summed over the photos) of one run from a warmed restorer."""
     options = OutputOptions(outdir=outdir, overwrite=True)
@@ -97,10 +114,10 @@ def in_process(restorer: Restorer, paths: list[Path], outdir: Path, workers: int
     return wall, cpu, stages
 
 
-def by_cli(base: str, paths: list[Path], outdir: Path, workers: int) -> tuple[float, float, dict]:
+def by_cli(base: str, weights: Path | None, paths: list[Path], outdir: Path, workers: int) -> tuple[float, float, dict]:
     """(wall s, CPU s, {}) of ``bfrboost restore`` as a user runs it: start-up (imports, models) included."""
     command = [sys.executable, "-m", "bfrboost", "restore", *map(str, paths), "-o", str(outdir), "--overwrite",
-               "--base", base, "--workers", str(workers)]
+               "--base", base, "--workers", str(workers), *(["--weights", str(weights)] if weights else [])]
     cpu, start = cpu_seconds(), time.perf_counter()
     subprocess.run(command, check=False, capture_output=True)
     return time.perf_counter() - start, cpu_seconds() - cpu, {}
@@ -109,7 +126,8 @@ def by_cli(base: str, paths: list[Path], outdir: Path, workers: int) -> tuple[fl
 def compare(name: str, paths: list[Path], args: argparse.Namespace, work: Path) -> dict:
     if args.cv2_threads is not None:
         cv2.setNumThreads(args.cv2_threads)
-    restorer = Restorer(args.base, device="cpu")
+    weights = random_weights(args.base, work)
+    restorer = Restorer(args.base, device="cpu", weights=weights)
     restorer.prepare(np.zeros((64, 64, 3), np.uint8))  # models loaded before timing
     rows = []
     for index in range(args.repeat):
@@ -118,7 +136,7 @@ def compare(name: str, paths: list[Path], args: argparse.Namespace, work: Path) 
         for workers in order:
             outdir = work / f"{name}-{index}-w{workers}"
             if args.cli:
-                run[workers] = by_cli(args.base, paths, outdir, workers)
+                run[workers] = by_cli(args.base, weights, paths, outdir, workers)
             else:
                 run[workers] = in_process(restorer, paths, outdir, workers)
         (s_wall, s_cpu, s_stages), (o_wall, o_cpu, o_stages) = run[1], run[2]
@@ -140,7 +158,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=("family", "second", "both"), default="both")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--base", default="none")
+    parser.add_argument("--base", default="none", help="base model; one with weights runs on seeded random weights")
+    parser.add_argument("--photos", type=int, default=24, help="photos of the family set (0.3–2.5 MP, evenly spread)")
     parser.add_argument("--cli", action="store_true", help="time the bfrboost restore command (start-up included)")
     parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads for the in-process runs")
     args = parser.parse_args()
@@ -149,7 +168,7 @@ def main() -> None:
         sets = {}
         if args.set in ("family", "both"):
             (work / "family").mkdir()
-            sets["family"] = family_set(work / "family")
+            sets["family"] = family_set(work / "family", count=args.photos)
         if args.set in ("second", "both"):
             (work / "second").mkdir()
             sets["second"] = second_set(work / "second")

@@ -20,7 +20,7 @@ from bfrboost.faces.detect import Detector
 from bfrboost.faces.finder import FaceFinder
 from bfrboost.faces.paster import Paster
 from bfrboost.faces.select import blend_faces
-from bfrboost.faces.types import FACE_SIZE, Face
+from bfrboost.faces.types import FACE_SIZE, Face, FaceNetworks
 from bfrboost.options import DetectOptions, GuidanceOptions, PasteOptions, RestoreOptions, restorer_options
 from bfrboost.restorers import build_face_restorer
 from bfrboost.restorers.base import AUTO_BASE
@@ -64,6 +64,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def face_networks(options: RestoreOptions, device: torch.device) -> FaceNetworks | None:
+    """Where the detector's and the parser's networks run: ``None`` (PyTorch, as built) or, with
+    ``runtime="onnx"``, ONNX Runtime like the base model (same providers and threads)."""
+    if options.runtime != "onnx":
+        return None
+    from bfrboost.onnx.faces import OnnxFaceNetworks
+
+    return OnnxFaceNetworks(options.providers, options.threads, device)
+
+
 class Restorer:
     """Restore every face of an image: a face finder, a face restorer and a paster, in that order.
 
@@ -86,13 +96,10 @@ class Restorer:
     ) -> None:
         detect, restore, paste = restorer_options(base, detect_options, restore_options, paste_options, **settings)
         device = resolve_device(restore.device)
-        finder = FaceFinder(detect, device)
+        networks = face_networks(restore, device)
+        finder = FaceFinder(detect, device, networks)
         face_restorer = build_face_restorer(restore, device, guidance, align_reference=finder.reference_crop)
-        paster = Paster(paste, device, aligned=detect.aligned)
-        if restore.runtime == "onnx":  # the detector's and the parser's networks too
-            from bfrboost.onnx.faces import parts_on_onnx
-
-            parts_on_onnx(finder, paster, restore, device)
+        paster = Paster(paste, device, aligned=detect.aligned, networks=networks)
         self._assemble(finder, face_restorer, paster, device)
 
     @classmethod

@@ -314,17 +314,18 @@ def test_retinaface_on_onnx_finds_the_same_faces(_isolated_cache, testdata: Path
     detector = get_detector("retinaface_mobile0.25", score_threshold=0.5, short_side=None)
     images = [load_rgb(testdata / "whole" / "04.jpg")[:96, :128], load_rgb(testdata / "whole" / "03.jpg")[:80, :72]]
     expected = [detector.detect(image) for image in images]
-    assert faces_on_onnx.detector_on_onnx(detector, threads=1)
-    assert isinstance(detector.net.forward, faces_on_onnx.SessionForward)
+    on_onnx = faces_on_onnx.onnx_detector(detector, threads=1)
+    assert isinstance(on_onnx.forward, faces_on_onnx.SessionForward) and detector.forward is detector.net  # a new part
     for image, want in zip(images, expected, strict=True):  # two sizes: the graph takes any
-        got = detector.detect(image)
+        got = on_onnx.detect(image)
         assert len(got) == len(want) > 0
         np.testing.assert_allclose([f.box for f in got], [f.box for f in want], atol=1e-3)
         np.testing.assert_allclose([f.landmarks for f in got], [f.landmarks for f in want], atol=1e-3)
         np.testing.assert_allclose([f.score for f in got], [f.score for f in want], atol=1e-5)
     (graph,) = runtime.cache_dir().glob(f"retinaface_mobile0.25-*-opset18-g{runtime.GRAPH_VERSION}.onnx")
     assert json.loads(runtime.record_path(graph).read_text())["parity_max_abs_diff"] <= 1e-4
-    assert not faces_on_onnx.detector_on_onnx(get_detector("dlib"))  # no network to move
+    dlib = get_detector("dlib")
+    assert faces_on_onnx.onnx_detector(dlib) is dlib  # no network to move
 
 
 @pytest.mark.usefixtures("trust_cache")
@@ -333,8 +334,9 @@ def test_parser_on_onnx_gives_the_same_masks(_isolated_cache) -> None:
     parser = load_parser(resolution=64)
     crops = [np.random.default_rng(i).integers(0, 256, (512, 512, 3), dtype=np.uint8) for i in range(3)]
     expected = parser.masks(crops, batch_size=2)
-    faces_on_onnx.parser_on_onnx(parser, threads=1)
-    got = parser.masks(crops, batch_size=2)  # batches of 2 and 1: the graph takes any batch
+    on_onnx = faces_on_onnx.onnx_parser(parser, threads=1)
+    assert isinstance(on_onnx.forward, faces_on_onnx.SessionForward) and parser.forward is parser.net
+    got = on_onnx.masks(crops, batch_size=2)  # batches of 2 and 1: the graph takes any batch
     for mask, want in zip(got, expected, strict=True):
         np.testing.assert_allclose(mask, want, atol=1e-6)
     (graph,) = runtime.cache_dir().glob(f"parsenet-64-*-opset18-g{runtime.GRAPH_VERSION}.onnx")
@@ -347,8 +349,44 @@ def test_runtime_onnx_moves_the_detector_and_the_parser_too(_isolated_cache, mon
     torch.save(_random_parsenet().state_dict(), _isolated_cache / "parsing_parsenet.pth")
     monkeypatch.setattr(parse, "load_parser", functools.partial(load_parser, resolution=64))  # a 512 px export takes 30 s
     on_torch = Restorer("none", detector="retinaface_mobile0.25")
-    assert not isinstance(on_torch.paster.parser.net, faces_on_onnx.SessionForward)
+    assert on_torch.paster.parser.forward is on_torch.paster.parser.net
+    assert on_torch.finder.detector.forward is on_torch.finder.detector.net
     restorer = Restorer("none", runtime="onnx", detector="retinaface_mobile0.25", threads=1)
-    assert isinstance(restorer.finder.detector.net.forward, faces_on_onnx.SessionForward)
-    assert isinstance(restorer.paster.parser.net, faces_on_onnx.SessionForward)
+    assert isinstance(restorer.finder.detector.forward, faces_on_onnx.SessionForward)
+    assert isinstance(restorer.paster.parser.forward, faces_on_onnx.SessionForward)
     assert {p.name.split("-")[0] for p in runtime.cache_dir().glob("*.onnx")} == {"retinaface_mobile0.25", "parsenet"}
+
+
+@pytest.mark.usefixtures("trust_cache")
+def test_dataset_cpu_stages_detect_and_parse_on_onnx_with_the_same_results(_isolated_cache, testdata: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """`restore-dataset --runtime onnx`: the Ray job's CPU stages (detect + align, parse + paste) get the ONNX
+    detector and parser through the options object, and write the picture the PyTorch stages write."""
+    from bfrboost.options import DetectOptions, OutputOptions, PasteOptions, RestoreOptions
+    from bfrboost.runners.dataset import stages as ds
+
+    torch.save(_facexlib_retinaface("mobile0.25").state_dict(), _isolated_cache / "detection_mobilenet0.25_Final.pth")
+    torch.save(_random_parsenet().state_dict(), _isolated_cache / "parsing_parsenet.pth")
+    monkeypatch.setattr(parse, "load_parser", functools.partial(load_parser, resolution=64))
+    ds._cpu_restorer.cache_clear()  # restorers of other tests' caches
+    monkeypatch.setattr(ds, "_cpu_restorer", functools.lru_cache(maxsize=4)(ds._cpu_restorer.__wrapped__))
+    detect, paste = DetectOptions(detector="retinaface_mobile0.25", only_center_face=True), PasteOptions(upscale=1)
+    on_onnx = RestoreOptions(runtime="onnx", threads=1)
+    restorer = ds.cpu_restorer(detect, paste, on_onnx)
+    assert isinstance(restorer.finder.detector.forward, faces_on_onnx.SessionForward)
+    assert isinstance(restorer.paster.parser.forward, faces_on_onnx.SessionForward)
+    assert ds.cpu_restorer(detect, paste).finder.detector.forward is ds.cpu_restorer(detect, paste).finder.detector.net
+    row = {"source": str(testdata / "whole" / "04.jpg"), "rel": "04.jpg"}
+    jobs, written = {}, {}
+    for name, options in (("torch", None), ("onnx", on_onnx)):
+        out = tmp_path / f"{name}.png"
+        jobs[name] = ds._unpack(ds.prepare_row({**row, "output": str(out)}, detect, paste, restore=options))
+        ds.cpu_restorer(detect, paste).restore_faces([jobs[name].prepared])  # the device stage, base none
+        done = ds.finish_row(ds._pack(jobs[name]), detect, paste, OutputOptions(outdir=tmp_path), restore=options)
+        assert done["error"] is None, done["error"]
+        written[name] = np.asarray(Image.open(out), dtype=np.int16)
+    faces = {name: job.prepared.faces for name, job in jobs.items()}
+    assert len(faces["onnx"]) == len(faces["torch"]) == 1
+    np.testing.assert_allclose(faces["onnx"][0].box, faces["torch"][0].box, atol=1e-3)
+    np.testing.assert_allclose(faces["onnx"][0].landmarks, faces["torch"][0].landmarks, atol=1e-3)
+    assert np.abs(written["onnx"] - written["torch"]).max() <= 1

@@ -13,9 +13,9 @@ mean 0.5 / std 0.5 in, ``(y + 1) / 2`` clipped out.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
-from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
 
 from bfrboost.backbones.spec import (
     BaseSpec,
@@ -24,6 +24,9 @@ from bfrboost.backbones.spec import (
     from_signed,
     to_signed,
 )
+
+if TYPE_CHECKING:  # spandrel imports torchvision (seconds): only when this base is built
+    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
 
 CONFIG = {
     "dim_embd": 512,
@@ -37,6 +40,8 @@ CONFIG = {
 
 
 def build(state_dict: Mapping[str, torch.Tensor] | None = None) -> CodeFormer:
+    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
+
     return build_strict(lambda: CodeFormer(**CONFIG), state_dict)
 
 

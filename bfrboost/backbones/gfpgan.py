@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
-from spandrel.architectures.GFPGAN import GFPGAN
 
 from bfrboost.backbones.spec import (
     BaseSpec,
@@ -28,6 +28,9 @@ from bfrboost.backbones.spec import (
     from_signed,
     to_signed,
 )
+
+if TYPE_CHECKING:  # spandrel imports torchvision (seconds): only when this base is built
+    from spandrel.architectures.GFPGAN import GFPGAN
 
 #: ``GFPGANer(arch="clean", channel_multiplier=2)`` → ``GFPGANv1Clean`` hyper-parameters.
 CONFIG = {
@@ -45,6 +48,8 @@ CONFIG = {
 
 
 def build(state_dict: Mapping[str, torch.Tensor] | None = None) -> GFPGAN:
+    from spandrel.architectures.GFPGAN import GFPGAN
+
     return build_strict(lambda: GFPGAN(**CONFIG), state_dict)
 
 

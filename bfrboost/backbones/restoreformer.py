@@ -8,11 +8,14 @@ Pre/post-processing as ``GFPGANer``: mean 0.5 / std 0.5 in, ``(y + 1) / 2`` clip
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
-from spandrel.architectures.RestoreFormer import RestoreFormer
 
 from bfrboost.backbones.spec import BaseSpec, build_strict, from_signed, to_signed
+
+if TYPE_CHECKING:  # spandrel imports torchvision (seconds): only when this base is built
+    from spandrel.architectures.RestoreFormer import RestoreFormer
 
 CONFIG = {
     "n_embed": 1024,
@@ -33,6 +36,8 @@ CONFIG = {
 
 
 def build(state_dict: Mapping[str, torch.Tensor] | None = None) -> RestoreFormer:
+    from spandrel.architectures.RestoreFormer import RestoreFormer
+
     return build_strict(lambda: RestoreFormer(**CONFIG), state_dict)
 
 

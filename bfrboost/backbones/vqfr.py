@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
 
 from bfrboost.backbones.spec import (
     BaseSpec,
@@ -211,6 +210,8 @@ class DCNv2Pack(nn.Module):
         offset = torch.cat([o1, o2], dim=1)
         if torch.onnx.is_in_onnx_export():  # torchvision's op has no ONNX form: the same maths in standard ops
             return deform_conv3x3_by_sampling(x, offset, self.weight, self.bias, mask.sigmoid())
+        from torchvision.ops import deform_conv2d  # imports torch._dynamo (seconds): only when VQFR runs
+
         return deform_conv2d(x, offset, self.weight, self.bias, padding=1, mask=mask.sigmoid())
 
 

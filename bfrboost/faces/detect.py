@@ -13,12 +13,10 @@ image-right mouth corner), best score first.
 
 from __future__ import annotations
 
-import importlib.util
+import copy
 import math
-import queue
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +26,8 @@ import numpy as np
 import torch
 
 from bfrboost import weights
-from bfrboost.errors import UsageError, WeightsError
+from bfrboost.errors import UsageError
+from bfrboost.faces import dlib_models
 from bfrboost.faces.types import Face
 
 RETINAFACE_FILES = {
@@ -60,41 +59,6 @@ def _to_input_pixels(box: np.ndarray, points: np.ndarray, fx: float, fy: float) 
 # 68-point iBUG indices: contours of the image-left / image-right eye, nose tip, mouth corners. The
 # FFHQ template itself was made from dlib's eye-contour centres and mouth corners.
 _LEFT_EYE, _RIGHT_EYE, _NOSE_TIP, _MOUTH_LEFT, _MOUTH_RIGHT = slice(36, 42), slice(42, 48), 30, 48, 54
-
-
-def dlib_model_dir() -> Path:
-    """Folder of the ``.dat`` files in the face-recognition-models wheel (its ``import`` is broken)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise WeightsError("face_recognition_models is not installed; run `pip install face-recognition-models`")
-    return Path(spec.origin).parent / "models"
-
-
-#: Idle (detector, predictor) pairs. dlib releases the GIL while it detects, but one pair must not
-#: be used by two threads at once (that corrupted the heap), so each call borrows its own pair.
-_DLIB_IDLE: queue.SimpleQueue = queue.SimpleQueue()
-
-
-def _load_dlib_models() -> tuple[Any, Any]:
-    import dlib
-
-    path = dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"
-    if not path.is_file():
-        raise WeightsError(f"{path}: missing; reinstall it with `pip install --force-reinstall face-recognition-models`")
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
-
-
-@contextmanager
-def _dlib_models() -> Iterator[tuple[Any, Any]]:
-    """A (detector, predictor) pair for this call alone; as many pairs load as threads detect at once."""
-    try:
-        models = _DLIB_IDLE.get_nowait()
-    except queue.Empty:
-        models = _load_dlib_models()
-    try:
-        yield models
-    finally:
-        _DLIB_IDLE.put(models)
 
 
 def five_points_from_68(points68: np.ndarray) -> np.ndarray:
@@ -131,7 +95,7 @@ class DlibDetector:
         big_w, big_h = round(w * zoom), round(h * zoom)
         big = cv2.resize(image, (big_w, big_h), interpolation=cv2.INTER_LINEAR) if zoom > 1 else np.ascontiguousarray(image)
         faces = []
-        with _dlib_models() as (detector, predictor):
+        with dlib_models.borrowed() as (detector, predictor):
             rects, scores, _ = detector.run(big, 0, self.min_score)
             for rect, score in zip(rects, scores):
                 shape = predictor(big, rect)
@@ -149,12 +113,19 @@ def retinaface_path(network: str) -> Path:
     return weights.home() / RETINAFACE_FILES[network]
 
 
+#: RetinaFace's network: a mean-subtracted BGR (1, 3, H, W) float tensor → (box offsets, class
+#: probabilities, landmark offsets) per prior. The PyTorch module, or the same graph on ONNX Runtime.
+RetinaFaceForward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 class RetinaFaceDetector:
     """facexlib's RetinaFace, weights from the bfrboost cache.
 
     Like GFPGAN and CodeFormer, the image is resized so its short side is ``short_side`` (640)
     before detection and faces scoring below ``score_threshold`` (0.97) are dropped; pass
-    ``short_side=None`` to detect at the original size.
+    ``short_side=None`` to detect at the original size. Pre- and post-processing (prior boxes,
+    decoding, NMS) are facexlib's ``detect_faces`` step for step; the network in between is
+    ``forward`` (the PyTorch module ``net``; :meth:`with_forward` gives one on another runtime).
     """
 
     def __init__(
@@ -178,6 +149,13 @@ class RetinaFaceDetector:
             net = RetinaFace(network_name=network, half=False, device=self.device)
         weights.load_into(net, path, f"RetinaFace {network}", "retinaface")
         self.net = net.to(self.device).eval()
+        self.forward: RetinaFaceForward = self.net
+
+    def with_forward(self, forward: RetinaFaceForward) -> RetinaFaceDetector:
+        """This detector with another network of the same graph (e.g. on ONNX Runtime); settings shared."""
+        other = copy.copy(self)
+        other.forward = forward
+        return other
 
     def detect(self, image: np.ndarray) -> list[Face]:
         _check_image(image)
@@ -188,12 +166,34 @@ class RetinaFaceDetector:
             bgr = cv2.resize(bgr, (round(w * zoom), round(h * zoom)), interpolation=cv2.INTER_LINEAR)
         fx, fy = bgr.shape[1] / w, bgr.shape[0] / h
         with torch.inference_mode():
-            rows = self.net.detect_faces(bgr, conf_threshold=self.score_threshold, nms_threshold=0.4, use_origin_size=True)
+            rows = self._rows(bgr)
         faces = []
         for row in np.asarray(rows, dtype=np.float64):
             box, points = _to_input_pixels(row[:4], row[5:15], fx, fy)
             faces.append(Face(box=box, score=float(row[4]), landmarks=points))
         return sorted(faces, key=lambda f: -f.score)
+
+    def _rows(self, bgr: np.ndarray, nms_threshold: float = 0.4) -> np.ndarray:
+        """facexlib's ``detect_faces(bgr, score_threshold, 0.4, use_origin_size=True)`` with ``forward`` as the
+        network: (N, 15) rows of box, score and five points, in ``bgr``'s pixels."""
+        from facexlib.detection.retinaface_utils import PriorBox, decode, decode_landm, py_cpu_nms
+
+        x = torch.from_numpy(bgr.astype(np.float32).transpose(2, 0, 1)).unsqueeze(0).to(self.device)
+        x = x - self.net.mean_tensor
+        height, width = x.shape[2:]
+        loc, conf, landmarks = self.forward(x)
+        priors = PriorBox(self.net.cfg, image_size=(height, width)).forward().to(self.device)
+        variance = self.net.cfg["variance"]
+        scale = torch.tensor([width, height] * 2, dtype=torch.float32, device=self.device)
+        boxes = (decode(loc.squeeze(0), priors, variance) * scale).cpu().numpy()
+        scores = conf.squeeze(0).cpu().numpy()[:, 1]
+        scale = torch.tensor([width, height] * 5, dtype=torch.float32, device=self.device)
+        points = (decode_landm(landmarks.squeeze(0), priors, variance) * scale).cpu().numpy()
+        keep = np.where(scores > self.score_threshold)[0]
+        order = keep[scores[keep].argsort()[::-1]]
+        rows = np.hstack((boxes[order], scores[order, np.newaxis])).astype(np.float32, copy=False)
+        kept = py_cpu_nms(rows, nms_threshold)
+        return np.concatenate((rows[kept, :], points[order][kept]), axis=1)
 
 
 # ---- registry --------------------------------------------------------------------------------

@@ -12,18 +12,21 @@ from bfrboost.errors import InputError, UsageError
 from bfrboost.faces.align import FFHQ_TEMPLATE_512, warp_faces
 from bfrboost.faces.detect import Detector, get_detector
 from bfrboost.faces.select import FaceSelector, PersonMatcher, Selection, load_embedder, read_references
-from bfrboost.faces.types import FACE_SIZE, Face
+from bfrboost.faces.types import FACE_SIZE, Face, FaceNetworks
 from bfrboost.options import DetectOptions
 
 
 class FaceFinder:
     """Faces of a photo with their aligned FACE_SIZE² crops, as :class:`~bfrboost.options.DetectOptions` asks."""
 
-    def __init__(self, options: DetectOptions, device: torch.device) -> None:
+    def __init__(self, options: DetectOptions, device: torch.device, networks: FaceNetworks | None = None) -> None:
+        """``networks``: where the detector's network runs (default: PyTorch on ``device``)."""
         self.aligned = options.aligned
         selection = Selection(face_index=options.face_index, largest=options.largest, only_center=options.only_center_face,
                               min_face=int(options.min_face))
         self.detector = None if options.aligned else get_detector(options.detector, device=str(device))
+        if self.detector is not None and networks is not None:
+            self.detector = networks.detector(self.detector)
         self.selector = FaceSelector(selection, self._person(options, device))
         self._detector_name, self._device, self._reference_detector = options.detector, device, self.detector
 

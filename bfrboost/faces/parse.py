@@ -7,7 +7,8 @@ and ``paste_faces`` falls back to its soft square.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -44,14 +45,27 @@ def labels_to_mask(labels: np.ndarray, size: int) -> np.ndarray:
     return np.clip(mask, 0.0, 1.0)
 
 
+#: ParseNet's network: a (B, 3, R, R) face batch in [-1, 1] → a tuple whose first item is the (B, 19, R, R)
+#: parsing logits. The PyTorch module, or the same graph on ONNX Runtime.
+ParseForward = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+
+
 class FaceParser:
     """ParseNet on aligned crops; ``resolution`` is the size the network sees (it was trained on
-    512; smaller values trade accuracy for CPU time, the mask is resized to the crop either way)."""
+    512; smaller values trade accuracy for CPU time, the mask is resized to the crop either way).
+    The network is ``forward`` (the PyTorch module ``net``; :meth:`with_forward` gives another runtime's)."""
 
     def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", resolution: int = 512) -> None:
         self.net = net.to(device).eval()
         self.device = torch.device(device)
         self.resolution = resolution
+        self.forward: ParseForward = self.net
+
+    def with_forward(self, forward: ParseForward) -> FaceParser:
+        """This parser with another network of the same graph (e.g. on ONNX Runtime); settings shared."""
+        other = copy.copy(self)
+        other.forward = forward
+        return other
 
     @torch.inference_mode()
     def masks(self, faces: Sequence[np.ndarray], batch_size: int = 4) -> list[np.ndarray]:
@@ -61,7 +75,7 @@ class FaceParser:
             chunk = faces[start : start + batch_size]
             batch = np.stack([cv2.resize(f, (self.resolution,) * 2, interpolation=cv2.INTER_LINEAR) for f in chunk])
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            labels = self.net(x)[0].argmax(dim=1).cpu().numpy()
+            labels = self.forward(x)[0].argmax(dim=1).cpu().numpy()
             out.extend(labels_to_mask(label, face.shape[0]) for label, face in zip(labels, chunk))
         return out
 

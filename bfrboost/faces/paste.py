@@ -132,7 +132,7 @@ def _warped_layers(
     size = colour.shape[0]
     scale = scale_of(matrix)
     if scale < 0.5:
-        k = math.ceil(0.5 / scale)
+        k = min(math.ceil(0.5 / scale), size)  # a face under a pixel wide (degenerate landmarks) keeps one block
         mask = _soft_mask_shrunk(size, k) if mask is None else _box_shrink(mask, k)
         # box pixel j averages crop pixels [o + jk, o + jk + k), o = (size % k) // 2: its centre is o + jk + (k − 1) / 2
         shift = (size % k) // 2 + (k - 1) / 2.0

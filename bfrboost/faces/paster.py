@@ -9,7 +9,7 @@ import torch
 
 from bfrboost.background import load_upsampler
 from bfrboost.faces.paste import paste_faces
-from bfrboost.faces.types import FACE_SIZE, Face
+from bfrboost.faces.types import FACE_SIZE, Face, FaceNetworks
 from bfrboost.options import PasteOptions
 
 
@@ -23,7 +23,9 @@ class Paster:
     inputs the restored crop is the result.
     """
 
-    def __init__(self, options: PasteOptions, device: torch.device, aligned: bool = False) -> None:
+    def __init__(self, options: PasteOptions, device: torch.device, aligned: bool = False,
+                 networks: FaceNetworks | None = None) -> None:
+        """``networks``: where the parser's network runs (default: PyTorch on ``device``)."""
         self.upscale = float(options.upscale)
         self.aligned = aligned
         self.notes: list[str] = []
@@ -43,6 +45,8 @@ class Paster:
             from bfrboost.faces.parse import load_parser
 
             self.parser = load_parser(device=device)
+            if self.parser is not None and networks is not None:
+                self.parser = networks.parser(self.parser)
 
     def paste(self, image: np.ndarray, faces: list[Face], alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """The upscaled photo with every restored face blended in, and its alpha resized alike."""

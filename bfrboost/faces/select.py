@@ -97,7 +97,7 @@ class DlibEmbedder:
     def __init__(self) -> None:
         import dlib
 
-        from bfrboost.faces.detect import dlib_model_dir
+        from bfrboost.faces.dlib_models import dlib_model_dir
 
         folder = dlib_model_dir()
         self._predictor = dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat"))

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from bfrboost.faces.detect import Detector
+    from bfrboost.faces.parse import FaceParser
 
 FACE_SIZE = 512
 """Side of the aligned face crops every face restorer works on (the FFHQ 512 template)."""
@@ -26,3 +31,12 @@ class Face:
     crop: np.ndarray | None = None
     restored: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
+
+
+class FaceNetworks(Protocol):
+    """Where the detector's and the parser's networks run (``--runtime``): each method returns the part
+    as it is (PyTorch, or a part without a network such as dlib) or the same part on another runtime."""
+
+    def detector(self, detector: Detector) -> Detector: ...
+
+    def parser(self, parser: FaceParser) -> FaceParser: ...

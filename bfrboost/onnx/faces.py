@@ -1,10 +1,18 @@
 """The face detector (facexlib RetinaFace) and the face parser (facexlib ParseNet) on ONNX Runtime.
 
 With ``--runtime onnx`` the whole photo runs there, not only the base model: each network is
+<<<<<<< HEAD
 exported on first use into the same verified cache as the bases (``retinaface_resnet50-<sha16>-opset18-g2.onnx``,
 ``parsenet-<sha16>-opset18-g2.onnx``, each with its record, hashed before every use), and only the
 network's forward moves. Pre- and post-processing (resizing, prior boxes, decoding, NMS; argmax and
 mask blurring) stay the detector's and the parser's own code, so both parts keep their protocol and
+=======
+exported on first use into the same verified cache as the bases (``retinaface_resnet50-<sha16>-opset18-g2.onnx``,
+``parsenet-<sha16>-opset18-g2.onnx``, each with its record, hashed before every use), and only the
+network moves: :class:`OnnxFaceNetworks` gives the detector and the parser a session as their
+``forward``. Pre- and post-processing (resizing, prior boxes, decoding, NMS; argmax and mask
+blurring) stay the detector's and the parser's own code, so both parts keep their protocol and
+>>>>>>> workers
 their results: the detector's graph takes any image size, the parser's any batch.
 
 dlib (no network) keeps running as it is.
@@ -16,7 +24,7 @@ import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -33,8 +41,11 @@ from bfrboost.onnx.export import (
     trace,
     write_metadata,
 )
-from bfrboost.options import RestoreOptions
 from bfrboost.safety import atomic_path
+
+if TYPE_CHECKING:
+    from bfrboost.faces.detect import Detector
+    from bfrboost.faces.parse import FaceParser
 
 #: facexlib's BGR means, subtracted before RetinaFace's network.
 _RETINAFACE_MEAN = (104.0, 117.0, 123.0)
@@ -43,8 +54,7 @@ _RETINAFACE_MEAN = (104.0, 117.0, 123.0)
 class SessionForward:
     """A network's forward on an ONNX Runtime session: a tensor in, the graph's outputs as tensors out.
 
-    Set as the network's ``forward`` (RetinaFace) or used as the network (the parser): the code around
-    it does not change."""
+    Given to a detector's or a parser's ``with_forward``: their pre- and post-processing stay the same."""
 
     def __init__(self, session: Any, input_name: str, output_names: Sequence[str]) -> None:
         self.session = session
@@ -128,33 +138,39 @@ def parsenet_graph(net: nn.Module, weights: Path, resolution: int = 512) -> Path
     return runtime.cached_export(f"parsenet-{resolution}", sha, DEFAULT_OPSET, export)
 
 
-def detector_on_onnx(detector: Any, providers: Sequence[str] | None = None, threads: int | None = None,
-                     device: str | torch.device = "cpu") -> bool:
-    """Run a RetinaFace detector's network on ONNX Runtime from now on; ``False`` for detectors without one (dlib)."""
+def onnx_detector(detector: Detector, providers: Sequence[str] | None = None, threads: int | None = None,
+                  device: str | torch.device = "cpu") -> Detector:
+    """``detector`` with its network on ONNX Runtime (a RetinaFace); a detector without one (dlib) as it is."""
     from bfrboost.faces.detect import RetinaFaceDetector, retinaface_path
 
     if not isinstance(detector, RetinaFaceDetector):
-        return False
+        return detector
     network = detector.name.removeprefix("retinaface_")
     path = retinaface_graph(network, detector.net, retinaface_path(network))
     session = runtime.session(path, runtime.choose_providers(providers, device), threads)
-    detector.net.forward = SessionForward(session, "input", ["loc", "conf", "landmarks"])
-    return True
+    return detector.with_forward(SessionForward(session, "input", ["loc", "conf", "landmarks"]))
 
 
-def parser_on_onnx(parser: Any, providers: Sequence[str] | None = None, threads: int | None = None,
-                   device: str | torch.device = "cpu") -> None:
-    """Run a :class:`~bfrboost.faces.parse.FaceParser`'s network on ONNX Runtime from now on."""
+def onnx_parser(parser: FaceParser, providers: Sequence[str] | None = None, threads: int | None = None,
+                device: str | torch.device = "cpu") -> FaceParser:
+    """``parser`` with ParseNet on ONNX Runtime."""
     from bfrboost.faces.parse import parsenet_path
 
     path = parsenet_graph(parser.net, parsenet_path(), parser.resolution)
     session = runtime.session(path, runtime.choose_providers(providers, device), threads)
-    parser.net = SessionForward(session, "input", ["logits"])
+    return parser.with_forward(SessionForward(session, "input", ["logits"]))
 
 
-def parts_on_onnx(finder: Any, paster: Any, options: RestoreOptions, device: torch.device) -> None:
-    """``--runtime onnx`` for a photo's other networks: the finder's detector and the paster's parser."""
-    if finder.detector is not None:
-        detector_on_onnx(finder.detector, options.providers, options.threads, device)
-    if paster.parser is not None:
-        parser_on_onnx(paster.parser, options.providers, options.threads, device)
+class OnnxFaceNetworks:
+    """``--runtime onnx`` for a photo's other networks (:class:`~bfrboost.faces.types.FaceNetworks`): the
+    detector and the parser on ONNX Runtime with the base model's providers and threads."""
+
+    def __init__(self, providers: Sequence[str] | None = None, threads: int | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.providers, self.threads, self.device = providers, threads, device
+
+    def detector(self, detector: Detector) -> Detector:
+        return onnx_detector(detector, self.providers, self.threads, self.device)
+
+    def parser(self, parser: FaceParser) -> FaceParser:
+        return onnx_parser(parser, self.providers, self.threads, self.device)

@@ -144,3 +144,39 @@ def test_retinaface_file_that_fails_verification_is_never_loaded(_isolated_cache
     torch.save(_facexlib_retinaface("mobile0.25").state_dict(), path)  # right keys, wrong bytes
     with pytest.raises(WeightsError, match="offline mode is on: replace it with a good copy"):
         get_detector("retinaface_mobile0.25")
+
+
+def test_dlib_threads_share_one_predictor_and_detect_as_one_thread(whole_detections):
+    """Threads detecting at once (one shared shape predictor, a detector copy each) find exactly what one
+    thread finds, and only the first detector is loaded: the others are copies that take milliseconds."""
+    import threading
+    import time
+
+    from bfrboost.faces import dlib_models
+
+    photos = [(name, image) for name, (image, _) in whole_detections.items() if image.shape[0] * image.shape[1] < 4e5][:4]
+    expected = {name: whole_detections[name][1] for name, _ in photos}
+    detector, seen, start = get_detector("dlib"), {}, threading.Barrier(len(photos))
+
+    def detect(name: str, image: np.ndarray) -> None:
+        start.wait()
+        with dlib_models.borrowed() as (hog, predictor):
+            seen.setdefault("pairs", []).append((id(hog), id(predictor)))
+        seen[name] = [detector.detect(image) for _ in range(3)]
+
+    threads = [threading.Thread(target=detect, args=photo) for photo in photos]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, runs in ((n, seen[n]) for n, _ in photos):
+        for faces in runs:
+            assert len(faces) == len(expected[name]), name
+            for face, reference in zip(faces, expected[name]):
+                np.testing.assert_array_equal(face.box, reference.box)
+                np.testing.assert_array_equal(face.landmarks, reference.landmarks)
+    assert len({predictor for _, predictor in seen["pairs"]}) == 1
+    begin = time.perf_counter()
+    with dlib_models.borrowed(), dlib_models.borrowed(), dlib_models.borrowed(), dlib_models.borrowed(), dlib_models.borrowed():
+        pass  # at least one of these five is a new copy (four threads ran at most four at once)
+    assert time.perf_counter() - begin < 0.1

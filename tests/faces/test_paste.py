@@ -81,6 +81,16 @@ def test_small_faces_land_at_the_right_subpixel_place(zoom):
     assert _psnr(out[inside], image[inside]) > 45  # 55–61 dB measured; the blocks off by one crop pixel: 34–38 dB
 
 
+def test_a_face_under_a_pixel_wide_pastes_without_error():
+    """Degenerate landmarks (a detector's bad guess) shrink the 512 crop more than 512×: one block, no empty resize."""
+    image = _sine_image(120, 120)
+    faces = _identity_restore(image, [Face(box=np.zeros(4), score=1.0, landmarks=FFHQ_TEMPLATE_512 / 2000 + [60.0, 60.0])])
+    mask = np.ones((512, 512), np.float32)
+    out = paste_faces(image, faces, 1.0, masks=[mask], residual=False)
+    assert out.shape == image.shape and np.abs(out.astype(int) - image).max() <= 255  # ran; the region is one pixel
+    assert (out != image).any(axis=2).sum() <= 9
+
+
 def test_soft_square_mask_shape():
     mask = soft_square_mask(512)
     assert mask.shape == (512, 512) and mask.dtype == np.float32

@@ -128,7 +128,7 @@ def _run(
     else:
         actor = {"num_cpus": CPU_ACTOR_CPUS, "compute": ray.data.ActorPoolStrategy(size=1)}
         device = "cpu"
-    stages = {"detect": detect, "paste": paste}
+    stages = {"detect": detect, "paste": paste, "restore": restore}  # CPU stages: its runtime for the detector and parser
     device_stage = {**stages, "restore": dataclasses.replace(restore, device=device)}
     data = ray.data.from_items(todo, override_num_blocks=max(1, len(todo)))
     data = data.map(ds.prepare_row, fn_kwargs={**stages, "max_pixels": output.max_pixels}, num_cpus=TASK_CPUS)

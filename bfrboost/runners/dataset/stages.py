@@ -260,13 +260,21 @@ def write_remote(location: str, data: bytes) -> None:
 # ---- restorers, one per worker process --------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def cpu_restorer(detect: DetectOptions, paste: PasteOptions) -> Any:
+def cpu_restorer(detect: DetectOptions, paste: PasteOptions, restore: RestoreOptions | None = None) -> Any:
     """The Restorer the CPU stages use: detection and paste settings only (no base model, no refiner),
-    built once per process and settings."""
+    built once per process and settings. The detector's and the parser's networks run where
+    ``restore.runtime`` says (``onnx``: ONNX Runtime's CPU provider with ``restore.threads``), as
+    :meth:`bfrboost.pipeline.Restorer` runs them for ``restore``."""
+    restore = restore or RestoreOptions()
+    return _cpu_restorer(detect, paste, restore.runtime, restore.threads)
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_restorer(detect: DetectOptions, paste: PasteOptions, runtime: str, threads: int | None) -> Any:
     from bfrboost.pipeline import Restorer
 
-    return Restorer.from_options(RestoreOptions(base="none", refine=False, device="cpu"), detect, paste)
+    options = RestoreOptions(base="none", refine=False, device="cpu", runtime=runtime, threads=threads)
+    return Restorer.from_options(options, detect, paste)
 
 
 # ---- stages -----------------------------------------------------------------------------------
@@ -297,8 +305,9 @@ def _unpack(row: dict[str, Any]) -> Job:
     return pickle.loads(row["payload"])
 
 
-def prepare_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, max_pixels: int | None = None) -> dict[str, Any]:
-    """Stage 1 (CPU): ``{"source", "rel", "output"}`` → decoded, detected, aligned."""
+def prepare_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, max_pixels: int | None = None,
+                restore: RestoreOptions | None = None) -> dict[str, Any]:
+    """Stage 1 (CPU): ``{"source", "rel", "output"}`` → decoded, detected, aligned (``restore``: see :func:`cpu_restorer`)."""
     report = FileReport(input=row["source"], output=row["output"])
     job = Job(report=report, rel=row["rel"], index=row.get("index", -1))
     try:
@@ -315,7 +324,7 @@ def prepare_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions,
         report.seconds["decode"] = time.perf_counter() - start
         report.width, report.height = loaded.width, loaded.height
         job.loaded = loaded
-        job.prepared = cpu_restorer(detect, paste).prepare(loaded.rgb, loaded.alpha)
+        job.prepared = cpu_restorer(detect, paste, restore).prepare(loaded.rgb, loaded.alpha)
     except Exception as exc:  # noqa: BLE001 - a failure is a manifest row, never a crashed job
         report.error, report.output, job.loaded, job.prepared = _failure(exc, row["source"]), None, None, None
     return _pack(job)
@@ -344,13 +353,15 @@ class FaceBatcher:
         return {"rel": [p["rel"] for p in packed], "payload": [p["payload"] for p in packed]}
 
 
-def finish_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, output: OutputOptions) -> dict[str, Any]:
-    """Stage 3 (CPU): paste back, encode and write the output; returns the image's manifest row."""
+def finish_row(row: dict[str, Any], detect: DetectOptions, paste: PasteOptions, output: OutputOptions,
+               restore: RestoreOptions | None = None) -> dict[str, Any]:
+    """Stage 3 (CPU): paste back, encode and write the output; returns the image's manifest row (``restore``:
+    see :func:`cpu_restorer`)."""
     job = _unpack(row)
     report = job.report
     if job.prepared is not None:
         try:
-            result = cpu_restorer(detect, paste).finish(job.prepared)
+            result = cpu_restorer(detect, paste, restore).finish(job.prepared)
             report.faces = result.faces
             report.seconds.update(result.seconds)
             start = time.perf_counter()
