@@ -525,7 +525,7 @@ class RunnerOptions:
 
     workers: int = setting(
         0,
-        "Overlap the stages: N processes decode and detect, N threads paste and encode, while the device restores (0 or"
+        "Overlap the stages: N threads decode and detect, N threads paste and encode, while the device restores (0 or"
         " 1: one stage at a time).",
         flag="--workers",
         min=0,
