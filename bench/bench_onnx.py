@@ -3,8 +3,8 @@
 Each base is built in its released configuration with random weights (no downloads), exported with
 ``bfrboost.onnx.export.export_onnx`` (parity checked on a real face) and timed at each batch size and
 thread count, PyTorch and ONNX Runtime **interleaved** (A, B, B, A, …) and the median of ``--repeat``
-pairs reported, because the machine is shared. ONNX graphs are batch 1, so "batch 4" runs four faces
-one after another through the session (``OnnxBase.restore``), against PyTorch's one forward of 4.
+pairs reported, because the machine is shared. "Batch 4" is one session run of four faces
+(``OnnxBase.restore``; the graphs' batch axis is dynamic), against PyTorch's one forward of 4.
 
 Then the photo's other networks (``--parts``): RetinaFace R50 seconds per photo on the ``--photos``
 photos (the detector's own resize to a 640 px short side) and ParseNet seconds per face, random
@@ -79,6 +79,7 @@ def bench_base(name: str, batches: list[int], threads: list[int], repeat: int, f
         for i, batch in enumerate(batches):
             crops = torch.rand(batch, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(batch))
             torch_base = LoadedBase(spec, net, torch.device("cpu"), torch.float32, batch, dict(knobs))
+            onnx_base.batch_size = batch
             diff = None  # checked (and both warmed up) on the first batch size only: the heavy bases take minutes per cell
             if i == 0:
                 diff = float((torch_base.restore(crops) - onnx_base.restore(crops)).abs().max())

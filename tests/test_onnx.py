@@ -30,7 +30,7 @@ from bfrboost.faces import get_detector, parse
 from bfrboost.faces.parse import load_parser
 from bfrboost.onnx import faces as faces_on_onnx
 from bfrboost.onnx import runtime
-from bfrboost.onnx.export import export_onnx, trace
+from bfrboost.onnx.export import export_onnx, face_tensor, trace
 from bfrboost.onnx.rewrite import (
     ConstantKernelModConv,
     GFPGANModConv,
@@ -65,8 +65,13 @@ NARROW = {
 }
 
 
-def aligned_face(testdata: Path) -> np.ndarray:
-    return np.asarray(Image.open(testdata / "aligned" / "0143.png").convert("RGB"))
+def aligned_face(testdata: Path, name: str = "0143") -> np.ndarray:
+    return np.asarray(Image.open(testdata / "aligned" / f"{name}.png").convert("RGB"))
+
+
+def three_faces(testdata: Path, size: int) -> torch.Tensor:
+    """(3, 3, size, size): three different real faces, so a graph that mixed up the batch would show."""
+    return torch.cat([face_tensor(aligned_face(testdata, name), size) for name in ("0143", "0368", "0500")])
 
 
 def narrow(monkeypatch: pytest.MonkeyPatch, name: str, seed: int = 0) -> torch.nn.Module:
@@ -87,13 +92,19 @@ TOLERANCE = 1e-4
 
 @pytest.mark.parametrize("name", sorted(NARROW))
 def test_every_base_exports_with_parity_and_provenance(name: str, tmp_path: Path, testdata: Path, monkeypatch) -> None:
+    """Parity at batch 1 (the export's check) and at batch 3 (the runtime, one session run) from one file."""
     net = narrow(monkeypatch, name)
     report = export_onnx(name, tmp_path / "m.onnx", net=net, check_face=aligned_face(testdata))
     assert report.max_abs_diff <= TOLERANCE, report.summary()
+    spec = get_spec(name)
+    faces = three_faces(testdata, spec.input_size)
+    with torch.inference_mode():
+        expected = spec.forward(net, faces, **{k: spec.knob(k).default for k in spec.knobs})
+    assert (runtime.load_onnx_base(name, tmp_path / "m.onnx", batch_size=3).restore(faces) - expected).abs().max() <= TOLERANCE
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
-    size = get_spec(name).input_size
+    size = spec.input_size
     assert meta["bfrboost.base"] == name and meta["bfrboost.weights_sha256"] == "random"
-    assert meta["bfrboost.input"] == f"image: float32 RGB (1, 3, {size}, {size}) in [0, 1]"
+    assert meta["bfrboost.input"] == f"image: float32 RGB (batch, 3, {size}, {size}) in [0, 1]"
     assert float(meta["bfrboost.parity_max_abs_diff"]) == pytest.approx(report.max_abs_diff, rel=1e-3)
     if name in ("codeformer", "vqfr"):  # the fidelity knob is an input; the report covered 0, default and 1
         assert json.loads(meta["bfrboost.knob_inputs"]).keys() == set(runtime.GRAPH_KNOBS[name])
@@ -113,6 +124,29 @@ def test_fidelity_input_changes_the_output_like_pytorch(tmp_path: Path, testdata
         assert (ours - ref).abs().max() <= 1e-4
         outputs.append(ours)
     assert (outputs[0] - outputs[1]).abs().max() > 1e-3
+
+
+class CountingSession:
+    """An ONNX Runtime session that records the batch size of every run."""
+
+    def __init__(self, session) -> None:
+        self.session, self.batches = session, []
+
+    def run(self, outputs, feeds):
+        self.batches.append(len(feeds["image"]))
+        return self.session.run(outputs, feeds)
+
+
+def test_a_batch_of_faces_is_one_session_run_with_the_face_by_face_result(tmp_path: Path, testdata: Path,
+                                                                           monkeypatch) -> None:
+    export_onnx("gfpgan", tmp_path / "g.onnx", net=narrow(monkeypatch, "gfpgan"), check_face=aligned_face(testdata))
+    faces, outputs = three_faces(testdata, 64), {}
+    for batch_size in (3, 1):
+        base = runtime.load_onnx_base("gfpgan", tmp_path / "g.onnx", batch_size=batch_size)
+        base.session = CountingSession(base.session)
+        outputs[batch_size] = base.restore(faces)
+        assert base.session.batches == ([3] if batch_size == 3 else [1, 1, 1])
+    assert outputs[3].shape == faces.shape and (outputs[3] - outputs[1]).abs().max() <= 1e-5
 
 
 def test_released_size_gpen_exports_with_parity(tmp_path: Path, testdata: Path) -> None:

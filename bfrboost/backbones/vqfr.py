@@ -224,20 +224,22 @@ def deform_conv3x3_by_sampling(
     Offsets use torchvision's layout: per offset group g and kernel tap k, channels ``2 (9 g + k)``
     (dy) and ``2 (9 g + k) + 1`` (dx); taps outside the image read zeros, as torchvision's do.
     """
-    b, c, h, w = map(int, x.shape)  # ints: constants in the (static) graph, so its Conv has a known kernel shape
+    # channels and size as ints: constants in the (fixed-size) graph, so its Conv has a known kernel shape;
+    # the batch stays -1, so the graph takes any batch
+    c, h, w = map(int, x.shape[1:])
     groups = int(offset.shape[1]) // 18
     taps = torch.arange(9, dtype=x.dtype, device=x.device)
     rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, 1, 1, h, 1)
     cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, 1, 1, w)
-    offset = offset.view(b, groups, 9, 2, h, w)
+    offset = offset.reshape(-1, groups, 9, 2, h, w)
     y = rows + (taps // 3 - 1).view(1, 1, 9, 1, 1) + offset[:, :, :, 0]  # (b, groups, 9, h, w)
     xs = cols + (taps % 3 - 1).view(1, 1, 9, 1, 1) + offset[:, :, :, 1]
     grid = torch.stack((xs * (2 / max(w - 1, 1)) - 1, y * (2 / max(h - 1, 1)) - 1), dim=-1)
-    grid = grid.reshape(b * groups, 9 * h, w, 2)
-    sampled = F.grid_sample(x.reshape(b * groups, c // groups, h, w), grid, mode="bilinear", padding_mode="zeros",
+    grid = grid.reshape(-1, 9 * h, w, 2)
+    sampled = F.grid_sample(x.reshape(-1, c // groups, h, w), grid, mode="bilinear", padding_mode="zeros",
                             align_corners=True)  # (b * groups, c / groups, 9 h, w)
-    sampled = sampled.view(b, groups, c // groups, 9, h, w) * mask.view(b, groups, 1, 9, h, w)
-    columns = sampled.reshape(b, c * 9, h, w)
+    sampled = sampled.reshape(-1, groups, c // groups, 9, h, w) * mask.reshape(-1, groups, 1, 9, h, w)
+    columns = sampled.reshape(-1, c * 9, h, w)
     return F.conv2d(columns, weight.reshape(weight.shape[0], c * 9, 1, 1), bias)
 
 

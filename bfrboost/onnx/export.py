@@ -1,6 +1,6 @@
 """Export a base model to ONNX, with its provenance in the file and a parity check against PyTorch.
 
-How each base becomes one static graph (batch 1, 512 × 512):
+How each base becomes one graph (any batch, 512 × 512):
 
 - The graph is traced through the adapter's own ``spec.forward``, so the normalisation (mean 0.5 /
   std 0.5 in, ``(y + 1) / 2`` clipped out) is inside it, exactly as the PyTorch path runs it.
@@ -10,9 +10,11 @@ How each base becomes one static graph (batch 1, 512 × 512):
   knob: at 0 that adds exactly 0, the same picture, at the cost of the branch.
 - GFPGAN's StyleGAN noise is the fixed noise stored in the checkpoint (``randomize_noise=False``,
   the project's default); the upstream per-call random noise cannot be exported reproducibly.
-- The StyleGAN2 modulated convolutions (GFPGAN, GPEN) fold the batch into the convolution's group
-  count, a constant in ONNX: graphs are exported for batch 1 and the runtime feeds faces one by one
-  (on a CPU batching buys nothing; see docs/bases.md).
+- The batch axis of ``image`` and ``restored`` is dynamic (one file for batch 1 and batch N); the image
+  size is fixed, which the size-dependent rewrites need (:func:`bfrboost.onnx.rewrite.exportable`). The
+  StyleGAN2 modulated convolutions (GFPGAN, GPEN), which fold the batch into a grouped convolution's
+  group count, are exported with a constant kernel that takes any batch. The fidelity knobs stay
+  scalars: one value for the whole batch, as in PyTorch.
 - VQFR's modulated deformable convolution (torchvision's op has no ONNX form) is exported as the
   same sampling written with ``GridSample`` and a 1 × 1 convolution.
 """
@@ -43,6 +45,8 @@ DEFAULT_OPSET = default_of(ExportOptions, "opset")
 MIN_OPSET = 16
 INPUT = "image"
 OUTPUT = "restored"
+#: Name of the graphs' dynamic batch axis (axis 0 of the input and the output).
+BATCH = "batch"
 #: Knobs that become scalar graph inputs, per base.
 GRAPH_KNOBS: Mapping[str, tuple[str, ...]] = {"codeformer": ("fidelity",), "vqfr": ("fidelity_ratio",)}
 #: Bases with no ONNX form, and why.
@@ -226,7 +230,7 @@ def plain_session(path: Path) -> Any:
 def _trace(graph: GraphModule, image: torch.Tensor, path: Path, opset: int) -> None:
     knobs = tuple(torch.tensor(_TRACE_KNOB) for _ in graph.knob_names)
     # the tracer warns about Python-side branches on the knob; the module docstring says why they are right
-    trace(graph, (image, *knobs), path, opset, [INPUT, *graph.knob_names], [OUTPUT])
+    trace(graph, (image, *knobs), path, opset, [INPUT, *graph.knob_names], [OUTPUT], {INPUT: {0: BATCH}, OUTPUT: {0: BATCH}})
 
 
 def trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int, input_names: list[str],
@@ -245,7 +249,7 @@ def trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: 
 def _metadata(spec: BaseSpec, weights_sha: str, opset: int, precision: str) -> dict[str, str]:
     knobs = {k: {"default": spec.knob(k).default, "low": spec.knob(k).low, "high": spec.knob(k).high}
              for k in GRAPH_KNOBS.get(spec.name, ())}
-    shape = f"(1, 3, {spec.input_size}, {spec.input_size})"
+    shape = f"({BATCH}, 3, {spec.input_size}, {spec.input_size})"
     values = {
         "base": spec.name, "display_name": spec.display_name, "card": spec.card, "weights_file": spec.weight_file,
         "weights_sha256": weights_sha, "input": f"{INPUT}: float32 RGB {shape} in [0, 1]",

@@ -1,8 +1,8 @@
 """The face detector (facexlib RetinaFace) and the face parser (facexlib ParseNet) on ONNX Runtime.
 
 With ``--runtime onnx`` the whole photo runs there, not only the base model: each network is
-exported on first use into the same verified cache as the bases (``retinaface_resnet50-<sha16>-opset18-g2.onnx``,
-``parsenet-<sha16>-opset18-g2.onnx``, each with its record, hashed before every use), and only the
+exported on first use into the same verified cache as the bases (``retinaface_resnet50-<sha16>-opset18-g3.onnx``,
+``parsenet-<sha16>-opset18-g3.onnx``, each with its record, hashed before every use), and only the
 network moves: :class:`OnnxFaceNetworks` gives the detector and the parser a session as their
 ``forward``. Pre- and post-processing (resizing, prior boxes, decoding, NMS; argmax and mask
 blurring) stay the detector's and the parser's own code, so both parts keep their protocol and

@@ -8,7 +8,8 @@
 - **Explicit files** (``--weights model.onnx``) are checked for what they are: readable, exported by
   bfrboost for this base, with the inputs this base needs.
 - **Sessions** are cached per (file, providers, threads), like the PyTorch models are loaded once
-  per :class:`~bfrboost.pipeline.Restorer`.
+  per :class:`~bfrboost.pipeline.Restorer`. A batch of ``batch_size`` faces is one session run (the
+  graphs' batch axis is dynamic); a batch-1 file exported by bfrboost before that runs face by face.
 - **Execution providers**: from what the installed onnxruntime offers. By default the CPU; on
   ``--device cuda`` CUDA first, on ``--device mps`` CoreML first; ``--providers`` picks any of
   cpu, cuda, tensorrt, coreml, directml, openvino (the CPU is always the last fallback).
@@ -28,9 +29,10 @@ import numpy as np
 import torch
 
 from bfrboost import weights as weights_manager
-from bfrboost.backbones.registry import BaseSpec, validate_knobs
+from bfrboost.backbones.registry import BaseSpec, default_batch_size, validate_knobs
 from bfrboost.errors import UsageError, WeightsError
 from bfrboost.onnx.export import (
+    BATCH,
     DEFAULT_OPSET,
     GRAPH_KNOBS,
     INPUT,
@@ -127,8 +129,9 @@ def cached_graph(name: str, weights: Path | str | None = None, opset: int = DEFA
 
 
 #: Part of every cached graph's name: raised when the export writes different graphs (2: Winograd convolutions,
-#: average-pool halving), so graphs cached by an older export are exported again instead of used as they are.
-GRAPH_VERSION = 2
+#: average-pool halving; 3: a dynamic batch axis), so graphs cached by an older export are exported again
+#: instead of used as they are.
+GRAPH_VERSION = 3
 
 def cached_export(name: str, weights_sha: str, opset: int, export: Callable[[Path], dict[str, Any]]) -> Path:
     """``<cache>/onnx/NAME-<sha16>-opsetN-gV.onnx`` (V = :data:`GRAPH_VERSION`), written by ``export(path)`` on
@@ -200,7 +203,8 @@ def open_session(path: Path, providers: Sequence[str], threads: int | None = Non
 
 
 def check_graph(sess: Any, path: Path, spec: BaseSpec) -> dict[str, str]:
-    """The graph's bfrboost metadata, after checking it was exported for ``spec`` with the inputs it needs."""
+    """The graph's bfrboost metadata, after checking it was exported for ``spec`` with the inputs it needs
+    (batch axis dynamic, or 1 in files exported before graphs took any batch)."""
     stored = sess.get_modelmeta().custom_metadata_map
     meta = {k.removeprefix(META_PREFIX): v for k, v in stored.items() if k.startswith(META_PREFIX)}
     fix = f"export one with `bfrboost export onnx --base {spec.name}`"
@@ -209,8 +213,8 @@ def check_graph(sess: Any, path: Path, spec: BaseSpec) -> dict[str, str]:
     if meta.get("base") != spec.name:
         raise WeightsError(f"{one_line(path)}: exported for base {meta.get('base')!r}, not {spec.name!r}; {fix}")
     inputs = {i.name: i.shape for i in sess.get_inputs()}
-    wanted = {INPUT: [1, 3, spec.input_size, spec.input_size], **{k: [] for k in GRAPH_KNOBS.get(spec.name, ())}}
-    if inputs != wanted or [o.name for o in sess.get_outputs()] != [OUTPUT]:
+    wanted = {INPUT: [BATCH, 3, spec.input_size, spec.input_size], **{k: [] for k in GRAPH_KNOBS.get(spec.name, ())}}
+    if inputs not in (wanted, {**wanted, INPUT: [1, *wanted[INPUT][1:]]}) or [o.name for o in sess.get_outputs()] != [OUTPUT]:
         raise WeightsError(f"{one_line(path)}: inputs {inputs} are not the {spec.display_name} graph's {wanted}; {fix}")
     return meta
 
@@ -228,6 +232,7 @@ class OnnxBase:
     dtype: torch.dtype = torch.float32
     weights: Path | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    any_batch: bool = True  # False: a batch-1 graph, run face by face
 
     @property
     def name(self) -> str:
@@ -238,12 +243,14 @@ class OnnxBase:
         return self.session.get_providers()
 
     def restore(self, crops: torch.Tensor) -> torch.Tensor:
-        """Crops (B, 3, S, S) in [0, 1] → restored crops, float32 on the crops' device (one face per run)."""
+        """Crops (B, 3, S, S) in [0, 1] → restored crops, float32 on the crops' device (one run per
+        ``batch_size`` faces)."""
         size = self.spec.input_size
         if crops.ndim != 4 or tuple(crops.shape[1:]) != (3, size, size):
             raise ValueError(f"base {self.name!r} expects crops of shape (B, 3, {size}, {size}), got {tuple(crops.shape)}")
         feeds = knob_feeds(self.spec, self.knobs)
-        out = [self.session.run([OUTPUT], {INPUT: face[None].float().cpu().numpy(), **feeds})[0] for face in crops]
+        chunks = crops.float().cpu().split(self.batch_size if self.any_batch else 1)
+        out = [self.session.run([OUTPUT], {INPUT: chunk.contiguous().numpy(), **feeds})[0] for chunk in chunks]
         if not out:
             return crops.new_empty(crops.shape, dtype=torch.float32)
         return torch.from_numpy(np.concatenate(out)).to(crops.device)
@@ -280,5 +287,7 @@ def load_onnx_base(
         raise WeightsError(f"{one_line(path)}: no such ONNX file; export one with `bfrboost export onnx --base {name} -o {path}`")
     sess = session(path, chosen, threads)
     meta = check_graph(sess, path, spec)
-    return OnnxBase(spec, sess, values, path, batch_size=batch_size or 1, device=torch.device("cpu"),
-                    weights=None if explicit else (Path(weights) if weights else None), metadata=meta)
+    any_batch = next(i.shape for i in sess.get_inputs() if i.name == INPUT)[0] == BATCH
+    return OnnxBase(spec, sess, values, path, batch_size=batch_size or default_batch_size(torch.device(device)),
+                    device=torch.device("cpu"), weights=None if explicit else (Path(weights) if weights else None),
+                    metadata=meta, any_batch=any_batch)
