@@ -86,6 +86,8 @@ def narrow(monkeypatch: pytest.MonkeyPatch, name: str, seed: int = 0) -> torch.n
     return net.eval()
 
 
+#: Bases whose graph is also checked at batch 3: CodeFormer's 512 px VQGAN at batch 3 would add 40 s on one core.
+BATCH_CHECKED = set(NARROW) - {"codeformer"}
 #: Largest |ONNX Runtime − PyTorch| accepted on [0, 1] outputs, every base (the issue's bar for fp32).
 TOLERANCE = 1e-4
 
@@ -96,12 +98,15 @@ def test_every_base_exports_with_parity_and_provenance(name: str, tmp_path: Path
     net = narrow(monkeypatch, name)
     report = export_onnx(name, tmp_path / "m.onnx", net=net, check_face=aligned_face(testdata))
     assert report.max_abs_diff <= TOLERANCE, report.summary()
-    spec = get_spec(name)
-    faces = three_faces(testdata, spec.input_size)
-    with torch.inference_mode():
-        expected = spec.forward(net, faces, **{k: spec.knob(k).default for k in spec.knobs})
-    assert (runtime.load_onnx_base(name, tmp_path / "m.onnx", batch_size=3).restore(faces) - expected).abs().max() <= TOLERANCE
-    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    spec, graph = get_spec(name), onnx.load(str(tmp_path / "m.onnx"))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    if name in BATCH_CHECKED:
+        faces = three_faces(testdata, spec.input_size)
+        with torch.inference_mode():
+            expected = spec.forward(net, faces, **{k: spec.knob(k).default for k in spec.knobs})
+        on_onnx = runtime.load_onnx_base(name, tmp_path / "m.onnx", batch_size=3).restore(faces)
+        assert (on_onnx - expected).abs().max() <= TOLERANCE
+    meta = {p.key: p.value for p in graph.metadata_props}
     size = spec.input_size
     assert meta["bfrboost.base"] == name and meta["bfrboost.weights_sha256"] == "random"
     assert meta["bfrboost.input"] == f"image: float32 RGB (batch, 3, {size}, {size}) in [0, 1]"

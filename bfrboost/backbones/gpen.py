@@ -64,11 +64,12 @@ class Blur(nn.Module):
         self.up = up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = map(int, x.shape)  # ints: constants when traced for ONNX, whose Conv needs a known kernel shape
-        if self.up > 1:
-            spread = x.new_zeros(b, c, h * self.up, w * self.up)
-            spread[..., :: self.up, :: self.up] = x
-            x = spread
+        # channels and size as ints: constants when traced for ONNX, whose Conv needs a known kernel shape; the
+        # batch stays free (-1), so the graph takes any batch
+        c, h, w = map(int, x.shape[1:])
+        if self.up > 1:  # zeros inserted after each pixel, each row: pad a (h, 1, w, 1) view to (h, up, w, up)
+            spread = F.pad(x[:, :, :, None, :, None], (0, self.up - 1, 0, 0, 0, self.up - 1))
+            x = spread.reshape(-1, c, h * self.up, w * self.up)
         p0, p1 = self.pad
         x = F.pad(x, (p0, p1, p0, p1))
         weight = self.kernel.flip(0, 1).to(x.dtype).expand(c, 1, *self.kernel.shape)
