@@ -133,6 +133,7 @@ def cached_graph(name: str, weights: Path | str | None = None, opset: int = DEFA
 #: instead of used as they are.
 GRAPH_VERSION = 3
 
+
 def cached_export(name: str, weights_sha: str, opset: int, export: Callable[[Path], dict[str, Any]]) -> Path:
     """``<cache>/onnx/NAME-<sha16>-opsetN-gV.onnx`` (V = :data:`GRAPH_VERSION`), written by ``export(path)`` on
     first use (which returns the record's ``sha256`` of the file and its ``parity_max_abs_diff``), then verified
