@@ -137,10 +137,10 @@ class _DepthToSpace(torch.autograd.Function):
 class WinogradConv2d(nn.Module):
     """An ``nn.Conv2d`` (3 × 3, stride 1, zero padding) through :class:`Winograd3x3`."""
 
-    def __init__(self, conv: nn.Conv2d, enabled: bool = True) -> None:
+    def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.conv = conv
-        self.winograd = Winograd3x3(conv.weight, conv.bias, conv.padding[0], enabled)
+        self.winograd = Winograd3x3(conv.weight, conv.bias, conv.padding[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.winograd(x)
