@@ -2,7 +2,7 @@
 
 Set 1 is the run's validation split (its ``val.jsonl``, first and last record). Set 2 is a folder the run and
 its tiny SD never used (default: the shared ``aligned/`` faces, another source than ``faces/aligned``),
-degraded as the cache degrades (at 2 × size, then resized) but with other seeds. The base is ``none`` (the
+degraded as the run's cache degrades (its ``cache.json``: ranges and size) but with other seeds. The base is ``none`` (the
 degraded input), as in the tests; LPIPS is the run's random-weight net (seeded as training seeds it).
 
     python bench/tiny_learning.py RUN_DIR [--faces ../shared/testdata/aligned] [--repeats 4]
@@ -19,20 +19,20 @@ import torch
 
 from bfrboost.io.read import read_face
 from bfrboost.refiner.model import InfoBFR
-from bfrboost.train.cache import resize01
+from bfrboost.train.cache import CacheConfig, resize01
 from bfrboost.train.data import list_hq_faces
 from bfrboost.train.degrade import degrade, file_seed
 from bfrboost.train.losses import build_lpips, build_vgg19
 
 
-def second_set(folder: Path, size: int, repeats: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(degraded, truth) in [-1, 1]: every face of ``folder`` degraded ``repeats`` times at 2 × size."""
-    lq, gt = [], []
+def second_set(folder: Path, cache: CacheConfig, repeats: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(degraded, truth) in [-1, 1]: every face of ``folder`` degraded ``repeats`` times as ``cache`` degrades."""
+    lq, gt, size = [], [], cache.size
     for path in list_hq_faces(folder):
-        hq = read_face(path, 2 * size)
+        hq = read_face(path, cache.degrade_size or size)
         clean = torch.from_numpy(hq.copy()).permute(2, 0, 1)[None].float() / 255
         for k in range(repeats):
-            low = degrade(hq, file_seed(seed, f"{path.name}#bench{k}"))
+            low = degrade(hq, file_seed(seed, f"{path.name}#bench{k}"), cache.degrade)
             lq.append(resize01(torch.from_numpy(low).permute(2, 0, 1)[None].float() / 255, size))
             gt.append(resize01(clean, size))
     return torch.cat(lq) * 2 - 1, torch.cat(gt) * 2 - 1
@@ -53,12 +53,12 @@ def main() -> None:
     args = parser.parse_args()
     val = [json.loads(line) for line in (args.run / "val.jsonl").read_text().splitlines()]
     model = InfoBFR.from_pretrained(args.run / "refiner", device="cpu").eval()
-    size = json.loads((args.run / "sd-tiny" / "fit.json").read_text())["fit"]["size"]
+    cache = CacheConfig.from_dict(json.loads((args.run / "cache" / "cache.json").read_text())["config"])
     with torch.random.fork_rng(devices=[]):  # the loss nets of the run: VGG19 then LPIPS from the run's seed
         torch.manual_seed(0)
         build_vgg19(pretrained=False)
         lpips = build_lpips("alex", pretrained=False).eval()
-    lq, gt = second_set(args.faces.resolve(), size, args.repeats, args.seed)
+    lq, gt = second_set(args.faces.resolve(), cache, args.repeats, args.seed)
     with torch.no_grad():
         refined, aux = model(lq)
         rows = {

@@ -61,7 +61,7 @@ class CacheConfig:
     val_count: int = default_of(TrainConfig, "val_count")  # faces held out for validation (fixed by the seed)
     shard_faces: int = default_of(CacheOptions, "shard_faces")
     moments: bool = default_of(TrainConfig, "moments")  # also store the VAE moments of the base outputs (fp16)
-    degrade_size: int | None = None  # size the HQ face is degraded at (None: the base's input size; --tiny: 2 × size)
+    degrade_size: int | None = None  # size the HQ face is degraded at (None: the base's input size; --tiny: the training size)
 
     degrade: DegradeConfig = dataclasses.field(default_factory=DegradeConfig)
 

@@ -34,7 +34,7 @@ from bfrboost.safety import append_line, atomic_dir, write_bytes
 from bfrboost.train.cache import CacheConfig, CachedFaces, build_cache
 from bfrboost.train.checkpoint import apply_checkpoint, resume_point, save_checkpoint, truncate_log
 from bfrboost.train.data import apply_flips, batch_indices, flip_mask
-from bfrboost.train.degrade import file_seed
+from bfrboost.train.degrade import DegradeConfig, file_seed, tiny_degradation
 from bfrboost.train.losses import InfoBFRLoss, LossWeights, build_lpips, build_vgg19
 
 LOG_NAME = "log.jsonl"
@@ -341,7 +341,7 @@ class Trainer:
                 f"{cache}: no cache there; pass --data HQ_DIR to build it (or --cache a folder built by `bfrboost train cache`)"
             )
         if accelerator.is_main_process:
-            degrade_size = config.degrade_size or (2 * config.size if config.tiny else None)
+            degrade_size = config.degrade_size or (config.size if config.tiny else None)
             cache_config = CacheConfig(
                 bases=config.bases,
                 size=config.size,
@@ -350,6 +350,7 @@ class Trainer:
                 val_count=config.val_count,
                 moments=config.moments,
                 degrade_size=degrade_size,
+                degrade=tiny_degradation(config.size) if config.tiny else DegradeConfig(),
             )
             build_training_cache(
                 config.data, cache, cache_config, tiny=config.tiny, sd_model=config.sd_model, device=accelerator.device
