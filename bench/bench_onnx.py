@@ -161,12 +161,13 @@ def _same(ours: list, theirs: list) -> str:
     return f"{sum(map(len, ours))} / {sum(map(len, theirs))} faces, box diff {worst:.1e} px"
 
 
-def bench_photos(count: int, repeat: int, threads: int, folder: Path) -> dict:
-    """Images/s of whole photos through ``Restorer.restore`` with GFPGAN v1.4 (random weights) on each runtime."""
+def bench_photos(paths: list[Path], repeat: int, threads: int, folder: Path) -> dict:
+    """Images/s of whole photos through ``Restorer.restore`` with GFPGAN v1.4 (random weights) on each runtime,
+    each at its default batch size (what a user gets)."""
     from bfrboost.io.read import read_image
     from bfrboost.pipeline import Restorer
 
-    images = [read_image(p).rgb for p in photo_paths(count)]
+    images = [read_image(p).rgb for p in paths]
     torch.manual_seed(0)
     checkpoint = folder / "GFPGANv1.4.pth"
     torch.save({"params_ema": get_spec("gfpgan").build(None).state_dict()}, checkpoint)
@@ -180,9 +181,10 @@ def bench_photos(count: int, repeat: int, threads: int, folder: Path) -> dict:
     faces = sum(len(r.faces) for r in results["torch"])
     t_torch, t_onnx = interleaved(lambda: restorers["torch"].restore_batch(images),
                                   lambda: restorers["onnx"].restore_batch(images), repeat)
-    return {"photos": len(images), "faces": faces, "threads": threads, "torch_images_per_s": len(images) / t_torch,
-            "onnx_images_per_s": len(images) / t_onnx, "ratio": t_onnx / t_torch, "max_level_diff": level,
-            "load": os.getloadavg()[0]}
+    return {"photos": len(images), "files": [p.name for p in paths], "faces": faces,
+            "batch": {rt: r.base.batch_size for rt, r in restorers.items()}, "threads": threads,
+            "torch_images_per_s": len(images) / t_torch, "onnx_images_per_s": len(images) / t_onnx,
+            "ratio": t_onnx / t_torch, "max_level_diff": level, "load": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -193,6 +195,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=3, help="interleaved pairs per cell; the median is reported")
     parser.add_argument("--photos", type=int, default=4, help="whole/ photos for the images/s run (0: skip)")
+    parser.add_argument("--photo-files", type=Path, nargs="+", metavar="PHOTO",
+                        help="whole photos for the images/s run instead of the smallest --photos of whole/")
     parser.add_argument("--parts", action="store_true", help="also RetinaFace R50 and ParseNet, both runtimes")
     parser.add_argument("--out", type=Path, default=Path("results/bench_onnx"))
     args = parser.parse_args()
@@ -217,8 +221,10 @@ def main() -> None:
             print("\n| network | threads | PyTorch s | ONNX Runtime s | ONNX / PyTorch | same result (detections; max mask diff) "
                   "| load |\n|---|---:|---:|---:|---:|---:|---:|", flush=True)
             parts = bench_parts(args.photos or 4, args.repeat, max(args.threads))
-        photos = bench_photos(args.photos, args.repeat, max(args.threads), Path(tmp)) if args.photos else None
+        paths = args.photo_files or photo_paths(args.photos)
+        photos = bench_photos(paths, args.repeat, max(args.threads), Path(tmp)) if paths else None
     if photos:
+        print(f"\nphotos: {', '.join(photos['files'])}; batch size (default): {photos['batch']}")
         print("\n| photos (faces) | threads | PyTorch images/s | ONNX Runtime images/s | ONNX / PyTorch time | max level diff "
               "| load |")
         print("|---|---:|---:|---:|---:|---:|---:|")

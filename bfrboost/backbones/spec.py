@@ -31,8 +31,9 @@ from bfrboost.weights import CheckpointMismatch, check_state_dict  # noqa: F401 
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-#: Faces per forward when the caller gives no batch size. On CPU, batching buys no speed (the
-#: convolutions already use every core: bench/bench_backbones.py) but multiplies peak memory.
+#: Faces per forward when the caller gives no batch size, on PyTorch and ONNX Runtime alike. On CPU,
+#: batching buys no speed on either runtime (the convolutions already use every core:
+#: bench/bench_backbones.py, bench/bench_onnx.py) but multiplies peak memory.
 DEFAULT_BATCH = {"cuda": 8, "cpu": 1}
 
 

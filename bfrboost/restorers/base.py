@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bfrboost.backbones.registry import LoadedBase, fidelity_knob, load_base
+from bfrboost.backbones.registry import LoadedBase, default_batch_size, fidelity_knob, load_base
 from bfrboost.errors import WeightsError
 from bfrboost.faces.types import Face
 from bfrboost.options import RestoreOptions
@@ -52,7 +52,7 @@ class BaseRestorer:
 
             refiner = Path(options.refiner)
             self.refiner = load_refiner(refiner, device=device, sd_model=options.sd_model, compile=options.compile)
-            self.refine_batch = options.batch_size or (8 if device.type == "cuda" else 1)
+            self.refine_batch = options.batch_size or default_batch_size(device)
             if device.type == "cpu":
                 self.notes.append("the refiner runs on the CPU: about 40 s per face with SD 2.1 on 2 cores; a GPU is far faster")
 
