@@ -192,8 +192,8 @@ def test_a_tiny_cache_holds_each_face_degraded_at_the_training_size_by_the_cpu_s
         low = degrade(read_face(testdata / "aligned" / name, SIZE), file_seed(0, f"{name}#{k}"), tiny_degradation(SIZE))
         # base none: the degraded face at the base's 512 px input size, resized back to the training size (bicubic)
         low = torch.from_numpy(low).permute(2, 0, 1)[None].float() / 255
-        up = torch.nn.functional.interpolate(low, size=(512, 512), mode="bicubic", align_corners=False).clamp(0, 1)
-        down = torch.nn.functional.interpolate(up, size=(SIZE, SIZE), mode="bicubic", antialias=True, align_corners=False)
+        up = torch.nn.functional.interpolate(low, size=(512, 512), mode="bicubic", antialias=True, align_corners=False)
+        down = torch.nn.functional.interpolate(up.clamp(0, 1), (SIZE, SIZE), mode="bicubic", antialias=True, align_corners=False)
         expected = (down.clamp(0, 1) * 255).round().to(torch.uint8)[0]
         assert torch.equal(CachedFaces(out / "cache", "val").entry(k)["base"], expected), k
     assert tiny_degradation(SIZE).blur_sigma == (0.1, 0.625) and tiny_degradation(SIZE).scale == (1.0, 1.0)
