@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is installed first, pinned, so pip takes the release this project is tested with.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --durations=15
 # The weights cache of a source checkout is ./weights (see weights/README.md); override as you like.
 export BFRBOOST_HOME ?= $(CURDIR)/weights
 

@@ -2,8 +2,9 @@
 
 Set 1 is the run's validation split (its ``val.jsonl``, first and last record). Set 2 is a folder the run and
 its tiny SD never used (default: the shared ``aligned/`` faces, another source than ``faces/aligned``),
-degraded as the run's cache degrades (its ``cache.json``: ranges and size) but with other seeds. The base is ``none`` (the
-degraded input), as in the tests; LPIPS is the run's random-weight net (seeded as training seeds it).
+degraded as the run's cache degrades (its ``cache.json``: ranges and size) but with other seeds. The base is ``none``,
+as in the tests and as the cache stores it (the degraded face enlarged to the base's 512 px input, resized back);
+LPIPS is the run's random-weight net (seeded as training seeds it).
 
     python bench/tiny_learning.py RUN_DIR [--faces ../shared/testdata/aligned] [--repeats 4]
 """
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from bfrboost.backbones.registry import get_spec
 from bfrboost.io.read import read_face
 from bfrboost.refiner.model import InfoBFR
-from bfrboost.train.cache import CacheConfig, resize01
+from bfrboost.train.cache import CacheConfig, resize01, to_uint8
 from bfrboost.train.data import list_hq_faces
 from bfrboost.train.degrade import degrade, file_seed
 from bfrboost.train.losses import build_lpips, build_vgg19
@@ -33,7 +35,9 @@ def second_set(folder: Path, cache: CacheConfig, repeats: int, seed: int) -> tup
         clean = torch.from_numpy(hq.copy()).permute(2, 0, 1)[None].float() / 255
         for k in range(repeats):
             low = degrade(hq, file_seed(seed, f"{path.name}#bench{k}"), cache.degrade)
-            lq.append(resize01(torch.from_numpy(low).permute(2, 0, 1)[None].float() / 255, size))
+            low01 = torch.from_numpy(low).permute(2, 0, 1)[None].float() / 255
+            # base none, as the cache runs it: the degraded face at the base's input size, resized to the training size
+            lq.append(to_uint8(resize01(resize01(low01, get_spec("none").input_size), size)).float() / 255)
             gt.append(resize01(clean, size))
     return torch.cat(lq) * 2 - 1, torch.cat(gt) * 2 - 1
 
@@ -64,18 +68,19 @@ def main() -> None:
         rows = {
             "psnr": psnr(refined, gt).mean().item(),
             "psnr_base": psnr(lq, gt).mean().item(),
+            "wins": int((psnr(refined, gt) > psnr(lq, gt)).sum()),
             "lpips": lpips(refined.clamp(-1, 1), gt).mean().item(),
             "lpips_base": lpips(lq, gt).mean().item(),
             "lambda_mean": aux.lam.mean().item(),
         }
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("| set | step | PSNR refined | PSNR base | LPIPS refined | LPIPS base | mean λ |")
-    print("|---|---|---|---|---|---|---|")
+    print("| set | step | PSNR refined | PSNR base | refined above base (images) | LPIPS refined | LPIPS base | mean λ |")
+    print("|---|---|---|---|---|---|---|---|")
     for record in (val[0], val[-1]):
-        print(f"| held-out split ({args.run.name}) | {record['step']} | {record['psnr']:.2f} | {record['psnr_base']:.2f} | "
+        print(f"| held-out split ({args.run.name}) | {record['step']} | {record['psnr']:.2f} | {record['psnr_base']:.2f} | – | "
               f"{record['lpips']:.4f} | {record['lpips_base']:.4f} | {record['lambda_mean']:.3f} |")
     name = f"{args.faces.name}/ × {args.repeats} (never seen)"
-    print(f"| {name} | {val[-1]['step']} | {rows['psnr']:.2f} | {rows['psnr_base']:.2f} | "
+    print(f"| {name} | {val[-1]['step']} | {rows['psnr']:.2f} | {rows['psnr_base']:.2f} | {rows['wins']} of {len(gt)} | "
           f"{rows['lpips']:.4f} | {rows['lpips_base']:.4f} | {rows['lambda_mean']:.3f} |")
 
 

@@ -472,7 +472,9 @@ class TrainConfig:
     no_mib: bool = setting(False, "Ablation: no information bottleneck (z = h, no L_info).", flag="--no-mib")
     no_lora: bool = setting(False, "Ablation: no UNet LoRA (the UNet stays frozen).", flag="--no-lora")
     degrade_size: int | None = setting(
-        None, "Cache: size faces are degraded at (default: the base's input size; --tiny: the training size).", flag="--degrade-size"
+        None,
+        "Cache: size faces are degraded at (default: the base's input size; --tiny: the training size).",
+        flag="--degrade-size",
     )
     lpips_net: str = setting("alex", "LPIPS network: alex or vgg.", flag="--lpips-net")
     sd_model: Path | None = setting(None, "Local SD 2.1-base diffusers folder instead of the weights cache.", flag="--sd-model")

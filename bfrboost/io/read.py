@@ -263,5 +263,6 @@ def read_face(path: Path | str, size: int) -> np.ndarray:
     Lanczos-resized when it is not that size: training and statistics read faces alike."""
     rgb = read_image(Path(path)).rgb
     if rgb.shape[:2] != (size, size):
-        rgb = np.array(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)  # writable, as torch wants
+        # np.array copies: PIL's buffer is read-only, and torch.from_numpy warns on a read-only array
+        rgb = np.array(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
     return rgb

@@ -19,10 +19,12 @@ from typer.testing import CliRunner
 
 from bfrboost import weights
 from bfrboost.cli import app
+from bfrboost.io.read import read_face
 from bfrboost.nets.arcface import ARCFACE_FILE, random_arcface
 from bfrboost.refiner.lora import is_lora_key
 from bfrboost.refiner.model import InfoBFRConfig
 from bfrboost.train.cache import CachedFaces
+from bfrboost.train.degrade import degrade, file_seed, tiny_degradation
 from bfrboost.train.loop import TrainConfig, Trainer, validation_arcface
 from tests.train.conftest import SIZE, VAL_COUNT
 
@@ -116,12 +118,10 @@ def test_the_refiner_learns_to_restore_faces_it_never_saw(learned):
     val = read(out / "val.jsonl")
     assert set(val[0]) >= {"psnr", "psnr_base", "lpips", "lpips_base", "lambda_mean", "info", "h_mean", "h_std"}
     start, end = val[0], val[-1]
-    # measured (seed 0, one thread): 19.18 → 19.67 dB, LPIPS 0.0224 → 0.0172; the base output 19.98 dB, 0.0213
-    assert end["psnr"] > start["psnr"] + 0.25, (start, end)
-    assert end["lpips"] < end["lpips_base"] - 0.002, end
-    # Not above the base output's PSNR at this scale: even a direct residual CNN trained on the same pairs ends only
-    # 0.03–0.14 dB above the base on these faces (bench/tiny_reference.py), while the untrained refiner starts 0.8 dB
-    # below it (tiny VAE + one-step UNet). See docs/training.md, "The CPU-scale configuration".
+    # measured (seed 0, one thread): 22.61 → 23.30 dB, LPIPS 0.0084 → 0.0075; the base output 22.82 dB, 0.0097
+    assert end["psnr"] > start["psnr"] + 0.3, (start, end)
+    assert end["psnr"] > end["psnr_base"] + 0.2, end  # closer to the truth than the base output, not only than itself
+    assert end["lpips"] < end["lpips_base"] - 0.001, end
     assert 0.05 < end["lambda_mean"] < 0.98, end
     assert not [w for w in warnings if "mean λ" in w]
     assert trainer.model.config.beta == InfoBFRConfig().beta  # the default objective
@@ -134,12 +134,10 @@ def test_statistics_follow_h_so_normalised_h_stays_standard_normal(learned):
     out, _, _ = learned
     records = read(out / "val.jsonl")
     # One thread, seeded init: the run is deterministic. Measured (refreshed every 10 steps, validated just before a
-    # refresh): step 50, at the peak of the cosine lr, h_mean −0.69 and h_std 1.39 (h moves most between refreshes
-    # there); steps 100–200: |h_mean| ≤ 0.10, h_std 1.00–1.03.
+    # refresh): |h_mean| ≤ 0.21 and h_std 1.00–1.04 at every validation (without the refresh h drifts: issue 15 saw
+    # L_info rise 4.6 → 26.6 in 8 steps).
     for record in records:
-        assert abs(record["h_mean"]) < 0.8 and 0.9 < record["h_std"] < 1.5, record
-    for record in records[2:]:
-        assert abs(record["h_mean"]) < 0.2 and 0.95 < record["h_std"] < 1.1, record
+        assert abs(record["h_mean"]) < 0.3 and 0.95 < record["h_std"] < 1.1, record
 
 
 def test_a_collapsing_beta_warns_once_naming_the_flag(faces_dir, tiny_sd, tmp_path):
@@ -185,6 +183,20 @@ def test_mechanics_run_logs_and_validates(run):
         assert grid.size == (4 * SIZE, 4 * SIZE)  # input | base | refined | GT; rows: 2 val faces × 2 degradations
     with Image.open(out / "curves.png") as curves:
         assert curves.size[0] > 300
+
+
+def test_a_tiny_cache_holds_each_face_degraded_at_the_training_size_by_the_cpu_scale_ranges(run, testdata):
+    out = run[0]
+    name = json.loads((out / "cache" / "cache.json").read_text())["val_faces"][0]
+    for k in range(2):  # --repeats 2: entries k of the first validation face
+        low = degrade(read_face(testdata / "aligned" / name, SIZE), file_seed(0, f"{name}#{k}"), tiny_degradation(SIZE))
+        # base none: the degraded face at the base's 512 px input size, resized back to the training size (bicubic)
+        low = torch.from_numpy(low).permute(2, 0, 1)[None].float() / 255
+        up = torch.nn.functional.interpolate(low, size=(512, 512), mode="bicubic", antialias=True, align_corners=False)
+        down = torch.nn.functional.interpolate(up.clamp(0, 1), (SIZE, SIZE), mode="bicubic", antialias=True, align_corners=False)
+        expected = (down.clamp(0, 1) * 255).round().to(torch.uint8)[0]
+        assert torch.equal(CachedFaces(out / "cache", "val").entry(k)["base"], expected), k
+    assert tiny_degradation(SIZE).blur_sigma == (0.1, 0.625) and tiny_degradation(SIZE).scale == (1.0, 1.0)
 
 
 def test_validation_ids_is_the_arcface_cosine_of_refined_and_ground_truth(run):
