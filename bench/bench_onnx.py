@@ -18,6 +18,7 @@ runtimes interleaved, images/s (median).
     python bench/bench_onnx.py                                 # every base, batch 1 4, threads 1 2
     python bench/bench_onnx.py --only gfpgan --only gpen --repeat 2 --photos 4 --parts
     python bench/bench_onnx.py --only restoreformer --only codeformer --only vqfr --repeat 1 --photos 0
+    python bench/bench_onnx.py --no-bases --threads 2 --repeat 2 --photo-files a.jpg b.jpg c.jpg   # another photo set
 
 Writes ``results/bench_onnx/onnx.json`` and prints Markdown tables with the load average.
 """
