@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 from torch import nn
@@ -144,6 +145,7 @@ class InfoBFRConfig:
     transformer: bool = True  # False: no Transformer block, h = r
     mib: bool = True  # False: no information bottleneck, z = h (no λ, no noise, L_info = 0)
     lora: bool = True  # False: the UNet stays frozen, no LoRA
+    face_size: int | None = None  # the face size it was trained at: `refine` resizes faces to it and back (None: any size)
 
     def __post_init__(self) -> None:
         if self.lora_alpha is None:
@@ -349,6 +351,11 @@ class InfoBFR(nn.Module):
         """
         if x01.dim() != 4 or x01.shape[1] != 3 or x01.shape[2] % 8 or x01.shape[3] % 8:
             raise UsageError(f"refiner input must be (B, 3, H, W) with H, W multiples of 8, got {tuple(x01.shape)}")
+        size = self.config.face_size
+        if size and tuple(x01.shape[2:]) != (size, size):  # e.g. a 32 px `--tiny` refiner on 512 px aligned faces
+            small = F.interpolate(x01.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+            refined = self.refine(small.clamp(0, 1))
+            return F.interpolate(refined, size=tuple(x01.shape[2:]), mode="bicubic", align_corners=False).clamp(0, 1)
         x = (x01.to(self.device, torch.float32) * 2 - 1).contiguous(memory_format=torch.channels_last)
         enabled = self.device.type == "cuda" and self.autocast_dtype is not None
         with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=enabled):

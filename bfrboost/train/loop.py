@@ -177,6 +177,7 @@ def make_model(config: TrainConfig, run: Path):
         transformer=not config.no_transformer,
         mib=not config.no_mib,
         lora=not config.no_lora,
+        face_size=config.size,  # restore runs it at the size it learned
     )
     if config.beta is not None:
         refiner_config.beta = config.beta

@@ -117,6 +117,21 @@ def test_refine_maps_unit_range_to_unit_range_deterministically(tiny_dir, faces)
         refiner.refine(x01[..., :60, :])
 
 
+def test_a_refiner_runs_at_the_face_size_it_was_trained_at(tiny_dir, faces):
+    refiner = load_refiner(tiny_dir)
+    x01 = (faces + 1) / 2  # 64 px
+    at_64 = refiner.refine(x01)
+    big = torch.nn.functional.interpolate(x01, size=(128, 128), mode="bicubic", align_corners=False).clamp(0, 1)
+    refiner.config.face_size = 64  # what a run trained at 64 px writes in config.json
+    out = refiner.refine(big)
+    # resized to 64 px, refined there, enlarged back: close to the 64 px result enlarged (not a 128 px run)
+    expected = torch.nn.functional.interpolate(at_64, size=(128, 128), mode="bicubic", align_corners=False).clamp(0, 1)
+    assert out.shape == big.shape
+    assert (out - expected).abs().mean() < 0.005  # measured 5e-4
+    refiner.config.face_size = None
+    assert (refiner.refine(big) - expected).abs().mean() > 0.05  # measured 0.13: it ran at 128 px
+
+
 def test_saving_a_fused_refiner_is_refused(tiny_dir, tmp_path):
     with pytest.raises(UsageError, match="LoRA is fused into the UNet; load it with fuse_lora=False"):
         load_refiner(tiny_dir).save_pretrained(tmp_path)

@@ -252,6 +252,7 @@ def test_the_result_is_a_refiner_that_restore_loads(run, testdata):
     assert {"config.json", "refiner.safetensors", "vae", "unet"} <= {p.name for p in result.iterdir()}
     config = json.loads((result / "config.json").read_text())
     assert config["stats_faces"] == 4 and config["beta"] == InfoBFRConfig().beta
+    assert config["face_size"] == SIZE  # restore runs the refiner at the size it was trained at, not at 512 px
     restorer = Restorer(base="none", refiner=result, aligned=True, device="cpu")
     with Image.open(testdata / "aligned" / "0143.png") as image:
         face = np.asarray(image.convert("RGB"))
