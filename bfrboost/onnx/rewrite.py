@@ -134,16 +134,9 @@ class _DepthToSpace(torch.autograd.Function):
         return g.op("DepthToSpace", x, blocksize_i=2, mode_s="DCR")
 
 
-class WinogradConv2d(nn.Module):
-    """An ``nn.Conv2d`` (3 × 3, stride 1, zero padding) through :class:`Winograd3x3`."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.conv = conv
-        self.winograd = Winograd3x3(conv.weight, conv.bias, conv.padding[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.winograd(x)
+def winograd_conv(conv: nn.Conv2d) -> Winograd3x3:
+    """An ``nn.Conv2d`` (3 × 3, stride 1, zero padding) as :class:`Winograd3x3`, sharing its weight and bias."""
+    return Winograd3x3(conv.weight, conv.bias, conv.padding[0])
 
 
 def _is_plain_3x3(conv: nn.Module) -> bool:
@@ -201,7 +194,7 @@ def _replacement(attr: str, module: nn.Module, winograd: bool) -> Callable[[nn.M
     if isinstance(module, GFPGANModConv | GPENModConv):
         return partial(ConstantKernelModConv, winograd=winograd)
     if winograd and _is_plain_3x3(module):
-        return WinogradConv2d
+        return winograd_conv
     return None
 
 
