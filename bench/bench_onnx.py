@@ -58,12 +58,19 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median seconds of each run, in alternating order (a b c, c b a, …); the caller has run each once."""
+def interleaved(runs: dict[str, Callable[[], object]], repeat: int, cpu_seconds: dict[str, float] | None = None
+                ) -> dict[str, float]:
+    """Median wall seconds of each run, in alternating order (a b c, c b a, …); the caller has run each once.
+    ``cpu_seconds``, if given, receives each run's median CPU seconds (this process, all its threads)."""
     times: dict[str, list[float]] = {key: [] for key in runs}
+    cpu: dict[str, list[float]] = {key: [] for key in runs}
     for i in range(repeat):
         for key in list(runs) if i % 2 == 0 else list(reversed(runs)):
+            start = time.process_time()
             times[key].append(timed(runs[key]))
+            cpu[key].append(time.process_time() - start)
+    if cpu_seconds is not None:
+        cpu_seconds.update({key: statistics.median(t) for key, t in cpu.items()})
     return {key: statistics.median(t) for key, t in times.items()}
 
 
@@ -224,7 +231,10 @@ def bench_photos(paths: list[Path], repeat: int, threads: int, folder: Path, pro
     row = {"photos": len(images), "files": [p.name for p in paths], "faces": sum(len(r.faces) for r in results["torch"]),
            "batch": {k: r.base.batch_size for k, r in restorers.items()}, "threads": threads,
            "max_level_diff": {p: level(p) for p in providers}}
-    _ratios(row, interleaved({k: partial(r.restore_batch, images) for k, r in restorers.items()}, repeat), len(images))
+    cpu: dict[str, float] = {}
+    _ratios(row, interleaved({k: partial(r.restore_batch, images) for k, r in restorers.items()}, repeat, cpu), len(images))
+    row["process_cpu_s"] = {k: t / len(images) for k, t in cpu.items()}  # CPU seconds per photo: spinning threads count here
+    row["process_cpu_ratio"] = {p: cpu[p] / cpu["torch"] for p in providers}
     return {**row, "load": os.getloadavg()[0]}
 
 
@@ -272,6 +282,8 @@ def main() -> None:
         print(_header("photos (faces) | threads", providers, "max level diff | load"))
         print(f"| {p['photos']} ({p['faces']}) | {p['threads']} | {_cells(p, providers)} | "
               f"{', '.join(map(str, p['max_level_diff'].values()))} | {p['load']:.1f} |")
+        cpu = ", ".join(f"{_engine(e)} {p['process_cpu_s'][e]:.2f} s ({p['process_cpu_ratio'][e]:.2f})" for e in providers)
+        print(f"\nCPU seconds per photo (process, all threads; ÷ PyTorch): PyTorch {p['process_cpu_s']['torch']:.2f} s, {cpu}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "onnx.json").write_text(json.dumps({"faces": rows, "parts": parts, "photos": photos}, indent=1))
 
