@@ -32,7 +32,7 @@ $(VENV)/.demo-installed: pyproject.toml $(VENV)/.torch-installed
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-installed
-	$(PY) -m pip install -q -e '.[dev,ui,cluster,docs,onnx]'
+	$(PY) -m pip install -q -e '.[dev,ui,cluster,docs,onnx,openvino]'
 	# Test-only references, without their dependency trees: basicsr-fixed ships the NIQE parameter
 	# file the NIQE test compares with; pyiqa (non-commercial, the optional eval-nc extra) runs MUSIQ.
 	$(PY) -m pip install -q --no-deps basicsr-fixed==1.4.2 pyiqa==0.1.16

@@ -1,4 +1,7 @@
-"""Seconds per face on PyTorch vs ONNX Runtime for every exportable base, and whole photos through `restore`.
+"""Seconds per face on PyTorch vs the ONNX graph for every exportable base, and whole photos through `restore`.
+
+The graph runs on each ``--providers`` engine (default: ONNX Runtime's CPU provider, and OpenVINO where
+it is installed: ``pip install 'bfrboost[openvino]'``), each timed against PyTorch in the same loop.
 
 Each base is built in its released configuration with random weights (no downloads), exported with
 ``bfrboost.onnx.export.export_onnx`` (parity checked on a real face) and timed at each batch size and
@@ -55,17 +58,30 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """Median seconds of ``a`` and ``b``, run in alternating order (a b, b a, …); the caller has run both once."""
-    times: dict[str, list[float]] = {"a": [], "b": []}
+def interleaved(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds of each run, in alternating order (a b c, c b a, …); the caller has run each once."""
+    times: dict[str, list[float]] = {key: [] for key in runs}
     for i in range(repeat):
-        order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
-        for key, run in order:
-            times[key].append(timed(run))
-    return statistics.median(times["a"]), statistics.median(times["b"])
+        for key in list(runs) if i % 2 == 0 else list(reversed(runs)):
+            times[key].append(timed(runs[key]))
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
-def bench_base(name: str, batches: list[int], threads: list[int], repeat: int, folder: Path) -> list[dict]:
+def engines(requested: list[str] | None) -> list[str]:
+    """Short provider names to time the graphs on: ``requested``, or the CPU provider and OpenVINO if installed."""
+    have = runtime.available_providers()
+    return requested or [p for p in ("cpu", "openvino") if p in have]
+
+
+def _ratios(row: dict, seconds: dict[str, float], per: int) -> None:
+    """``row[ENGINE + "_s"]`` per face/photo and ``row[ENGINE + "_ratio"]`` against PyTorch, for each engine timed."""
+    for key, t in seconds.items():
+        row[f"{key}_s"] = t / per
+        if key != "torch":
+            row[f"{key}_ratio"] = t / seconds["torch"]
+
+
+def bench_base(name: str, batches: list[int], threads: list[int], repeat: int, folder: Path, providers: list[str]) -> list[dict]:
     spec = get_spec(name)
     torch.manual_seed(0)
     net = spec.build(None).eval().requires_grad_(False)
@@ -76,29 +92,50 @@ def bench_base(name: str, batches: list[int], threads: list[int], repeat: int, f
     rows = []
     for n in threads:
         torch.set_num_threads(n)
-        onnx_base = runtime.OnnxBase(spec, runtime.open_session(path, ["CPUExecutionProvider"], n), dict(knobs), path)
+        graphs = {p: runtime.OnnxBase(spec, runtime.open_session(path, runtime.choose_providers([p]), n), dict(knobs), path)
+                  for p in providers}
         for i, batch in enumerate(batches):
             crops = torch.rand(batch, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(batch))
-            torch_base = LoadedBase(spec, net, torch.device("cpu"), torch.float32, batch, dict(knobs))
-            onnx_base.batch_size = batch
-            diff = None  # checked (and both warmed up) on the first batch size only: the heavy bases take minutes per cell
-            if i == 0:
-                diff = float((torch_base.restore(crops) - onnx_base.restore(crops)).abs().max())
-            t_torch, t_onnx = interleaved(partial(torch_base.restore, crops), partial(onnx_base.restore, crops), repeat)
-            rows.append({"base": name, "threads": n, "batch": batch, "torch_s_per_face": t_torch / batch,
-                         "onnx_s_per_face": t_onnx / batch, "ratio": t_onnx / t_torch, "max_abs_diff": diff,
-                         "export_parity": report.max_abs_diff, "load": os.getloadavg()[0]})
-            print(row_line(rows[-1]), flush=True)
-        del onnx_base
+            bases = {"torch": LoadedBase(spec, net, torch.device("cpu"), torch.float32, batch, dict(knobs)), **graphs}
+            for graph in graphs.values():
+                graph.batch_size = batch
+            row = {"base": name, "threads": n, "batch": batch, "export_parity": report.max_abs_diff}
+            if i == 0:  # checked (and all warmed up) on the first batch size only: the heavy bases take minutes per cell
+                reference = bases["torch"].restore(crops)
+                for p, graph in graphs.items():
+                    row[f"{p}_max_abs_diff"] = float((reference - graph.restore(crops)).abs().max())
+            _ratios(row, interleaved({k: partial(b.restore, crops) for k, b in bases.items()}, repeat), batch)
+            rows.append({**row, "load": os.getloadavg()[0]})
+            print(row_line(rows[-1], providers), flush=True)
+        del graphs
     del net
     gc.collect()  # the next base's network and session replace these: keep one in memory at a time
     return rows
 
 
-def row_line(r: dict) -> str:
-    diff = "—" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
-    return (f"| {r['base']} | {r['threads']} | {r['batch']} | {r['torch_s_per_face']:.2f} | {r['onnx_s_per_face']:.2f} | "
-            f"**{r['ratio']:.2f}** | {diff} | {r['load']:.1f} |")
+#: Column names of the engines (``--providers`` short names).
+ENGINE_NAMES = {"cpu": "ONNX Runtime (CPU)", "openvino": "OpenVINO"}
+
+
+def _engine(p: str) -> str:
+    return ENGINE_NAMES.get(p, f"ONNX Runtime ({p})")
+
+
+def _cells(r: dict, providers: list[str], digits: int = 2) -> str:
+    """``PyTorch | engine s | engine ÷ PyTorch | …`` for one row."""
+    cells = [f"{r['torch_s']:.{digits}f}"] + [f"{r[f'{p}_s']:.{digits}f} | **{r[f'{p}_ratio']:.2f}**" for p in providers]
+    return " | ".join(cells)
+
+
+def _header(first: str, providers: list[str], last: str) -> str:
+    engines_ = " | ".join(f"{_engine(p)} s | ÷ PyTorch" for p in providers)
+    columns = f"| {first} | PyTorch s | {engines_} | {last} |"
+    return columns + "\n|" + "---|" * (first.count("|") + 1) + "---:|" * (columns.count("|") - first.count("|") - 2)
+
+
+def row_line(r: dict, providers: list[str]) -> str:
+    diffs = ", ".join(f"{r[f'{p}_max_abs_diff']:.1e}" if f"{p}_max_abs_diff" in r else "—" for p in providers)
+    return f"| {r['base']} | {r['threads']} | {r['batch']} | {_cells(r, providers)} | {diffs} | {r['load']:.1f} |"
 
 
 def photo_paths(count: int) -> list[Path]:
@@ -125,8 +162,8 @@ def random_checkpoints(home: Path) -> None:
     weights.ensure = lambda file, **_: weights.home() / file
 
 
-def bench_parts(count: int, repeat: int, threads: int) -> list[dict]:
-    """RetinaFace R50 s/photo and ParseNet s/face on both runtimes (the same parts, each with its network)."""
+def bench_parts(count: int, repeat: int, threads: int, providers: list[str]) -> list[dict]:
+    """RetinaFace R50 s/photo and ParseNet s/face on PyTorch and each engine (the same parts, each with its network)."""
     from bfrboost.faces.detect import RetinaFaceDetector
     from bfrboost.faces.parse import load_parser
     from bfrboost.io.read import read_image
@@ -137,19 +174,20 @@ def bench_parts(count: int, repeat: int, threads: int) -> list[dict]:
     detector = RetinaFaceDetector("resnet50")
     parser = load_parser(required=True)
     crops = [cv2.resize(im, (512, 512), interpolation=cv2.INTER_AREA) for im in images]  # face-sized pixels
-    on_onnx = faces.onnx_detector(detector, threads=threads), faces.onnx_parser(parser, threads=threads)
+    detectors = {"torch": detector, **{p: faces.onnx_detector(detector, [p], threads) for p in providers}}
+    parsers = {"torch": parser, **{p: faces.onnx_parser(parser, [p], threads) for p in providers}}
     rows = []
-    for what, torch_run, onnx_run, per in (
-        ("RetinaFace R50, s/photo", lambda: [detector.detect(im) for im in images],
-         lambda: [on_onnx[0].detect(im) for im in images], len(images)),
-        ("ParseNet, s/face (batch 4)", lambda: parser.masks(crops), lambda: on_onnx[1].masks(crops), len(crops)),
+    for what, runs, per in (
+        ("RetinaFace R50, s/photo", {k: partial(lambda d: [d.detect(im) for im in images], d) for k, d in detectors.items()},
+         len(images)),
+        ("ParseNet, s/face (batch 4)", {k: partial(p.masks, crops) for k, p in parsers.items()}, len(crops)),
     ):
-        t_torch, t_onnx = interleaved(torch_run, onnx_run, repeat)
-        rows.append({"part": what, "threads": threads, "torch_s": t_torch / per, "onnx_s": t_onnx / per,
-                     "ratio": t_onnx / t_torch, "same": _same(torch_run(), onnx_run()), "load": os.getloadavg()[0]})
-        r = rows[-1]
-        print(f"| {r['part']} | {threads} | {r['torch_s']:.3f} | {r['onnx_s']:.3f} | **{r['ratio']:.2f}** | {r['same']} | "
-              f"{r['load']:.1f} |", flush=True)
+        reference = runs["torch"]()
+        row = {"part": what, "threads": threads, "same": {p: _same(reference, runs[p]()) for p in providers}}
+        _ratios(row, interleaved(runs, repeat), per)
+        rows.append({**row, "load": os.getloadavg()[0]})
+        print(f"| {what} | {threads} | {_cells(row, providers, 3)} | {'; '.join(row['same'].values())} | "
+              f"{rows[-1]['load']:.1f} |", flush=True)
     return rows
 
 
@@ -162,8 +200,8 @@ def _same(ours: list, theirs: list) -> str:
     return f"{sum(map(len, ours))} / {sum(map(len, theirs))} faces, box diff {worst:.1e} px"
 
 
-def bench_photos(paths: list[Path], repeat: int, threads: int, folder: Path) -> dict:
-    """Images/s of whole photos through ``Restorer.restore`` with GFPGAN v1.4 (random weights) on each runtime,
+def bench_photos(paths: list[Path], repeat: int, threads: int, folder: Path, providers: list[str]) -> dict:
+    """Seconds per photo through ``Restorer.restore`` with GFPGAN v1.4 (random weights) on PyTorch and each engine,
     each at its default batch size (what a user gets)."""
     from bfrboost.io.read import read_image
     from bfrboost.pipeline import Restorer
@@ -173,19 +211,21 @@ def bench_photos(paths: list[Path], repeat: int, threads: int, folder: Path) -> 
     checkpoint = folder / "GFPGANv1.4.pth"
     torch.save({"params_ema": get_spec("gfpgan").build(None).state_dict()}, checkpoint)
     torch.set_num_threads(threads)
-    restorers = {rt: Restorer("gfpgan", runtime=rt, weights=checkpoint, threads=threads, device="cpu", upscale=1,
-                              detector="dlib") for rt in ("torch", "onnx")}
-    assert restorers["onnx"].paster.parser is not None  # ParseNet from the temporary cache, on both runtimes
-    results = {rt: restorers[rt].restore_batch(images) for rt in restorers}  # also the warm-up
-    pairs = zip(results["torch"], results["onnx"], strict=True)
-    level = max(int(np.abs(a.image.astype(int) - b.image.astype(int)).max()) for a, b in pairs)
-    faces = sum(len(r.faces) for r in results["torch"])
-    t_torch, t_onnx = interleaved(lambda: restorers["torch"].restore_batch(images),
-                                  lambda: restorers["onnx"].restore_batch(images), repeat)
-    return {"photos": len(images), "files": [p.name for p in paths], "faces": faces,
-            "batch": {rt: r.base.batch_size for rt, r in restorers.items()}, "threads": threads,
-            "torch_images_per_s": len(images) / t_torch, "onnx_images_per_s": len(images) / t_onnx,
-            "ratio": t_onnx / t_torch, "max_level_diff": level, "load": os.getloadavg()[0]}
+    common = {"weights": checkpoint, "threads": threads, "device": "cpu", "upscale": 1, "detector": "dlib"}
+    restorers = {"torch": Restorer("gfpgan", **common),
+                 **{p: Restorer("gfpgan", runtime="onnx", providers=(p,), **common) for p in providers}}
+    assert all(r.paster.parser is not None for r in restorers.values())  # ParseNet from the temporary cache, on each engine
+    results = {k: r.restore_batch(images) for k, r in restorers.items()}  # also the warm-up
+
+    def level(p: str) -> int:
+        pairs = zip(results["torch"], results[p], strict=True)
+        return max(int(np.abs(a.image.astype(int) - b.image.astype(int)).max()) for a, b in pairs)
+
+    row = {"photos": len(images), "files": [p.name for p in paths], "faces": sum(len(r.faces) for r in results["torch"]),
+           "batch": {k: r.base.batch_size for k, r in restorers.items()}, "threads": threads,
+           "max_level_diff": {p: level(p) for p in providers}}
+    _ratios(row, interleaved({k: partial(r.restore_batch, images) for k, r in restorers.items()}, repeat), len(images))
+    return {**row, "load": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -198,7 +238,9 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=4, help="whole/ photos for the images/s run (0: skip)")
     parser.add_argument("--photo-files", type=Path, nargs="+", metavar="PHOTO",
                         help="whole photos for the images/s run instead of the smallest --photos of whole/")
-    parser.add_argument("--parts", action="store_true", help="also RetinaFace R50 and ParseNet, both runtimes")
+    parser.add_argument("--parts", action="store_true", help="also RetinaFace R50 and ParseNet, on every engine")
+    parser.add_argument("--providers", nargs="+", metavar="NAME",
+                        help="engines for the graphs (--providers names); default: cpu, and openvino if installed")
     parser.add_argument("--out", type=Path, default=Path("results/bench_onnx"))
     args = parser.parse_args()
     for name in args.only or []:
@@ -207,31 +249,29 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {platform.processor() or platform.machine()}, "
+    providers = engines(args.providers)
+    openvino = ", openvino " + __import__("openvino").__version__ if "openvino" in providers else ""
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}{openvino}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start\n")
-    print("| base | threads | batch | PyTorch s/face | ONNX Runtime s/face | ONNX / PyTorch | max abs diff | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    print(_header("base | threads | batch", providers, "max abs diff (" + ", ".join(providers) + ") | load"), flush=True)
     rows: list[dict] = []
     parts: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [] if args.no_bases else args.only or BASES:
-            rows += bench_base(name, args.batch, args.threads, args.repeat, Path(tmp))
+            rows += bench_base(name, args.batch, args.threads, args.repeat, Path(tmp), providers)
         os.environ["BFRBOOST_HOME"] = str(Path(tmp))  # random RetinaFace/ParseNet weights, the ONNX graphs
         random_checkpoints(Path(tmp))
         if args.parts:
-            print("\n| network | threads | PyTorch s | ONNX Runtime s | ONNX / PyTorch | same result (detections; max mask diff) "
-                  "| load |\n|---|---:|---:|---:|---:|---:|---:|", flush=True)
-            parts = bench_parts(args.photos or 4, args.repeat, max(args.threads))
+            print("\n" + _header("network | threads", providers, "same result (detections; max mask diff) | load"), flush=True)
+            parts = bench_parts(args.photos or 4, args.repeat, max(args.threads), providers)
         paths = args.photo_files or photo_paths(args.photos)
-        photos = bench_photos(paths, args.repeat, max(args.threads), Path(tmp)) if paths else None
+        photos = bench_photos(paths, args.repeat, max(args.threads), Path(tmp), providers) if paths else None
     if photos:
-        print(f"\nphotos: {', '.join(photos['files'])}; batch size (default): {photos['batch']}")
-        print("\n| photos (faces) | threads | PyTorch images/s | ONNX Runtime images/s | ONNX / PyTorch time | max level diff "
-              "| load |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
         p = photos
-        print(f"| {p['photos']} ({p['faces']}) | {p['threads']} | {p['torch_images_per_s']:.3f} | {p['onnx_images_per_s']:.3f} | "
-              f"**{p['ratio']:.2f}** | {p['max_level_diff']} | {p['load']:.1f} |")
+        print(f"\nphotos: {', '.join(p['files'])}; batch size (default): {p['batch']}\n")
+        print(_header("photos (faces) | threads", providers, "max level diff | load"))
+        print(f"| {p['photos']} ({p['faces']}) | {p['threads']} | {_cells(p, providers)} | "
+              f"{', '.join(map(str, p['max_level_diff'].values()))} | {p['load']:.1f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "onnx.json").write_text(json.dumps({"faces": rows, "parts": parts, "photos": photos}, indent=1))
 

@@ -182,7 +182,7 @@ class RestoreOptions:
     )
     providers: tuple[str, ...] | None = setting(
         None, "--runtime onnx: execution providers, best first, comma-separated: cpu, cuda, tensorrt, coreml, directml, "
-        "openvino (default: by --device).", flag="--providers",
+        "openvino (default: by --device; on a CPU openvino first where installed).", flag="--providers",
     )
     threads: int | None = setting(
         None, "CPU threads of the base model (ONNX Runtime intra-op; the CLI also sets torch's; default: one per core).",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -265,16 +266,22 @@ def _restore(tmp_path: Path, photo: Path, out: str, *args: str):
     return CliRunner().invoke(app, argv)
 
 
+#: The engines the graphs run on here: ONNX Runtime's CPU provider, and OpenVINO where installed (make test installs it).
+ENGINES = [p for p in ("cpu", "openvino") if p in runtime.available_providers()]
+
+
 def test_restore_onnx_gives_the_torch_picture(tmp_path: Path, testdata: Path, gpen_checkpoint: Path, monkeypatch) -> None:
     photo = testdata / "whole" / "04.jpg"
     results = {}
-    for rt in ("torch", "onnx"):
-        result = _restore(tmp_path, photo, rt, "--weights", str(gpen_checkpoint), "--runtime", rt, "--threads", "1")
+    for rt, providers in (("torch", ()), *(("onnx", ("--providers", p)) for p in ENGINES)):
+        out = providers[-1] if providers else rt
+        result = _restore(tmp_path, photo, out, "--weights", str(gpen_checkpoint), "--runtime", rt, "--threads", "1", *providers)
         assert result.exit_code == 0, result.stderr
-        results[rt] = np.asarray(Image.open(json.loads(result.stdout)["output"]), dtype=np.int16)
+        results[out] = np.asarray(Image.open(json.loads(result.stdout)["output"]), dtype=np.int16)
     before = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
     assert np.abs(results["torch"] - before).max() > 20  # the face went through the network
-    assert np.abs(results["onnx"] - results["torch"]).max() <= 1
+    for engine in ENGINES:
+        assert np.abs(results[engine] - results["torch"]).max() <= 1, engine
     cached = list(runtime.cache_dir().glob(f"gpen-*-opset18-g{runtime.GRAPH_VERSION}.onnx"))
     assert len(cached) == 1
     record = json.loads(runtime.record_path(cached[0]).read_text())
@@ -312,6 +319,27 @@ def test_damaged_or_mismatched_onnx_is_refused_in_one_line(tmp_path: Path, testd
                              "export one with `bfrboost export onnx --base gfpgan`\n")
 
 
+def test_openvino_answers_for_the_graph_as_onnx_runtime_does(tmp_path: Path, testdata: Path, gpen_checkpoint: Path) -> None:
+    """The OpenVINO session reads the same provenance and inputs, refuses what ONNX Runtime refuses, and gives
+    ONNX Runtime's numbers from several threads at once (the overlapped runner's paste threads share a parser)."""
+    pytest.importorskip("openvino")
+    path = tmp_path / "gpen.onnx"
+    export_onnx("gpen", path, weights=gpen_checkpoint)
+    spec = get_spec("gpen")
+    on_openvino, on_ort = runtime.OpenVinoSession(path, 1), runtime.open_session(path, ["CPUExecutionProvider"], 1)
+    assert runtime.check_graph(on_openvino, path, spec) == runtime.check_graph(on_ort, path, spec)
+    assert [(i.name, i.shape) for i in on_openvino.get_inputs()] == [(i.name, i.shape) for i in on_ort.get_inputs()]
+    faces = [three_faces(testdata, 512)[i:i + 1].numpy() for i in range(3)]
+    expected = [on_ort.run(["restored"], {"image": f})[0] for f in faces]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda f: on_openvino.run(["restored"], {"image": f})[0], faces))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, expected, strict=True)) <= 1e-5
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"\x08\x07not a model" * 50)
+    with pytest.raises(WeightsError, match=r"damaged.onnx: not a readable ONNX model \(.*\); export it again"):
+        runtime.OpenVinoSession(damaged)
+
+
 def test_cached_graph_is_verified_before_use(tmp_path: Path, gpen_checkpoint: Path) -> None:
     path = runtime.cached_graph("gpen", gpen_checkpoint)
     assert runtime.cached_graph("gpen", gpen_checkpoint) == path  # made once, then reused
@@ -344,7 +372,9 @@ def test_runtime_options_are_checked_before_any_export(tmp_path: Path) -> None:
     missing = next(p for p in runtime.PROVIDERS if p not in runtime.available_providers())
     with pytest.raises(UsageError, match=f"execution provider {missing} is not in this onnxruntime"):
         runtime.choose_providers([missing])
-    assert runtime.choose_providers(None, "cpu") == ["CPUExecutionProvider"]
+    first = ["OpenVINOExecutionProvider"] if "openvino" in runtime.available_providers() else []
+    assert runtime.choose_providers(None, "cpu") == [*first, "CPUExecutionProvider"]  # OpenVINO first where installed
+    assert runtime.choose_providers(["cpu"], "cpu") == ["CPUExecutionProvider"]
     with pytest.raises(UsageError, match="randomize_noise is fixed in the ONNX graph at False; use --runtime torch"):
         Restorer("gfpgan", runtime="onnx", knobs={"randomize_noise": True}, aligned=True)
     with pytest.raises(UsageError, match="unknown runtime 'tf'; use one of: torch, onnx"):

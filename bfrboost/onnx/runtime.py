@@ -11,18 +11,24 @@
   per :class:`~bfrboost.pipeline.Restorer`. A batch of ``batch_size`` faces is one session run (the
   graphs' batch axis is dynamic); a batch-1 file exported by bfrboost before that runs face by face.
 - **Execution providers**: from what the installed onnxruntime offers. By default the CPU; on
-  ``--device cuda`` CUDA first, on ``--device mps`` CoreML first; ``--providers`` picks any of
-  cpu, cuda, tensorrt, coreml, directml, openvino (the CPU is always the last fallback).
+  ``--device cuda`` CUDA first, on ``--device mps`` CoreML first, on a CPU OpenVINO first where it is
+  installed; ``--providers`` picks any of cpu, cuda, tensorrt, coreml, directml, openvino (the CPU is
+  always the last fallback).
+- **OpenVINO**: onnxruntime-openvino's provider where that build is installed; otherwise, with the
+  ``openvino`` package (``pip install 'bfrboost[openvino]'``, beside the usual onnxruntime), the same
+  verified graph runs on OpenVINO's own CPU runtime (:class:`OpenVinoSession`), in float32 either way.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -54,7 +60,10 @@ PROVIDERS = {
     "directml": "DmlExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
 }
-_DEVICE_PROVIDER = {"cuda": "cuda", "mps": "coreml"}
+#: The provider tried first on each device when ``--providers`` is not given (if installed); on a CPU, OpenVINO
+#: ran GFPGAN, GPEN, CodeFormer, VQFR and whole photos in 0.74–0.90 of ONNX Runtime's CPU provider's time here
+#: (RestoreFormer 1.06; docs/throughput.md).
+_DEVICE_PROVIDER = {"cuda": "cuda", "mps": "coreml", "cpu": "openvino"}
 RUNTIMES = ("torch", "onnx")
 _SESSIONS: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
@@ -68,10 +77,16 @@ def _ort() -> Any:
     return onnxruntime
 
 
+def _openvino_runtime() -> bool:
+    """Whether OpenVINO runs graphs here without onnxruntime's provider: the ``openvino`` package is installed."""
+    return importlib.util.find_spec("openvino") is not None
+
+
 def available_providers() -> list[str]:
-    """Short names of the execution providers the installed onnxruntime offers."""
+    """Short names of the execution providers the installed onnxruntime offers (openvino: also through the
+    ``openvino`` package)."""
     installed = set(_ort().get_available_providers())
-    return [short for short, full in PROVIDERS.items() if full in installed]
+    return [short for short, full in PROVIDERS.items() if full in installed or (short == "openvino" and _openvino_runtime())]
 
 
 def choose_providers(requested: Sequence[str] | None = None, device: str | torch.device = "cpu") -> list[str]:
@@ -96,7 +111,7 @@ def choose_providers(requested: Sequence[str] | None = None, device: str | torch
 
 #: The onnxruntime build that brings each provider (pip package names).
 _PROVIDER_BUILDS = {"cuda": "onnxruntime-gpu", "tensorrt": "onnxruntime-gpu with TensorRT", "coreml": "onnxruntime (macOS)",
-                    "directml": "onnxruntime-directml", "openvino": "onnxruntime-openvino"}
+                    "directml": "onnxruntime-directml", "openvino": "'bfrboost[openvino]'"}
 
 
 def _missing_message(missing: Sequence[str], have: Sequence[str]) -> str:
@@ -185,8 +200,12 @@ def session(path: Path, providers: Sequence[str], threads: int | None = None) ->
 
 def open_session(path: Path, providers: Sequence[str], threads: int | None = None) -> Any:
     """A new session (not cached): every graph optimisation, ``threads`` intra-op threads spinning between
-    ops (the cores are ours while a face runs), one inter-op thread, ops in sequence."""
+    ops (the cores are ours while a face runs), one inter-op thread, ops in sequence. OpenVINO first: its
+    provider in float32 with ``threads``, or :class:`OpenVinoSession` where onnxruntime lacks that provider."""
     ort = _ort()
+    openvino = PROVIDERS["openvino"]
+    if providers and providers[0] == openvino and openvino not in ort.get_available_providers():
+        return OpenVinoSession(path, threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -195,12 +214,84 @@ def open_session(path: Path, providers: Sequence[str], threads: int | None = Non
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     if threads:
         options.intra_op_num_threads = threads
+    ov_options = {"device_type": "CPU", "precision": "FP32", **({"num_of_threads": str(threads)} if threads else {})}
+    chosen = [(name, ov_options) if name == openvino else name for name in providers]
     try:
-        return ort.InferenceSession(str(path), options, providers=list(providers))
+        return ort.InferenceSession(str(path), options, providers=chosen)
     except Exception as exc:  # onnxruntime raises its own untyped errors for damaged files
-        reason = one_line(str(exc).split("\n")[0])[:160]
-        raise WeightsError(f"{one_line(path)}: not a readable ONNX model ({reason}); export it again with "
-                           "`bfrboost export onnx`") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> WeightsError:
+    reason = one_line(str(exc).split("\n")[0])[:160]
+    return WeightsError(f"{one_line(path)}: not a readable ONNX model ({reason}); export it again with `bfrboost export onnx`")
+
+
+@dataclass(frozen=True)
+class _Arg:
+    """A graph input or output as ONNX Runtime describes it: a name and a shape (dynamic axes by name)."""
+
+    name: str
+    shape: list[int | str]
+
+
+class OpenVinoSession:
+    """An exported graph on OpenVINO's CPU runtime (the ``openvino`` package), in float32.
+
+    It answers the part of ``onnxruntime.InferenceSession`` that bfrboost calls (``run``, ``get_inputs``,
+    ``get_outputs``, ``get_modelmeta``, ``get_providers``), so bases, the detector and the parser take it
+    unchanged. Runs are safe from several threads (one infer request per thread, as the overlapped
+    runner's paste threads run the parser).
+    """
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import openvino
+
+        core = openvino.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        try:
+            model = core.read_model(str(path))
+            self._compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises its own untyped errors for damaged files
+            raise _unreadable(path, exc) from None
+        info = model.get_rt_info()  # the ONNX file's metadata_props, as OpenVINO's ONNX reader keeps them
+        self._metadata = {key: value.astype(str) for key, value in (info["framework"] if "framework" in info else {}).items()}
+        self._inputs = [_Arg(_graph_name(p), _shape(p.get_partial_shape())) for p in model.inputs]
+        self._outputs = [_Arg(_graph_name(p), _shape(p.get_partial_shape())) for p in model.outputs]
+        self._local = threading.local()
+
+    def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        results = request.infer({name: np.asarray(value) for name, value in feeds.items()})
+        by_name = {name: value for port, value in results.items() for name in port.get_names()}
+        return [by_name[name].copy() for name in (output_names or [o.name for o in self._outputs])]
+
+    def get_inputs(self) -> list[_Arg]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[_Arg]:
+        return list(self._outputs)
+
+    def get_modelmeta(self) -> Any:
+        return SimpleNamespace(custom_metadata_map=dict(self._metadata))
+
+    def get_providers(self) -> list[str]:
+        return ["OpenVINO (CPU)"]
+
+
+def _graph_name(port: Any) -> str:
+    """The graph's own name of an input or output: OpenVINO also lists the inner tensor names it aliases
+    (``/net/…/output_0``), which the exported graphs' plain names (``image``, ``logits``) never contain."""
+    return min(port.get_names(), key=lambda name: ("/" in name, len(name)))
+
+
+def _shape(shape: Any) -> list[int | str]:
+    """OpenVINO's partial shape in ONNX Runtime's terms: a dynamic axis 0 is bfrboost's batch axis; other
+    dynamic axes (RetinaFace's image size) are ``"?"``."""
+    return [(BATCH if axis == 0 else "?") if d.is_dynamic else d.get_length() for axis, d in enumerate(shape)]
 
 
 def check_graph(sess: Any, path: Path, spec: BaseSpec) -> dict[str, str]:
