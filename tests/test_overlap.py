@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
+import cv2
 import pytest
 from typer.testing import CliRunner
 
@@ -12,7 +15,7 @@ from bfrboost.cli import app
 from bfrboost.options import OutputOptions
 from bfrboost.pipeline import Restorer
 from bfrboost.runners.files import FileRunner
-from bfrboost.runners.overlap import OverlapRunner
+from bfrboost.runners.overlap import OverlapRunner, opencv_threads
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +107,51 @@ def test_the_largest_photo_is_prepared_and_finished_first(restorer: Restorer, te
     assert all(r.done for r in reports)
     assert prepared[0] == photos[-1].name and finished[0] == photos[-1].name
     assert sorted(prepared) == sorted(p.name for p in inputs)
+
+
+def test_prepare_threads_go_on_behind_a_slow_image(restorer: Restorer, testdata: Path, tmp_path: Path) -> None:
+    """The first image's preparation only ends once three others are prepared: the runner must keep starting
+    inputs while it waits for that image (it used to stop at ``queue_size`` prepared-but-waiting images)."""
+    photos = sorted((testdata / "whole").iterdir(), key=lambda p: p.stat().st_size)[:5]
+    inputs = [photos[0], *photos[1:]]  # the smallest first: the largest-first order starts it late
+    runner = OverlapRunner(restorer, OutputOptions(outdir=tmp_path), workers=2, queue_size=2, images_per_batch=1)
+    others_done, head_waited = threading.Semaphore(0), []
+    prepare = runner._prepare
+
+    def slow_head(report, path):
+        if Path(path) == inputs[0]:
+            head_waited.append(all(others_done.acquire(timeout=30) for _ in range(3)))
+            return prepare(report, path)
+        job = prepare(report, path)
+        others_done.release()
+        return job
+
+    runner._prepare = slow_head
+    with runner:
+        reports = list(runner.run(inputs))
+    assert head_waited == [True]
+    assert [Path(r.input) for r in reports] == inputs and all(r.done for r in reports)
+
+
+def test_opencv_runs_one_thread_per_core_left_while_a_run_lasts(restorer: Restorer, testdata: Path, tmp_path: Path) -> None:
+    """During a run OpenCV's pool shrinks to the cores per stage thread (never grows); the count from before
+    comes back after the run, and after the last of two overlapping limits."""
+    cores = len(os.sched_getaffinity(0))
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(8)
+    try:
+        seen = []
+        runner = OverlapRunner(restorer, OutputOptions(outdir=tmp_path), workers=2)
+        finish = runner._finish
+        runner._finish = lambda *job: seen.append(cv2.getNumThreads()) or finish(*job)
+        with runner:
+            assert all(r.done for r in runner.run(sorted((testdata / "whole").iterdir())[:2]))
+        assert seen == [max(1, min(8, cores // 4))] * 2
+        assert cv2.getNumThreads() == 8
+        with opencv_threads(1) as outer:
+            with opencv_threads(8) as inner:
+                assert inner == max(1, min(outer, cores // 8))
+            assert cv2.getNumThreads() == inner  # the other run still goes on: no growing back under it
+        assert cv2.getNumThreads() == 8
+    finally:
+        cv2.setNumThreads(before)

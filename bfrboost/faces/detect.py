@@ -95,14 +95,15 @@ class DlibDetector:
         big_w, big_h = round(w * zoom), round(h * zoom)
         big = cv2.resize(image, (big_w, big_h), interpolation=cv2.INTER_LINEAR) if zoom > 1 else np.ascontiguousarray(image)
         faces = []
-        with dlib_models.borrowed() as (detector, predictor):
+        with dlib_models.detector() as detector:
             rects, scores, _ = detector.run(big, 0, self.min_score)
-            for rect, score in zip(rects, scores):
-                shape = predictor(big, rect)
-                points68 = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-                edges = [rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1]
-                box, points = _to_input_pixels(edges, five_points_from_68(points68), big_w / w, big_h / h)
-                faces.append(Face(box=box, score=float(score), landmarks=points))
+        predictor = dlib_models.predictor() if len(rects) else None
+        for rect, score in zip(rects, scores):
+            shape = predictor(big, rect)
+            points68 = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+            edges = [rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1]
+            box, points = _to_input_pixels(edges, five_points_from_68(points68), big_w / w, big_h / h)
+            faces.append(Face(box=box, score=float(score), landmarks=points))
         return sorted(faces, key=lambda f: -f.score)
 
 

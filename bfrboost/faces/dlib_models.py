@@ -79,8 +79,13 @@ _MODELS = _Models()
 
 
 @contextmanager
-def borrowed() -> Iterator[tuple[Any, Any]]:
-    """(HOG detector, shape predictor) for one detection; the detector is this call's alone."""
-    predictor = _MODELS.predictor()
-    with _MODELS.detector() as detector:
-        yield detector, predictor
+def detector() -> Iterator[Any]:
+    """An idle HOG detector for this call alone (give it back before loading the predictor: see :func:`predictor`)."""
+    with _MODELS.detector() as hog:
+        yield hog
+
+
+def predictor() -> Any:
+    """The shared shape predictor, loaded by the first caller. Detect first, then ask for it: the HOG
+    search releases the GIL, so the other threads' first detections run while one thread loads it."""
+    return _MODELS.predictor()

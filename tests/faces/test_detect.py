@@ -160,8 +160,8 @@ def test_dlib_threads_share_one_predictor_and_detect_as_one_thread(whole_detecti
 
     def detect(name: str, image: np.ndarray) -> None:
         start.wait()
-        with dlib_models.borrowed() as (hog, predictor):
-            seen.setdefault("pairs", []).append((id(hog), id(predictor)))
+        with dlib_models.detector() as hog:
+            seen.setdefault("pairs", []).append((id(hog), id(dlib_models.predictor())))
         seen[name] = [detector.detect(image) for _ in range(3)]
 
     threads = [threading.Thread(target=detect, args=photo) for photo in photos]
@@ -177,6 +177,6 @@ def test_dlib_threads_share_one_predictor_and_detect_as_one_thread(whole_detecti
                 np.testing.assert_array_equal(face.landmarks, reference.landmarks)
     assert len({predictor for _, predictor in seen["pairs"]}) == 1
     begin = time.perf_counter()
-    with dlib_models.borrowed(), dlib_models.borrowed(), dlib_models.borrowed(), dlib_models.borrowed(), dlib_models.borrowed():
+    with dlib_models.detector(), dlib_models.detector(), dlib_models.detector(), dlib_models.detector(), dlib_models.detector():
         pass  # at least one of these five is a new copy (four threads ran at most four at once)
     assert time.perf_counter() - begin < 0.1
