@@ -78,14 +78,9 @@ class _Models:
 _MODELS = _Models()
 
 
-@contextmanager
-def detector() -> Iterator[Any]:
-    """An idle HOG detector for this call alone (give it back before loading the predictor: see :func:`predictor`)."""
-    with _MODELS.detector() as hog:
-        yield hog
-
-
-def predictor() -> Any:
-    """The shared shape predictor, loaded by the first caller. Detect first, then ask for it: the HOG
-    search releases the GIL, so the other threads' first detections run while one thread loads it."""
-    return _MODELS.predictor()
+#: ``with detector() as hog``: an idle HOG detector for this call alone. Give it back before asking for
+#: :data:`predictor`: the HOG search releases the GIL, so other threads' first detections run while one
+#: thread loads the predictor.
+detector = _MODELS.detector
+#: ``predictor()``: the shared shape predictor, loaded by the first caller.
+predictor = _MODELS.predictor
