@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import os
 import platform
@@ -260,7 +261,7 @@ def main() -> None:
     import onnxruntime as ort
 
     providers = engines(args.providers)
-    openvino = ", openvino " + __import__("openvino").__version__ if "openvino" in providers else ""
+    openvino = f", openvino {importlib.metadata.version('openvino')}" if "openvino" in providers else ""
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}{openvino}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start\n")
     print(_header("base | threads | batch", providers, "max abs diff (" + ", ".join(providers) + ") | load"), flush=True)
